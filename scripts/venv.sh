@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root if it is missing and install requirements.txt (plus
+# any extra packages given as arguments) into it. Skips pip when nothing changed since the
+# last successful install.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+fi
+stamp="$venv/.installed"
+want="$(cat "$root/requirements.txt"; echo "extra: $*")"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+echo "installing requirements into $venv (first time: a few minutes)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/requirements.txt" "$@"
+printf '%s' "$want" > "$stamp"

@@ -1,0 +1,104 @@
+"""ImageFolder datasets: listing in torchvision's order, fingerprints, image loading and the
+plain (non-replayed) transforms used for validation and hard-label training."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from softlabel.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FolderIndex:
+    """The samples of an ImageFolder tree, in ``torchvision.datasets.ImageFolder`` order."""
+
+    root: str
+    classes: list[str]
+    samples: list[tuple[str, int]]  # (absolute path, class index)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the relative paths and file sizes, in dataset order.
+
+        Cheap to compute (no image is read) yet it changes whenever an image is added,
+        removed, renamed, re-encoded or the folders are reordered.
+        """
+        h = hashlib.sha256()
+        for path, target in self.samples:
+            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+            h.update(f"{rel}\t{os.path.getsize(path)}\t{target}\n".encode())
+        return h.hexdigest()
+
+
+def scan_image_folder(root: str, flag: str) -> FolderIndex:
+    """List an ImageFolder tree; every problem is one line naming ``flag`` and the path."""
+    if not root:
+        raise UserError(f"{flag} is required")
+    if not os.path.isdir(root):
+        raise UserError(f"{flag} {root}: no such directory")
+    try:
+        classes, class_to_idx = find_classes(root)
+        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as exc:
+        raise UserError(f"{flag} {root}: {str(exc).splitlines()[0]}") from None
+    return FolderIndex(os.path.abspath(root), classes, samples)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB (grey, palette and RGBA images are converted, not refused)."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: cannot read image ({exc})") from None
+
+
+def eval_transform(input_size: int, crop_pct: float, mean, std) -> T.Compose:
+    """Resize the short side to ``input_size / crop_pct`` and center-crop (256 -> 224 upstream)."""
+    resize = int(round(input_size / crop_pct))
+    return T.Compose([
+        T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(input_size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def hard_label_train_transform(input_size: int, scale: tuple[float, float], mean, std) -> T.Compose:
+    return T.Compose([
+        T.RandomResizedCrop(input_size, scale=scale, interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+class IndexedImageFolder(torch.utils.data.Dataset):
+    """A map-style dataset over a ``FolderIndex`` with a per-sample transform."""
+
+    def __init__(self, index: FolderIndex, transform):
+        self.index = index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        path, target = self.index.samples[i]
+        return self.transform(load_rgb(path)), target

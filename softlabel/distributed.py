@@ -1,0 +1,65 @@
+"""torchrun-native process setup: rank and world size come from the environment
+(``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); gloo on CPU, NCCL on GPU; no hand-picked ports."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup(requested_device: str | None = None) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(info: DistInfo, *values: float) -> list[float]:
+    """Sum a few numbers over all ranks (each rank gets the totals)."""
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()

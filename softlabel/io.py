@@ -1,0 +1,128 @@
+"""Atomic writes and safe loading.
+
+Every file is written to a temporary name in the destination directory and renamed into
+place, so readers never see half a file and a killed writer leaves no partial file under the
+final name. Everything is loaded with ``weights_only=True``: a file that would run code when
+unpickled is refused, never executed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+from softlabel.errors import UserError
+
+TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename; ``durable`` also
+    flushes it to disk first (skip only for files that are cheap to remake)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """Serialize with ``torch.save`` into memory.
+
+    Saving through a buffer (not a path) keeps the archive's inner record names independent
+    of the file name, so the same object always gives the same bytes.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    atomic_write_bytes(path, torch_bytes(obj))
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def safe_torch_load(path: str, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{what} {path}: refused to load: it holds objects other than tensors and plain "
+            f"data, which could run code when unpickled ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} {path}: not a readable torch file, truncated or corrupt "
+                        f"({first})") from None
+
+
+def read_json(path: str, what: str = "file") -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path}: not valid JSON ({exc})") from None
+
+
+def ensure_dir(path: str, flag: str) -> None:
+    """Create an output directory, or fail with one line naming the flag."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{flag} {path}: cannot create directory (a file is in the way)") from None
+    except PermissionError:
+        raise UserError(f"{flag} {path}: cannot create directory (permission denied)") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: directory is not writable")
+
+
+def remove_stale_tmp(directory: str) -> None:
+    """Delete temporary files left by writers that no longer run (killed mid-write)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

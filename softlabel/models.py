@@ -1,0 +1,150 @@
+"""Models by name (ours, torchvision's, timm's) and safe loading of their weights."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from softlabel.data import IMAGENET_MEAN, IMAGENET_STD
+from softlabel.errors import UserError
+from softlabel.io import safe_torch_load
+
+# Metadata our trainer stores next to the weights, read back when a checkpoint is a teacher.
+CHECKPOINT_META = ("arch", "num_classes", "mean", "std", "input_size", "class_names")
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class DemoCNN(nn.Module):
+    """A small VGG-style network for the 32x32 demo digits (0.14M parameters at width 32)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        c = width
+        self.features = nn.Sequential(
+            _conv_bn(3, c), _conv_bn(c, c), nn.MaxPool2d(2),
+            _conv_bn(c, 2 * c), _conv_bn(2 * c, 2 * c), nn.MaxPool2d(2),
+            _conv_bn(2 * c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4 * c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class MLPNet(nn.Module):
+    """A normalization-free network: its result does not depend on how a batch is split."""
+
+    def __init__(self, num_classes: int = 10, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(3 * 64, hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+LOCAL_MODELS = {
+    "democnn": lambda num_classes: DemoCNN(num_classes, width=32),
+    "democnn_small": lambda num_classes: DemoCNN(num_classes, width=16),
+    "mlpnet": lambda num_classes: MLPNet(num_classes),
+}
+
+
+def model_source(name: str) -> str:
+    """'local', 'torchvision' or 'timm': where a model name comes from (ours first)."""
+    if name in LOCAL_MODELS:
+        return "local"
+    import torchvision.models
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return "torchvision"
+    import timm
+    if timm.is_model(name):
+        return "timm"
+    raise UserError(f"unknown model '{name}': not one of ours ({', '.join(LOCAL_MODELS)}), "
+                    f"nor a torchvision or timm classification model")
+
+
+def create_model(name: str, num_classes: int) -> nn.Module:
+    """A randomly initialised model (no download ever happens here)."""
+    source = model_source(name)
+    if source == "local":
+        return LOCAL_MODELS[name](num_classes)
+    if source == "torchvision":
+        import torchvision.models
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    import timm
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def default_normalization(name: str, model: Optional[nn.Module] = None) -> tuple[list[float], list[float]]:
+    """Input mean/std a model expects: timm's data config for timm models, else ImageNet's."""
+    if model is not None and model_source(name) == "timm":
+        import timm.data
+        cfg = timm.data.resolve_data_config({}, model=model)
+        return list(cfg["mean"]), list(cfg["std"])
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+def read_checkpoint(path: str, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a plain state_dict or a checkpoint dict (``model`` or the
+    upstream ``state_dict`` key); DDP/compile prefixes are removed."""
+    ckpt = safe_torch_load(path, flag)
+    meta: dict[str, Any] = {}
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        state = ckpt["model"]
+        meta = {k: ckpt[k] for k in CHECKPOINT_META if k in ckpt}
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        state = ckpt["state_dict"]
+    else:
+        state = ckpt
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{flag} {path}: not a state_dict nor a checkpoint with a 'model' entry")
+    clean = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        clean[key] = value
+    return clean, meta
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, flag: str, name: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (first {k}: file {tuple(state[k].shape)}, "
+                         f"model {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]})")
+        raise UserError(f"{flag} {path}: weights do not fit model '{name}': {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def torchvision_cached_weights(name: str) -> tuple[str, list[float], list[float]]:
+    """Path of torchvision's published weights for ``name`` in the torch hub cache, and their
+    normalization. Never downloads: a missing file is a one-line error saying what to do."""
+    import torchvision.models
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        raise UserError(f"model '{name}' has no published torchvision weights; pass --teacher-path FILE") from None
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(cache, os.path.basename(weights.url))
+    if not os.path.isfile(path):
+        raise UserError(f"no weights for teacher '{name}': pass --teacher-path FILE, or place "
+                        f"{os.path.basename(weights.url)} (from {weights.url}) in {cache}; "
+                        f"nothing is downloaded")
+    tf = weights.transforms()
+    return path, list(tf.mean), list(tf.std)

@@ -1,0 +1,139 @@
+"""Relabel: the store format, determinism, resume and refusals."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_bytes
+from softlabel.data import scan_image_folder
+
+
+def test_batch_files_are_plain_weights_only_lists(cutmix_store):
+    manifest = json.loads((cutmix_store / "manifest.json").read_text())
+    files = sorted(cutmix_store.glob("epoch_*/batch_*.tar"))
+    assert len(files) == manifest["epochs"] * manifest["batches_per_epoch"] == 3 * 3
+    sizes = []
+    for path in files:
+        coords, flip, mix_index, lam, bbox, soft, index = torch.load(path, weights_only=True)
+        b = len(index)
+        sizes.append(b)
+        assert coords.dtype == torch.float32 and coords.shape == (b, 4)
+        assert flip.dtype == torch.bool and flip.shape == (b,)
+        assert mix_index.dtype == torch.int64 and mix_index.shape == (b,)
+        assert isinstance(lam, float) and isinstance(bbox, list) and len(bbox) == 4
+        assert soft.dtype == torch.float16 and soft.shape == (b, 10)
+        assert index.dtype == torch.int64
+        assert float(coords.min()) >= 0 and float(coords.max()) <= 1
+    assert sorted(sizes) == [4, 4, 4, 8, 8, 8, 8, 8, 8]  # 20 images in batches of 8
+
+
+def test_manifest_records_what_a_reader_needs(cutmix_store, demo_data, teacher_ckpt):
+    m = json.loads((cutmix_store / "manifest.json").read_text())
+    index = scan_image_folder(str(demo_data / "ipc2"), "--data")
+    assert m["format_version"] == 1
+    assert m["class_names"] == [str(c) for c in range(10)] and m["num_classes"] == 10
+    assert (m["batch_size"], m["epochs"], m["batches_per_epoch"], m["num_samples"]) == (8, 3, 3, 20)
+    assert (m["input_size"], m["mix_type"], m["use_fp16"], m["fkd_seed"]) == (24, "cutmix", True, 42)
+    assert m["dataset_fingerprint"] == index.fingerprint()
+    (teacher,) = m["teachers"]
+    assert teacher["arch"] == "democnn_small" and teacher["source"] == "private"
+    assert m["mean"] == teacher["mean"] == [0.5, 0.4, 0.3]  # the checkpoint's own normalization
+    assert len(teacher["weights_sha256"]) == 64
+    assert m["args"]["teacher_path"] == str(teacher_ckpt)
+    assert {"torch", "torchvision", "numpy", "python"} <= set(m["versions"])
+
+
+def test_same_seed_gives_identical_files_for_any_worker_count(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    args = list(STORE_ARGS)
+    args[args.index("-j") + 1] = 2
+    relabel(demo_data / "ipc2", teacher_ckpt, tmp_path / "j2", *args)
+    assert tree_bytes(tmp_path / "j2") == tree_bytes(cutmix_store) | {
+        "manifest.json": (tmp_path / "j2" / "manifest.json").read_bytes()}
+    # the manifests differ only in the arguments that do not change the content
+    a = json.loads((tmp_path / "j2" / "manifest.json").read_text())
+    b = json.loads((cutmix_store / "manifest.json").read_text())
+    diff = {k for k in a["args"] if a["args"][k] != b["args"][k]}
+    assert diff == {"workers", "fkd_path"}
+
+
+def test_two_torchrun_processes_write_the_same_store_as_one(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    store = tmp_path / "ranks2"
+    proc = run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc2", "--teacher-path",
+                      teacher_ckpt, "--fkd-path", store, *STORE_ARGS, nproc=2)
+    assert "wrote 9 batch files" in proc.stdout
+    assert tree_bytes(store) == tree_bytes(cutmix_store) | {"manifest.json": (store / "manifest.json").read_bytes()}
+
+
+def test_other_seed_gives_other_labels(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    relabel(demo_data / "ipc2", teacher_ckpt, tmp_path / "s7", *STORE_ARGS, "--fkd-seed", 7)
+    a = torch.load(tmp_path / "s7" / "epoch_0" / "batch_0.tar", weights_only=True)
+    b = torch.load(cutmix_store / "epoch_0" / "batch_0.tar", weights_only=True)
+    assert not torch.equal(a[0], b[0])
+
+
+def test_rerun_skips_finished_files_and_restores_missing_ones(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    store = tmp_path / "store"
+    relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS)
+    (store / "epoch_1" / "batch_2.tar").unlink()
+    (store / "epoch_2" / "batch_0.tar").unlink()
+    (store / "epoch_0" / ".tmp-999999999-leftover").write_bytes(b"partial")  # a killed writer's file
+    proc = relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS)
+    assert "2 batch files to write, 7 already done" in proc.stdout
+    assert tree_bytes(store) == tree_bytes(cutmix_store) | {"manifest.json": (store / "manifest.json").read_bytes()}
+
+
+def test_more_epochs_extend_a_store(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    store = tmp_path / "store"
+    args = list(STORE_ARGS)
+    relabel(demo_data / "ipc2", teacher_ckpt, store, *args)
+    args[args.index("--epochs") + 1] = 4
+    proc = relabel(demo_data / "ipc2", teacher_ckpt, store, *args)
+    assert "3 batch files to write, 9 already done" in proc.stdout
+    assert json.loads((store / "manifest.json").read_text())["epochs"] == 4
+    assert (store / "epoch_0" / "batch_0.tar").read_bytes() == (cutmix_store / "epoch_0" / "batch_0.tar").read_bytes()
+
+
+def test_rerun_with_other_settings_is_refused(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    store = tmp_path / "store"
+    relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS)
+    before = tree_bytes(store)
+    proc = relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS, "--fkd-seed", 1, check=False)
+    assert_user_error(proc, "--fkd-path", "fkd_seed", "42", "1")
+    proc = relabel(demo_data / "ipc5", teacher_ckpt, store, *STORE_ARGS, check=False)
+    assert_user_error(proc, "num_samples")
+    assert tree_bytes(store) == before
+
+
+def test_bad_inputs_are_one_line_errors(demo_data, teacher_ckpt, tmp_path):
+    cases = [
+        (["--data", tmp_path / "nope", "--teacher-path", teacher_ckpt], "--data"),
+        (["--data", demo_data / "ipc2", "--teacher-path", tmp_path / "missing.pth"], "missing.pth"),
+        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "-a", "resnet18"], "-a/--arch"),
+        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--mode", "fkd_load"], "--mode"),
+        (["--data", demo_data / "ipc2", "-a", "resnet18"], "resnet18"),  # no weights cached, no download
+        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--min-scale-crops", 0], "--min-scale-crops"),
+    ]
+    (tmp_path / "empty_class" / "a").mkdir(parents=True)
+    cases.append((["--data", tmp_path / "empty_class", "--teacher-path", teacher_ckpt], "--data"))
+    for args, needle in cases:
+        proc = run_script("relabel/generate_soft_label.py", *args, "--fkd-path", tmp_path / "s",
+                          "--epochs", 1, check=False)
+        assert_user_error(proc, needle)
+
+
+def test_pickle_that_runs_code_is_refused(demo_data, tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"model": Evil()}))
+    torch.save({"model": {"w": torch.zeros(1)}, "x": Evil()}, tmp_path / "evil2.pth")
+    for path in (bad, tmp_path / "evil2.pth"):
+        proc = run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc2", "--teacher-path", path,
+                          "-a", "democnn_small", "--fkd-path", tmp_path / "s", check=False)
+        assert_user_error(proc, str(path))
+    assert not (tmp_path / "pwned").exists()

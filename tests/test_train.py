@@ -1,0 +1,136 @@
+"""The trainer: store mode end to end, hard-label mode, refusals, losses."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_user_error, relabel, run_script
+from validate.losses import LOSSES
+
+TRAIN = "validate/train_FKD_parallel.py"
+
+
+def train(*args, check=True):
+    return run_script(TRAIN, *args, "--no-progress", check=check)
+
+
+def test_trains_from_a_store_end_to_end(cutmix_store, demo_data, tmp_path):
+    out = tmp_path / "run"
+    proc = train("--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
+                 "--model", "democnn_small", "--loss-type", "kl", "-T", 4, "--cos", "-j", 2,
+                 "--eval-interval", 2, "--output-dir", out)
+    assert "soft (kl) labels, 3 epochs, batch 8, input 24px" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [2, 3]  # every 2 epochs and at the end
+    assert rows[-1]["step"] == 9  # 3 epochs x 3 stored batches
+    for r in rows:
+        assert {"train_loss", "top1", "top5", "val_loss", "lr"} <= set(r)
+        assert 0 <= r["top1"] <= 100 and r["train_loss"] > 0
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "args"} <= set(ckpt)
+    assert ckpt["epoch"] == 3 and ckpt["arch"] == "democnn_small"
+    assert ckpt["mean"] == [0.5, 0.4, 0.3]  # the student uses the teacher's normalization
+    results = json.loads((out / "results.json").read_text())
+    assert results["top1"] == rows[-1]["top1"] and results["labels"] == "soft (kl)"
+
+
+def test_mse_gt_loss_and_fewer_epochs_than_stored(mixup_store, demo_data, tmp_path):
+    out = tmp_path / "run"
+    train("--train-dir", demo_data / "ipc2", "--fkd-path", mixup_store, "--model", "mlpnet",
+          "--loss-type", "mse_gt", "--ce-weight", 0.5, "--epochs", 1, "-j", 0, "--output-dir", out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 1 and rows[-1]["step"] == 4  # ceil(20 / 6) batches
+    assert "top1" not in rows[-1]  # no --val-dir, no accuracy
+
+
+def test_store_mismatches_are_refused(cutmix_store, demo_data, tmp_path):
+    base = ["--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model", "mlpnet",
+            "--output-dir", tmp_path / "run"]
+    assert_user_error(train(*base, "--batch-size", 16, check=False), "--batch-size 16", "batches of 8")
+    assert_user_error(train(*base, "--epochs", 4, check=False), "--epochs 4", "3 epochs")
+    assert_user_error(train(*base, "--input-size", 32, check=False), "--input-size 32", "24")
+    assert_user_error(train(*base, "--mix-type", "mixup", check=False), "--mix-type mixup", "cutmix")
+    wrong = ["--train-dir", demo_data / "ipc5"] + base[2:]
+    assert_user_error(train(*wrong, check=False), "--train-dir", "not the images")
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_incomplete_store_is_refused_before_training(demo_data, teacher_ckpt, tmp_path):
+    store = tmp_path / "store"
+    relabel(demo_data / "ipc1", teacher_ckpt, store, "--epochs", 2, "-b", 10, "--input-size", 16, "-j", 0)
+    (store / "epoch_1" / "batch_0.tar").unlink()
+    proc = train("--train-dir", demo_data / "ipc1", "--fkd-path", store, "--model", "mlpnet",
+                 "--output-dir", tmp_path / "run", check=False)
+    assert_user_error(proc, "--fkd-path", "1 batch files missing", "epoch_1")
+    (store / "epoch_0" / "batch_0.tar").write_bytes(b"not a torch file")
+    proc = train("--train-dir", demo_data / "ipc1", "--fkd-path", store, "--model", "mlpnet", "--epochs", 1,
+                 "--output-dir", tmp_path / "run", check=False)
+    assert_user_error(proc, "batch_0.tar")
+
+
+def test_hard_label_training_and_its_checkpoint_as_a_teacher(demo_data, tmp_path):
+    """The demo's chain in miniature: a teacher trained by the trainer relabels a subset and
+    a student trains from that store."""
+    teacher = tmp_path / "teacher"
+    train("--train-dir", demo_data / "ipc5", "--val-dir", demo_data / "val", "--model", "democnn_small",
+          "--input-size", 32, "--min-scale-crops", 0.5, "-b", 25, "--epochs", 2, "--label-smoothing", 0.1,
+          "--mix-type", "cutmix", "--crop-pct", 1.0, "-j", 0, "--output-dir", teacher)
+    results = json.loads((teacher / "results.json").read_text())
+    assert results["labels"] == "hard (ls 0.1)" and results["steps"] == 4
+    store = tmp_path / "store"
+    relabel(demo_data / "ipc1", teacher / "checkpoint.pth", store, "--epochs", 2, "-b", 10,
+            "--input-size", 32, "-j", 0)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["teachers"][0]["arch"] == "democnn_small"  # read from the checkpoint, no -a needed
+    student = tmp_path / "student"
+    train("--train-dir", demo_data / "ipc1", "--val-dir", demo_data / "val", "--fkd-path", store,
+          "--model", "democnn_small", "-j", 0, "--output-dir", student)
+    assert json.loads((student / "results.json").read_text())["steps"] == 2
+
+
+def test_trainer_bad_inputs(demo_data, tmp_path):
+    cases = [
+        (["--train-dir", tmp_path / "nope"], "--train-dir"),
+        (["--train-dir", demo_data / "ipc1", "--model", "no_such_net"], "no_such_net"),
+        (["--train-dir", demo_data / "ipc1", "--fkd-path", tmp_path], "--fkd-path"),
+        (["--train-dir", demo_data / "ipc1", "--val-dir", demo_data / "val", "--num-classes", 5], "--train-dir"),
+    ]
+    for args, needle in cases:
+        assert_user_error(train(*args, "--output-dir", tmp_path / "o", check=False), needle)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _logits():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g) * 3, torch.arange(6) % 10
+
+
+def test_kl_loss_matches_its_formula():
+    s, t, y = _logits()
+    T = 4.0
+    p = torch.softmax(t / T, 1)
+    expected = (p * (p.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
+    got = LOSSES["kl"](s, t.half(), y, temperature=T, ce_weight=0.0, alpha=1.0)
+    torch.testing.assert_close(got, (torch.softmax(t.half().float() / T, 1) *
+                                     (torch.log_softmax(t.half().float() / T, 1) - torch.log_softmax(s / T, 1))
+                                     ).sum(1).mean())
+    assert got == pytest.approx(float(expected), rel=1e-2)
+    assert float(LOSSES["kl"](t, t, y, temperature=T, ce_weight=0.0, alpha=1.0)) == pytest.approx(0, abs=1e-6)
+
+
+def test_mse_gt_loss_matches_its_formula():
+    s, t, y = _logits()
+    expected = ((s - t) ** 2).mean() + 0.3 * F.cross_entropy(s, y)
+    torch.testing.assert_close(LOSSES["mse_gt"](s, t, y, temperature=1.0, ce_weight=0.3, alpha=1.0), expected)
+
+
+def test_wandb_offline_needs_no_key(demo_data, tmp_path):
+    out = tmp_path / "run"
+    train("--train-dir", demo_data / "ipc1", "--model", "mlpnet", "--input-size", 16, "-b", 10,
+          "--epochs", 1, "-j", 0, "--wandb-mode", "offline", "--output-dir", out)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
