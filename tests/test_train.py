@@ -37,6 +37,18 @@ def test_trains_from_a_store_end_to_end(cutmix_store, demo_data, tmp_path):
     assert results["top1"] == rows[-1]["top1"] and results["labels"] == "soft (kl)"
 
 
+def test_worker_count_does_not_change_training(cutmix_store, demo_data, tmp_path):
+    states = []
+    for workers in (0, 2):
+        out = tmp_path / f"j{workers}"
+        train("--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model", "democnn_small",
+              "--epochs", 2, "-j", workers, "--output-dir", out)
+        states.append(torch.load(out / "checkpoint.pth", weights_only=True)["model"])
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
 def test_mse_gt_loss_and_fewer_epochs_than_stored(mixup_store, demo_data, tmp_path):
     out = tmp_path / "run"
     train("--train-dir", demo_data / "ipc2", "--fkd-path", mixup_store, "--model", "mlpnet",
