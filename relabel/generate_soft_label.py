@@ -1,9 +1,12 @@
-"""Relabel a (distilled) image folder with a teacher: for every epoch and batch, sample the
-crops, flips and mix, run the teacher on exactly those pixels, and store the parameters with
-the teacher's logits (store format v1, see softlabel/store.py).
+"""Relabel a (distilled) image folder with one teacher or an ensemble: for every epoch and
+batch, sample the crops, flips and mix, run the teachers on exactly those pixels, and store
+the parameters with the combined logits (store format v1, see softlabel/store.py).
 
     python relabel/generate_soft_label.py --data DIR --teacher-path T.pth -a democnn \
         --fkd-path STORE --epochs 300 -b 1024 --input-size 224 --mix-type cutmix --use-fp16
+    python relabel/generate_soft_label.py --data DIR --teachers resnet18,mobilenet_v2 \
+        --ensemble normmean --fkd-path STORE          # published weights, from the local cache
+    torchrun --standalone --nproc_per_node 2 relabel/generate_soft_label.py ...
 
 Every random choice derives from (--fkd-seed, epoch, batch), so the store is the same for any
 -j and any number of processes (torchrun: rank r writes the batches b with b % world == r).
@@ -15,56 +18,129 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
-from softlabel import distributed, io, replay, runinfo, store  # noqa: E402
-from softlabel.data import FolderIndex, scan_image_folder  # noqa: E402
-from softlabel.loader import RelabelBatches, batch_loader  # noqa: E402
+from softlabel import classmap, distributed, io, replay, runinfo, store  # noqa: E402
+from softlabel.data import FolderIndex, IndexedImageFolder, eval_pixels_transform, scan_image_folder  # noqa: E402
+from softlabel.ensemble import ENSEMBLES  # noqa: E402
 from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.teachers import load_teacher  # noqa: E402
+from softlabel.loader import RelabelBatches, batch_loader, loader_workers  # noqa: E402
+from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers  # noqa: E402
+
+# Upstream flags this design replaces: accepted so old scripts run, each with a note.
+REPLACED_FLAGS = {
+    "multiprocessing_distributed": "launch with torchrun --nproc_per_node N instead",
+    "dist_url": "torchrun's environment provides the rendezvous (use torchrun --standalone)",
+    "dist_backend": "chosen automatically: NCCL on GPU, gloo on CPU",
+    "world_size": "taken from torchrun's WORLD_SIZE",
+    "rank": "taken from torchrun's RANK",
+    "gpu": "taken as --device cuda:N",
+    "seed": "every random choice derives from --fkd-seed",
+}
+PREFLIGHT_IMAGES = 256  # teacher accuracy is checked on this many crops before anything is written
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Soft-label generation (relabel) with crop/flip/mix replay")
+@dataclass
+class Preset:
+    """A per-architecture entry point: its teacher family and ensemble rule (PRISM)."""
+    name: str
+    teachers: list[str]
+    ensemble: str
+
+
+def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
+    title = f"PRISM {preset.name} preset: " if preset else ""
+    p = argparse.ArgumentParser(description=f"{title}soft-label generation (relabel) with crop/flip/mix replay")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="image folder to relabel (class sub-folders)")
-    g.add_argument("-j", "--workers", default=4, type=int, metavar="N",
-                   help="data loading worker processes (default: 4; 0 loads in the main process)")
+    g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
+                   help="data loading worker processes (default: 4 on GPU; 0 on CPU, where loading in "
+                        "the main process between batches is measured fastest); the store does not depend on it")
     g.add_argument("-b", "--batch-size", default=1024, type=int, metavar="N",
                    help="images per stored batch = per student step (default: 1024)")
     g.add_argument("--epochs", default=300, type=int, help="epochs of labels to store (default: 300)")
     g.add_argument("--input-size", default=224, type=int, metavar="S", help="crop size (default: 224)")
-    g.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale")
-    g.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale")
+    g.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale (0.08)")
+    g.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale (1.0)")
     g.add_argument("--mix-type", default="none", type=str, choices=["mixup", "cutmix", "none", "None"],
                    help="batch mix applied after cropping (default: none)")
     g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (default: 0.8)")
     g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (default: 1.0)")
+    g.add_argument("--class-map", metavar="FILE", default=None,
+                   help="JSON {class folder: teacher class index} (default: folder order; ImageNet "
+                        "WNID folders map to 1000-class teachers automatically)")
 
-    g = p.add_argument_group("teacher")
+    g = p.add_argument_group("teachers")
     g.add_argument("-a", "--arch", metavar="ARCH", default=None,
                    help="teacher architecture: ours, torchvision or timm name (default: what "
-                        "--teacher-path says, else resnet18)")
-    g.add_argument("--teacher-path", metavar="FILE", default=None,
-                   help="teacher weights: a state_dict or a checkpoint dict with 'model' "
-                        "(default: torchvision's published weights, from the local cache)")
+                        "--teacher-path says, else resnet18)" + ("; a preset takes it as its first teacher" if preset else ""))
+    g.add_argument("--teachers", metavar="A,B,C", default=None,
+                   help="several teachers, ensembled with --ensemble (the first is the primary)")
+    g.add_argument("--teacher-path", metavar="P1,P2", default=None,
+                   help="weights, one file per teacher: a state_dict or a checkpoint dict with 'model' "
+                        "(default: published weights from the local cache; nothing is downloaded)")
+    g.add_argument("--teacher-source", choices=SOURCES, default=None,
+                   help="library of the architecture and published weights (default: torchvision if "
+                        "it knows the name, else timm; private: --teacher-path files only)")
+    g.add_argument("--candidate-number", type=int, default=None, metavar="N",
+                   help="keep the first N teachers of the list (default: all)")
+    g.add_argument("--ensemble", choices=sorted(ENSEMBLES), default="mean",
+                   help="how teachers' logits combine: mean, normmean (PRISM r18), primary-weighted "
+                        "(PRISM r50/r101) (default: mean)")
+    g.add_argument("--primary-weight", type=float, default=0.5,
+                   help="primary-weighted: weight of the first teacher (default: 0.5)")
     g.add_argument("--num-classes", type=int, default=None,
-                   help="teacher outputs (default: what the checkpoint says, else the number "
-                        "of class folders)")
-    g.add_argument("--temperature", type=float, default=1.0,
-                   help="store teacher logits / T (default: 1, raw logits)")
+                   help="teacher outputs (default: what the checkpoint says, else the number of class folders)")
+    g.add_argument("--temperature", type=float, default=1.0, help="store logits / T (default: 1, raw logits)")
+    g.add_argument("--evaluate", action="store_true", help="report each teacher's and the ensemble's "
+                                                           "top-1 on --val-dir before relabelling")
+    g.add_argument("--val-dir", metavar="DIR", default=None, help="validation images for --evaluate")
+    g.add_argument("--crop-pct", type=float, default=0.875,
+                   help="--evaluate: resize to input-size/crop-pct, center-crop (default: 0.875)")
+    g.add_argument("--min-teacher-acc", type=float, default=None, metavar="PCT",
+                   help="stop with an error when the teachers' top-1 on the crops they label is below "
+                        "PCT percent (default: only warn below twice chance)")
 
-    g = p.add_argument_group("store")
+    g = p.add_argument_group("store and run")
     g.add_argument("--fkd-path", default="./FKD_soft_label", type=str, help="store directory")
     g.add_argument("--use-fp16", dest="use_fp16", action="store_true", help="store logits as float16")
     g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
     g.add_argument("--fkd-seed", default=42, type=int, metavar="N",
                    help="seed of every random choice in the store (default: 42)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="autocast of the teachers' forward (default auto: bf16 on CUDA, off on CPU)")
+    g.add_argument("--print-freq", type=int, default=1, metavar="N",
+                   help="print the teachers' top-1 on their crops every N epochs (default: 1)")
+
+    g = p.add_argument_group("upstream flags (accepted so old scripts run; replaced as noted)")
+    g.add_argument("--multiprocessing-distributed", action="store_true", help=REPLACED_FLAGS["multiprocessing_distributed"])
+    g.add_argument("--dist-url", default=None, help=REPLACED_FLAGS["dist_url"])
+    g.add_argument("--dist-backend", default=None, help=REPLACED_FLAGS["dist_backend"])
+    g.add_argument("--world-size", default=None, type=int, help=REPLACED_FLAGS["world_size"])
+    g.add_argument("--rank", default=None, type=int, help=REPLACED_FLAGS["rank"])
+    g.add_argument("--gpu", default=None, type=int, help=REPLACED_FLAGS["gpu"])
+    g.add_argument("--seed", default=None, type=int, help=REPLACED_FLAGS["seed"])
+
+    if preset:  # the PRISM ImageNet-1k command's defaults
+        p.set_defaults(epochs=300, input_size=224, min_scale_crops=0.08, mix_type="cutmix",
+                       use_fp16=True, ensemble=preset.ensemble)
     return p
+
+
+def note_replaced_flags(args: argparse.Namespace) -> None:
+    for key, note in REPLACED_FLAGS.items():
+        value = getattr(args, key)
+        if value not in (None, False):
+            print(f"note: --{key.replace('_', '-')} is not needed here: {note}", file=sys.stderr)
+    if args.gpu is not None and args.device is None:
+        args.device = f"cuda:{args.gpu}"
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -74,21 +150,86 @@ def check_args(args: argparse.Namespace) -> None:
     if args.data is None:
         raise UserError("--data DIR is required")
     for flag, value in (("-b/--batch-size", args.batch_size), ("--epochs", args.epochs),
-                        ("--input-size", args.input_size)):
+                        ("--input-size", args.input_size), ("--print-freq", args.print_freq)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
     if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
         raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops "
                         f"{args.max_scale_crops}: need 0 < min <= max <= 1")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if not 0 <= args.primary_weight <= 1:
+        raise UserError(f"--primary-weight must be in [0, 1], got {args.primary_weight}")
+    if args.evaluate and not args.val_dir:
+        raise UserError("--evaluate needs --val-dir DIR")
+    if not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     args.mix_type = replay.normalize_mix_type(args.mix_type)
 
 
-def build_manifest(args: argparse.Namespace, index: FolderIndex, teacher, batches: int) -> dict:
-    mixing = args.mix_type != "none"
+def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[list[Optional[str]], list[Optional[str]]]:
+    """(architectures, weight files) of the teachers, from --teachers/-a, the preset and
+    --candidate-number; a file list must give one file per teacher."""
+    if args.teachers:
+        archs: list[Optional[str]] = [a.strip() for a in args.teachers.split(",") if a.strip()]
+    elif preset:
+        archs = list(preset.teachers)
+        if args.arch and args.arch != archs[0]:
+            raise UserError(f"-a/--arch {args.arch}: this preset's primary teacher is {archs[0]}; use "
+                            f"generate_soft_label.py --teachers {args.arch},... for another family")
+    else:
+        archs = [args.arch]
+    if args.candidate_number is not None:
+        if not 1 <= args.candidate_number <= len(archs):
+            raise UserError(f"--candidate-number {args.candidate_number}: between 1 and {len(archs)} "
+                            f"(the teachers: {', '.join(str(a) for a in archs)})")
+        archs = archs[:args.candidate_number]
+    paths: list[Optional[str]] = [None] * len(archs)
+    if args.teacher_path:
+        given = [q.strip() for q in args.teacher_path.split(",")]
+        if len(given) != len(archs):
+            raise UserError(f"--teacher-path gives {len(given)} files for {len(archs)} teachers "
+                            f"({', '.join(str(a) for a in archs)}); give one per teacher, or none for "
+                            f"published weights")
+        paths = list(given)
+    return archs, paths
+
+
+def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "fp16":
+        return torch.float16
+    if choice == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def evaluate(ens: Ensemble, val_dir: str, class_index_of_folder: dict[str, int], args: argparse.Namespace) -> None:
+    """Each teacher's and the ensemble's top-1 on a validation folder (center crops)."""
+    index = scan_image_folder(val_dir, "--val-dir")
+    unknown = [c for c in index.classes if c not in class_index_of_folder]
+    if unknown:
+        raise UserError(f"--val-dir {val_dir}: class folder '{unknown[0]}' is not among --data's classes")
+    targets = torch.tensor([class_index_of_folder[c] for c in index.classes])
+    loader = DataLoader(IndexedImageFolder(index, eval_pixels_transform(args.input_size, args.crop_pct)),
+                        batch_size=256, num_workers=min(args.workers, 2))
+    correct = torch.zeros(len(ens.teachers) + 1)
+    for pixels, folder in loader:
+        combined, outputs = ens(pixels.to(ens.device), None, None, None)
+        y = targets[folder].to(ens.device)
+        for i, logits in enumerate([combined] + outputs):
+            correct[i] += (logits.argmax(1) == y).sum().cpu()
+    acc = 100.0 * correct / len(index)
+    names = ", ".join(f"{t.arch} {a:.2f}%" for t, a in zip(ens.teachers, acc[1:].tolist()))
+    print(f"evaluate: top-1 on --val-dir {val_dir} ({len(index)} images): ensemble {acc[0]:.2f}% ({names})",
+          flush=True)
+
+
+def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
+                   class_mapping: str, batches: int, amp: Optional[torch.dtype]) -> dict:
     return {
         "format_version": store.FORMAT_VERSION,
         "created_by": "relabel/generate_soft_label.py",
@@ -98,8 +239,10 @@ def build_manifest(args: argparse.Namespace, index: FolderIndex, teacher, batche
         "epochs": args.epochs,
         "batches_per_epoch": batches,
         "num_samples": len(index),
-        "num_classes": teacher.num_classes,
+        "num_classes": teachers[0].num_classes,
         "class_names": index.classes,
+        "class_to_index": dict(zip(index.classes, class_index)),
+        "class_mapping": class_mapping,
         "input_size": args.input_size,
         "min_scale_crops": args.min_scale_crops,
         "max_scale_crops": args.max_scale_crops,
@@ -109,76 +252,159 @@ def build_manifest(args: argparse.Namespace, index: FolderIndex, teacher, batche
         "use_fp16": bool(args.use_fp16),
         "label_dtype": "float16" if args.use_fp16 else "float32",
         "temperature": args.temperature,
-        "teachers": [teacher.describe()],
-        "mean": teacher.mean,
-        "std": teacher.std,
+        "teachers": [t.describe() for t in teachers],
+        "ensemble": args.ensemble if len(teachers) > 1 else None,
+        "primary_weight": args.primary_weight if len(teachers) > 1 and args.ensemble == "primary-weighted" else None,
+        # The student sees the pixels normalized as the primary teacher wants them.
+        "mean": teachers[0].mean,
+        "std": teachers[0].std,
+        "amp": str(amp).replace("torch.", "") if amp else None,
         "dataset_fingerprint": index.fingerprint(),
         "versions": runinfo.library_versions(),
     }
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def prepare_store(root: str, manifest: dict, epochs: int) -> None:
+    """Rank 0: take the store's lock, re-check it under the lock, write the manifest."""
+    store.lock(root)
+    manifest = store.check_compatible(root, manifest)
+    store.write_manifest(root, manifest)
+    for e in range(epochs):
+        os.makedirs(store.epoch_dir(root, e), exist_ok=True)
+        io.remove_stale_tmp(store.epoch_dir(root, e))
+    io.remove_stale_tmp(root)
+
+
+class Accuracy:
+    """Top-1 of each teacher and the ensemble on the crops they label. A mixed crop counts as
+    right when the prediction is either of its two images' classes."""
+
+    def __init__(self, n_teachers: int):
+        self.correct = torch.zeros(n_teachers + 1, dtype=torch.float64)
+        self.seen = 0
+
+    def update(self, combined: torch.Tensor, outputs: list[torch.Tensor], target: torch.Tensor, mix_index) -> None:
+        partner = target if mix_index is None else target[mix_index]
+        for i, logits in enumerate([combined] + outputs):
+            pred = logits.argmax(1).cpu()
+            self.correct[i] += float(((pred == target) | (pred == partner)).sum())
+        self.seen += len(target)
+
+    def percent(self) -> list[float]:
+        return (100.0 * self.correct / max(self.seen, 1)).tolist()
+
+
+def check_teacher_accuracy(acc: Accuracy, teachers: list[Teacher], num_classes: int, mixed: bool,
+                           minimum: Optional[float], where: str) -> None:
+    """A teacher whose classes do not line up with the folders labels at chance: say so
+    loudly, or stop (--min-teacher-acc) before the labels are used."""
+    top1 = acc.percent()[0]
+    chance = 100.0 * (2.0 if mixed else 1.0) / num_classes
+    if minimum is not None and top1 < minimum:
+        raise UserError(f"the teachers' top-1 on {where} is {top1:.1f}%, below --min-teacher-acc {minimum:g}; "
+                        f"is their class order the folders' order? (see --class-map)")
+    if top1 < 2 * chance:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: the teachers' top-1 on {where} is {top1:.1f}%, below twice chance "
+              f"({2 * chance:.1f}%).\nLikely cause: the teachers' class order does not match the class "
+              f"folders (folder i is taken as\nteacher class i). Name ImageNet folders by WNID, or pass "
+              f"--class-map FILE. Other causes:\nwrong weights, or crops too small for these images "
+              f"(--min-scale-crops).\n--min-teacher-acc PCT turns this into an error.\n{bar}",
+              file=sys.stderr, flush=True)
+
+
+def main(preset: Optional[Preset] = None) -> None:
+    args = get_parser(preset).parse_args()
+    note_replaced_flags(args)
     check_args(args)
+    archs, paths = teacher_specs(args, preset)
     info = distributed.setup(args.device)
+    args.workers = loader_workers(args.workers, info.device.type == "cuda")
     index = scan_image_folder(args.data, "--data")
-    num_classes = args.num_classes
-    teacher = load_teacher(args.arch, args.teacher_path, num_classes)
-    if teacher.num_classes < len(index.classes):
-        raise UserError(f"teacher '{teacher.arch}' has {teacher.num_classes} outputs but --data "
-                        f"{args.data} has {len(index.classes)} class folders")
-    model = teacher.model.to(info.device)
+    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source)
+    num_classes = teachers[0].num_classes
+    class_index, class_mapping = classmap.resolve(index.classes, num_classes, args.class_map)
+    amp = amp_dtype(args.amp, info.device)
+    ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
     batches = replay.batches_per_epoch(len(index), args.batch_size)
 
-    # Every rank checks the store (so a refusal stops them all), then rank 0 writes.
-    manifest = store.check_compatible(args.fkd_path, build_manifest(args, index, teacher, batches))
-    distributed.barrier(info)
-    if info.is_main:
-        store.write_manifest(args.fkd_path, manifest)
-        for e in range(args.epochs):
-            os.makedirs(store.epoch_dir(args.fkd_path, e), exist_ok=True)
-            io.remove_stale_tmp(store.epoch_dir(args.fkd_path, e))
-    distributed.barrier(info)
+    if args.evaluate:
+        distributed.on_main_then_all(info, lambda: evaluate(ens, args.val_dir, dict(zip(index.classes, class_index)), args))
+
+    # Every rank checks the store read-only (so a refusal stops them all at once), then rank 0
+    # locks it and writes the manifest.
+    manifest = store.check_compatible(args.fkd_path, build_manifest(args, index, teachers, class_index,
+                                                                      class_mapping, batches, amp))
+    distributed.on_main_then_all(info, lambda: prepare_store(args.fkd_path, manifest, args.epochs))
 
     todo = [(e, b) for e in range(args.epochs) for b in range(batches)
-            if b % info.world_size == info.rank
-            and not os.path.exists(store.batch_path(args.fkd_path, e, b))]
-    skipped = sum(1 for b in range(batches) if b % info.world_size == info.rank) * args.epochs - len(todo)
+            if b % info.world_size == info.rank and not os.path.exists(store.batch_path(args.fkd_path, e, b))]
+    mine = sum(1 for b in range(batches) if b % info.world_size == info.rank) * args.epochs
     images_todo = sum(min(args.batch_size, len(index) - b * args.batch_size) for _, b in todo)
     jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
-                          (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup, args.cutmix)
-    loader = batch_loader(jobs, args.workers, pin_memory=info.device.type == "cuda")
+                          (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
+                          args.cutmix, class_index)
+    on_gpu = info.device.type == "cuda"
+    loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
-        print(f"relabel: {len(index)} images, {len(index.classes)} classes, teacher {teacher.arch} "
-              f"({teacher.source}), {args.epochs} epochs x {batches} batches of {args.batch_size}; "
-              f"{len(todo)} batch files to write" + (f", {skipped} already done" if skipped else "")
+        family = ", ".join(f"{t.arch} ({t.source})" for t in teachers)
+        print(f"relabel: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teachers "
+              f"{family}" + (f", ensemble {args.ensemble}" if len(teachers) > 1 else "")
+              + f"; {args.epochs} epochs x {batches} batches of {args.batch_size}; {len(todo)} batch files "
+              f"to write" + (f", {mine - len(todo)} already done" if mine > len(todo) else "")
               + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
 
-    mean, std = teacher.mean, teacher.std
-    correct = seen = 0
-    start = time.time()
+    started = time.time()
+    first_done: Optional[float] = None
+    total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
+    pending: list[tuple[int, int, store.BatchRecord]] = []  # held back until the teachers pass the check
+    checked = False
     bar = runinfo.progress(images_todo, "relabel", disable=not info.is_main)
-    with torch.inference_mode():
-        for item in loader:
-            pixels = item["pixels"].to(info.device, non_blocking=True)
-            inputs = replay.model_inputs(pixels, mean, std, item["mix_index"], item["mix_lam"], item["mix_bbox"])
-            logits = model(inputs).float()
-            correct += int((logits.argmax(1).cpu() == item["target"]).sum())
-            seen += len(item["target"])
-            logits = (logits / args.temperature).cpu()
-            record = store.BatchRecord(item["coords"], item["flip"], item["mix_index"], item["mix_lam"],
-                                       item["mix_bbox"], logits.half() if args.use_fp16 else logits,
-                                       item["index"])
-            store.write_batch(args.fkd_path, item["epoch"], item["batch"], record)
-            bar.update(len(item["index"]))
-            bar.set_postfix(epoch=item["epoch"], top1=f"{100.0 * correct / seen:.1f}", refresh=False)
+    for n, item in enumerate(loader):
+        epoch = item["epoch"]
+        pixels = item["pixels"].to(info.device, non_blocking=True)
+        combined, outputs = ens(pixels, item["mix_index"], item["mix_lam"], item["mix_bbox"])
+        for acc in (total, epoch_acc):
+            acc.update(combined, outputs, item["target"], item["mix_index"])
+        logits = (combined / args.temperature).cpu()
+        record = store.BatchRecord(item["coords"], item["flip"], item["mix_index"], item["mix_lam"],
+                                   item["mix_bbox"], logits.half() if args.use_fp16 else logits, item["index"])
+        pending.append((epoch, item["batch"], record))
+        last = n + 1 == len(todo)
+        if not checked and (total.seen >= min(PREFLIGHT_IMAGES, images_todo) or last):
+            check_teacher_accuracy(total, teachers, len(index.classes), args.mix_type != "none",
+                                   args.min_teacher_acc, f"the first {total.seen} crops they label")
+            checked = True
+        if checked:
+            for e, b, rec in pending:
+                store.write_batch(args.fkd_path, e, b, rec)
+            pending.clear()
+        if first_done is None:
+            first_done = time.time()
+        bar.update(len(item["index"]))
+        bar.set_postfix(epoch=epoch, top1=f"{total.percent()[0]:.1f}", refresh=False)
+        if last or todo[n + 1][0] != epoch:
+            if info.is_main and ((epoch + 1) % args.print_freq == 0 or epoch + 1 == args.epochs):
+                parts = ", ".join(f"{t.arch} {a:.1f}%" for t, a in zip(teachers, epoch_acc.percent()[1:]))
+                bar.write(f"epoch {epoch}: top-1 on its crops {epoch_acc.percent()[0]:.2f}%"
+                          + (f" ({parts})" if len(teachers) > 1 else "")
+                          + (" [rank 0's batches]" if info.distributed else ""))
+            epoch_acc = Accuracy(len(teachers))
     bar.close()
-    correct, seen, written = distributed.sum_across(info, correct, seen, len(todo))
+    end = time.time()
+    # Steady state: from each rank's first finished batch to the last rank's end, so start-up
+    # (imports excluded: this is from main()) is reported on its own.
+    first_images = len(todo) and min(args.batch_size, len(index) - todo[0][1] * args.batch_size)
+    correct, seen, written, steady_images = distributed.reduce_across(
+        info, float(total.correct[0]), total.seen, len(todo), images_todo - first_images)
+    startup, steady_time = distributed.reduce_across(
+        info, (first_done or end) - started, end - (first_done or end), op="max")
     if info.is_main:
         acc = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
-        print(f"relabel: wrote {int(written)} batch files to {args.fkd_path} in {time.time() - start:.1f}s; "
-              f"teacher top-1 on the crops it labelled: {acc} (a mixed crop counts as its first image's class)",
-              flush=True)
+        steady = (f" (start-up to the first batch {startup:.2f}s, then {steady_images / steady_time:.1f} img/s)"
+                  if steady_time > 0 and steady_images > 0 else "")
+        print(f"relabel: wrote {int(written)} batch files to {args.fkd_path} in {end - started:.1f}s{steady}; "
+              f"top-1 on the crops they labelled: {acc}", flush=True)
     distributed.cleanup(info)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torchvision.transforms as T
@@ -80,6 +81,16 @@ def eval_transform(input_size: int, crop_pct: float, mean, std) -> T.Compose:
     ])
 
 
+def eval_pixels_transform(input_size: int, crop_pct: float) -> T.Compose:
+    """The resize and center crop of ``eval_transform``, as uint8 pixels (normalized later,
+    per teacher)."""
+    return T.Compose([
+        T.Resize(int(round(input_size / crop_pct)), interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(input_size),
+        T.PILToTensor(),
+    ])
+
+
 def hard_label_train_transform(input_size: int, scale: tuple[float, float], mean, std) -> T.Compose:
     return T.Compose([
         T.RandomResizedCrop(input_size, scale=scale, interpolation=T.InterpolationMode.BILINEAR),
@@ -90,15 +101,17 @@ def hard_label_train_transform(input_size: int, scale: tuple[float, float], mean
 
 
 class IndexedImageFolder(torch.utils.data.Dataset):
-    """A map-style dataset over a ``FolderIndex`` with a per-sample transform."""
+    """A map-style dataset over a ``FolderIndex`` with a per-sample transform; labels are
+    folder indices, or ``class_index[folder]`` when the classes are numbered otherwise."""
 
-    def __init__(self, index: FolderIndex, transform):
+    def __init__(self, index: FolderIndex, transform, class_index: Optional[list[int]] = None):
         self.index = index
         self.transform = transform
+        self.class_index = class_index
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int):
         path, target = self.index.samples[i]
-        return self.transform(load_rgb(path)), target
+        return self.transform(load_rgb(path)), target if self.class_index is None else self.class_index[target]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from softlabel.errors import UserError
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -55,11 +60,33 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def sum_across(info: DistInfo, *values: float) -> list[float]:
-    """Sum a few numbers over all ranks (each rank gets the totals)."""
+def reduce_across(info: DistInfo, *values: float, op: str = "sum") -> list[float]:
+    """Sum (or max) a few numbers over all ranks; every rank gets the result."""
     if not info.distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64,
                      device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def on_main_then_all(info: DistInfo, fn: Callable[[], R]) -> R | None:
+    """Run ``fn`` on rank 0 only; if it refuses (UserError), every rank raises the same
+    error instead of waiting forever for rank 0."""
+    message, result = "", None
+    if info.is_main:
+        try:
+            result = fn()
+        except UserError as exc:
+            message = str(exc) or "error"
+    if info.distributed:
+        device = info.device if info.device.type == "cuda" else torch.device("cpu")
+        buf = torch.zeros(4096, dtype=torch.uint8, device=device)
+        if message:
+            data = message.encode()[:4096]
+            buf[:len(data)] = torch.tensor(list(data), dtype=torch.uint8, device=device)
+        dist.broadcast(buf, src=0)
+        message = bytes(buf[buf != 0].cpu().tolist()).decode(errors="replace")
+    if message:
+        raise UserError(message)
+    return result

@@ -8,7 +8,8 @@ the result is the same for any number of workers.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+import os
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from softlabel import replay, store
 from softlabel.data import FolderIndex, load_rgb
+from softlabel.errors import UserError
 
 
 class RelabelBatches(Dataset):
@@ -25,10 +27,11 @@ class RelabelBatches(Dataset):
 
     def __init__(self, index: FolderIndex, jobs: list[tuple[int, int]], seed: int, batch_size: int,
                  input_size: int, scale: tuple[float, float], mix_type: str,
-                 mixup: float = 0.8, cutmix: float = 1.0):
+                 mixup: float = 0.8, cutmix: float = 1.0, class_index: Optional[list[int]] = None):
         self.index, self.jobs, self.seed, self.batch_size = index, jobs, seed, batch_size
         self.input_size, self.scale = input_size, scale
         self.mix_type, self.mixup, self.cutmix = mix_type, mixup, cutmix
+        self.targets = _targets(index, class_index)
         self._order: tuple[int, Any] = (-1, None)
 
     def __len__(self) -> int:
@@ -48,8 +51,7 @@ class RelabelBatches(Dataset):
         mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, self.mix_type, len(idx), self.input_size,
                                                          self.mixup, self.cutmix)
         return {"epoch": epoch, "batch": batch, "index": torch.from_numpy(idx.astype(np.int64)),
-                "target": torch.tensor([self.index.samples[k][1] for k in idx], dtype=torch.int64),
-                "coords": coords, "flip": flips, "mix_index": mix_index, "mix_lam": mix_lam,
+                "target": self.targets[torch.from_numpy(idx.astype(np.int64))], "coords": coords, "flip": flips, "mix_index": mix_index, "mix_lam": mix_lam,
                 "mix_bbox": mix_bbox, "pixels": replay.render_batch(images, coords, flips, self.input_size)}
 
 
@@ -61,6 +63,7 @@ class StoreBatches(Dataset):
         self.root, self.index, self.jobs = root, index, jobs
         self.input_size = int(manifest["input_size"])
         self.num_classes = int(manifest["num_classes"])
+        self.targets = _targets(index, class_index_of(manifest, index.classes))
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -70,26 +73,93 @@ class StoreBatches(Dataset):
         rec = store.read_batch(self.root, epoch, batch, len(self.index), self.num_classes)
         idx = rec.index.tolist()
         images = [load_rgb(self.index.samples[k][0]) for k in idx]
-        return {"epoch": epoch, "batch": batch, "index": rec.index,
-                "target": torch.tensor([self.index.samples[k][1] for k in idx], dtype=torch.int64),
+        return {"epoch": epoch, "batch": batch, "index": rec.index, "target": self.targets[rec.index],
                 "soft_label": rec.soft_label, "mix_index": rec.mix_index, "mix_lam": rec.mix_lam,
                 "mix_bbox": rec.mix_bbox, "pixels": replay.render_batch(images, rec.coords, rec.flip,
                                                                         self.input_size)}
+
+
+def _targets(index: FolderIndex, class_index: Optional[list[int]]) -> torch.Tensor:
+    """Each sample's label as the teacher numbers classes (folder order unless mapped)."""
+    folder = torch.tensor(index.targets, dtype=torch.int64)
+    return folder if class_index is None else torch.tensor(class_index, dtype=torch.int64)[folder]
+
+
+def class_index_of(manifest: dict, classes: list[str]) -> list[int]:
+    """Teacher class index of each named folder, as the store's manifest records it."""
+    mapping = manifest["class_to_index"]
+    missing = [c for c in classes if c not in mapping]
+    if missing:
+        raise UserError(f"class folder '{missing[0]}' is not one of the store's classes")
+    return [int(mapping[c]) for c in classes]
 
 
 def _as_is(item: Any) -> Any:
     return item
 
 
-def batch_loader(dataset: Dataset, workers: int, pin_memory: bool) -> Iterable[dict[str, Any]]:
-    """Iterate whole batches in order. With workers, DataLoader processes prefetch; without,
-    a background thread overlaps decoding with the model's work."""
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_as_is, pin_memory=pin_memory,
-                        prefetch_factor=2 if workers > 0 else None)
+def loader_workers(requested: Optional[int], on_gpu: bool) -> int:
+    """-j default: 4 worker processes to feed a GPU; none on a CPU, where the model's threads
+    fill every core and loading between steps in the main process is fastest (bench_relabel)."""
+    return requested if requested is not None else (4 if on_gpu else 0)
+
+
+def batch_loader(dataset: Dataset, workers: int, pin_memory: bool, background: bool = True,
+                 yield_cpu: bool = False) -> Iterable[dict[str, Any]]:
+    """Iterate whole batches in order.
+
+    With workers, DataLoader processes prefetch. Without, ``background`` loads in a thread
+    that overlaps decoding with the model's work (right when the model runs on a GPU); on a
+    CPU, whose cores the model's threads already fill, loading in the main thread between
+    steps is faster (no GIL or core contention), so callers pass ``background=False`` there.
+    ``yield_cpu`` runs the worker processes at idle priority, so that on a CPU they take only
+    cores the model leaves idle.
+    """
     if workers > 0:
-        return loader
-    return _Background(loader)
+        loader = DataLoader(_SmallByValue(dataset), batch_size=None, shuffle=False, num_workers=workers,
+                            collate_fn=_as_is, pin_memory=pin_memory, prefetch_factor=2,
+                            worker_init_fn=_lowest_priority if yield_cpu else None)
+        return _Unpacked(loader)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0, collate_fn=_as_is)
+    return _Background(loader) if background else loader
+
+
+def _lowest_priority(worker_id: int = 0) -> None:
+    # SCHED_IDLE: run only on a core nothing else wants (Linux; allowed without privileges).
+    # A merely "nice" worker still gets time slices on a busy core, and every slice it takes
+    # stalls a whole multi-threaded operation of the model.
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:  # not allowed here: loading just keeps its priority
+            pass
+
+
+class _SmallByValue(Dataset):
+    """Worker side: small tensors travel as numpy arrays, pickled by value; a tensor would
+    travel through its own shared-memory segment, costing the main process a file
+    descriptor exchange and a mapping for a few bytes."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: v.numpy() if isinstance(v, torch.Tensor) and v.numel() <= 65536 else v
+                for k, v in self.dataset[i].items()}
+
+
+class _Unpacked:
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.loader:
+            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
 
 
 class _Background:

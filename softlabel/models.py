@@ -56,7 +56,7 @@ LOCAL_MODELS = {
 
 
 def model_source(name: str) -> str:
-    """'local', 'torchvision' or 'timm': where a model name comes from (ours first)."""
+    """'local', 'torchvision' or 'timm': which library builds a model name (ours first)."""
     if name in LOCAL_MODELS:
         return "local"
     import torchvision.models
@@ -69,21 +69,27 @@ def model_source(name: str) -> str:
                     f"nor a torchvision or timm classification model")
 
 
-def create_model(name: str, num_classes: int) -> nn.Module:
-    """A randomly initialised model (no download ever happens here)."""
-    source = model_source(name)
-    if source == "local":
+def create_model(name: str, num_classes: int, builder: Optional[str] = None) -> nn.Module:
+    """A randomly initialised model (no download ever happens here). ``builder`` forces the
+    library ('torchvision' or 'timm') when both know the name, e.g. resnet18."""
+    builder = builder or model_source(name)
+    if builder == "local":
         return LOCAL_MODELS[name](num_classes)
-    if source == "torchvision":
+    if builder == "torchvision":
         import torchvision.models
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(f"torchvision has no model '{name}'")
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     import timm
+    if not timm.is_model(name):
+        raise UserError(f"timm has no model '{name}'")
     return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
-def default_normalization(name: str, model: Optional[nn.Module] = None) -> tuple[list[float], list[float]]:
+def default_normalization(name: str, model: Optional[nn.Module] = None,
+                          builder: Optional[str] = None) -> tuple[list[float], list[float]]:
     """Input mean/std a model expects: timm's data config for timm models, else ImageNet's."""
-    if model is not None and model_source(name) == "timm":
+    if model is not None and (builder or model_source(name)) == "timm":
         import timm.data
         cfg = timm.data.resolve_data_config({}, model=model)
         return list(cfg["mean"]), list(cfg["std"])
@@ -139,12 +145,48 @@ def torchvision_cached_weights(name: str) -> tuple[str, list[float], list[float]
     try:
         weights = torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError):
-        raise UserError(f"model '{name}' has no published torchvision weights; pass --teacher-path FILE") from None
+        raise UserError(f"torchvision publishes no weights for '{name}'; pass --teacher-path FILE") from None
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
     path = os.path.join(cache, os.path.basename(weights.url))
     if not os.path.isfile(path):
-        raise UserError(f"no weights for teacher '{name}': pass --teacher-path FILE, or place "
-                        f"{os.path.basename(weights.url)} (from {weights.url}) in {cache}; "
-                        f"nothing is downloaded")
+        raise UserError(f"no weights for teacher '{name}' (torchvision): pass --teacher-path FILE, or "
+                        f"place {os.path.basename(weights.url)} (from {weights.url}) in {cache} "
+                        f"(TORCH_HOME); nothing is downloaded")
     tf = weights.transforms()
     return path, list(tf.mean), list(tf.std)
+
+
+def timm_cached_weights(name: str) -> str:
+    """Path of timm's published weights for ``name`` in the local Hugging Face cache (or the
+    torch hub cache for old url-only weights). Never downloads."""
+    import timm.models
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise UserError(f"timm publishes no weights for '{name}'; pass --teacher-path FILE")
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.constants import HF_HUB_CACHE
+        for filename in filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    if cfg.url:
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(cfg.url))
+        if os.path.isfile(path):
+            return path
+    where = (f"model.safetensors of the Hugging Face repo {cfg.hf_hub_id} in {HF_HUB_CACHE} (HF_HOME)"
+             if cfg.hf_hub_id else f"{os.path.basename(cfg.url)} in {os.path.join(torch.hub.get_dir(), 'checkpoints')}")
+    raise UserError(f"no weights for teacher '{name}' (timm): pass --teacher-path FILE, or place {where}; "
+                    f"nothing is downloaded")
+
+
+def read_weights_file(path: str, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``read_checkpoint`` for .safetensors files too (as the Hugging Face cache holds them)."""
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(path), {}
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{flag} {path}: not a readable safetensors file ({exc})") from None
+    return read_checkpoint(path, flag)

@@ -139,11 +139,10 @@ def render_batch(images: Sequence[Image.Image], coords: torch.Tensor, flips: tor
                  input_size: int) -> torch.Tensor:
     """Crop, resize and flip every image; uint8 (B, 3, S, S), still un-normalized (a quarter
     of the bytes of float pixels to move between processes and to the GPU)."""
-    out = torch.empty((len(images), 3, input_size, input_size), dtype=torch.uint8)
-    for k, img in enumerate(images):
-        crop = render_crop(img, coords[k].tolist(), bool(flips[k]), input_size)
-        out[k] = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)
-    return out
+    out = np.empty((len(images), input_size, input_size, 3), dtype=np.uint8)
+    for k, (img, box, flip) in enumerate(zip(images, coords.tolist(), flips.tolist())):
+        out[k] = np.asarray(render_crop(img, box, flip, input_size))
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

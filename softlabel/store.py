@@ -29,7 +29,8 @@ MANIFEST = "manifest.json"
 # must agree on all of them (``epochs`` may grow: rerunning with more epochs extends a store).
 CONTENT_KEYS = ("format_version", "fkd_seed", "batch_size", "num_samples", "num_classes",
                 "input_size", "min_scale_crops", "max_scale_crops", "mix_type", "mixup",
-                "cutmix", "use_fp16", "temperature", "teachers", "dataset_fingerprint")
+                "cutmix", "use_fp16", "temperature", "teachers", "ensemble", "primary_weight",
+                "class_to_index", "dataset_fingerprint")
 
 
 @dataclass
@@ -164,6 +165,25 @@ def check_compatible(root: str, manifest: dict) -> dict:
         raise UserError(f"--fkd-path {root}: the store was made with other settings ({clash}); "
                         f"use a new --fkd-path or the original settings")
     return manifest if manifest["epochs"] > old["epochs"] else old
+
+
+_locks: list = []  # open lock files, held until the process exits
+
+
+def lock(root: str) -> None:
+    """Take the store's lock for the rest of this process's life; a second run on the same
+    store is refused instead of mixing its files in. The OS drops the lock when the holder
+    dies, even by SIGKILL, so a killed run never blocks its own rerun."""
+    import fcntl
+    io.ensure_dir(root, "--fkd-path")
+    f = open(os.path.join(root, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"--fkd-path {root}: another relabel run is writing this store; wait for it "
+                        f"to finish or use another --fkd-path") from None
+    _locks.append(f)
 
 
 def write_manifest(root: str, manifest: dict) -> None:

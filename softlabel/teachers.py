@@ -1,14 +1,26 @@
-"""Teacher loading, shared by relabelling and (later) online distillation."""
+"""Teacher loading and ensembling, shared by relabelling and online distillation.
+
+A teacher comes from one of three sources (as FKD's ``--teacher_source``):
+- ``torchvision``: torchvision's architecture with its published weights, from the torch hub
+  cache;
+- ``timm``: timm's architecture with its published weights, from the Hugging Face cache;
+- ``private``: a checkpoint file (``--teacher-path``): a plain state_dict, a dict with
+  ``model`` (ours, which also names its architecture and normalization) or ``state_dict``.
+Nothing is ever downloaded. Each teacher keeps its own input normalization.
+"""
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import torch
 import torch.nn as nn
 
-from softlabel import models
+from softlabel import ensemble, models, replay
 from softlabel.errors import UserError
+
+SOURCES = ("torchvision", "timm", "private")
 
 
 @dataclass
@@ -18,15 +30,17 @@ class Teacher:
     mean: list[float]
     std: list[float]
     num_classes: int
-    source: str                 # 'private' (a checkpoint file) or 'torchvision'
+    source: str                 # where the weights come from: torchvision, timm or private
+    builder: str                # which library builds the architecture: local, torchvision, timm
     weights_sha256: str
-    meta: dict[str, Any] = field(default_factory=dict)  # what the checkpoint says about itself
+    meta: dict[str, Any] = field(default_factory=dict)  # what a checkpoint says about itself
 
     def describe(self) -> dict[str, Any]:
-        """The teacher's identity as recorded in a store manifest (no paths: a moved file is
-        the same teacher; a changed file is not)."""
-        return {"arch": self.arch, "source": self.source, "weights_sha256": self.weights_sha256,
-                "num_classes": self.num_classes, "mean": self.mean, "std": self.std}
+        """The teacher's identity for a store manifest (no paths: a moved file is the same
+        teacher, a changed file is not)."""
+        return {"arch": self.arch, "source": self.source, "builder": self.builder,
+                "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
+                "mean": self.mean, "std": self.std}
 
 
 def file_sha256(path: str) -> str:
@@ -37,51 +51,116 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional[int],
-                 flag: str = "--teacher-path") -> Teacher:
+def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional[int] = None,
+                 source: Optional[str] = None, flag: str = "--teacher-path") -> Teacher:
     """A frozen teacher in eval mode.
 
-    With ``path``: a private checkpoint (plain state_dict or a dict with ``model``); when it
-    was written by our trainer it also names its architecture, class count and normalization,
-    and those are used unless the flags say otherwise (a contradiction is an error).
-    Without ``path``: torchvision's published weights, from the local cache only.
+    With ``path``: the file's weights; a checkpoint written by our trainer also names its
+    architecture, class count and normalization, used unless flags say otherwise (a
+    contradiction is an error). ``source`` 'torchvision'/'timm' then picks the library that
+    builds ``arch``. Without ``path``: the published weights of ``source`` (default: the
+    library that knows ``arch``, torchvision first), from the local cache only.
     """
+    if source not in (None,) + SOURCES:
+        raise UserError(f"--teacher-source {source}: expected one of {', '.join(SOURCES)}")
     if path:
-        state, meta = models.read_checkpoint(path, flag)
+        state, meta = models.read_weights_file(path, flag)
         if arch and meta.get("arch") and arch != meta["arch"]:
-            raise UserError(f"-a/--arch {arch} contradicts {flag} {path}, which holds a "
-                            f"'{meta['arch']}'")
+            raise UserError(f"teacher '{arch}' (-a/--arch, --teachers) contradicts {flag} {path}, "
+                            f"which holds a '{meta['arch']}'")
         arch = arch or meta.get("arch")
         if not arch:
-            raise UserError(f"-a/--arch is required: {flag} {path} does not say which model it holds")
+            raise UserError(f"-a/--arch or --teachers is required: {flag} {path} does not say which "
+                            f"model it holds")
+        builder = source if source in ("torchvision", "timm") else models.model_source(arch)
         if num_classes is None:
-            num_classes = meta.get("num_classes") or _classes_in_state(state)
-        model = models.create_model(arch, num_classes)
+            num_classes = meta.get("num_classes") or _classes_in_state(state, path)
+        model = models.create_model(arch, num_classes, builder)
         models.load_weights(model, state, path, flag, arch)
         if "mean" in meta and "std" in meta:
             mean, std = list(meta["mean"]), list(meta["std"])
         else:
-            mean, std = models.default_normalization(arch, model)
-        source, digest = "private", file_sha256(path)
+            mean, std = models.default_normalization(arch, model, builder)
+        weights_from, digest = "private", file_sha256(path)
     else:
         arch = arch or "resnet18"
-        if models.model_source(arch) != "torchvision":
-            raise UserError(f"teacher '{arch}' needs weights: pass {flag} FILE")
-        wpath, mean, std = models.torchvision_cached_weights(arch)
-        state, meta = models.read_checkpoint(wpath, "cached weights")
-        num_classes = _classes_in_state(state)
-        model = models.create_model(arch, num_classes)
-        models.load_weights(model, state, wpath, "cached weights", arch)
-        source, digest = "torchvision", file_sha256(wpath)
+        if source == "private":
+            raise UserError(f"--teacher-source private needs {flag} FILE for teacher '{arch}'")
+        builder = source or models.model_source(arch)
+        if builder == "local":
+            raise UserError(f"teacher '{arch}' has no published weights: pass {flag} FILE")
+        if builder == "torchvision":
+            wpath, mean, std = models.torchvision_cached_weights(arch)
+        else:
+            wpath, mean, std = models.timm_cached_weights(arch), None, None
+        state, _ = models.read_weights_file(wpath, "cached weights")
+        if builder == "torchvision":
+            model = models.create_model(arch, _classes_in_state(state, wpath), builder)
+            models.load_weights(model, state, wpath, "cached weights", arch)
+        else:
+            import timm
+            # timm adapts its own published checkpoints (filters, classifier) on load
+            model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"state_dict": state})
+            mean, std = models.default_normalization(arch, model, "timm")
+        num_classes = _model_outputs(model, wpath)
+        weights_from, digest, meta = builder, file_sha256(wpath), {}
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Teacher(arch, model, mean, std, int(num_classes), source, digest, meta)
+    return Teacher(arch, model, [float(v) for v in mean], [float(v) for v in std], int(num_classes),
+                   weights_from, builder, digest, meta)
 
 
-def _classes_in_state(state: dict) -> int:
+def load_teachers(archs: Sequence[Optional[str]], paths: Sequence[Optional[str]],
+                  num_classes: Optional[int] = None, source: Optional[str] = None) -> list[Teacher]:
+    teachers = [load_teacher(a, p, num_classes, source) for a, p in zip(archs, paths)]
+    widths = {t.num_classes for t in teachers}
+    if len(widths) > 1:
+        raise UserError("teachers disagree on the number of classes: " +
+                        ", ".join(f"{t.arch} {t.num_classes}" for t in teachers))
+    return teachers
+
+
+class Ensemble:
+    """Teachers on one device, each fed the batch in its own normalization, combined by an
+    ensemble rule. ``__call__`` takes uint8 pixels and the batch's mix and returns the
+    combined logits and each teacher's (float32, on the device)."""
+
+    def __init__(self, teachers: list[Teacher], rule: str, primary_weight: float,
+                 device: torch.device, amp: Optional[torch.dtype] = None):
+        self.teachers, self.rule, self.primary_weight = teachers, rule, primary_weight
+        self.device, self.amp = device, amp
+        self.channels_last = device.type == "cuda"
+        for t in teachers:
+            t.model.to(device)
+            if self.channels_last:
+                t.model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor, mix_index, mix_lam, mix_bbox) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        outputs = []
+        for t in self.teachers:
+            x = replay.model_inputs(pixels, t.mean, t.std, mix_index, mix_lam, mix_bbox)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                outputs.append(t.model(x).float())
+        return ensemble.combine(outputs, self.rule, self.primary_weight), outputs
+
+
+def _classes_in_state(state: dict, path: str) -> int:
     """Output size of a classifier state_dict: the rows of its last 2-D weight."""
     weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
     if not weights:
-        raise UserError("cannot tell the number of classes from the weights; pass --num-classes")
+        raise UserError(f"{path}: cannot tell the number of classes from the weights; pass --num-classes")
     return int(weights[-1].shape[0])
+
+
+def _model_outputs(model: nn.Module, path: str) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise UserError(f"{path}: cannot tell the number of classes of this model; pass --num-classes")
+    return int(last[-1].out_features)

@@ -38,7 +38,7 @@ from softlabel import distributed, io, models, replay, runinfo, store  # noqa: E
 from softlabel.data import (IndexedImageFolder, eval_transform, hard_label_train_transform,  # noqa: E402
                             scan_image_folder)
 from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import StoreBatches, batch_loader  # noqa: E402
+from softlabel.loader import StoreBatches, batch_loader, class_index_of, loader_workers  # noqa: E402
 from softlabel.tracking import Tracker  # noqa: E402
 from validate.losses import LOSSES  # noqa: E402
 
@@ -51,7 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-dir", type=str, default=None, help="validation images (ImageFolder)")
     g.add_argument("--fkd-path", type=str, default=None,
                    help="soft-label store made by relabel/ (omit for hard-label training)")
-    g.add_argument("-j", "--workers", default=4, type=int, help="data loading workers (default: 4)")
+    g.add_argument("-j", "--workers", default=None, type=int,
+                   help="data loading worker processes (default: 4 on GPU, 0 on CPU); results do not depend on it")
     g.add_argument("--input-size", type=int, default=None,
                    help="crop size (default: the store's; hard labels: 224)")
     g.add_argument("--min-scale-crops", type=float, default=None,
@@ -152,7 +153,7 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--save-interval", args.save_interval), ("--num-classes", args.num_classes)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
     if args.temperature <= 0:
         raise UserError(f"-T/--temperature must be positive, got {args.temperature}")
@@ -167,7 +168,8 @@ def store_epochs(args: argparse.Namespace, train_index, manifest: dict, pin: boo
     """(epoch, batches) pairs read from the store through one loader for the whole run, so
     workers start once rather than once per epoch."""
     jobs = [(e, b) for e in range(args.epochs) for b in range(manifest["batches_per_epoch"])]
-    loader = batch_loader(StoreBatches(args.fkd_path, train_index, manifest, jobs), args.workers, pin)
+    loader = batch_loader(StoreBatches(args.fkd_path, train_index, manifest, jobs), args.workers, pin,
+                          background=pin, yield_cpu=not pin)
     return itertools.groupby(loader, key=lambda item: item["epoch"])
 
 
@@ -261,6 +263,7 @@ def main() -> None:
     args = get_parser().parse_args()
     check_args(args)
     info = distributed.setup(args.device)
+    args.workers = loader_workers(args.workers, info.device.type == "cuda")
     if info.distributed:
         raise UserError("this trainer runs as one process for now; launch it without torchrun")
     torch.manual_seed(args.seed)
@@ -283,7 +286,7 @@ def main() -> None:
     else:
         settle_hard_labels(args, len(train_index.classes))
     check_args(args)
-    if max(train_index.targets) >= args.num_classes:
+    if manifest is None and len(train_index.classes) > args.num_classes:
         raise UserError(f"--train-dir {args.train_dir} has {len(train_index.classes)} classes, more "
                         f"than the model's {args.num_classes} outputs")
 
@@ -301,7 +304,9 @@ def main() -> None:
             raise UserError(f"--val-dir {args.val_dir}: class folders differ from --train-dir "
                             f"{args.train_dir} ({len(val_index.classes)} vs {len(train_index.classes)} classes "
                             f"or other names); accuracy would be meaningless")
-        val_loader = DataLoader(IndexedImageFolder(val_index, eval_transform(args.input_size, args.crop_pct, mean, std)),
+        val_classes = None if manifest is None else class_index_of(manifest, val_index.classes)
+        val_loader = DataLoader(IndexedImageFolder(val_index, eval_transform(args.input_size, args.crop_pct, mean, std),
+                                                   val_classes),
                                 batch_size=256, shuffle=False, num_workers=min(args.workers, 2), pin_memory=pin)
 
     io.ensure_dir(args.output_dir, "--output-dir")

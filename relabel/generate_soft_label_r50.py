@@ -1,0 +1,19 @@
+"""PRISM's relabel preset for a ResNet-50 student on ImageNet-1k: teachers resnet50,
+mobilenet_v2, alexnet, shufflenet_v2_x0_5 with ImageNet weights (--candidate-number N keeps the
+first N), ensemble rule primary-weighted; cutmix, fp16 labels, 300 epochs of 224 px crops.
+Everything else is the generic relabel/generate_soft_label.py (see its --help).
+
+    python relabel/generate_soft_label_r50.py --data DISTILLED --fkd-path STORE --candidate-number 4
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from relabel.generate_soft_label import Preset, main  # noqa: E402
+from softlabel.errors import run_main  # noqa: E402
+
+PRESET = Preset("r50", ["resnet50", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"], "primary-weighted")
+
+if __name__ == "__main__":
+    run_main(lambda: main(PRESET))
