@@ -30,7 +30,7 @@ from softlabel import classmap, distributed, io, replay, runinfo, store  # noqa:
 from softlabel.data import FolderIndex, IndexedImageFolder, eval_pixels_transform, scan_image_folder  # noqa: E402
 from softlabel.ensemble import ENSEMBLES  # noqa: E402
 from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import RelabelBatches, batch_loader, loader_workers  # noqa: E402
+from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers  # noqa: E402
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers  # noqa: E402
 
 # Upstream flags this design replaces: accepted so old scripts run, each with a note.
@@ -114,6 +114,9 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--fkd-seed", default=42, type=int, metavar="N",
                    help="seed of every random choice in the store (default: 42)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
+                   help="keep decoded images in memory up to MB in all (split among -j workers): every "
+                        "epoch revisits them (default: 1024; 0: decode every time)")
     g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
                    help="autocast of the teachers' forward (default auto: bf16 on CUDA, off on CPU)")
     g.add_argument("--print-freq", type=int, default=1, metavar="N",
@@ -137,7 +140,7 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
 def note_replaced_flags(args: argparse.Namespace) -> None:
     for key, note in REPLACED_FLAGS.items():
         value = getattr(args, key)
-        if value not in (None, False):
+        if value is not None and value is not False:
             print(f"note: --{key.replace('_', '-')} is not needed here: {note}", file=sys.stderr)
     if args.gpu is not None and args.device is None:
         args.device = f"cuda:{args.gpu}"
@@ -153,6 +156,8 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--input-size", args.input_size), ("--print-freq", args.print_freq)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.cache_images < 0:
+        raise UserError(f"--cache-images must be >= 0 MB, got {args.cache_images}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
     if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
@@ -343,7 +348,7 @@ def main(preset: Optional[Preset] = None) -> None:
     images_todo = sum(min(args.batch_size, len(index) - b * args.batch_size) for _, b in todo)
     jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
                           (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
-                          args.cutmix, class_index)
+                          args.cutmix, class_index, cache_bytes(args.cache_images, args.workers))
     on_gpu = info.device.type == "cuda"
     loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:

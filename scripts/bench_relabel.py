@@ -123,12 +123,15 @@ def main() -> None:
         print(f"  repeat {rep + 1}: " + ", ".join(f"{k}: {v[-1]:.1f} img/s" for k, v in rates.items()), flush=True)
     bound = statistics.median(rates["teacher forward only (bound)"])
     print(f"\n{len(inputs)} batches of {args.batch_size}; steady state excludes the first batch.\n")
-    print("| run | images/s | time / bound | start-up (s) |")
-    print("|---|---|---|---|")
+    print("| run | images/s (median) | time / bound (median) | per-repeat ratios | start-up (s) |")
+    print("|---|---|---|---|---|")
+    bounds = rates["teacher forward only (bound)"]
     for label, values in rates.items():
         rate = statistics.median(values)
+        # each repeat's ratio against the bound measured right before it
+        per_repeat = ", ".join(f"{b / v:.2f}" for b, v in zip(bounds, values))
         startup = f"{statistics.median(startups[label]):.2f}" if label in startups else ""
-        print(f"| {label} | {rate:.1f} | {bound / rate:.3f} | {startup} |")
+        print(f"| {label} | {rate:.1f} | {bound / rate:.3f} | {per_repeat} | {startup} |")
 
 if __name__ == "__main__":
     run_main(main)

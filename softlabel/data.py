@@ -70,6 +70,30 @@ def load_rgb(path: str) -> Image.Image:
         raise UserError(f"{path}: cannot read image ({exc})") from None
 
 
+class ImageCache:
+    """Decoded images kept in memory, up to a byte budget, for loaders that read the same small
+    (distilled) dataset every epoch: relabel and store training revisit each image hundreds of
+    times, and on a CPU decoding costs as much as a tenth of a teacher's forward pass. Images
+    are kept in the order first seen until the budget is full, then simply decoded each time
+    (with random order, evicting would only churn)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.used = 0
+        self.images: dict[str, Image.Image] = {}
+
+    def load(self, path: str) -> Image.Image:
+        img = self.images.get(path)
+        if img is not None:
+            return img
+        img = load_rgb(path)
+        size = img.width * img.height * 3
+        if self.used + size <= self.budget:
+            self.images[path] = img
+            self.used += size
+        return img
+
+
 def eval_transform(input_size: int, crop_pct: float, mean, std) -> T.Compose:
     """Resize the short side to ``input_size / crop_pct`` and center-crop (256 -> 224 upstream)."""
     resize = int(round(input_size / crop_pct))

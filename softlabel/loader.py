@@ -17,7 +17,7 @@ from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset
 
 from softlabel import replay, store
-from softlabel.data import FolderIndex, load_rgb
+from softlabel.data import FolderIndex, ImageCache
 from softlabel.errors import UserError
 
 
@@ -27,8 +27,10 @@ class RelabelBatches(Dataset):
 
     def __init__(self, index: FolderIndex, jobs: list[tuple[int, int]], seed: int, batch_size: int,
                  input_size: int, scale: tuple[float, float], mix_type: str,
-                 mixup: float = 0.8, cutmix: float = 1.0, class_index: Optional[list[int]] = None):
+                 mixup: float = 0.8, cutmix: float = 1.0, class_index: Optional[list[int]] = None,
+                 cache_bytes: int = 0):
         self.index, self.jobs, self.seed, self.batch_size = index, jobs, seed, batch_size
+        self.cache = ImageCache(cache_bytes)
         self.input_size, self.scale = input_size, scale
         self.mix_type, self.mixup, self.cutmix = mix_type, mixup, cutmix
         self.targets = _targets(index, class_index)
@@ -45,7 +47,7 @@ class RelabelBatches(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         epoch, batch = self.jobs[i]
         idx = self._epoch_order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
-        images = [load_rgb(self.index.samples[k][0]) for k in idx]
+        images = [self.cache.load(self.index.samples[k][0]) for k in idx]
         rng = replay.batch_rng(self.seed, epoch, batch)
         coords, flips = replay.sample_crops_and_flips(rng, [im.size for im in images], self.scale)
         mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, self.mix_type, len(idx), self.input_size,
@@ -59,8 +61,10 @@ class StoreBatches(Dataset):
     """One item per stored (epoch, batch): the stored record plus its pixels, re-rendered
     from the raw images at the stored crops and flips."""
 
-    def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]]):
+    def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
+                 cache_bytes: int = 0):
         self.root, self.index, self.jobs = root, index, jobs
+        self.cache = ImageCache(cache_bytes)
         self.input_size = int(manifest["input_size"])
         self.num_classes = int(manifest["num_classes"])
         self.targets = _targets(index, class_index_of(manifest, index.classes))
@@ -72,7 +76,7 @@ class StoreBatches(Dataset):
         epoch, batch = self.jobs[i]
         rec = store.read_batch(self.root, epoch, batch, len(self.index), self.num_classes)
         idx = rec.index.tolist()
-        images = [load_rgb(self.index.samples[k][0]) for k in idx]
+        images = [self.cache.load(self.index.samples[k][0]) for k in idx]
         return {"epoch": epoch, "batch": batch, "index": rec.index, "target": self.targets[rec.index],
                 "soft_label": rec.soft_label, "mix_index": rec.mix_index, "mix_lam": rec.mix_lam,
                 "mix_bbox": rec.mix_bbox, "pixels": replay.render_batch(images, rec.coords, rec.flip,
@@ -102,6 +106,11 @@ def loader_workers(requested: Optional[int], on_gpu: bool) -> int:
     """-j default: 4 worker processes to feed a GPU; none on a CPU, where the model's threads
     fill every core and loading between steps in the main process is fastest (bench_relabel)."""
     return requested if requested is not None else (4 if on_gpu else 0)
+
+
+def cache_bytes(megabytes: int, workers: int) -> int:
+    """Per-process share of a decoded-image budget: each loader process keeps its own."""
+    return (megabytes << 20) // max(1, workers)
 
 
 def batch_loader(dataset: Dataset, workers: int, pin_memory: bool, background: bool = True,

@@ -13,12 +13,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def script_env(**extra: str) -> dict[str, str]:
+    """CPU only, no wandb account, and weight caches that hold only what a test puts there."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", WANDB_MODE="disabled", PYTHONHASHSEED="0",
+               HF_HUB_OFFLINE="1")
+    env.pop("WANDB_API_KEY", None)
+    env.update(extra)
+    return env
+
+
 def run_script(script: str, *args, check: bool = True, timeout: int = 600,
-               nproc: int = 0) -> subprocess.CompletedProcess:
+               nproc: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of our scripts in a fresh interpreter (under torchrun with ``nproc``
     processes, gloo on CPU, a free port picked by --standalone); returns the finished process."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", WANDB_MODE="disabled", PYTHONHASHSEED="0")
-    env.pop("WANDB_API_KEY", None)
+    env = env or script_env()
     launcher = [sys.executable]
     if nproc:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -43,6 +51,16 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_weight_caches(tmp_path_factory):
+    """Point the torch hub and Hugging Face caches at empty folders: no test may find (or
+    fetch) published weights it did not put there itself."""
+    root = tmp_path_factory.mktemp("caches")
+    os.environ["TORCH_HOME"] = str(root / "torch")
+    os.environ["HF_HOME"] = str(root / "hf")
+    yield
 
 
 @pytest.fixture(scope="session")

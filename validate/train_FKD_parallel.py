@@ -38,7 +38,7 @@ from softlabel import distributed, io, models, replay, runinfo, store  # noqa: E
 from softlabel.data import (IndexedImageFolder, eval_transform, hard_label_train_transform,  # noqa: E402
                             scan_image_folder)
 from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import StoreBatches, batch_loader, class_index_of, loader_workers  # noqa: E402
+from softlabel.loader import StoreBatches, batch_loader, cache_bytes, class_index_of, loader_workers  # noqa: E402
 from softlabel.tracking import Tracker  # noqa: E402
 from validate.losses import LOSSES  # noqa: E402
 
@@ -53,6 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="soft-label store made by relabel/ (omit for hard-label training)")
     g.add_argument("-j", "--workers", default=None, type=int,
                    help="data loading worker processes (default: 4 on GPU, 0 on CPU); results do not depend on it")
+    g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
+                   help="store mode: keep decoded images in memory up to MB in all (default: 1024)")
     g.add_argument("--input-size", type=int, default=None,
                    help="crop size (default: the store's; hard labels: 224)")
     g.add_argument("--min-scale-crops", type=float, default=None,
@@ -153,6 +155,8 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--save-interval", args.save_interval), ("--num-classes", args.num_classes)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.cache_images < 0:
+        raise UserError(f"--cache-images must be >= 0 MB, got {args.cache_images}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
     if args.temperature <= 0:
@@ -168,7 +172,8 @@ def store_epochs(args: argparse.Namespace, train_index, manifest: dict, pin: boo
     """(epoch, batches) pairs read from the store through one loader for the whole run, so
     workers start once rather than once per epoch."""
     jobs = [(e, b) for e in range(args.epochs) for b in range(manifest["batches_per_epoch"])]
-    loader = batch_loader(StoreBatches(args.fkd_path, train_index, manifest, jobs), args.workers, pin,
+    dataset = StoreBatches(args.fkd_path, train_index, manifest, jobs, cache_bytes(args.cache_images, args.workers))
+    loader = batch_loader(dataset, args.workers, pin,
                           background=pin, yield_cpu=not pin)
     return itertools.groupby(loader, key=lambda item: item["epoch"])
 

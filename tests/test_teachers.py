@@ -1,0 +1,182 @@
+"""Teachers: ensemble rules, published weights from local caches only, class maps."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_user_error, relabel, run_script, script_env
+from softlabel import classmap
+from softlabel.ensemble import combine
+from softlabel.errors import UserError
+from softlabel.models import create_model
+
+# ----------------------------------------------------------------------------- ensemble rules
+
+
+def test_mean_rule():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    b = torch.tensor([[3.0, 0.0], [1.0, 0.0]])
+    torch.testing.assert_close(combine([a, b], "mean"), torch.tensor([[2.0, 1.0], [2.0, 2.0]]))
+
+
+def test_normmean_rule_by_hand():
+    # Frobenius norms 5 and 10, mean 7.5: a is scaled by 1.5, b by 0.75, then averaged.
+    a = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
+    expected = (a * 1.5 + b * 0.75) / 2
+    torch.testing.assert_close(combine([a, b], "normmean"), expected)
+    torch.testing.assert_close(expected, torch.tensor([[2.25, 3.0], [2.25, 3.0]]))
+
+
+def test_primary_weighted_rule_by_hand():
+    t1 = torch.tensor([[4.0, 0.0], [0.0, 2.0]])
+    t2 = torch.tensor([[0.0, 4.0], [2.0, 0.0]])
+    t3 = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    # weights 0.5, 0.25, 0.25 -> rows [2, 1] and [1, 1.5]
+    combined = torch.tensor([[2.0, 1.0], [1.0, 1.5]])
+    norms = torch.tensor([5.0 ** 0.5, 3.25 ** 0.5])
+    expected = combined * (norms.mean() / norms)[:, None]
+    torch.testing.assert_close(combine([t1, t2, t3], "primary-weighted", 0.5), expected)
+    out = combine([t1, t2, t3], "primary-weighted", 0.5)
+    torch.testing.assert_close(out.norm(dim=1), torch.full((2,), float(norms.mean())))
+    # another primary weight moves the mix
+    w = combine([t1, t2, t3], "primary-weighted", 0.8)
+    assert float(w[0, 0]) > float(out[0, 0])
+
+
+def test_one_teacher_is_passed_through():
+    a = torch.randn(3, 5)
+    for rule in ("mean", "normmean", "primary-weighted"):
+        assert torch.equal(combine([a], rule), a)
+
+
+# ----------------------------------------------------------------------------- weight caches
+
+def fake_torchvision_cache(torch_home: Path, names: list[str]) -> None:
+    """Random weights under the file names torchvision's published weights have."""
+    import torchvision.models
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        torch.manual_seed(0)
+        torch.save(create_model(name, 1000, "torchvision").state_dict(), folder / os.path.basename(url))
+
+
+def fake_timm_cache(hf_home: Path, name: str) -> None:
+    """Random weights where the Hugging Face cache keeps timm's published checkpoint."""
+    import timm.models
+    from safetensors.torch import save_file
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    base = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+    commit = "0" * 40
+    (base / "snapshots" / commit).mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    model = create_model(name, 1000, "timm")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(base / "snapshots" / commit / "model.safetensors"))
+
+
+def test_missing_published_weights_name_the_model_and_the_cache(demo_data, tmp_path):
+    env = script_env(TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"))
+    for args, needles in (
+        (["-a", "resnet18"], ["'resnet18'", "--teacher-path", "resnet18-", str(tmp_path / "torch")]),
+        (["--teachers", "mobilenetv3_small_050.lamb_in1k", "--teacher-source", "timm"],
+         ["'mobilenetv3_small_050.lamb_in1k'", "--teacher-path", "timm/mobilenetv3_small_050", "HF_HOME"]),
+        (["-a", "democnn"], ["democnn", "--teacher-path"]),
+        (["-a", "resnet18", "--teacher-source", "private"], ["--teacher-source private", "--teacher-path"]),
+    ):
+        proc = run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc1", *args,
+                          "--fkd-path", tmp_path / "s", check=False, env=env)
+        assert_user_error(proc, *needles)
+        assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_preset_with_published_torchvision_weights(demo_data, tmp_path):
+    """The r18 preset, its first two teachers, weights from a (fake) torch hub cache."""
+    fake_torchvision_cache(tmp_path / "torch", ["resnet18", "mobilenet_v2"])
+    env = script_env(TORCH_HOME=str(tmp_path / "torch"))
+    store = tmp_path / "store"
+    proc = run_script("relabel/generate_soft_label_r18.py", "--data", demo_data / "ipc1", "--fkd-path", store,
+                      "--candidate-number", 2, "--epochs", 1, "-b", 10, "--input-size", 32, "-j", 0, env=env)
+    m = json.loads((store / "manifest.json").read_text())
+    assert [t["arch"] for t in m["teachers"]] == ["resnet18", "mobilenet_v2"]
+    assert {t["source"] for t in m["teachers"]} == {"torchvision"}
+    assert m["ensemble"] == "normmean" and m["mix_type"] == "cutmix" and m["use_fp16"] is True
+    assert m["num_classes"] == 1000 and m["class_mapping"] == "identity"
+    assert m["teachers"][0]["mean"] == [0.485, 0.456, 0.406]  # from torchvision's weights metadata
+    assert "normmean" in proc.stdout
+
+
+def test_timm_teacher_from_the_hugging_face_cache(demo_data, tmp_path):
+    name = "mobilenetv3_small_050.lamb_in1k"
+    fake_timm_cache(tmp_path / "hf", name)
+    env = script_env(HF_HOME=str(tmp_path / "hf"))
+    store = tmp_path / "store"
+    run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc1", "--teachers", name,
+               "--teacher-source", "timm", "--fkd-path", store, "--epochs", 1, "-b", 10, "--input-size", 32,
+               "-j", 0, env=env)
+    (teacher,) = json.loads((store / "manifest.json").read_text())["teachers"]
+    assert teacher["arch"] == name and teacher["source"] == "timm" and teacher["builder"] == "timm"
+    assert len(teacher["weights_sha256"]) == 64
+
+
+# ----------------------------------------------------------------------------- class maps
+
+def test_class_map_resolution(tmp_path):
+    classes = ["cat", "dog"]
+    assert classmap.resolve(classes, 10, None) == ([0, 1], "identity")
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"cat": 7, "dog": 3}))
+    assert classmap.resolve(classes, 10, str(path)) == ([7, 3], "class-map")
+    path.write_text(json.dumps({"cat": 7}))
+    with pytest.raises(UserError, match="dog"):
+        classmap.resolve(classes, 10, str(path))
+    path.write_text(json.dumps({"cat": 7, "dog": 10}))
+    with pytest.raises(UserError, match="10"):
+        classmap.resolve(classes, 10, str(path))
+    wnids = ["n01443537", "n01440764"]  # goldfish, tench: ImageNet indices 1 and 0
+    assert classmap.resolve(wnids, 1000, None) == ([1, 0], "imagenet-wnid")
+    with pytest.raises(UserError, match="n99999999"):
+        classmap.resolve(["n99999999"], 1000, None)
+    with pytest.raises(UserError, match="--class-map"):
+        classmap.resolve([str(i) for i in range(12)], 10, None)
+
+
+def test_class_map_reaches_the_student(demo_data, teacher_ckpt, tmp_path):
+    """Folders numbered differently from the teacher: the map is recorded and the student's
+    hard targets and validation labels follow it."""
+    mapping = {str(c): (c + 3) % 10 for c in range(10)}
+    (tmp_path / "map.json").write_text(json.dumps(mapping))
+    store = tmp_path / "store"
+    relabel(demo_data / "ipc1", teacher_ckpt, store, "--class-map", tmp_path / "map.json", "--epochs", 1,
+            "-b", 10, "--input-size", 16, "-j", 0)
+    m = json.loads((store / "manifest.json").read_text())
+    assert m["class_to_index"] == mapping and m["class_mapping"] == "class-map"
+    from softlabel.data import scan_image_folder
+    from softlabel.loader import StoreBatches
+    index = scan_image_folder(str(demo_data / "ipc1"), "--train-dir")
+    item = StoreBatches(str(store), index, m, [(0, 0)])[0]
+    folder = torch.tensor([index.samples[k][1] for k in item["index"].tolist()])
+    assert torch.equal(item["target"], (folder + 3) % 10)
+
+
+def test_wnid_folders_map_to_imagenet_classes(demo_data, tmp_path):
+    data = tmp_path / "wnid"
+    wnids = classmap.imagenet_wnids()
+    for c in range(10):
+        (data / wnids[100 + c]).mkdir(parents=True)
+        for src in (demo_data / "ipc1" / str(c)).glob("*.png"):
+            (data / wnids[100 + c] / src.name).write_bytes(src.read_bytes())
+    torch.manual_seed(0)
+    ckpt = tmp_path / "t1000.pth"
+    torch.save({"model": create_model("democnn_small", 1000).state_dict(), "arch": "democnn_small"}, ckpt)
+    relabel(data, ckpt, tmp_path / "store", "--epochs", 1, "-b", 10, "--input-size", 16, "-j", 0)
+    m = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert m["class_mapping"] == "imagenet-wnid"
+    assert [m["class_to_index"][w] for w in sorted(m["class_to_index"])] == list(range(100, 110))
