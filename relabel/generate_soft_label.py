@@ -27,22 +27,14 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from softlabel import classmap, distributed, io, replay, runinfo, store  # noqa: E402
+from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
 from softlabel.data import FolderIndex, IndexedImageFolder, eval_pixels_transform, scan_image_folder  # noqa: E402
 from softlabel.ensemble import ENSEMBLES  # noqa: E402
 from softlabel.errors import UserError, run_main  # noqa: E402
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers  # noqa: E402
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers  # noqa: E402
 
-# Upstream flags this design replaces: accepted so old scripts run, each with a note.
-REPLACED_FLAGS = {
-    "multiprocessing_distributed": "launch with torchrun --nproc_per_node N instead",
-    "dist_url": "torchrun's environment provides the rendezvous (use torchrun --standalone)",
-    "dist_backend": "chosen automatically: NCCL on GPU, gloo on CPU",
-    "world_size": "taken from torchrun's WORLD_SIZE",
-    "rank": "taken from torchrun's RANK",
-    "gpu": "taken as --device cuda:N",
-    "seed": "every random choice derives from --fkd-seed",
-}
+RELABEL_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
 PREFLIGHT_IMAGES = 256  # teacher accuracy is checked on this many crops before anything is written
 
 
@@ -122,28 +114,12 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--print-freq", type=int, default=1, metavar="N",
                    help="print the teachers' top-1 on their crops every N epochs (default: 1)")
 
-    g = p.add_argument_group("upstream flags (accepted so old scripts run; replaced as noted)")
-    g.add_argument("--multiprocessing-distributed", action="store_true", help=REPLACED_FLAGS["multiprocessing_distributed"])
-    g.add_argument("--dist-url", default=None, help=REPLACED_FLAGS["dist_url"])
-    g.add_argument("--dist-backend", default=None, help=REPLACED_FLAGS["dist_backend"])
-    g.add_argument("--world-size", default=None, type=int, help=REPLACED_FLAGS["world_size"])
-    g.add_argument("--rank", default=None, type=int, help=REPLACED_FLAGS["rank"])
-    g.add_argument("--gpu", default=None, type=int, help=REPLACED_FLAGS["gpu"])
-    g.add_argument("--seed", default=None, type=int, help=REPLACED_FLAGS["seed"])
+    add_replaced_flags(p, RELABEL_REPLACED)
 
     if preset:  # the PRISM ImageNet-1k command's defaults
         p.set_defaults(epochs=300, input_size=224, min_scale_crops=0.08, mix_type="cutmix",
                        use_fp16=True, ensemble=preset.ensemble)
     return p
-
-
-def note_replaced_flags(args: argparse.Namespace) -> None:
-    for key, note in REPLACED_FLAGS.items():
-        value = getattr(args, key)
-        if value is not None and value is not False:
-            print(f"note: --{key.replace('_', '-')} is not needed here: {note}", file=sys.stderr)
-    if args.gpu is not None and args.device is None:
-        args.device = f"cuda:{args.gpu}"
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -320,7 +296,7 @@ def check_teacher_accuracy(acc: Accuracy, teachers: list[Teacher], num_classes: 
 
 def main(preset: Optional[Preset] = None) -> None:
     args = get_parser(preset).parse_args()
-    note_replaced_flags(args)
+    note_replaced_flags(args, RELABEL_REPLACED)
     check_args(args)
     archs, paths = teacher_specs(args, preset)
     info = distributed.setup(args.device)
@@ -368,7 +344,8 @@ def main(preset: Optional[Preset] = None) -> None:
     for n, item in enumerate(loader):
         epoch = item["epoch"]
         pixels = item["pixels"].to(info.device, non_blocking=True)
-        combined, outputs = ens(pixels, item["mix_index"], item["mix_lam"], item["mix_bbox"])
+        partners = None if item["mix_index"] is None else pixels[item["mix_index"].to(pixels.device)]
+        combined, outputs = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
         for acc in (total, epoch_acc):
             acc.update(combined, outputs, item["target"], item["mix_index"])
         logits = (combined / args.temperature).cpu()

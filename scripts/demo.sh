@@ -39,6 +39,8 @@ $py validate/train_FKD_parallel.py --train-dir "$data/ipc2" --val-dir "$data/val
     -b 20 --epochs 1000 --cos --eval-interval 100 --save-interval 100 \
     --output-dir "$runs/student_hard"
 
+$py scripts/plot_metrics.py "$runs/student_soft" "$runs/student_hard" --labels "soft labels,hard labels" \
+    --out "$out/curves.png"
 echo
 echo "Top-1 on the held-out split ($data/val, 450 images):"
 $py scripts/summarize_runs.py "$runs/teacher" "$runs/student_soft" "$runs/student_hard"

@@ -27,7 +27,8 @@ def main() -> None:
             raise UserError(f"run {run}: no validation result (was it trained with --val-dir?)")
         rows.append({"run": os.path.basename(os.path.normpath(run)), "student": res["model"],
                      "labels": res["labels"], "train data": os.path.basename(os.path.normpath(res["train_dir"])),
-                     "steps": res["steps"], "top-1 (%)": round(res["top1"], 2)})
+                     "steps": res["steps"], "top-1 (%)": round(res["top1"], 2),
+                     "ECE (%)": round(res["ece"], 2) if "ece" in res else "-"})
     if args.json:
         print(json.dumps(rows, indent=2))
         return

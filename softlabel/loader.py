@@ -59,11 +59,16 @@ class RelabelBatches(Dataset):
 
 class StoreBatches(Dataset):
     """One item per stored (epoch, batch): the stored record plus its pixels, re-rendered
-    from the raw images at the stored crops and flips."""
+    from the raw images at the stored crops and flips.
+
+    With ``world`` > 1 an item holds rank ``rank``'s contiguous slice of the batch, and only
+    the images that slice needs are decoded: its own and its mix partners' (``partners``,
+    uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
 
     def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
-                 cache_bytes: int = 0):
+                 cache_bytes: int = 0, rank: int = 0, world: int = 1):
         self.root, self.index, self.jobs = root, index, jobs
+        self.rank, self.world = rank, world
         self.cache = ImageCache(cache_bytes)
         self.input_size = int(manifest["input_size"])
         self.num_classes = int(manifest["num_classes"])
@@ -75,12 +80,25 @@ class StoreBatches(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         epoch, batch = self.jobs[i]
         rec = store.read_batch(self.root, epoch, batch, len(self.index), self.num_classes)
-        idx = rec.index.tolist()
-        images = [self.cache.load(self.index.samples[k][0]) for k in idx]
-        return {"epoch": epoch, "batch": batch, "index": rec.index, "target": self.targets[rec.index],
-                "soft_label": rec.soft_label, "mix_index": rec.mix_index, "mix_lam": rec.mix_lam,
-                "mix_bbox": rec.mix_bbox, "pixels": replay.render_batch(images, rec.coords, rec.flip,
-                                                                        self.input_size)}
+        lo, hi = slice_bounds(len(rec), self.rank, self.world)
+        mine = list(range(lo, hi))
+        partners = None if rec.mix_index is None else rec.mix_index[lo:hi].tolist()
+        needed = sorted(set(mine) | set(partners or []))
+        at = {k: n for n, k in enumerate(needed)}
+        images = [self.cache.load(self.index.samples[k][0]) for k in rec.index[needed].tolist()]
+        rendered = replay.render_batch(images, rec.coords[needed], rec.flip[needed], self.input_size)
+        return {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
+                "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
+                "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
+                "pixels": rendered[[at[k] for k in mine]],
+                "partners": None if partners is None else rendered[[at[k] for k in partners]]}
+
+
+def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share of ``n`` items (the first n % world ranks get one more)."""
+    q, r = divmod(n, world)
+    lo = rank * q + min(rank, r)
+    return lo, lo + q + (1 if rank < r else 0)
 
 
 def _targets(index: FolderIndex, class_index: Optional[list[int]]) -> torch.Tensor:

@@ -153,19 +153,27 @@ def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (x - m) / s
 
 
-def apply_mix(images: torch.Tensor, mix_index: Optional[torch.Tensor], mix_lam: Optional[float],
-              mix_bbox: Optional[Sequence[int]]) -> torch.Tensor:
-    """Cutmix (a box given) or mixup (no box) on a normalized batch; no index: unchanged."""
-    if mix_index is None:
+def mix_with(images: torch.Tensor, partners: Optional[torch.Tensor], mix_lam: Optional[float],
+             mix_bbox: Optional[Sequence[int]]) -> torch.Tensor:
+    """Mix each image with its partner: cutmix (a box given) or mixup (no box); no partners:
+    unchanged. Partners are passed in, so a rank can mix its slice of a batch alone."""
+    if partners is None:
         return images
-    mix_index = mix_index.to(images.device)
     if mix_bbox is not None:
         x1, y1, x2, y2 = (int(v) for v in mix_bbox)
         out = images.clone()
-        out[:, :, x1:x2, y1:y2] = images[mix_index, :, x1:x2, y1:y2]
+        out[:, :, x1:x2, y1:y2] = partners[:, :, x1:x2, y1:y2]
         return out
     lam = float(mix_lam)
-    return lam * images + (1.0 - lam) * images[mix_index]
+    return lam * images + (1.0 - lam) * partners
+
+
+def apply_mix(images: torch.Tensor, mix_index: Optional[torch.Tensor], mix_lam: Optional[float],
+              mix_bbox: Optional[Sequence[int]]) -> torch.Tensor:
+    """Cutmix or mixup of a whole normalized batch, each sample with ``images[mix_index]``."""
+    if mix_index is None:
+        return images
+    return mix_with(images, images[mix_index.to(images.device)], mix_lam, mix_bbox)
 
 
 def model_inputs(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -173,3 +181,11 @@ def model_inputs(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[floa
                  mix_bbox: Optional[Sequence[int]]) -> torch.Tensor:
     """What the network sees: normalized pixels with the batch's mix applied."""
     return apply_mix(normalize(pixels, mean, std), mix_index, mix_lam, mix_bbox)
+
+
+def slice_inputs(pixels: torch.Tensor, partners: Optional[torch.Tensor], mean: Sequence[float],
+                 std: Sequence[float], mix_lam: Optional[float], mix_bbox: Optional[Sequence[int]]) -> torch.Tensor:
+    """``model_inputs`` for a slice of a batch whose mix partners' pixels come alongside:
+    equal, sample by sample, to the same rows of the whole batch's inputs."""
+    partners = None if partners is None else normalize(partners, mean, std)
+    return mix_with(normalize(pixels, mean, std), partners, mix_lam, mix_bbox)

@@ -137,10 +137,13 @@ class Ensemble:
                 t.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor, mix_index, mix_lam, mix_bbox) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, pixels: torch.Tensor, partners: Optional[torch.Tensor], mix_lam,
+                 mix_bbox) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """uint8 pixels (and their mix partners' pixels, or None) -> the combined logits and
+        each teacher's, float32 on the device; each teacher sees its own normalization."""
         outputs = []
         for t in self.teachers:
-            x = replay.model_inputs(pixels, t.mean, t.std, mix_index, mix_lam, mix_bbox)
+            x = replay.slice_inputs(pixels, partners, t.mean, t.std, mix_lam, mix_bbox)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):

@@ -53,7 +53,7 @@ def student_inputs(store, epoch: int, batch: int, data_dir) -> tuple[torch.Tenso
     jobs = [(e, b) for e in range(manifest["epochs"]) for b in range(batches)]
     item = StoreBatches(str(store), scan_image_folder(str(data_dir), "--train-dir"), manifest, jobs)[
         epoch * batches + batch]
-    x = replay.model_inputs(item["pixels"], manifest["mean"], manifest["std"], item["mix_index"],
+    x = replay.slice_inputs(item["pixels"], item["partners"], manifest["mean"], manifest["std"],
                             item["mix_lam"], item["mix_bbox"])
     return x, item
 

@@ -26,5 +26,5 @@ def test_summarize_runs_prints_a_markdown_table(tmp_path):
     proc = run_script("scripts/summarize_runs.py", tmp_path / "a", tmp_path / "b")
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("| run | student | labels")
-    assert "| a | democnn | hard | ipc2 | 10 | 91.5 |" in lines
+    assert "| a | democnn | hard | ipc2 | 10 | 91.5 | - |" in lines
     assert_user_error(run_script("scripts/summarize_runs.py", tmp_path / "none", check=False), "results.json")

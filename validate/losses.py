@@ -1,8 +1,10 @@
-"""Distillation losses, by ``--loss-type``.
+"""Losses against teacher logits, by ``--loss-type``.
 
 Every entry has the signature
 ``f(student_logits, teacher_logits, targets, *, temperature, ce_weight, alpha) -> scalar``
-and returns the mean over the batch, so a split batch can be recombined exactly.
+and is a mean over the samples of a per-sample loss — except ``dist``, whose intra-class term
+relates samples to each other — so a batch split across ranks or micro-batches recombines
+exactly (the trainer weighs each part by its share of the batch).
 """
 from __future__ import annotations
 
@@ -13,23 +15,86 @@ import torch.nn.functional as F
 
 LossFn = Callable[..., torch.Tensor]
 
-
-def kl(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, *,
-       temperature: float, ce_weight: float = 0.0, alpha: float = 1.0) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)), summed over classes, mean over samples ('batchmean'),
-    as the upstream trainers compute it (no T^2 factor)."""
-    log_p = F.log_softmax(student / temperature, dim=1)
-    log_q = F.log_softmax(teacher.float() / temperature, dim=1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+# Per-loss defaults where the method's paper fixes them (WSLD: T = 2, alpha = 2.5).
+DEFAULT_TEMPERATURE = {"wsld": 2.0}
+DEFAULT_ALPHA = {"wsld": 2.5}
+# Losses that compare probabilities, and so accept teacher logits masked to their top-k.
+PROBABILITY_LOSSES = ("kl", "soft_ce", "dist", "wsld")
 
 
-def mse_gt(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, *,
-           temperature: float = 1.0, ce_weight: float, alpha: float = 1.0) -> torch.Tensor:
+def kl(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
+    """KL(softmax(t/T) || softmax(s/T)): summed over classes, mean over samples ('batchmean'),
+    as the upstream trainers compute it (no T^2 factor; the trainer's --kd-t2 adds it)."""
+    p_teacher = F.softmax(teacher.to(student.dtype) / temperature, dim=1)
+    return F.kl_div(F.log_softmax(student / temperature, dim=1), p_teacher, reduction="batchmean")
+
+
+def soft_ce(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
+    """Cross-entropy against the teacher's softened distribution (FKD)."""
+    p_teacher = F.softmax(teacher.to(student.dtype) / temperature, dim=1)
+    return -(p_teacher * F.log_softmax(student / temperature, dim=1)).sum(dim=1).mean()
+
+
+def ce(student, teacher, targets, *, temperature=1.0, ce_weight=0.0, alpha=1.0):
+    """Hard labels only (the stored logits are ignored)."""
+    return F.cross_entropy(student, targets)
+
+
+def mse_gt(student, teacher, targets, *, temperature=1.0, ce_weight, alpha=1.0):
     """MSE between raw logits plus ``ce_weight`` x cross-entropy with the ground truth (G-VBSM)."""
-    return F.mse_loss(student, teacher.float()) + ce_weight * F.cross_entropy(student, targets)
+    return F.mse_loss(student, teacher.to(student.dtype)) + ce_weight * F.cross_entropy(student, targets)
+
+
+def mae_gt(student, teacher, targets, *, temperature=1.0, ce_weight, alpha=1.0):
+    """L1 between raw logits plus ``ce_weight`` x cross-entropy with the ground truth."""
+    return F.l1_loss(student, teacher.to(student.dtype)) + ce_weight * F.cross_entropy(student, targets)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0, beta=2.0, gamma=2.0):
+    """DIST (Huang et al. 2022) as PRISM/G-VBSM use it: beta x inter-class relation (Pearson
+    correlation of each sample's class probabilities) + gamma x intra-class relation (of each
+    class's probabilities across the batch), both on softmax at T and scaled by T^2."""
+    y_s = F.softmax(student / temperature, dim=1)
+    y_t = F.softmax(teacher.to(student.dtype) / temperature, dim=1)
+    inter = 1.0 - _pearson_rows(y_s, y_t).mean()
+    intra = 1.0 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    return temperature ** 2 * (beta * inter + gamma * intra)
+
+
+def wsld(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
+    """Weighted soft-label distillation (Zhou et al., ICLR 2021):
+    CE(s, y) + alpha * T^2 * mean_i[w_i * soft-CE(t_i/T, s_i/T)], with the per-sample weight
+    w_i = 1 - exp(-max(CE_s,i / (CE_t,i + 1e-7), 0)) from the student's and the teacher's
+    (detached, T = 1) cross-entropies with the ground truth."""
+    teacher = teacher.to(student.dtype)
+    soft = -(F.softmax(teacher / temperature, dim=1) * F.log_softmax(student / temperature, dim=1)).sum(dim=1)
+    with torch.no_grad():
+        ce_s = F.cross_entropy(student.detach(), targets, reduction="none")
+        ce_t = F.cross_entropy(teacher, targets, reduction="none")
+        weight = 1.0 - torch.exp(-torch.clamp(ce_s / (ce_t + 1e-7), min=0.0))
+    return F.cross_entropy(student, targets) + alpha * temperature ** 2 * (weight * soft).mean()
 
 
 LOSSES: dict[str, LossFn] = {
     "kl": kl,
+    "soft_ce": soft_ce,
+    "ce": ce,
     "mse_gt": mse_gt,
+    "mae_gt": mae_gt,
+    "dist": dist,
+    "wsld": wsld,
 }
+
+
+def keep_topk(teacher: torch.Tensor, k: int) -> torch.Tensor:
+    """Teacher logits with all but each sample's top-k set to -inf (zero probability)."""
+    if k >= teacher.shape[1]:
+        return teacher
+    kth = teacher.topk(k, dim=1).values[:, -1:]
+    return teacher.masked_fill(teacher < kth, float("-inf"))

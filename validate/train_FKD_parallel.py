@@ -1,56 +1,70 @@
-"""Train a student network, from a soft-label store or from hard labels.
+"""Train a student network: from a soft-label store, from hard labels, or distilled online.
 
 Store mode (``--fkd-path``): every step reads one stored batch, re-renders exactly the crops,
 flips and mix the teacher labelled (softlabel/replay.py) and fits the stored logits.
 
     python validate/train_FKD_parallel.py --train-dir DISTILLED --val-dir VAL \
         --fkd-path STORE --model resnet18 --loss-type kl -T 4 --cos --output-dir save/r18
+    torchrun --standalone --nproc_per_node 8 validate/train_FKD_parallel.py ...   # DDP
 
-Hard-label mode (no ``--fkd-path``): ordinary training with online RandomResizedCrop, flip,
-optional mix and label smoothing; it trains teachers and baselines.
+Hard-label mode (no ``--fkd-path``): online RandomResizedCrop, flip, optional mix and label
+smoothing; it trains teachers and baselines. With ``--teacher`` the teacher runs every step on
+the same augmented batch (classic online KD), for comparison with stored labels.
 
-    python validate/train_FKD_parallel.py --train-dir TRAIN --val-dir VAL --model democnn \
-        --input-size 32 --min-scale-crops 0.5 -b 64 --epochs 30 --output-dir save/teacher
-
-Writes ``metrics.jsonl`` (one line per evaluation), ``checkpoint.pth`` and ``results.json``
-in ``--output-dir``.
+Writes ``metrics.jsonl`` (one line per evaluation), ``checkpoint.pth`` and ``results.json`` in
+``--output-dir``; ``--resume auto`` continues a killed run to exactly the same weights.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler  # noqa: E402
 
 from softlabel import distributed, io, models, replay, runinfo, store  # noqa: E402
-from softlabel.data import (IndexedImageFolder, eval_transform, hard_label_train_transform,  # noqa: E402
-                            scan_image_folder)
+from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
+from softlabel.data import FolderIndex, IndexedImageFolder, eval_transform, scan_image_folder  # noqa: E402
 from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import StoreBatches, batch_loader, cache_bytes, class_index_of, loader_workers  # noqa: E402
+from softlabel.loader import (StoreBatches, batch_loader, cache_bytes, class_index_of,  # noqa: E402
+                              loader_workers, slice_bounds)
+from softlabel.teachers import SOURCES, Ensemble, load_teachers  # noqa: E402
 from softlabel.tracking import Tracker  # noqa: E402
-from validate.losses import LOSSES  # noqa: E402
+from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, LOSSES, PROBABILITY_LOSSES, keep_topk  # noqa: E402
+from validate.metrics import classification_metrics  # noqa: E402
+
+TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "gpu_id")
+SECRETS = ("wandb_api_key",)
+# Settings a resumed run must share with its checkpoint, or it could not continue exactly.
+RESUME_MUST_MATCH = ("model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
+                     "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
+                     "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
+                     "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
+                     "max_scale_crops", "teacher")
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="FKD-style student training from stored soft labels "
-                                            "(or from hard labels)")
+                                            "(or hard labels, or online distillation)")
     g = p.add_argument_group("data")
     g.add_argument("--train-dir", type=str, default=None, help="training images (ImageFolder)")
     g.add_argument("--val-dir", type=str, default=None, help="validation images (ImageFolder)")
     g.add_argument("--fkd-path", type=str, default=None,
-                   help="soft-label store made by relabel/ (omit for hard-label training)")
+                   help="soft-label store made by relabel/ (omit for hard labels or --teacher)")
     g.add_argument("-j", "--workers", default=None, type=int,
                    help="data loading worker processes (default: 4 on GPU, 0 on CPU); results do not depend on it")
     g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
@@ -75,13 +89,19 @@ def get_parser() -> argparse.ArgumentParser:
                    help="student: ours (democnn, ...), torchvision or timm name (default: resnet18)")
     g.add_argument("--num-classes", type=int, default=None,
                    help="default: the store's; hard labels: the number of class folders")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student")
 
     g = p.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", type=int, default=None,
-                   help="default: the store's batch size; hard labels: 1024")
+                   help="global batch (all ranks together); default: the store's batch size; hard labels: 1024")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="split each batch into this many micro-batches, one optimizer step (default: 1)")
     g.add_argument("--epochs", type=int, default=None,
                    help="default: the epochs the store holds; hard labels: 300")
+    g.add_argument("--start-epoch", type=int, default=0, help="begin at this epoch (schedule and store)")
     g.add_argument("--cos", action="store_true", help="cosine learning-rate decay (default: linear)")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs (default: 0)")
     g.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
     g.add_argument("-lr", "--learning-rate", type=float, default=1.024, help="SGD learning rate")
     g.add_argument("--momentum", type=float, default=0.875, help="SGD momentum")
@@ -89,24 +109,43 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--adamw-lr", type=float, default=0.001, help="AdamW learning rate")
     g.add_argument("--adamw-weight-decay", type=float, default=0.01,
                    help="AdamW weight decay (never on norms and biases)")
+    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="autocast; fp16 adds a gradient scaler (default: off)")
 
     g = p.add_argument_group("loss")
     g.add_argument("--loss-type", type=str, default="kl", choices=sorted(LOSSES),
-                   help="loss against the stored logits (default: kl)")
-    g.add_argument("-T", "--temperature", type=float, default=3.0, help="distillation temperature")
-    g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt")
+                   help="loss against the teacher's logits (default: kl)")
+    g.add_argument("-T", "--temperature", type=float, default=None,
+                   help="distillation temperature (default: 3; wsld: 2)")
+    g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
+    g.add_argument("--alpha", type=float, default=None, help="weight of the soft term of wsld (default: 2.5)")
+    g.add_argument("--kd-t2", action="store_true", help="kl: multiply by T^2")
+    g.add_argument("--keep-topk", type=int, default=None, metavar="K",
+                   help="keep only each sample's top-K teacher logits (the rest masked) before the loss")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="hard labels: label smoothing")
+
+    g = p.add_argument_group("online distillation (no --fkd-path)")
+    g.add_argument("--teacher", type=str, default=None, metavar="ARCH[,ARCH]",
+                   help="run this teacher on every augmented batch; the loss is --loss-type")
+    g.add_argument("--teacher-path", type=str, default=None, metavar="P[,P]", help="its weights")
+    g.add_argument("--teacher-source", choices=SOURCES, default=None, help="as in relabel")
 
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", type=str, default="./save", help="checkpoint and metrics directory")
-    g.add_argument("--seed", type=int, default=0, help="seed of initialisation and hard-label augmentation")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialisation and of hard-label augmentation")
     g.add_argument("--eval-interval", type=int, default=10, help="evaluate every N epochs and at the end")
-    g.add_argument("--save-interval", type=int, default=1, help="write checkpoint.pth every N epochs and at the end")
+    g.add_argument("--save-interval", type=int, default=1,
+                   help="write checkpoint.pth every N epochs and at the end (default: 1)")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a checkpoint; auto: --output-dir/checkpoint.pth if there is one")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--wandb-mode", default="disabled", choices=["online", "offline", "disabled"],
                    help="wandb logging (default: disabled); online reads the key from WANDB_API_KEY")
     g.add_argument("--wandb-project", default="softlabel", help="wandb project")
+    g.add_argument("--wandb-api-key", default=None,
+                   help="accepted for old scripts: sets WANDB_API_KEY for this process only; never written anywhere")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_replaced_flags(p, TRAINER_REPLACED)
     return p
 
 
@@ -152,50 +191,79 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--train-dir DIR is required")
     for flag, value in (("-b/--batch-size", args.batch_size), ("--epochs", args.epochs),
                         ("--input-size", args.input_size), ("--eval-interval", args.eval_interval),
-                        ("--save-interval", args.save_interval), ("--num-classes", args.num_classes)):
+                        ("--save-interval", args.save_interval), ("--num-classes", args.num_classes),
+                        ("--gradient-accumulation-steps", args.gradient_accumulation_steps),
+                        ("--keep-topk", args.keep_topk)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.cache_images < 0:
-        raise UserError(f"--cache-images must be >= 0 MB, got {args.cache_images}")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
-    if args.temperature <= 0:
+    for flag, value in (("-j/--workers", args.workers), ("--cache-images", args.cache_images),
+                        ("--warmup-epochs", args.warmup_epochs), ("--start-epoch", args.start_epoch)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} must be >= 0, got {value}")
+    if args.temperature is not None and args.temperature <= 0:
         raise UserError(f"-T/--temperature must be positive, got {args.temperature}")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    if args.fkd_path and args.teacher:
+        raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
+    if args.keep_topk and args.loss_type not in PROBABILITY_LOSSES:
+        raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
+                        f"not --loss-type {args.loss_type}")
+    if args.epochs is not None and args.start_epoch >= args.epochs:
+        raise UserError(f"--start-epoch {args.start_epoch} leaves nothing to train in --epochs {args.epochs}")
+    if args.epochs is not None and args.warmup_epochs >= args.epochs:
+        raise UserError(f"--warmup-epochs {args.warmup_epochs} must be fewer than --epochs {args.epochs}")
 
 
 # ----------------------------------------------------------------------------- batches
 
-def store_epochs(args: argparse.Namespace, train_index, manifest: dict, pin: bool
-                 ) -> Iterator[tuple[int, Iterable[dict[str, Any]]]]:
-    """(epoch, batches) pairs read from the store through one loader for the whole run, so
-    workers start once rather than once per epoch."""
-    jobs = [(e, b) for e in range(args.epochs) for b in range(manifest["batches_per_epoch"])]
-    dataset = StoreBatches(args.fkd_path, train_index, manifest, jobs, cache_bytes(args.cache_images, args.workers))
-    loader = batch_loader(dataset, args.workers, pin,
-                          background=pin, yield_cpu=not pin)
-    return itertools.groupby(loader, key=lambda item: item["epoch"])
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch's randomness restarts from (seed, epoch): a run resumed at an epoch boundary
+    draws exactly what the uninterrupted run drew."""
+    return int(replay.rng_for(seed, 3, epoch).integers(2 ** 62))
 
 
-def hard_label_epochs(args: argparse.Namespace, train_index, mean, std, pin: bool
-                      ) -> Iterator[tuple[int, Iterable[dict[str, Any]]]]:
-    dataset = IndexedImageFolder(train_index, hard_label_train_transform(
-        args.input_size, (args.min_scale_crops, args.max_scale_crops), mean, std))
-    generator = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=generator,
-                        num_workers=args.workers, pin_memory=pin, persistent_workers=args.workers > 0)
-    for epoch in range(args.epochs):
-        yield epoch, _hard_label_batches(loader, epoch, args)
+def store_epochs(args, index: FolderIndex, manifest: dict, info, pin: bool) -> Iterator[tuple[int, Iterator[dict]]]:
+    """(epoch, batches) read from the store through one loader for the whole run, so workers
+    start once rather than once per epoch. Each rank gets its slice of every stored batch."""
+    jobs = [(e, b) for e in range(args.start_epoch, args.epochs) for b in range(manifest["batches_per_epoch"])]
+    dataset = StoreBatches(args.fkd_path, index, manifest, jobs, cache_bytes(args.cache_images, args.workers),
+                           info.rank, info.world_size)
+    batches = iter(batch_loader(dataset, args.workers, pin, background=pin, yield_cpu=not pin))
+    per_epoch = manifest["batches_per_epoch"]
+    for epoch in range(args.start_epoch, args.epochs):
+        yield epoch, (next(batches) for _ in range(per_epoch))
 
 
-def _hard_label_batches(loader: DataLoader, epoch: int, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    for step, (images, target) in enumerate(loader):
-        mix_index, mix_lam, mix_bbox = replay.sample_mix(
-            replay.rng_for(args.seed, 2, epoch, step), args.mix_type, len(target), args.input_size,
-            args.mixup, args.cutmix)
-        yield {"inputs": images, "target": target, "mix_index": mix_index, "mix_lam": mix_lam,
-               "mix_bbox": mix_bbox}
+def hard_label_epochs(args, index: FolderIndex, info, pin: bool) -> Iterator[tuple[int, Iterator[dict]]]:
+    """Online RandomResizedCrop + flip as uint8 pixels (normalized later, per model); each
+    rank draws its share of every epoch (DistributedSampler), mixes within its own batch."""
+    transform = T.Compose([
+        T.RandomResizedCrop(args.input_size, scale=(args.min_scale_crops, args.max_scale_crops),
+                            interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(), T.PILToTensor()])
+    dataset = IndexedImageFolder(index, transform)
+    local_batch = max(1, args.batch_size // info.world_size)
+    for epoch in range(args.start_epoch, args.epochs):
+        seed = epoch_seed(args.seed, epoch)
+        if info.distributed:
+            sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed)
+        else:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=args.workers,
+                            pin_memory=pin, generator=torch.Generator().manual_seed(seed))
+        yield epoch, _hard_label_batches(loader, epoch, args, info)
+
+
+def _hard_label_batches(loader: DataLoader, epoch: int, args, info) -> Iterator[dict]:
+    for step, (pixels, target) in enumerate(loader):
+        rng = replay.rng_for(args.seed, 2, epoch, step, info.rank)
+        mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, args.mix_type, len(target), args.input_size,
+                                                         args.mixup, args.cutmix)
+        yield {"pixels": pixels, "partners": None if mix_index is None else pixels[mix_index],
+               "mix_lam": mix_lam, "mix_bbox": mix_bbox, "target": target,
+               "partner_target": None if mix_index is None else target[mix_index],
+               "batch_size": len(target) * info.world_size}
 
 
 # ----------------------------------------------------------------------------- model, optimizer
@@ -209,69 +277,99 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> tuple[torch.optim.Optimizer, LambdaLR]:
+def lr_factor(epoch: int, epochs: int, warmup: int, cos: bool) -> float:
+    """Per-epoch learning-rate factor: linear warm-up, then cosine or linear decay to 0 (as
+    upstream: 0.5 (1 + cos(pi e / E)) or 1 - e / E when there is no warm-up)."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if cos else 1.0 - progress
+
+
+def build_optimizer(model: nn.Module, args) -> tuple[torch.optim.Optimizer, LambdaLR]:
     if args.sgd:
         optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=args.learning_rate,
                                     momentum=args.momentum)
     else:
         optimizer = torch.optim.AdamW(param_groups(model, args.adamw_weight_decay), lr=args.adamw_lr)
-    epochs = args.epochs
-    if args.cos:
-        def factor(epoch: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) if epoch <= epochs else 0.0
-    else:
-        def factor(epoch: int) -> float:
-            return 1.0 - epoch / epochs if epoch <= epochs else 0.0
-    return optimizer, LambdaLR(optimizer, factor)  # stepped once per epoch, as upstream
+    epochs, warmup, cos = args.epochs, args.warmup_epochs, args.cos
+    return optimizer, LambdaLR(optimizer, lambda e: lr_factor(e, epochs, warmup, cos))  # stepped per epoch
 
 
-def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mix_index, mix_lam,
-                        label_smoothing: float) -> torch.Tensor:
-    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-    if mix_index is None:
-        return loss
-    partner = target[mix_index.to(target.device)]
-    return mix_lam * loss + (1.0 - mix_lam) * F.cross_entropy(logits, partner, label_smoothing=label_smoothing)
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)       # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)      # torch.compile
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool,
+             amp: Optional[torch.dtype]) -> dict[str, float]:
     model.eval()
-    n, loss_sum, top1, top5 = 0, 0.0, 0, 0
-    k = min(5, num_classes)
+    logits, targets = [], []
     for images, target in loader:
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        logits = model(images).float()
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        top = logits.topk(k, dim=1).indices
-        top1 += int((top[:, 0] == target).sum())
-        top5 += int((top == target[:, None]).any(dim=1).sum())
-        n += len(target)
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits.append(model(images).float().cpu())
+        targets.append(target)
     model.train()
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "val_loss": loss_sum / n}
+    return classification_metrics(torch.cat(logits), torch.cat(targets))
 
 
-def save_checkpoint(path: str, model: nn.Module, optimizer, scheduler, epoch: int,
-                    args: argparse.Namespace, mean, std, class_names: list[str]) -> None:
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def save_checkpoint(path: str, model, optimizer, scheduler, scaler, epoch: int, args, mean, std,
+                    class_names: list[str]) -> None:
     io.atomic_torch_save({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "epoch": epoch, "args": runinfo.args_dict(args),
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+        "epoch": epoch, "args": runinfo.args_dict(args, SECRETS), "rng": rng_states(),
         # What a later reader needs to use this model as a teacher without guessing.
         "arch": args.model, "num_classes": args.num_classes, "mean": list(mean), "std": list(std),
         "input_size": args.input_size, "class_names": class_names,
     }, path)
 
 
+def resume_path(args) -> Optional[str]:
+    if args.resume is None:
+        return None
+    if args.resume == "auto":
+        path = os.path.join(args.output_dir, "checkpoint.pth")
+        return path if os.path.isfile(path) else None
+    if not os.path.isfile(args.resume):
+        raise UserError(f"--resume {args.resume}: no such file")
+    return args.resume
+
+
+def check_resumable(ckpt: dict, args, path: str) -> None:
+    saved = ckpt.get("args", {})
+    for key in RESUME_MUST_MATCH:
+        if key in saved and saved[key] != runinfo.args_dict(args).get(key):
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"--resume {path}: the checkpoint was trained with {flag} {saved[key]}, this run "
+                            f"has {getattr(args, key)}; it could not continue exactly")
+    if ckpt.get("epoch", 0) >= args.epochs:
+        raise UserError(f"--resume {path}: the checkpoint already finished epoch {ckpt['epoch']} of --epochs "
+                        f"{args.epochs}")
+
+
 # ----------------------------------------------------------------------------- main
 
 def main() -> None:
     args = get_parser().parse_args()
+    note_replaced_flags(args, TRAINER_REPLACED)
+    if args.wandb_api_key:  # this process only; never logged or saved (SECRETS)
+        os.environ["WANDB_API_KEY"] = args.wandb_api_key
+        sys.argv = [a if a != args.wandb_api_key else "***" for a in sys.argv]
     check_args(args)
     info = distributed.setup(args.device)
     args.workers = loader_workers(args.workers, info.device.type == "cuda")
-    if info.distributed:
-        raise UserError("this trainer runs as one process for now; launch it without torchrun")
-    torch.manual_seed(args.seed)
     train_index = scan_image_folder(args.train_dir, "--train-dir")
 
     manifest: Optional[dict] = None
@@ -290,20 +388,67 @@ def main() -> None:
         mean, std = manifest["mean"], manifest["std"]
     else:
         settle_hard_labels(args, len(train_index.classes))
+        if len(train_index.classes) > args.num_classes:
+            raise UserError(f"--train-dir {args.train_dir} has {len(train_index.classes)} classes, more "
+                            f"than the model's {args.num_classes} outputs")
+    args.temperature = args.temperature or DEFAULT_TEMPERATURE.get(args.loss_type, 3.0)
+    args.alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.loss_type, 1.0)
     check_args(args)
-    if manifest is None and len(train_index.classes) > args.num_classes:
-        raise UserError(f"--train-dir {args.train_dir} has {len(train_index.classes)} classes, more "
-                        f"than the model's {args.num_classes} outputs")
+    smallest = args.batch_size if manifest is None else min(
+        args.batch_size, manifest["num_samples"] - (manifest["batches_per_epoch"] - 1) * args.batch_size)
+    if smallest < info.world_size:
+        raise UserError(f"{'the store' if manifest else '-b/--batch-size'} holds batches of {smallest} images, "
+                        f"fewer than the {info.world_size} ranks; every rank needs a share of every batch")
 
-    model = models.create_model(args.model, args.num_classes).to(info.device)
+    torch.manual_seed(args.seed)
+    student = models.create_model(args.model, args.num_classes).to(info.device)
     if manifest is None:
-        mean, std = models.default_normalization(args.model, model)
-    optimizer, scheduler = build_optimizer(model, args)
+        mean, std = models.default_normalization(args.model, student)
+    teachers = None
+    if args.teacher:
+        archs = [a.strip() for a in args.teacher.split(",")]
+        paths = [p.strip() for p in args.teacher_path.split(",")] if args.teacher_path else [None] * len(archs)
+        if len(paths) != len(archs):
+            raise UserError(f"--teacher-path gives {len(paths)} files for {len(archs)} teachers")
+        teachers = Ensemble(load_teachers(archs, paths, args.num_classes, args.teacher_source), "mean", 0.5,
+                            info.device)
+    if args.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(student, args)
+    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
+
+    io.ensure_dir(args.output_dir, "--output-dir")
+    ckpt_path = os.path.join(args.output_dir, "checkpoint.pth")
+    resumed = resume_path(args)
+    if resumed:
+        ckpt = io.safe_torch_load(resumed, "--resume")
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "optimizer" not in ckpt:
+            raise UserError(f"--resume {resumed}: not a checkpoint of this trainer")
+        check_resumable(ckpt, args, resumed)
+        student.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        args.start_epoch = ckpt["epoch"]
+    elif args.resume and info.is_main:
+        print(f"train: --resume {args.resume}: no checkpoint in {args.output_dir}, starting afresh", flush=True)
+    elif args.start_epoch:
+        for _ in range(args.start_epoch):  # the schedule starts where the run starts
+            scheduler.step()
+
+    model: nn.Module = student
+    if info.distributed:
+        model = DistributedDataParallel(student, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if args.compile:
+        model = torch.compile(model)
     loss_fn = LOSSES[args.loss_type]
     pin = info.device.type == "cuda"
 
     val_loader = None
-    if args.val_dir:
+    if args.val_dir and info.is_main:
         val_index = scan_image_folder(args.val_dir, "--val-dir")
         if val_index.classes != train_index.classes:
             raise UserError(f"--val-dir {args.val_dir}: class folders differ from --train-dir "
@@ -314,79 +459,139 @@ def main() -> None:
                                                    val_classes),
                                 batch_size=256, shuffle=False, num_workers=min(args.workers, 2), pin_memory=pin)
 
-    io.ensure_dir(args.output_dir, "--output-dir")
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-    tracker = Tracker(args.wandb_mode, args.wandb_project, os.path.basename(os.path.abspath(args.output_dir)),
-                      args.output_dir, runinfo.args_dict(args))
+    if info.is_main and not resumed:
+        open(metrics_path, "w").close()
+    tracker = Tracker(args.wandb_mode if info.is_main else "disabled", args.wandb_project,
+                      os.path.basename(os.path.abspath(args.output_dir)), args.output_dir,
+                      runinfo.args_dict(args, SECRETS))
 
-    if args.fkd_path:
-        epochs = store_epochs(args, train_index, manifest, pin)
+    if manifest is not None:
+        epochs = store_epochs(args, train_index, manifest, info, pin)
         images_per_epoch = manifest["num_samples"]
         labels = f"soft ({args.loss_type})"
     else:
-        epochs = hard_label_epochs(args, train_index, mean, std, pin)
+        epochs = hard_label_epochs(args, train_index, info, pin)
         images_per_epoch = len(train_index)
-        labels = "hard" + (f" (ls {args.label_smoothing})" if args.label_smoothing else "")
-    print(f"train: {args.model} on {len(train_index)} images, {labels} labels, {args.epochs} epochs, "
-          f"batch {args.batch_size}, input {args.input_size}px, device {info.device}", flush=True)
+        labels = (f"online KD from {args.teacher} ({args.loss_type})" if teachers else
+                  "hard" + (f" (ls {args.label_smoothing})" if args.label_smoothing else ""))
+    if info.is_main:
+        print(f"train: {args.model} on {len(train_index)} images, {labels} labels, epochs {args.start_epoch}.."
+              f"{args.epochs}, batch {args.batch_size}" + (f" on {info.world_size} ranks" if info.distributed else "")
+              + f", input {args.input_size}px, device {info.device}", flush=True)
 
-    bar = runinfo.progress(images_per_epoch * args.epochs, "train", disable=args.no_progress)
-    model.train()
-    step, start, result = 0, time.time(), {}
-    for epoch, batches in epochs:
-        loss_sum, seen = torch.zeros((), device=info.device), 0
-        for batch in batches:
-            if "pixels" in batch:  # a stored batch: replay normalization and mix
-                inputs = replay.model_inputs(batch["pixels"].to(info.device, non_blocking=True), mean, std,
-                                             batch["mix_index"], batch["mix_lam"], batch["mix_bbox"])
-            else:
-                inputs = replay.apply_mix(batch["inputs"].to(info.device, non_blocking=True),
-                                          batch["mix_index"], batch["mix_lam"], batch["mix_bbox"])
-            target = batch["target"].to(info.device, non_blocking=True)
-            logits = model(inputs)
-            if "soft_label" in batch:
-                loss = loss_fn(logits, batch["soft_label"].to(info.device, non_blocking=True), target,
-                               temperature=args.temperature, ce_weight=args.ce_weight, alpha=1.0)
-            else:
-                loss = mixed_cross_entropy(logits, target, batch["mix_index"], batch["mix_lam"],
-                                           args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+    def train_step(batch: dict) -> torch.Tensor:
+        """One optimizer step on this rank's slice; the loss is a mean over the *global* batch,
+        so ranks and micro-batches recombine exactly to the one-process, one-step result."""
+        pixels = batch["pixels"].to(info.device, non_blocking=True)
+        partners = None if batch["partners"] is None else batch["partners"].to(info.device, non_blocking=True)
+        target = batch["target"].to(info.device, non_blocking=True)
+        inputs = replay.slice_inputs(pixels, partners, mean, std, batch["mix_lam"], batch["mix_bbox"])
+        if teachers is not None:
+            soft, _ = teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"])
+        else:
+            soft = batch["soft_label"].to(info.device, non_blocking=True) if "soft_label" in batch else None
+        if soft is not None and args.keep_topk:
+            soft = keep_topk(soft.float(), args.keep_topk)
+        if args.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=info.device)
+        share = info.world_size / batch["batch_size"]    # each sample's weight in the global mean
+        steps = args.gradient_accumulation_steps
+        parts = [slice(*slice_bounds(len(target), k, steps)) for k in range(steps)]  # views, no copies
+        parts = [p for p in parts if p.stop > p.start]
+        for n, part in enumerate(parts):
+            sync = contextlib.nullcontext() if n + 1 == len(parts) or not info.distributed else model.no_sync()
+            with sync, torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = model(inputs[part])
+                if soft is not None:
+                    loss = loss_fn(logits.float(), soft[part], target[part], temperature=args.temperature,
+                                   ce_weight=args.ce_weight, alpha=args.alpha)
+                    if args.kd_t2:
+                        loss = loss * args.temperature ** 2
+                else:
+                    partner = batch["partner_target"]
+                    loss = mixed_cross_entropy(logits.float(), target[part],
+                                               None if partner is None else partner.to(info.device)[part],
+                                               batch["mix_lam"], args.label_smoothing)
+                loss = loss * ((part.stop - part.start) * share)
+                (scaler.scale(loss) if scaler else loss).backward()
+            total += loss.detach()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
             optimizer.step()
+        return total / info.world_size  # this rank's share of the global mean loss
+
+    bar = runinfo.progress(images_per_epoch * (args.epochs - args.start_epoch), "train",
+                           disable=args.no_progress or not info.is_main)
+    student.train()
+    step, start, result = 0, time.time(), {}
+    first_step_done: Optional[float] = None
+    last_step_done = start
+    trained_images = 0
+    for epoch, batches in epochs:
+        torch.manual_seed(epoch_seed(args.seed, epoch))  # dropout & co. restart per epoch too
+        loss_sum = torch.zeros((), device=info.device)
+        seen = 0
+        for batch in batches:
+            loss_sum += train_step(batch) * batch["batch_size"]
+            seen += batch["batch_size"]
             step += 1
-            loss_sum += loss.detach() * len(target)  # no device sync per step
-            seen += len(target)
-            bar.update(len(target))
+            last_step_done = time.time()
+            if first_step_done is None:
+                first_step_done = last_step_done
+            else:
+                trained_images += batch["batch_size"]
+            bar.update(batch["batch_size"])
         scheduler.step()
+        if info.distributed:
+            dist.all_reduce(loss_sum)
         train_loss = float(loss_sum) / max(seen, 1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}", refresh=False)
         last = epoch + 1 == args.epochs
-        if (epoch + 1) % args.eval_interval == 0 or last:
+        if info.is_main and ((epoch + 1) % args.eval_interval == 0 or last):
             row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                    "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - start, 2)}
             if val_loader is not None:
-                row.update(evaluate(model, val_loader, info.device, args.num_classes))
+                row.update(evaluate(student, val_loader, info.device, args.channels_last, amp))
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             tracker.log(row, step)
-            bar.write("epoch {epoch}: train loss {train_loss:.4f}".format(**row)
-                      + (" | val top-1 {top1:.2f}% top-5 {top5:.2f}%".format(**row) if "top1" in row else ""))
+            bar.write(f"epoch {epoch + 1}: train loss {train_loss:.4f}"
+                      + (" | val top-1 {top1:.2f}% top-5 {top5:.2f}% nll {nll:.3f} ece {ece:.2f}%".format(**row)
+                         if "top1" in row else ""))
             result = row
-        if (epoch + 1) % args.save_interval == 0 or last:
-            save_checkpoint(os.path.join(args.output_dir, "checkpoint.pth"), model, optimizer, scheduler,
-                            epoch + 1, args, mean, std, train_index.classes)
+        if info.is_main and ((epoch + 1) % args.save_interval == 0 or last):
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, epoch + 1, args, mean, std,
+                            train_index.classes)
     bar.close()
-    if step == 0:
-        raise UserError(f"--train-dir {args.train_dir}: nothing to train on")
-    result.update({"model": args.model, "labels": labels, "fkd_path": args.fkd_path,
-                   "train_dir": args.train_dir, "epochs": args.epochs, "steps": step,
-                   "train_time_s": round(time.time() - start, 2)})
-    io.atomic_write_json(os.path.join(args.output_dir, "results.json"), result)
+    end = time.time()
+    if info.is_main:
+        # Steady state: from the first step's end to the last step's end (start-up, evaluation
+        # and checkpoints of the last epoch excluded; those of earlier epochs are included).
+        window = (last_step_done - first_step_done) if first_step_done else 0.0
+        steady = trained_images / window if window > 0 else 0.0
+        result.update({"model": args.model, "labels": labels, "fkd_path": args.fkd_path,
+                       "train_dir": args.train_dir, "epochs": args.epochs, "steps": step,
+                       "train_time_s": round(end - start, 2), "steady_images_per_s": round(steady, 2)})
+        io.atomic_write_json(os.path.join(args.output_dir, "results.json"), result)
+        print(f"train: done in {end - start:.1f}s (start-up to the first step {(first_step_done or end) - start:.2f}s, "
+              f"then {steady:.1f} img/s)" + (f"; val top-1 {result['top1']:.2f}%" if "top1" in result else ""),
+              flush=True)
     tracker.finish()
-    print(f"train: done in {time.time() - start:.1f}s" +
-          (f"; val top-1 {result['top1']:.2f}%" if "top1" in result else ""), flush=True)
     distributed.cleanup(info)
+
+
+def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: Optional[torch.Tensor],
+                        lam: Optional[float], label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy with mixed targets: lambda x own class + (1 - lambda) x partner's."""
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    if partner is None:
+        return loss
+    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner, label_smoothing=label_smoothing)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Training throughput from a store, against the same steps on tensors in memory, and online
+distillation against stored labels, measured in one run.
+
+Setting (issue 5): a resnet18 student, AdamW, KL loss, 64 px crops of the 32 px demo PNGs,
+batch 20, 2 CPU cores, one epoch of the demo's 1347 training images (68 steps):
+(a) train steps on synthetic tensors already in memory (in this process: the bound);
+(b) the real trainer from a real store (relabelled here by a resnet18 teacher);
+(c) the real trainer distilling online from that teacher on the same augmentations.
+(b)/(a) is the cost of our data path; (c)/(b) what stored labels save over online KD. Rows are
+interleaved per repeat and medians reported; steady state excludes each run's first step.
+
+    .venv/bin/python scripts/bench_train.py --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from softlabel.errors import run_main  # noqa: E402
+from softlabel.models import create_model  # noqa: E402
+
+STEADY = re.compile(r"then ([\d.]+) img/s")
+PY = sys.executable
+
+
+def in_memory_bound(steps: int, batch: int, size: int) -> float:
+    """Images/s of forward + KL + backward + AdamW on tensors already in memory."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size)
+    t = torch.randn(batch, 10)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = F.kl_div(F.log_softmax(model(x) / 3, 1), F.softmax(t / 3, 1), reduction="batchmean")
+        loss.backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps - 1):
+        step()
+    return (steps - 1) * batch / (time.perf_counter() - start)
+
+
+def trainer_rate(args: list[str]) -> float:
+    cmd = [PY, os.path.join(ROOT, "validate", "train_FKD_parallel.py"), *args, "--no-progress",
+           "--eval-interval", "1000", "--save-interval", "1000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    if proc.returncode != 0:
+        raise SystemExit(f"trainer failed:\n{proc.stderr[-2000:]}")
+    m = STEADY.search(proc.stdout)
+    if not m:
+        raise SystemExit(f"no steady-state figure in:\n{proc.stdout[-2000:]}")
+    return float(m.group(1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--work-dir", default=None)
+    args = p.parse_args()
+    work = args.work_dir or tempfile.mkdtemp(prefix="bench_train_")
+    data = os.path.join(work, "data")
+    if not os.path.isdir(os.path.join(data, "train")):
+        subprocess.run([PY, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data, "--ipc", "1"],
+                       check=True, capture_output=True)
+    train = os.path.join(data, "train")
+    torch.manual_seed(1)
+    teacher = os.path.join(work, "resnet18_teacher.pth")
+    torch.save({"model": create_model("resnet18", 10).state_dict(), "arch": "resnet18", "num_classes": 10}, teacher)
+    store = os.path.join(work, "store")
+    if not os.path.isdir(os.path.join(store, "epoch_0")):
+        subprocess.run([PY, os.path.join(ROOT, "relabel", "generate_soft_label.py"), "--data", train, "--teacher-path",
+                        teacher, "--fkd-path", store, "--epochs", "1", "-b", "20", "--input-size", "64",
+                        "--print-freq", "1000"], check=True, capture_output=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    common = ["--train-dir", train, "--model", "resnet18", "--loss-type", "kl", "--epochs", "1"]
+    runs = {
+        "(a) in-memory tensors": lambda j: in_memory_bound(68, 20, 64),
+        "(b) from the store": lambda j: trainer_rate(common + ["--fkd-path", store, "-j", str(j),
+                                                               "--output-dir", os.path.join(work, f"b{j}")]),
+        "(c) online KD": lambda j: trainer_rate(common + ["--teacher", "resnet18", "--teacher-path", teacher,
+                                                          "--input-size", "64", "-b", "20", "-j", str(j),
+                                                          "--output-dir", os.path.join(work, f"c{j}")]),
+    }
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; resnet18 student, AdamW, KL, 64 px crops "
+          f"of the 32 px demo PNGs, batch 20, 68 steps; {args.repeats} interleaved repeats, medians", flush=True)
+    rates: dict[tuple[str, int], list[float]] = {}
+    for rep in range(args.repeats):
+        for workers in (0, 2):
+            for name, run in runs.items():
+                if name.startswith("(a)") and workers == 2:
+                    continue
+                rates.setdefault((name, workers), []).append(run(workers))
+        print(f"  repeat {rep + 1}: " + ", ".join(f"{n} -j {w}: {v[-1]:.1f}" for (n, w), v in rates.items()), flush=True)
+    a = statistics.median(rates[("(a) in-memory tensors", 0)])
+    print("\n| run | -j | images/s (median) | time vs (a) | time vs (b) |")
+    print("|---|---|---|---|---|")
+    print(f"| (a) in-memory tensors | - | {a:.1f} | 1.000 | |")
+    for workers in (0, 2):
+        b = statistics.median(rates[("(b) from the store", workers)])
+        c = statistics.median(rates[("(c) online KD", workers)])
+        print(f"| (b) from the store | {workers} | {b:.1f} | {a / b:.3f} | 1.000 |")
+        print(f"| (c) online KD | {workers} | {c:.1f} | {a / c:.3f} | {b / c:.3f} |")
+    shutil.rmtree(os.path.join(work, "b0"), ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,153 @@
+"""Every loss and metric against a direct, loop-level formula."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from validate.losses import LOSSES, keep_topk
+from validate.metrics import classification_metrics, expected_calibration_error
+
+T = 3.0
+
+
+def logits(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64) * 2,
+            torch.tensor([0, 1, 2, 3, 4, 0]))
+
+
+def softmax(row, temp=1.0):
+    e = [math.exp(v / temp) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def call(name, s, t, y, **kw):
+    kw = {"temperature": T, "ce_weight": 0.3, "alpha": 2.5} | kw
+    return float(LOSSES[name](s, t, y, **kw))
+
+
+def ce_row(row, label, temp=1.0):
+    return -math.log(softmax(row, temp)[label])
+
+
+def test_kl():
+    s, t, y = logits()
+    want = sum(sum(q * (math.log(q) - math.log(p)) for q, p in zip(softmax(tr, T), softmax(sr, T)))
+               for sr, tr in zip(s.tolist(), t.tolist())) / len(s)
+    assert call("kl", s, t, y) == pytest.approx(want, rel=1e-9)
+    assert call("kl", t, t, y) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_soft_ce():
+    s, t, y = logits()
+    want = sum(-sum(q * math.log(p) for q, p in zip(softmax(tr, T), softmax(sr, T)))
+               for sr, tr in zip(s.tolist(), t.tolist())) / len(s)
+    assert call("soft_ce", s, t, y) == pytest.approx(want, rel=1e-9)
+
+
+def test_ce_ignores_the_teacher():
+    s, t, y = logits()
+    want = sum(ce_row(r, label) for r, label in zip(s.tolist(), y.tolist())) / len(s)
+    assert call("ce", s, t, y) == pytest.approx(want, rel=1e-9)
+    assert call("ce", s, t * 0, y) == call("ce", s, t, y)
+
+
+@pytest.mark.parametrize("name, dist", [("mse_gt", lambda a, b: (a - b) ** 2), ("mae_gt", lambda a, b: abs(a - b))])
+def test_regression_losses_with_ground_truth(name, dist):
+    s, t, y = logits()
+    elems = [dist(a, b) for sr, tr in zip(s.tolist(), t.tolist()) for a, b in zip(sr, tr)]
+    ce = sum(ce_row(r, label) for r, label in zip(s.tolist(), y.tolist())) / len(s)
+    assert call(name, s, t, y, ce_weight=0.3) == pytest.approx(sum(elems) / len(elems) + 0.3 * ce, rel=1e-9)
+
+
+def pearson(a, b, eps=1e-5):
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    da, db = [x - ma for x in a], [x - mb for x in b]
+    return sum(x * z for x, z in zip(da, db)) / (math.sqrt(sum(x * x for x in da)) * math.sqrt(sum(z * z for z in db)) + eps)
+
+
+def test_dist():
+    s, t, y = logits()
+    ps = [softmax(r, T) for r in s.tolist()]
+    pt = [softmax(r, T) for r in t.tolist()]
+    inter = 1 - sum(pearson(a, b) for a, b in zip(ps, pt)) / len(ps)
+    cols = range(len(ps[0]))
+    intra = 1 - sum(pearson([r[c] for r in ps], [r[c] for r in pt]) for c in cols) / len(cols)
+    assert call("dist", s, t, y) == pytest.approx(T * T * (2 * inter + 2 * intra), rel=1e-7)
+
+
+def test_wsld():
+    s, t, y = logits()
+    total = 0.0
+    for sr, tr, label in zip(s.tolist(), t.tolist(), y.tolist()):
+        w = 1 - math.exp(-max(ce_row(sr, label) / (ce_row(tr, label) + 1e-7), 0.0))
+        total += w * -sum(q * math.log(p) for q, p in zip(softmax(tr, 2.0), softmax(sr, 2.0)))
+    ce = sum(ce_row(r, label) for r, label in zip(s.tolist(), y.tolist())) / len(s)
+    want = ce + 2.5 * 4.0 * total / len(s)
+    assert call("wsld", s, t, y, temperature=2.0, alpha=2.5) == pytest.approx(want, rel=1e-7)
+
+
+def test_wsld_weight_has_no_gradient():
+    s, t, y = logits()
+    s.requires_grad_(True)
+    LOSSES["wsld"](s, t, y, temperature=2.0, ce_weight=0.0, alpha=2.5).backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_keep_topk_masks_all_but_the_top_k():
+    t = torch.tensor([[1.0, 5.0, 3.0, 4.0], [9.0, 0.0, 1.0, 2.0]])
+    masked = keep_topk(t, 2)
+    assert masked[0].tolist() == [float("-inf"), 5.0, float("-inf"), 4.0]
+    assert masked[1].tolist() == [9.0, float("-inf"), float("-inf"), 2.0]
+    s = torch.randn(2, 4)
+    # KL against the top-k teacher == KL against its distribution renormalized over the top k
+    kl = LOSSES["kl"](s, masked, None, temperature=1.0)
+    q = torch.softmax(masked, 1)
+    want = (q * (torch.log(q.clamp_min(1e-30)) - torch.log_softmax(s, 1))).where(q > 0, torch.zeros(())).sum(1).mean()
+    torch.testing.assert_close(kl, want)
+    for name in ("kl", "soft_ce", "dist", "wsld"):
+        assert torch.isfinite(LOSSES[name](s, masked, torch.tensor([1, 0]), temperature=2.0, ce_weight=0.1, alpha=2.5))
+
+
+def test_losses_are_sample_means_that_recombine():
+    """A batch split in two, each part weighed by its share, gives the whole batch's loss:
+    what lets ranks and micro-batches train exactly like one big step."""
+    s, t, y = logits()
+    for name in ("kl", "soft_ce", "ce", "mse_gt", "mae_gt", "wsld"):
+        whole = call(name, s, t, y)
+        parts = call(name, s[:2], t[:2], y[:2]) * 2 / 6 + call(name, s[2:], t[2:], y[2:]) * 4 / 6
+        assert parts == pytest.approx(whole, rel=1e-9), name
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_ece_by_hand():
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.3 -> max 0.4 (wrong) with 3 bins
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
+    targets = torch.tensor([0, 1, 0, 0])
+    # bins (0, 1/3], (1/3, 2/3], (2/3, 1]: {} ; {0.6 right, 0.4 wrong} ; {0.9 right, 0.9 wrong}
+    # ECE = 2/4 * |0.5 - 0.5| + 2/4 * |0.5 - 0.9| = 0.2
+    assert expected_calibration_error(probs.log(), targets, n_bins=3) == pytest.approx(0.2, abs=1e-6)
+
+
+def test_ece_perfectly_calibrated_is_near_zero_and_overconfident_is_large():
+    g = torch.Generator().manual_seed(0)
+    n, c = 20000, 10
+    # Calibrated by construction: draw each label from the softmax the model predicts.
+    logits_ = torch.randn(n, c, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(logits_, 1), 1, generator=g).squeeze(1)
+    assert expected_calibration_error(logits_, labels) < 0.02
+    # The same predictions made ten times sharper: confident, not more often right.
+    assert expected_calibration_error(logits_ * 10, labels) > 0.15
+
+
+def test_classification_metrics():
+    logits_ = torch.tensor([[3.0, 1, 0, 0, 0, 0], [0, 3.0, 2, 0, 0, 0], [0, 0, 0, 0, 0, 3.0]])
+    targets = torch.tensor([0, 2, 1])
+    m = classification_metrics(logits_, targets)
+    assert m["top1"] == pytest.approx(100 / 3) and m["top5"] == pytest.approx(200 / 3)
+    assert m["nll"] == pytest.approx(float(F.cross_entropy(logits_, targets)))
+    assert 0 <= m["ece"] <= 100
