@@ -102,6 +102,10 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("store and run")
     g.add_argument("--fkd-path", default="./FKD_soft_label", type=str, help="store directory")
     g.add_argument("--use-fp16", dest="use_fp16", action="store_true", help="store logits as float16")
+    g.add_argument("--label-format", choices=["full", "topk"], default="full",
+                   help="full: every class's logit; topk: each sample's --topk largest logits (float16) "
+                        "with their classes, and the crops in compact types (default: full)")
+    g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
     g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
     g.add_argument("--fkd-seed", default=42, type=int, metavar="N",
                    help="seed of every random choice in the store (default: 42)")
@@ -141,6 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
                         f"{args.max_scale_crops}: need 0 < min <= max <= 1")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1, got {args.topk}")
     if not 0 <= args.primary_weight <= 1:
         raise UserError(f"--primary-weight must be in [0, 1], got {args.primary_weight}")
     if args.evaluate and not args.val_dir:
@@ -231,7 +237,9 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "mixup": args.mixup if args.mix_type == "mixup" else None,
         "cutmix": args.cutmix if args.mix_type == "cutmix" else None,
         "use_fp16": bool(args.use_fp16),
-        "label_dtype": "float16" if args.use_fp16 else "float32",
+        "label_dtype": "float16" if args.use_fp16 or args.label_format == "topk" else "float32",
+        "label_format": args.label_format,
+        "topk": args.topk if args.label_format == "topk" else None,
         "temperature": args.temperature,
         "teachers": [t.describe() for t in teachers],
         "ensemble": args.ensemble if len(teachers) > 1 else None,
@@ -359,7 +367,7 @@ def main(preset: Optional[Preset] = None) -> None:
             checked = True
         if checked:
             for e, b, rec in pending:
-                store.write_batch(args.fkd_path, e, b, rec)
+                store.write_batch(args.fkd_path, e, b, rec, args.label_format, args.topk, len(index))
             pending.clear()
         if first_done is None:
             first_done = time.time()

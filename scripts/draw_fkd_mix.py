@@ -52,7 +52,7 @@ def main() -> None:
         raise UserError(f"--epoch/--batch: the store holds epochs 0..{manifest['epochs'] - 1} and batches "
                         f"0..{manifest['batches_per_epoch'] - 1}")
     item = StoreBatches(args.store, index, manifest, [(args.epoch, args.batch)])[0]
-    record = store.read_batch(args.store, args.epoch, args.batch, len(index), manifest["num_classes"])
+    record = store.Reader(args.store, manifest).read(args.epoch, args.batch)
     inputs = replay.model_inputs(item["pixels"], manifest["mean"], manifest["std"], item["mix_index"],
                                  item["mix_lam"], item["mix_bbox"])
     probs = torch.softmax(item["soft_label"].float(), dim=1)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import Any
@@ -61,17 +62,39 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def safe_torch_load(path: str, what: str = "file") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors naming the file."""
+def numpy_safe_globals() -> list:
+    """Exactly the numpy pieces that upstream label files contain — numpy scalars (the cutmix
+    box of SRe2L/G-VBSM/PRISM), plain arrays (FKD's per-image labels) and their dtypes — under
+    the names both numpy 1 and numpy 2 give them. Nothing that can call arbitrary code."""
+    import numpy as np
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list = [np.dtype, np.ndarray]
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(multiarray, name)
+        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    for kind in ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+                 "Float16", "Float32", "Float64"):
+        dtype_class = getattr(getattr(np, "dtypes", None), f"{kind}DType", None)
+        if dtype_class is not None:
+            allowed.append(dtype_class)
+    return allowed
+
+
+def safe_torch_load(path: str, what: str = "file", allow_numpy: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file;
+    ``allow_numpy`` admits the numpy scalars and arrays of upstream label files, nothing else."""
     if not os.path.isfile(path):
         raise UserError(f"{what} {path}: no such file")
     try:
+        if allow_numpy:
+            with torch.serialization.safe_globals(numpy_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{what} {path}: refused to load: it holds objects other than tensors and plain "
-            f"data, which could run code when unpickled ({first})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        culprit = f"it names {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise UserError(f"{what} {path}: refused to load: {culprit}, which could run code when unpickled; "
+                        f"nothing from it was executed") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what} {path}: not a readable torch file, truncated or corrupt "

@@ -70,8 +70,8 @@ class StoreBatches(Dataset):
         self.root, self.index, self.jobs = root, index, jobs
         self.rank, self.world = rank, world
         self.cache = ImageCache(cache_bytes)
+        self.reader = store.Reader(root, manifest)
         self.input_size = int(manifest["input_size"])
-        self.num_classes = int(manifest["num_classes"])
         self.targets = _targets(index, class_index_of(manifest, index.classes))
 
     def __len__(self) -> int:
@@ -79,7 +79,7 @@ class StoreBatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         epoch, batch = self.jobs[i]
-        rec = store.read_batch(self.root, epoch, batch, len(self.index), self.num_classes)
+        rec = self.reader.read(epoch, batch)
         lo, hi = slice_bounds(len(rec), self.rank, self.world)
         mine = list(range(lo, hi))
         partners = None if rec.mix_index is None else rec.mix_index[lo:hi].tolist()

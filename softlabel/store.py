@@ -1,19 +1,32 @@
-"""Soft-label store, format v1: the one reader/writer, used by relabel and by the trainer.
+"""Soft-label stores: the one reader/writer, used by relabel, the trainer and the tools.
 
-A store is a directory::
+Our format (v1) is a directory::
 
     manifest.json                 format version, settings, teachers, classes, fingerprint
     epoch_{e}/batch_{b}.tar       one training step each
 
 Each batch file is a ``torch.save``d list in the upstream SRe2L/PRISM order, loadable with
-``torch.load(..., weights_only=True)``::
+``torch.load(..., weights_only=True)``. With ``label_format`` "full"::
 
     [coords (B,4) float32, flip (B,) bool, mix_index (B,) int64 | None, mix_lam float | None,
      mix_bbox [x1, y1, x2, y2] | None, soft_label (B,C) float16/32, index (B,) int64]
+
+With ``label_format`` "topk" (K = manifest ``topk``) the same list in compact types::
+
+    [coords (B,4) uint16 = round(fraction * 65535), flip (B,) bool, mix_index int16 | None,
+     mix_lam, mix_bbox, [values (B,K) float16, classes (B,K) uint8/int16/int32], index int32]
+
+The reader also accepts stores made by the upstream repositories, which have no manifest:
+SRe2L / G-VBSM lists of 6 (no index: the sample order is the upstream one, a RandomSampler over
+the ImageFolder driven by one torch.Generator seeded with --fkd_seed and continued across
+epochs) and PRISM lists of 7 (with the index). Their cutmix boxes are numpy scalars, which
+``weights_only`` refuses by default; exactly those numpy types are admitted, nothing else.
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -24,13 +37,15 @@ from softlabel.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LEGACY_SEED = 42  # upstream --fkd_seed default
+COORD_SCALE = 65535  # top-k stores keep crop fractions as uint16 fixed point
 
 # Manifest settings that change the content of batch files: a rerun on an existing store
 # must agree on all of them (``epochs`` may grow: rerunning with more epochs extends a store).
 CONTENT_KEYS = ("format_version", "fkd_seed", "batch_size", "num_samples", "num_classes",
                 "input_size", "min_scale_crops", "max_scale_crops", "mix_type", "mixup",
                 "cutmix", "use_fp16", "temperature", "teachers", "ensemble", "primary_weight",
-                "class_to_index", "dataset_fingerprint")
+                "class_to_index", "label_format", "topk", "dataset_fingerprint")
 
 
 @dataclass
@@ -40,7 +55,7 @@ class BatchRecord:
     mix_index: Optional[torch.Tensor]
     mix_lam: Optional[float]
     mix_bbox: Optional[list[int]]
-    soft_label: torch.Tensor
+    soft_label: torch.Tensor   # (B, C) logits; a top-k store's missing classes are -inf
     index: torch.Tensor
 
     def to_list(self) -> list:
@@ -65,18 +80,93 @@ def batch_path(root: str, epoch: int, batch: int) -> str:
     return os.path.join(epoch_dir(root, epoch), f"batch_{batch}.tar")
 
 
-def write_batch(root: str, epoch: int, batch: int, record: BatchRecord) -> None:
-    io.atomic_torch_save(record.to_list(), batch_path(root, epoch, batch))
+# ----------------------------------------------------------------------------- encoding
+
+def smallest_int_dtype(limit: int) -> torch.dtype:
+    """The smallest integer type holding 0..limit-1."""
+    if limit <= 256:
+        return torch.uint8
+    if limit <= 32768:
+        return torch.int16
+    return torch.int32
 
 
-def read_batch(root: str, epoch: int, batch: int, num_samples: int, num_classes: int) -> BatchRecord:
-    """Load and validate one batch file; any problem is one line naming the file."""
-    path = batch_path(root, epoch, batch)
-    data = io.safe_torch_load(path, "store batch file")
-    return parse_record(data, path, num_samples, num_classes)
+def encode(record: BatchRecord, label_format: str, topk: Optional[int], num_samples: int) -> list:
+    """A record as the list written to disk, in the store's label format."""
+    if label_format == "full":
+        return [_own(v) for v in record.to_list()]
+    k = min(int(topk), record.soft_label.shape[1])
+    values, classes = record.soft_label.float().topk(k, dim=1)
+    coords = torch.round(record.coords.double().clamp(0, 1) * COORD_SCALE).to(torch.int32).to(torch.uint16)
+    mix_index = None if record.mix_index is None else record.mix_index.to(smallest_int_dtype(max(len(record), 2)))
+    return [coords, _own(record.flip.bool()), mix_index, record.mix_lam, record.mix_bbox,
+            [values.half(), classes.to(smallest_int_dtype(record.soft_label.shape[1]))],
+            record.index.to(torch.int32 if num_samples < 2 ** 31 else torch.int64)]
 
 
-def parse_record(data: Any, path: str, num_samples: int, num_classes: int) -> BatchRecord:
+def _own(value: Any) -> Any:
+    """torch.save writes a view's whole storage: a batch sliced from a larger tensor would
+    carry all of it into the file."""
+    if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > value.nbytes:
+        return value.clone()
+    return value
+
+
+def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_format: str = "full",
+                topk: Optional[int] = None, num_samples: int = 0) -> None:
+    io.atomic_torch_save(encode(record, label_format, topk, num_samples), batch_path(root, epoch, batch))
+
+
+# ----------------------------------------------------------------------------- reading
+
+class Reader:
+    """Reads any store's batches as ``BatchRecord``s, validated, with full (B, C) logits."""
+
+    def __init__(self, root: str, manifest: dict):
+        self.root, self.manifest = root, manifest
+        self.kind = manifest.get("legacy_kind", "ours")
+        self.num_samples, self.num_classes = int(manifest["num_samples"]), int(manifest["num_classes"])
+        self._order: Optional[LegacyOrder] = None
+        if self.kind == "sre2l":
+            self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
+
+    def read(self, epoch: int, batch: int) -> BatchRecord:
+        path = batch_path(self.root, epoch, batch)
+        data = io.safe_torch_load(path, "store batch file", allow_numpy=self.kind != "ours")
+        if self.kind == "sre2l":
+            if not isinstance(data, (list, tuple)) or len(data) != 6:
+                raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
+            b, size = int(self.manifest["batch_size"]), len(data[0]) if hasattr(data[0], "__len__") else 0
+            index = self._order.epoch(epoch)[batch * b:batch * b + size]
+            data = list(data) + [index]
+        topk = self.manifest.get("label_format") == "topk"
+        if topk:
+            data = decode_topk(data, path, self.num_classes)
+        return parse_record(data, path, self.num_samples, self.num_classes, masked=topk)
+
+
+def decode_topk(data: Any, path: str, num_classes: int) -> list:
+    if not isinstance(data, (list, tuple)) or len(data) != 7 or not isinstance(data[5], (list, tuple)) \
+            or len(data[5]) != 2:
+        raise UserError(f"store batch file {path}: not a top-k batch (a list of 7 with [values, classes])")
+    coords, flip, mix_index, mix_lam, mix_bbox, (values, classes), index = data
+    if not (isinstance(coords, torch.Tensor) and coords.dtype == torch.uint16):
+        raise UserError(f"store batch file {path}: top-k coords must be uint16")
+    if not (isinstance(values, torch.Tensor) and isinstance(classes, torch.Tensor) and values.shape == classes.shape
+            and values.dim() == 2 and values.shape[0] == len(coords)):
+        raise UserError(f"store batch file {path}: top-k values and classes must be two (B, K) tensors")
+    classes = classes.long()
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        raise UserError(f"store batch file {path}: top-k class index out of range for {num_classes} classes")
+    logits = torch.full((len(values), num_classes), float("-inf"))
+    logits.scatter_(1, classes, values.float())
+    fractions = coords.to(torch.int32).double() / COORD_SCALE
+    return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
+            logits, index.long()]
+
+
+def parse_record(data: Any, path: str, num_samples: int, num_classes: int, masked: bool = False) -> BatchRecord:
+    """Validate a batch record; ``masked``: -inf marks the classes a top-k store left out."""
     def bad(why: str) -> UserError:
         return UserError(f"store batch file {path}: {why}")
 
@@ -98,17 +188,18 @@ def parse_record(data: Any, path: str, num_samples: int, num_classes: int) -> Ba
         raise bad(f"soft_label must be a float ({b}, {num_classes}) tensor, found {shape}")
     if b and (int(index.min()) < 0 or int(index.max()) >= num_samples):
         raise bad(f"index out of range for a dataset of {num_samples} images")
-    if b and (float(coords.min()) < 0.0 or float(coords.max()) > 1.0):
+    if b and not (float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
         raise bad("coords outside [0, 1]")
-    if not bool(torch.isfinite(soft_label).all()):
+    finite = torch.isfinite(soft_label)
+    if not bool((finite | (masked & torch.isneginf(soft_label))).all()) or (b and not bool(finite.any(dim=1).all())):
         raise bad("soft_label holds NaN or infinite values")
     if mix_index is not None:
         if not (isinstance(mix_index, torch.Tensor) and mix_index.shape == (b,)):
             raise bad(f"mix_index must be a ({b},) tensor or None")
         if b and (int(mix_index.min()) < 0 or int(mix_index.max()) >= b):
             raise bad("mix_index out of range for the batch")
-        if mix_lam is None:
-            raise bad("mix_lam is missing while mix_index is set")
+        if mix_lam is None or not 0.0 <= float(mix_lam) <= 1.0:
+            raise bad("mix_lam must be a number in [0, 1] when mix_index is set")
     if mix_bbox is not None and (mix_index is None or len(mix_bbox) != 4):
         raise bad("mix_bbox must be 4 integers, set together with mix_index")
     return BatchRecord(coords.float(), flip.bool(), None if mix_index is None else mix_index.long(),
@@ -117,10 +208,36 @@ def parse_record(data: Any, path: str, num_samples: int, num_classes: int) -> Ba
                        soft_label, index.long())
 
 
+class LegacyOrder:
+    """The sample order of SRe2L/G-VBSM stores: ``RandomSampler(dataset, generator=g)`` with
+    one ``torch.Generator`` seeded with --fkd_seed, iterated to the end once per epoch, as the
+    upstream relabel and trainer both do. The sampler itself draws it (it advances the
+    generator by more than the one permutation it yields). Epoch e needs the generator state
+    after e earlier epochs; those states (a few KB each), not the permutations, are kept."""
+
+    def __init__(self, seed: int, num_samples: int):
+        from torch.utils.data import RandomSampler
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.sampler = RandomSampler(range(num_samples), generator=self.generator)
+        self.states = [self.generator.get_state()]
+
+    def epoch(self, e: int) -> torch.Tensor:
+        while len(self.states) <= e:
+            self.generator.set_state(self.states[-1])
+            list(self.sampler)
+            self.states.append(self.generator.get_state())
+        self.generator.set_state(self.states[e])
+        return torch.tensor(list(self.sampler), dtype=torch.int64)
+
+
 # ----------------------------------------------------------------------------- manifest
 
 def manifest_path(root: str) -> str:
     return os.path.join(root, MANIFEST)
+
+
+def is_legacy(root: str) -> bool:
+    return not os.path.exists(manifest_path(root)) and os.path.isfile(batch_path(root, 0, 0))
 
 
 def read_manifest(root: str) -> dict:
@@ -128,8 +245,8 @@ def read_manifest(root: str) -> dict:
         raise UserError(f"--fkd-path {root}: no such directory")
     path = manifest_path(root)
     if not os.path.isfile(path):
-        raise UserError(f"--fkd-path {root}: no {MANIFEST}; not a soft-label store (or relabel "
-                        f"has not started writing it)")
+        raise UserError(f"--fkd-path {root}: no {MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store "
+                        f"(or relabel has not started writing it)")
     manifest = io.read_json(path, "store manifest")
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
@@ -139,6 +256,51 @@ def read_manifest(root: str) -> dict:
     if missing:
         raise UserError(f"store manifest {path}: missing entries {', '.join(missing)}")
     return manifest
+
+
+def legacy_manifest(root: str, class_names: list[str], num_samples: int, fkd_seed: Optional[int],
+                    input_size: Optional[int]) -> dict:
+    """A manifest for an upstream store, from its files and the user's flags (an upstream store
+    records neither its crop size nor its seed)."""
+    epochs = _count(lambda e: os.path.isfile(batch_path(root, e, 0)))
+    batches = _count(lambda b: os.path.isfile(batch_path(root, 0, b)))
+    first_path = batch_path(root, 0, 0)
+    first = io.safe_torch_load(first_path, "store batch file", allow_numpy=True)
+    if not isinstance(first, (list, tuple)) or len(first) not in (6, 7):
+        n = len(first) if isinstance(first, (list, tuple)) else type(first).__name__
+        raise UserError(f"store batch file {first_path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "
+                        f"or 7 (PRISM)")
+    if input_size is None:
+        raise UserError(f"--fkd-path {root}: an upstream store does not record its crop size; pass --input-size "
+                        f"(the relabel command's --input-size, 224 for ImageNet)")
+    kind = "sre2l" if len(first) == 6 else "prism"
+    batch_size = len(first[0])
+    soft = first[5]
+    if not isinstance(soft, torch.Tensor) or soft.dim() != 2:
+        raise UserError(f"store batch file {first_path}: entry 6 is not a (B, C) tensor of soft labels")
+    expected = math.ceil(num_samples / batch_size)
+    if batches != expected:
+        raise UserError(f"--fkd-path {root}: the store has {batches} batches of {batch_size} per epoch, but "
+                        f"--train-dir has {num_samples} images ({expected} batches); not the images it was made from")
+    mix_type = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
+    return {
+        "format_version": FORMAT_VERSION, "legacy_kind": kind, "label_format": "full", "topk": None,
+        "fkd_seed": LEGACY_SEED if fkd_seed is None else int(fkd_seed), "batch_size": batch_size,
+        "epochs": epochs, "batches_per_epoch": batches, "num_samples": num_samples,
+        "num_classes": int(soft.shape[1]), "class_names": class_names,
+        "class_to_index": {c: i for i, c in enumerate(class_names)}, "input_size": int(input_size),
+        "min_scale_crops": None, "max_scale_crops": None, "mix_type": mix_type, "mixup": None, "cutmix": None,
+        "use_fp16": soft.dtype == torch.float16, "temperature": None, "teachers": [], "ensemble": None,
+        "primary_weight": None, "dataset_fingerprint": None, "args": {},
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],  # upstream normalization
+    }
+
+
+def _count(exists) -> int:
+    n = 0
+    while exists(n):
+        n += 1
+    return n
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
@@ -158,6 +320,9 @@ def check_compatible(root: str, manifest: dict) -> dict:
     """Read-only check before writing into ``root``: a store already there must have been made
     with the same content settings. Returns the manifest to write (``epochs`` may only grow)."""
     if not os.path.exists(manifest_path(root)):
+        if os.path.isdir(root) and any(re.fullmatch(r"epoch_\d+", n) for n in os.listdir(root)):
+            raise UserError(f"--fkd-path {root}: holds batch files but no {MANIFEST} (an upstream store?); "
+                            f"use a new --fkd-path")
         return manifest
     old = read_manifest(root)
     clash = first_clash(old, manifest)
@@ -181,7 +346,7 @@ def lock(root: str) -> None:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise UserError(f"--fkd-path {root}: another relabel run is writing this store; wait for it "
+        raise UserError(f"--fkd-path {root}: another run is writing this store; wait for it "
                         f"to finish or use another --fkd-path") from None
     _locks.append(f)
 

@@ -79,7 +79,7 @@ def test_a_second_run_on_the_same_store_is_refused(demo_data, teacher_ckpt, tmp_
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err
     assert still_running, "the first run ended before the second reached the lock; make it longer"
-    assert_user_error(second, "--fkd-path", "another relabel run")
+    assert_user_error(second, "--fkd-path", "another run is writing")
     assert "wrote 3000 batch files" in first_out
     assert len(list(store.glob("epoch_*/batch_*.tar"))) == 3000
 

@@ -40,14 +40,29 @@ def ce(student, teacher, targets, *, temperature=1.0, ce_weight=0.0, alpha=1.0):
     return F.cross_entropy(student, targets)
 
 
+def _regression(diff: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of ``diff`` over the classes the teacher gives (a top-k store leaves the
+    others at -inf: they carry no target value), then the mean over samples."""
+    given = torch.isfinite(teacher)
+    if bool(given.all()):
+        return diff.mean()
+    diff = diff.masked_fill(~given, 0.0)
+    return (diff.sum(dim=1) / given.sum(dim=1).clamp(min=1)).mean()
+
+
 def mse_gt(student, teacher, targets, *, temperature=1.0, ce_weight, alpha=1.0):
-    """MSE between raw logits plus ``ce_weight`` x cross-entropy with the ground truth (G-VBSM)."""
-    return F.mse_loss(student, teacher.to(student.dtype)) + ce_weight * F.cross_entropy(student, targets)
+    """MSE between raw logits plus ``ce_weight`` x cross-entropy with the ground truth (G-VBSM).
+    With top-k labels only the stored logits are regressed."""
+    teacher = teacher.to(student.dtype)
+    diff = (student - teacher.nan_to_num(neginf=0.0)) ** 2
+    return _regression(diff, teacher) + ce_weight * F.cross_entropy(student, targets)
 
 
 def mae_gt(student, teacher, targets, *, temperature=1.0, ce_weight, alpha=1.0):
     """L1 between raw logits plus ``ce_weight`` x cross-entropy with the ground truth."""
-    return F.l1_loss(student, teacher.to(student.dtype)) + ce_weight * F.cross_entropy(student, targets)
+    teacher = teacher.to(student.dtype)
+    diff = (student - teacher.nan_to_num(neginf=0.0)).abs()
+    return _regression(diff, teacher) + ce_weight * F.cross_entropy(student, targets)
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

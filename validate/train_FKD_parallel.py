@@ -164,7 +164,7 @@ def settle_with_store(args: argparse.Namespace, manifest: dict) -> None:
                        ("--max-scale-crops", "max_scale_crops"), ("--fkd-seed", "fkd_seed"),
                        ("--num-classes", "num_classes")):
         given = getattr(args, attr)
-        if given is not None and given != manifest[attr]:
+        if given is not None and manifest[attr] is not None and given != manifest[attr]:
             raise UserError(f"{flag} {given} does not match {where}, which was made with "
                             f"{manifest[attr]}; omit {flag} to use the store's")
     if args.mix_type is not None and replay.normalize_mix_type(args.mix_type) != manifest["mix_type"]:
@@ -374,9 +374,13 @@ def main() -> None:
 
     manifest: Optional[dict] = None
     if args.fkd_path:
-        manifest = store.read_manifest(args.fkd_path)
+        if store.is_legacy(args.fkd_path):  # an upstream store: the flags say what it does not record
+            manifest = store.legacy_manifest(args.fkd_path, train_index.classes, len(train_index), args.fkd_seed,
+                                             args.input_size)
+        else:
+            manifest = store.read_manifest(args.fkd_path)
         settle_with_store(args, manifest)
-        if train_index.fingerprint() != manifest["dataset_fingerprint"]:
+        if manifest["dataset_fingerprint"] and train_index.fingerprint() != manifest["dataset_fingerprint"]:
             raise UserError(f"--train-dir {args.train_dir}: not the images the store --fkd-path "
                             f"{args.fkd_path} was made from (file names or sizes differ; it was made "
                             f"from {manifest['args'].get('data')})")

@@ -1,0 +1,115 @@
+"""Convert any readable soft-label store into ours, optionally into the compact top-k format.
+
+    python scripts/convert_labels.py SRC DST --label-format topk --topk 5
+    python scripts/convert_labels.py UPSTREAM_STORE DST --data DIR --input-size 224 --fkd_seed 42 \
+        --label-format topk --topk 5          # an SRe2L / G-VBSM / PRISM store (no manifest)
+
+SRC is read with the store reader (safe loading; numpy scalars admitted for upstream stores,
+nothing that can run code) and every batch is validated before it is re-encoded. Each batch
+file of DST is written atomically; rerunning the same command after an interruption skips the
+finished files. DST is locked while a conversion writes it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from softlabel import io, runinfo, store  # noqa: E402
+from softlabel.data import scan_image_folder  # noqa: E402
+from softlabel.errors import UserError, run_main  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", metavar="SRC", help="store to read (ours, or an upstream one)")
+    p.add_argument("dst", metavar="DST", help="store to write (created; resumed if it exists)")
+    p.add_argument("--label-format", choices=["full", "topk"], default="topk",
+                   help="format of DST (default: topk)")
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample with topk (default: 5)")
+    g = p.add_argument_group("upstream stores (what they do not record)")
+    g.add_argument("--data", metavar="DIR", default=None,
+                   help="the image folder the store was made from (needed for an upstream store: sample "
+                        "count, class names, dataset fingerprint)")
+    g.add_argument("--input-size", type=int, default=None, help="crop size of the upstream relabel run")
+    g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None,
+                   help=f"seed of the upstream relabel run (default: {store.LEGACY_SEED})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def source_manifest(args: argparse.Namespace) -> dict:
+    if not os.path.isdir(args.src):
+        raise UserError(f"SRC {args.src}: no such directory")
+    if not store.is_legacy(args.src):
+        return store.read_manifest(args.src)
+    if not args.data:
+        raise UserError(f"SRC {args.src} is an upstream store (no manifest): pass --data DIR, the image folder "
+                        f"it was made from, and --input-size")
+    index = scan_image_folder(args.data, "--data")
+    manifest = store.legacy_manifest(args.src, index.classes, len(index), args.fkd_seed, args.input_size)
+    manifest["dataset_fingerprint"] = index.fingerprint()
+    manifest["args"] = {"data": os.path.abspath(args.data)}
+    return manifest
+
+
+def target_manifest(src: dict, args: argparse.Namespace) -> dict:
+    if src["label_format"] == "topk":
+        if args.label_format == "full":
+            raise UserError(f"--label-format full: SRC {args.src} keeps only the top {src['topk']} logits; "
+                            f"the others cannot be restored")
+        if args.topk > src["topk"]:
+            raise UserError(f"--topk {args.topk}: SRC {args.src} keeps only the top {src['topk']} logits")
+    manifest = {k: v for k, v in src.items() if k != "legacy_kind"}
+    manifest["label_format"] = args.label_format
+    manifest["topk"] = args.topk if args.label_format == "topk" else None
+    if args.label_format == "topk":
+        manifest["label_dtype"] = "float16"
+    manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": src.get("legacy_kind", "ours"),
+                                  "label_format": src["label_format"], "topk": src["topk"]}
+    return manifest
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1, got {args.topk}")
+    if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
+    src = source_manifest(args)
+    manifest = target_manifest(src, args)
+    missing = store.missing_batches(args.src, src["epochs"], src["batches_per_epoch"])
+    if missing:
+        raise UserError(f"SRC {args.src}: {len(missing)} batch files missing (first: {missing[0]}); "
+                        f"finish the store first")
+    manifest = store.check_compatible(args.dst, manifest)
+    store.lock(args.dst)
+    store.write_manifest(args.dst, manifest)
+    reader = store.Reader(args.src, src)
+    jobs = [(e, b) for e in range(src["epochs"]) for b in range(src["batches_per_epoch"])]
+    bar = runinfo.progress(len(jobs), "convert", disable=args.no_progress)
+    written, start = 0, time.time()
+    for e, b in jobs:
+        target = store.batch_path(args.dst, e, b)
+        if b == 0:
+            io.ensure_dir(store.epoch_dir(args.dst, e), "DST")
+            io.remove_stale_tmp(store.epoch_dir(args.dst, e))
+        if not os.path.isfile(target):
+            store.write_batch(args.dst, e, b, reader.read(e, b), manifest["label_format"], manifest["topk"],
+                              manifest["num_samples"])
+            written += 1
+        bar.update(1)
+    bar.close()
+    size = lambda root: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)  # noqa: E731
+                            for f in fs if f.startswith("batch_"))
+    src_bytes, dst_bytes = size(args.src), size(args.dst)
+    print(f"convert: wrote {written} of {len(jobs)} batch files in {time.time() - start:.1f}s; "
+          f"labels {src_bytes / 2**20:.2f} MiB -> {dst_bytes / 2**20:.2f} MiB "
+          f"({src_bytes / max(dst_bytes, 1):.1f}x smaller)", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

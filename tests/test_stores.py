@@ -1,0 +1,193 @@
+"""Label stores: top-k compact stores, upstream (SRe2L / G-VBSM / PRISM) stores read safely,
+files that would run code refused, and conversion between formats."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_bytes
+from softlabel import store
+from softlabel.data import scan_image_folder
+from softlabel.loader import StoreBatches
+
+TRAIN = "validate/train_FKD_parallel.py"
+
+
+def read_all(root: Path, manifest: dict) -> list[store.BatchRecord]:
+    reader = store.Reader(str(root), manifest)
+    return [reader.read(e, b) for e in range(manifest["epochs"]) for b in range(manifest["batches_per_epoch"])]
+
+
+def label_bytes(root: Path) -> int:
+    """Bytes of the label files (at 10 classes and 8 images a file is mostly zip headers)."""
+    return sum(p.stat().st_size for p in root.rglob("batch_*.tar"))
+
+
+@pytest.fixture(scope="module")
+def topk_store(demo_data, teacher_ckpt, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stores") / "topk3"
+    relabel(demo_data / "ipc2", teacher_ckpt, root, *STORE_ARGS, "--label-format", "topk", "--topk", 3)
+    return root
+
+
+def test_topk_store_keeps_the_top_logits_and_the_exact_replay(cutmix_store, topk_store, demo_data):
+    full, compact = store.read_manifest(str(cutmix_store)), store.read_manifest(str(topk_store))
+    assert compact["label_format"] == "topk" and compact["topk"] == 3
+    raw = torch.load(store.batch_path(str(topk_store), 0, 0), weights_only=True)
+    assert raw[0].dtype == torch.uint16 and raw[5][1].dtype == torch.uint8 and raw[6].dtype == torch.int32
+    for a, b in zip(read_all(cutmix_store, full), read_all(topk_store, compact)):
+        assert torch.equal(a.index, b.index) and torch.equal(a.flip, b.flip)
+        assert torch.equal(a.mix_index, b.mix_index) and a.mix_bbox == b.mix_bbox and a.mix_lam == b.mix_lam
+        # crops: uint16 fixed point, off by at most half a step; the rendered pixels agree
+        assert (a.coords - b.coords).abs().max() <= 0.5 / store.COORD_SCALE + 1e-7
+        values, classes = a.soft_label.float().topk(3, dim=1)
+        assert torch.equal(b.soft_label.gather(1, classes), values.half().float())
+        assert int(torch.isfinite(b.soft_label).sum(dim=1).max()) == 3  # the rest is -inf (masked)
+    index = scan_image_folder(str(demo_data / "ipc2"), "--data")
+    for epoch, batch in ((0, 0), (2, 2)):  # the student sees the very same pixels from both
+        a = StoreBatches(str(cutmix_store), index, full, [(epoch, batch)])[0]
+        b = StoreBatches(str(topk_store), index, compact, [(epoch, batch)])[0]
+        assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["partners"], b["partners"])
+
+
+def test_topk_encoding_is_over_50x_smaller_at_imagenet_scale(tmp_path):
+    """C = 1000, K = 5, batch 1024: the whole file, headers included, against full fp16."""
+    b, c = 1024, 1000
+    g = torch.Generator().manual_seed(0)
+    rec = store.BatchRecord(torch.rand(b, 4, generator=g), torch.rand(b, generator=g) > 0.5,
+                            torch.randperm(b, generator=g), 0.3, [1, 2, 30, 40],
+                            torch.randn(b, c, generator=g).half(), torch.randperm(1_281_167, generator=g)[:b])
+    for name in ("full", "topk"):
+        (tmp_path / name / "epoch_0").mkdir(parents=True)
+    store.write_batch(str(tmp_path / "full"), 0, 0, rec)
+    store.write_batch(str(tmp_path / "topk"), 0, 0, rec, "topk", 5, 1_281_167)
+    ratio = label_bytes(tmp_path / "full") / label_bytes(tmp_path / "topk")
+    assert ratio >= 50, ratio
+    manifest = {"label_format": "topk", "num_samples": 1_281_167, "num_classes": c}
+    back = store.Reader(str(tmp_path / "topk"), manifest).read(0, 0)
+    assert torch.equal(back.index, rec.index) and torch.equal(back.mix_index, rec.mix_index)
+
+
+# ----------------------------------------------------------------------------- upstream stores
+
+def write_upstream(ours: Path, dest: Path, kind: str, numpy_box: bool = True) -> None:
+    """Rewrite our store the way the upstream relabel scripts save theirs: no manifest,
+    the cutmix box as numpy scalars (np.clip results), fp16 labels; SRe2L/G-VBSM have no
+    index (their order comes from the seeded RandomSampler), PRISM appends it."""
+    manifest = store.read_manifest(str(ours))
+    order = store.LegacyOrder(manifest["fkd_seed"], manifest["num_samples"])
+    b_size = manifest["batch_size"]
+    for rec_epoch in range(manifest["epochs"]):
+        os.makedirs(dest / f"epoch_{rec_epoch}")
+        for b in range(manifest["batches_per_epoch"]):
+            rec = store.Reader(str(ours), manifest).read(rec_epoch, b)
+            box = [np.int64(v) for v in rec.mix_bbox] if numpy_box else rec.mix_bbox
+            entry = [rec.coords, rec.flip, rec.mix_index, np.float64(rec.mix_lam), box, rec.soft_label.half()]
+            if kind == "prism":
+                entry.append(rec.index)
+            else:  # the sample order is the sampler's; (labels then belong to other images: fine here)
+                assert len(order.epoch(rec_epoch)[b * b_size:(b + 1) * b_size]) == len(rec)
+            torch.save(entry, dest / f"epoch_{rec_epoch}" / f"batch_{b}.tar")
+
+
+@pytest.mark.parametrize("kind", ["sre2l", "prism"])
+def test_upstream_stores_are_read_safely_and_trained(kind, cutmix_store, demo_data, tmp_path):
+    legacy = tmp_path / kind
+    write_upstream(cutmix_store, legacy, kind)
+    with pytest.raises(pickle.UnpicklingError):  # why upstream trainers fail on torch >= 2.6
+        torch.load(legacy / "epoch_0" / "batch_0.tar", weights_only=True)
+    manifest = store.legacy_manifest(str(legacy), [f"{i}" for i in range(10)], 20, None, 24)
+    assert manifest["legacy_kind"] == kind and manifest["epochs"] == 3 and manifest["batches_per_epoch"] == 3
+    ours = read_all(cutmix_store, store.read_manifest(str(cutmix_store)))
+    order = store.LegacyOrder(42, 20)
+    for n, rec in enumerate(read_all(legacy, manifest)):
+        e, b = divmod(n, 3)
+        want = ours[n].index if kind == "prism" else order.epoch(e)[b * 8:(b + 1) * 8]
+        assert torch.equal(rec.index, want)
+        assert rec.mix_bbox == ours[n].mix_bbox and torch.equal(rec.coords, ours[n].coords)
+
+    base = ["--train-dir", demo_data / "ipc2", "--fkd-path", legacy, "--model", "mlpnet", "-j", 0,
+            "--no-progress"]
+    needs_size = run_script(TRAIN, *base, "--output-dir", tmp_path / "a", check=False)
+    assert_user_error(needs_size, "--input-size")
+    run = run_script(TRAIN, *base, "--input-size", 24, "--fkd_seed", 42, "--output-dir", tmp_path / "run")
+    assert "epochs 0..3, batch 8, input 24px" in run.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 9
+    wrong_data = run_script(TRAIN, *base[:1], demo_data / "train", *base[2:], "--input-size", 24,
+                            "--output-dir", tmp_path / "b", check=False)
+    assert_user_error(wrong_data, "--fkd-path", "batches")
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious label file or checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_files_that_would_run_code_are_refused_unexecuted(cutmix_store, demo_data, tmp_path):
+    marker = tmp_path / "pwned"
+    poisoned = tmp_path / "store"
+    shutil.copytree(cutmix_store, poisoned)
+    batch = store.batch_path(str(poisoned), 1, 2)
+    entry = torch.load(batch, weights_only=True)
+    entry[4] = RunsCode(marker)
+    torch.save(entry, batch)
+    base = ["--train-dir", demo_data / "ipc2", "--model", "mlpnet", "-j", 0, "--no-progress"]
+    proc = run_script(TRAIN, *base, "--fkd-path", poisoned, "--output-dir", tmp_path / "a", check=False)
+    assert_user_error(proc, str(batch), "refused to load", "nothing from it was executed")
+
+    legacy = tmp_path / "legacy"  # numpy admitted for upstream stores, still nothing that runs code
+    write_upstream(cutmix_store, legacy, "prism")
+    entry = torch.load(legacy / "epoch_0" / "batch_1.tar", weights_only=False)
+    torch.save(entry[:4] + [RunsCode(marker)] + entry[5:], legacy / "epoch_0" / "batch_1.tar")
+    proc = run_script(TRAIN, *base, "--fkd-path", legacy, "--input-size", 24, "--output-dir", tmp_path / "b",
+                      check=False)
+    assert_user_error(proc, "batch_1.tar", "refused to load")
+
+    ckpt = tmp_path / "c" / "checkpoint.pth"
+    ckpt.parent.mkdir()
+    torch.save({"model": {}, "optimizer": RunsCode(marker), "epoch": 1}, ckpt)
+    proc = run_script(TRAIN, *base, "--fkd-path", cutmix_store, "--resume", ckpt, "--output-dir", tmp_path / "c",
+                      check=False)
+    assert_user_error(proc, "--resume", "refused to load")
+    teacher = run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc2", "--teacher-path", ckpt,
+                         "-a", "democnn_small", "--fkd-path", tmp_path / "d", "--epochs", 1, check=False)
+    assert_user_error(teacher, str(ckpt), "refused to load")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def test_convert_upstream_store_to_topk_resumable(cutmix_store, demo_data, tmp_path):
+    legacy = tmp_path / "legacy"
+    write_upstream(cutmix_store, legacy, "prism")
+    dst = tmp_path / "topk"
+    args = [legacy, dst, "--label-format", "topk", "--topk", 2, "--no-progress"]
+    assert_user_error(run_script("scripts/convert_labels.py", *args, check=False), "--data")
+    args += ["--data", demo_data / "ipc2", "--input-size", 24]
+    run_script("scripts/convert_labels.py", *args)
+    reference = tree_bytes(dst)
+    manifest = store.read_manifest(str(dst))
+    assert manifest["label_format"] == "topk" and manifest["converted_from"]["kind"] == "prism"
+    # interrupted: a finished file lost, a dead writer's temp file left behind
+    os.unlink(dst / "epoch_2" / "batch_1.tar")
+    (dst / "epoch_1" / ".tmp-999999-x").write_bytes(b"partial")
+    proc = run_script("scripts/convert_labels.py", *args)
+    assert "wrote 1 of 9" in proc.stdout
+    assert tree_bytes(dst) == {k: v for k, v in reference.items()}
+    # the converted store trains, with the fingerprint check of our own stores
+    run_script(TRAIN, "--train-dir", demo_data / "ipc2", "--fkd-path", dst, "--model", "mlpnet", "-j", 0,
+               "--epochs", 1, "--no-progress", "--output-dir", tmp_path / "run")
+    again = run_script("scripts/convert_labels.py", dst, tmp_path / "full", "--label-format", "full", check=False)
+    assert_user_error(again, "--label-format full", "cannot be restored")
