@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from softlabel import classmap, distributed, io, replay, runinfo, store  # noqa: E402
 from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
-from softlabel.data import FolderIndex, IndexedImageFolder, eval_pixels_transform, scan_image_folder  # noqa: E402
+from softlabel.data import (FolderIndex, IndexedImageFolder, drop_unreadable, eval_pixels_transform,  # noqa: E402
+                            scan_image_folder)  # noqa: E402
 from softlabel.ensemble import ENSEMBLES  # noqa: E402
 from softlabel.errors import UserError, run_main  # noqa: E402
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers  # noqa: E402
@@ -115,6 +116,9 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
                         "epoch revisits them (default: 1024; 0: decode every time)")
     g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
                    help="autocast of the teachers' forward (default auto: bf16 on CUDA, off on CPU)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="decode every image first and leave out (and list) those that cannot be read, "
+                        "instead of stopping at the first; pass it to the trainer too")
     g.add_argument("--print-freq", type=int, default=1, metavar="N",
                    help="print the teachers' top-1 on their crops every N epochs (default: 1)")
 
@@ -310,6 +314,12 @@ def main(preset: Optional[Preset] = None) -> None:
     info = distributed.setup(args.device)
     args.workers = loader_workers(args.workers, info.device.type == "cuda")
     index = scan_image_folder(args.data, "--data")
+    skipped: list[str] = []
+    if args.skip_bad_images:
+        index, skipped = drop_unreadable(index)
+        if skipped and info.is_main:
+            print(f"relabel: --skip-bad-images: left out {len(skipped)} unreadable images: "
+                  + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""), file=sys.stderr, flush=True)
     teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source)
     num_classes = teachers[0].num_classes
     class_index, class_mapping = classmap.resolve(index.classes, num_classes, args.class_map)
@@ -322,8 +332,9 @@ def main(preset: Optional[Preset] = None) -> None:
 
     # Every rank checks the store read-only (so a refusal stops them all at once), then rank 0
     # locks it and writes the manifest.
-    manifest = store.check_compatible(args.fkd_path, build_manifest(args, index, teachers, class_index,
-                                                                      class_mapping, batches, amp))
+    manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
+    manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
+    manifest = store.check_compatible(args.fkd_path, manifest)
     distributed.on_main_then_all(info, lambda: prepare_store(args.fkd_path, manifest, args.epochs))
 
     todo = [(e, b) for e in range(args.epochs) for b in range(batches)

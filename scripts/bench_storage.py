@@ -85,7 +85,7 @@ def accuracy_table(work: str, ks: list[int], seeds: list[int], epochs: int) -> s
     full = os.path.join(work, "store_full")
     run("relabel/generate_soft_label.py", "--data", f"{data}/ipc2", "--teacher-path", f"{teacher}/checkpoint.pth",
         "--fkd-path", full, "--epochs", epochs, "-b", 20, "--input-size", 32, "--min-scale-crops", 0.5,
-        "--use-fp16", "--no-progress")
+        "--use-fp16", "--print-freq", 1000)
     stores = {"full fp16": full}
     for k in ks:
         stores[f"top-{k}"] = os.path.join(work, f"store_top{k}")
@@ -98,10 +98,11 @@ def accuracy_table(work: str, ks: list[int], seeds: list[int], epochs: int) -> s
         accs = []
         for seed in seeds:
             out = os.path.join(work, f"student_{name.replace(' ', '_')}_s{seed}")
-            run("validate/train_FKD_parallel.py", "--train-dir", f"{data}/ipc2", "--val-dir", f"{data}/val",
-                "--fkd-path", path, "--model", "democnn", "--loss-type", "kl", "-T", 4, "--cos", "--crop-pct", 1.0,
-                "--seed", seed, "--eval-interval", epochs, "--save-interval", epochs, "--output-dir", out,
-                "--no-progress")
+            if not os.path.isfile(os.path.join(out, "results.json")):  # a finished run is kept (--work)
+                run("validate/train_FKD_parallel.py", "--train-dir", f"{data}/ipc2", "--val-dir", f"{data}/val",
+                    "--fkd-path", path, "--model", "democnn", "--loss-type", "kl", "-T", 4, "--cos", "--crop-pct", 1.0,
+                    "--seed", seed, "--eval-interval", epochs, "--save-interval", epochs, "--output-dir", out,
+                    "--no-progress")
             with open(os.path.join(out, "results.json")) as f:
                 accs.append(json.load(f)["top1"])
         mean = statistics.mean(accs)

@@ -39,10 +39,11 @@ PY = sys.executable
 def in_memory_bound(steps: int, batch: int, size: int) -> float:
     """Images/s of forward + KL + backward + AdamW on tensors already in memory."""
     torch.manual_seed(0)
-    model = create_model("resnet18", 10).train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the trainer runs too
+    model = create_model("resnet18", 10).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, size, size)
-    t = torch.randn(batch, 10)
+    x = torch.randn(batch, 3, size, size, device=device)
+    t = torch.randn(batch, 10, device=device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -51,9 +52,12 @@ def in_memory_bound(steps: int, batch: int, size: int) -> float:
         opt.step()
 
     step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(steps - 1):
         step()
+    sync()
     return (steps - 1) * batch / (time.perf_counter() - start)
 
 

@@ -60,14 +60,31 @@ def scan_image_folder(root: str, flag: str) -> FolderIndex:
     return FolderIndex(os.path.abspath(root), classes, samples)
 
 
+def drop_unreadable(index: FolderIndex) -> tuple[FolderIndex, list[str]]:
+    """``--skip-bad-images``: the index without the images that cannot be decoded, and those
+    images' paths. Every image is decoded once, up front, so the sample order (and so every
+    stored batch) is fixed before any work starts and is the same on every rerun."""
+    good, bad = [], []
+    for path, target in index.samples:
+        try:
+            with open(path, "rb") as f:
+                Image.open(f).convert("RGB")
+            good.append((path, target))
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+            bad.append(path)
+    if not good:
+        raise UserError(f"{index.root}: none of the {len(index.samples)} images can be read")
+    return FolderIndex(index.root, index.classes, good), bad
+
+
 def load_rgb(path: str) -> Image.Image:
     """Open an image as RGB (grey, palette and RGBA images are converted, not refused)."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
             return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc})") from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise UserError(f"{path}: cannot read image ({exc}); fix or remove it, or pass --skip-bad-images") from None
 
 
 class ImageCache:

@@ -44,6 +44,8 @@ def setup(requested_device: str | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
+        if device.index is None:  # "--device cuda": this rank's GPU (set_device needs an index)
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -27,7 +27,10 @@ def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename; ``durable`` also
     flushes it to disk first (skip only for files that are cheap to remake)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=directory)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -35,11 +38,13 @@ def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):  # a full disk, a quota, a file-size limit: the partial file is gone
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}; nothing partial was left") from None
         raise
 
 
@@ -85,6 +90,10 @@ def safe_torch_load(path: str, what: str = "file", allow_numpy: bool = False) ->
     ``allow_numpy`` admits the numpy scalars and arrays of upstream label files, nothing else."""
     if not os.path.isfile(path):
         raise UserError(f"{what} {path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip, or a legacy pickle
+        raise UserError(f"{what} {path}: not a torch file, truncated or corrupt")
     try:
         if allow_numpy:
             with torch.serialization.safe_globals(numpy_safe_globals()):
@@ -119,6 +128,8 @@ def ensure_dir(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot create directory (a file is in the way)") from None
     except PermissionError:
         raise UserError(f"{flag} {path}: cannot create directory (permission denied)") from None
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot create directory ({exc.strerror or exc})") from None
     if not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path}: directory is not writable")
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from softlabel.cifar_resnet import DEPTHS, cifar_resnet
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD
 from softlabel.errors import UserError
 from softlabel.io import safe_torch_load
@@ -53,6 +54,7 @@ LOCAL_MODELS = {
     "democnn_small": lambda num_classes: DemoCNN(num_classes, width=16),
     "mlpnet": lambda num_classes: MLPNet(num_classes),
 }
+LOCAL_MODELS.update({name: (lambda num_classes, name=name: cifar_resnet(name, num_classes)) for name in DEPTHS})
 
 
 def model_source(name: str) -> str:

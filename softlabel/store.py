@@ -255,6 +255,15 @@ def read_manifest(root: str) -> dict:
     missing = [k for k in CONTENT_KEYS + ("epochs", "batches_per_epoch", "class_names") if k not in manifest]
     if missing:
         raise UserError(f"store manifest {path}: missing entries {', '.join(missing)}")
+    for key in ("epochs", "batches_per_epoch", "num_samples", "num_classes", "batch_size"):
+        if not isinstance(manifest[key], int) or isinstance(manifest[key], bool) or manifest[key] < 0:
+            raise UserError(f"store manifest {path}: {key} must be a non-negative integer, found {manifest[key]!r}")
+    # Class names are matched against folder names; a name that is a path is never a folder of
+    # an ImageFolder, and nothing derived from a manifest may point outside the store.
+    bad = [c for c in manifest["class_names"] if not isinstance(c, str) or not c or c in (".", "..")
+           or "/" in c or "\\" in c or "\0" in c]
+    if bad:
+        raise UserError(f"store manifest {path}: class name {bad[0]!r} is not a plain folder name")
     return manifest
 
 

@@ -15,7 +15,7 @@ from conftest import ROOT, assert_user_error, relabel, run_script, script_env, t
 from softlabel.ensemble import combine
 from softlabel.models import create_model
 
-LONG_RUN = ("--epochs", 40, "-b", 5, "--input-size", 16, "--mix-type", "mixup", "-j", 0, "--print-freq", 100)
+LONG_RUN = ("--epochs", 24, "-b", 5, "--input-size", 16, "--mix-type", "mixup", "-j", 0, "--print-freq", 100)
 
 
 def start_relabel(data, teacher, store, *args) -> subprocess.Popen:
@@ -53,9 +53,9 @@ def long_reference(demo_data, teacher_ckpt, tmp_path_factory):
 def test_killed_at_any_moment_then_rerun_gives_the_identical_store(demo_data, teacher_ckpt, long_reference, tmp_path):
     store = tmp_path / "store"
     total = len(list(long_reference.glob("epoch_*/batch_*.tar")))
-    assert total == 400
+    assert total == 240
     killed_at = []
-    for target in (1, 150, 330):  # early, mid-run, near the end
+    for target in (1, 90, 200):  # early, mid-run, near the end
         proc = start_relabel(demo_data / "ipc5", teacher_ckpt, store, *LONG_RUN)
         killed_at.append(wait_for_files(store, target, proc))
         proc.send_signal(signal.SIGKILL)
@@ -71,17 +71,19 @@ def test_killed_at_any_moment_then_rerun_gives_the_identical_store(demo_data, te
 
 def test_a_second_run_on_the_same_store_is_refused(demo_data, teacher_ckpt, tmp_path):
     store = tmp_path / "store"
-    slow = ("--epochs", 300, "-b", 5, "--input-size", 32, "-j", 0, "--print-freq", 1000)  # ~3000 files
-    first = start_relabel(demo_data / "ipc5", teacher_ckpt, store, *slow)
+    run = ("--epochs", 8, "-b", 5, "--input-size", 16, "-j", 0, "--print-freq", 1000)  # 80 files
+    first = start_relabel(demo_data / "ipc5", teacher_ckpt, store, *run)
     wait_for_files(store, 1, first)
-    second = relabel(demo_data / "ipc5", teacher_ckpt, store, *slow, check=False)
-    still_running = first.poll() is None
+    first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run, for as long as the check takes
+    try:
+        second = relabel(demo_data / "ipc5", teacher_ckpt, store, *run, check=False)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err
-    assert still_running, "the first run ended before the second reached the lock; make it longer"
     assert_user_error(second, "--fkd-path", "another run is writing")
-    assert "wrote 3000 batch files" in first_out
-    assert len(list(store.glob("epoch_*/batch_*.tar"))) == 3000
+    assert "wrote 80 batch files" in first_out  # the refused run wrote none of them
+    assert len(list(store.glob("epoch_*/batch_*.tar"))) == 80
 
 
 def test_presets_show_the_upstream_flags():

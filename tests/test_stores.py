@@ -191,3 +191,15 @@ def test_convert_upstream_store_to_topk_resumable(cutmix_store, demo_data, tmp_p
                "--epochs", 1, "--no-progress", "--output-dir", tmp_path / "run")
     again = run_script("scripts/convert_labels.py", dst, tmp_path / "full", "--label-format", "full", check=False)
     assert_user_error(again, "--label-format full", "cannot be restored")
+
+
+def test_legacy_order_is_the_upstream_sampler_order_across_epochs():
+    """SRe2L/G-VBSM: one seeded generator drives a RandomSampler; each epoch's DataLoader pass
+    advances it (by more than the one permutation it yields)."""
+    generator = torch.Generator().manual_seed(42)
+    loader = torch.utils.data.DataLoader(list(range(23)), batch_size=5,
+                                         sampler=torch.utils.data.RandomSampler(range(23), generator=generator))
+    upstream = [torch.cat(list(loader)) for _ in range(4)]
+    order = store.LegacyOrder(42, 23)
+    for e in (2, 0, 3, 1):  # in any order of access
+        assert torch.equal(order.epoch(e), upstream[e])

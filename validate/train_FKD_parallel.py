@@ -7,6 +7,11 @@ flips and mix the teacher labelled (softlabel/replay.py) and fits the stored log
         --fkd-path STORE --model resnet18 --loss-type kl -T 4 --cos --output-dir save/r18
     torchrun --standalone --nproc_per_node 8 validate/train_FKD_parallel.py ...   # DDP
 
+Per-image FKD mode (``--fkd-layout per-image``): ``--fkd-path`` is a store of
+relabel/generate_soft_label_fkd.py (one file per image, many labelled crops each); every step
+takes -b images and ``--num-crops`` of each image's stored crops, re-rendered exactly, with
+the recovered FKD labels as log-probabilities (softlabel/fkd.py).
+
 Hard-label mode (no ``--fkd-path``): online RandomResizedCrop, flip, optional mix and label
 smoothing; it trains teachers and baselines. With ``--teacher`` the teacher runs every step on
 the same augmented batch (classic online KD), for comparison with stored labels.
@@ -36,9 +41,10 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler  # noqa: E402
 
-from softlabel import distributed, io, models, replay, runinfo, store  # noqa: E402
+from softlabel import distributed, fkd, io, models, replay, runinfo, store  # noqa: E402
 from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
-from softlabel.data import FolderIndex, IndexedImageFolder, eval_transform, scan_image_folder  # noqa: E402
+from softlabel.data import (FolderIndex, IndexedImageFolder, drop_unreadable, eval_transform,  # noqa: E402
+                            scan_image_folder)
 from softlabel.errors import UserError, run_main  # noqa: E402
 from softlabel.loader import (StoreBatches, batch_loader, cache_bytes, class_index_of,  # noqa: E402
                               loader_workers, slice_bounds)
@@ -54,7 +60,8 @@ RESUME_MUST_MATCH = ("model", "num_classes", "batch_size", "gradient_accumulatio
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
                      "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
-                     "max_scale_crops", "teacher")
+                     "max_scale_crops", "teacher", "fkd_layout", "num_crops")
+FKD_CROPS_PER_IMAGE = 4  # --num-crops default: FKD's train_FKD.py --num_crops
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -65,8 +72,17 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-dir", type=str, default=None, help="validation images (ImageFolder)")
     g.add_argument("--fkd-path", type=str, default=None,
                    help="soft-label store made by relabel/ (omit for hard labels or --teacher)")
+    g.add_argument("--fkd-layout", choices=["batch", "per-image"], default="batch",
+                   help="batch: a store of relabel/generate_soft_label.py, one file per step (default); "
+                        "per-image: an FKD store of relabel/generate_soft_label_fkd.py, one file per image")
+    g.add_argument("--num-crops", "--num_crops", dest="num_crops", type=int, default=None, metavar="N",
+                   help=f"per-image: stored crops of every image per epoch, all in the image's step (a step "
+                        f"holds -b images x N crops); crops repeat only once all were used "
+                        f"(default: {FKD_CROPS_PER_IMAGE}, as FKD)")
     g.add_argument("-j", "--workers", default=None, type=int,
                    help="data loading worker processes (default: 4 on GPU, 0 on CPU); results do not depend on it")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out (and list) training images that cannot be read, as relabel did with this flag")
     g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
                    help="store mode: keep decoded images in memory up to MB in all (default: 1024)")
     g.add_argument("--input-size", type=int, default=None,
@@ -94,7 +110,8 @@ def get_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", type=int, default=None,
-                   help="global batch (all ranks together); default: the store's batch size; hard labels: 1024")
+                   help="global batch (all ranks together); default: the store's batch size; hard labels: "
+                        "1024; per-image: images per step (default: 1024 / --num-crops)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="split each batch into this many micro-batches, one optimizer step (default: 1)")
     g.add_argument("--epochs", type=int, default=None,
@@ -176,6 +193,30 @@ def settle_with_store(args: argparse.Namespace, manifest: dict) -> None:
         setattr(args, attr, manifest[attr])
 
 
+def settle_with_fkd(args: argparse.Namespace, manifest: dict) -> None:
+    """Per-image FKD store: take unset flags from its manifest; refuse contradicting ones."""
+    where = f"the FKD store --fkd-path {args.fkd_path}"
+    if args.epochs is None:
+        raise UserError(f"--epochs is required with --fkd-layout per-image (every epoch uses --num-crops of "
+                        f"the {manifest['num_crops']} crops {where} holds per image)")
+    args.num_crops = args.num_crops or FKD_CROPS_PER_IMAGE
+    if args.num_crops > manifest["num_crops"]:
+        raise UserError(f"--num-crops {args.num_crops} is more than the {manifest['num_crops']} crops per image "
+                        f"{where} holds")
+    for flag, attr in (("--input-size", "input_size"), ("--min-scale-crops", "min_scale_crops"),
+                       ("--max-scale-crops", "max_scale_crops"), ("--fkd-seed", "fkd_seed"),
+                       ("--num-classes", "num_classes")):
+        given = getattr(args, attr)
+        if given is not None and given != manifest[attr]:
+            raise UserError(f"{flag} {given} does not match {where}, which was made with "
+                            f"{manifest[attr]}; omit {flag} to use the store's")
+        setattr(args, attr, manifest[attr])
+    if args.mix_type is not None and replay.normalize_mix_type(args.mix_type) != "none":
+        raise UserError(f"--mix-type {args.mix_type}: {where} holds labels of unmixed crops; omit --mix-type")
+    args.mix_type = "none"
+    args.batch_size = args.batch_size or math.ceil(1024 / args.num_crops)
+
+
 def settle_hard_labels(args: argparse.Namespace, num_folders: int) -> None:
     args.batch_size = args.batch_size or 1024
     args.epochs = args.epochs or 300
@@ -193,7 +234,7 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--input-size", args.input_size), ("--eval-interval", args.eval_interval),
                         ("--save-interval", args.save_interval), ("--num-classes", args.num_classes),
                         ("--gradient-accumulation-steps", args.gradient_accumulation_steps),
-                        ("--keep-topk", args.keep_topk)):
+                        ("--keep-topk", args.keep_topk), ("--num-crops", args.num_crops)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     for flag, value in (("-j/--workers", args.workers), ("--cache-images", args.cache_images),
@@ -206,6 +247,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     if args.fkd_path and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
+    if args.fkd_layout == "per-image" and not args.fkd_path:
+        raise UserError("--fkd-layout per-image needs --fkd-path (an FKD store)")
+    if args.num_crops is not None and args.fkd_layout != "per-image":
+        raise UserError("--num-crops applies to --fkd-layout per-image (a batch store fixes one crop per image "
+                        "and step)")
     if args.keep_topk and args.loss_type not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
                         f"not --loss-type {args.loss_type}")
@@ -233,6 +279,20 @@ def store_epochs(args, index: FolderIndex, manifest: dict, info, pin: bool) -> I
     per_epoch = manifest["batches_per_epoch"]
     for epoch in range(args.start_epoch, args.epochs):
         yield epoch, (next(batches) for _ in range(per_epoch))
+
+
+def per_image_epochs(args, index: FolderIndex, manifest: dict, info, pin: bool) -> Iterator[tuple[int, Iterator[dict]]]:
+    """(epoch, steps) from an FKD per-image store, one loader for the whole run; every step
+    draws from (--seed, epoch) which images and which of their stored crops it takes
+    (softlabel/fkd.py: PerImageSteps), and each rank gets its slice of the step's crops."""
+    per_epoch = fkd.steps_per_epoch(len(index), args.batch_size)
+    jobs = [(e, s) for e in range(args.start_epoch, args.epochs) for s in range(per_epoch)]
+    targets = torch.tensor(class_index_of(manifest, index.classes))[torch.tensor(index.targets)]
+    dataset = fkd.PerImageSteps(args.fkd_path, index, manifest, jobs, args.seed, args.batch_size, args.num_crops,
+                                targets, cache_bytes(args.cache_images, args.workers), info.rank, info.world_size)
+    steps = iter(batch_loader(dataset, args.workers, pin, background=pin, yield_cpu=not pin))
+    for epoch in range(args.start_epoch, args.epochs):
+        yield epoch, (next(steps) for _ in range(per_epoch))
 
 
 def hard_label_epochs(args, index: FolderIndex, info, pin: bool) -> Iterator[tuple[int, Iterator[dict]]]:
@@ -371,15 +431,43 @@ def main() -> None:
     info = distributed.setup(args.device)
     args.workers = loader_workers(args.workers, info.device.type == "cuda")
     train_index = scan_image_folder(args.train_dir, "--train-dir")
+    if args.skip_bad_images:  # the same images relabel left out, so the same fingerprint
+        train_index, skipped = drop_unreadable(train_index)
+        if skipped and info.is_main:
+            print(f"train: --skip-bad-images: left out {len(skipped)} unreadable images: "
+                  + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""), file=sys.stderr, flush=True)
 
     manifest: Optional[dict] = None
-    if args.fkd_path:
+    per_image = args.fkd_layout == "per-image"
+    if per_image:
+        manifest = fkd.read_manifest(args.fkd_path)
+        settle_with_fkd(args, manifest)
+        if train_index.fingerprint() != manifest["dataset_fingerprint"]:
+            raise UserError(f"--train-dir {args.train_dir}: not the images the FKD store --fkd-path "
+                            f"{args.fkd_path} was made from (file names or sizes differ)")
+        missing = fkd.missing_files(args.fkd_path, train_index)
+        if missing:
+            raise UserError(f"--fkd-path {args.fkd_path}: {len(missing)} label files missing (first: "
+                            f"{missing[0]}); rerun the generate_soft_label_fkd.py command to finish the store")
+        mean, std = manifest["mean"], manifest["std"]
+        used = (args.epochs - args.start_epoch) * args.num_crops
+        if used > manifest["num_crops"] and info.is_main:
+            print(f"note: {args.epochs - args.start_epoch} epochs x --num-crops {args.num_crops} use {used} crops "
+                  f"per image; the store holds {manifest['num_crops']}, so crops repeat", flush=True)
+    elif args.fkd_path:
+        if fkd.is_store(args.fkd_path):
+            raise UserError(f"--fkd-path {args.fkd_path} holds FKD per-image labels; pass --fkd-layout per-image "
+                            f"--epochs N")
         if store.is_legacy(args.fkd_path):  # an upstream store: the flags say what it does not record
             manifest = store.legacy_manifest(args.fkd_path, train_index.classes, len(train_index), args.fkd_seed,
                                              args.input_size)
         else:
             manifest = store.read_manifest(args.fkd_path)
         settle_with_store(args, manifest)
+        if manifest.get("skipped_images") and not args.skip_bad_images:
+            raise UserError(f"--fkd-path {args.fkd_path} was made with --skip-bad-images (it left out "
+                            f"{len(manifest['skipped_images'])} unreadable images, first "
+                            f"{manifest['skipped_images'][0]}); pass --skip-bad-images here too")
         if manifest["dataset_fingerprint"] and train_index.fingerprint() != manifest["dataset_fingerprint"]:
             raise UserError(f"--train-dir {args.train_dir}: not the images the store --fkd-path "
                             f"{args.fkd_path} was made from (file names or sizes differ; it was made "
@@ -398,10 +486,15 @@ def main() -> None:
     args.temperature = args.temperature or DEFAULT_TEMPERATURE.get(args.loss_type, 3.0)
     args.alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.loss_type, 1.0)
     check_args(args)
-    smallest = args.batch_size if manifest is None else min(
-        args.batch_size, manifest["num_samples"] - (manifest["batches_per_epoch"] - 1) * args.batch_size)
+    if per_image:  # the last step's images x crops
+        last = len(train_index) - (fkd.steps_per_epoch(len(train_index), args.batch_size) - 1) * args.batch_size
+        smallest = min(args.batch_size, last) * args.num_crops
+    else:
+        smallest = args.batch_size if manifest is None else min(
+            args.batch_size, manifest["num_samples"] - (manifest["batches_per_epoch"] - 1) * args.batch_size)
     if smallest < info.world_size:
-        raise UserError(f"{'the store' if manifest else '-b/--batch-size'} holds batches of {smallest} images, "
+        raise UserError(f"{'the store' if manifest else '-b/--batch-size'} holds batches of {smallest} "
+                        f"{'crops' if per_image else 'images'}, "
                         f"fewer than the {info.world_size} ranks; every rank needs a share of every batch")
 
     torch.manual_seed(args.seed)
@@ -423,6 +516,8 @@ def main() -> None:
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
 
     io.ensure_dir(args.output_dir, "--output-dir")
+    if info.is_main:
+        io.remove_stale_tmp(args.output_dir)  # a checkpoint write cut short by a kill
     ckpt_path = os.path.join(args.output_dir, "checkpoint.pth")
     resumed = resume_path(args)
     if resumed:
@@ -470,7 +565,13 @@ def main() -> None:
                       os.path.basename(os.path.abspath(args.output_dir)), args.output_dir,
                       runinfo.args_dict(args, SECRETS))
 
-    if manifest is not None:
+    batch_desc = f"{args.batch_size}"
+    if per_image:
+        epochs = per_image_epochs(args, train_index, manifest, info, pin)
+        images_per_epoch = len(train_index) * args.num_crops  # crops: every count below is of crops
+        labels = f"soft ({args.loss_type}, FKD {manifest['label_type']})"
+        batch_desc = f"{args.batch_size} images x {args.num_crops} crops"
+    elif manifest is not None:
         epochs = store_epochs(args, train_index, manifest, info, pin)
         images_per_epoch = manifest["num_samples"]
         labels = f"soft ({args.loss_type})"
@@ -481,7 +582,7 @@ def main() -> None:
                   "hard" + (f" (ls {args.label_smoothing})" if args.label_smoothing else ""))
     if info.is_main:
         print(f"train: {args.model} on {len(train_index)} images, {labels} labels, epochs {args.start_epoch}.."
-              f"{args.epochs}, batch {args.batch_size}" + (f" on {info.world_size} ranks" if info.distributed else "")
+              f"{args.epochs}, batch {batch_desc}" + (f" on {info.world_size} ranks" if info.distributed else "")
               + f", input {args.input_size}px, device {info.device}", flush=True)
 
     def train_step(batch: dict) -> torch.Tensor:

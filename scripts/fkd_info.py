@@ -1,0 +1,482 @@
+"""Inspect a soft-label store, check every batch file, or verify its labels against a teacher.
+
+    python scripts/fkd_info.py STORE                      # summary: format, sizes, labels, teachers
+    python scripts/fkd_info.py STORE --check              # load and validate every batch file
+    python scripts/fkd_info.py STORE --verify-teacher democnn --teacher-path T.pth --data DIR
+    python scripts/fkd_info.py UPSTREAM_STORE --verify-teacher resnet18 --data DIR \
+        --input-size 224 --fkd_seed 42                    # an SRe2L / G-VBSM / PRISM store (no manifest)
+
+STORE is ours (manifest.json + epoch_{e}/batch_{b}.tar) or an upstream one (no manifest: SRe2L /
+G-VBSM lists of 6, PRISM lists of 7). Every file is loaded safely (weights_only; upstream stores
+admit numpy scalars, nothing that can run code) and validated by the store reader.
+
+--verify-teacher re-renders a few stored batches from the raw images exactly as the trainer
+does (the stored crops, flips and mix), runs the teacher(s) on those pixels with the store's
+normalization, ensemble rule, temperature and autocast (on CUDA), and compares with the stored
+logits. The error of a sample is max |stored - recomputed| over its stored classes divided by
+the largest |recomputed| logit among them. Tolerance: 2e-2 where the arithmetic can be
+reproduced (float32, or the store's bf16/fp16 autocast on a GPU). Float16 storage alone rounds
+by at most 2^-11 (5e-4) of that scale; the rest covers float32 on another device: a GPU's TF32
+convolutions against a CPU gave up to 1.2e-2. A store labelled under autocast (relabel's default
+on CUDA) checked in float32, on a CPU: 0.25 (bf16 against float32 gave up to 0.15 with a
+random-init ResNet-18). A wrong teacher, wrong images or a wrong seed give errors near 1 or
+more. Argmax agreement must be 100%, up to near-ties (two classes within twice the tolerance).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from softlabel import io, store  # noqa: E402
+from softlabel.errors import UserError, run_main  # noqa: E402
+
+# Modules that need torchvision (the loader, teachers) are imported only by --verify-teacher:
+# the summary and --check start in about half the time.
+
+# Relative to each sample's logit scale (measured on an H200 and this CPU, 32px crops, random-init
+# democnn_small and ResNet-18 with BatchNorm statistics from the images): float16 storage rounds by
+# <= 2^-11; the same device and autocast reproduce a store to <= 5e-4 (bf16 on CUDA: exactly).
+TOLERANCE = 2e-2           # float32 here and there; a GPU's TF32 convolutions against a CPU: <= 1.2e-2
+TOLERANCE_UNMATCHED = 0.25  # a store labelled under bf16/fp16 autocast, checked in float32: <= 0.15
+DEFAULT_SAMPLE = 4
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("store", metavar="STORE", help="soft-label store: ours (with manifest.json) or an upstream one")
+
+    g = p.add_argument_group("modes (default: print a summary of the store)")
+    g.add_argument("--check", action="store_true",
+                   help="load every batch file safely and validate it (shapes, dtypes, crop boxes in [0, 1], "
+                        "indices in range, finite logits, batch sizes, each sample once per epoch); fails "
+                        "on the first bad or missing file")
+    g.add_argument("--verify-teacher", metavar="ARCH[,ARCH]", default=None,
+                   help="recompute --sample stored batches with this teacher (an ensemble: several, as the "
+                        "store was made) and compare with the stored logits; fails unless they agree")
+
+    g = p.add_argument_group("teacher (--verify-teacher)")
+    g.add_argument("--teacher-path", metavar="P[,P]", default=None,
+                   help="the teacher's weights, one file per teacher (default: published weights from the "
+                        "local cache; nothing is downloaded)")
+    g.add_argument("--teacher-source", choices=["torchvision", "timm", "private"], default=None,
+                   help="library of the architecture and published weights, as in relabel")
+    g.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="K",
+                   help=f"batches to recompute, spread evenly over the store from the first to the last "
+                        f"(default: {DEFAULT_SAMPLE}; 0: all)")
+    g.add_argument("--tolerance", type=float, default=None, metavar="REL",
+                   help=f"largest relative error accepted (default: {TOLERANCE:g}; {TOLERANCE_UNMATCHED:g} for a "
+                        f"store labelled under autocast on a GPU and checked without a GPU)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available, as relabel; there the store's "
+                        "autocast is reproduced)")
+
+    g = p.add_argument_group("data (--verify-teacher; for upstream stores, what they do not record)")
+    g.add_argument("--data", metavar="DIR", default=None,
+                   help="the image folder the store was made from (also lets the summary and --check of an "
+                        "upstream store use its image count and class names)")
+    g.add_argument("--input-size", type=int, default=None, metavar="S",
+                   help="crop size of the relabel run (an upstream store does not record it; ours: must match)")
+    g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None, metavar="N",
+                   help=f"seed of the relabel run: an upstream SRe2L/G-VBSM store's sample order (default: "
+                        f"{store.LEGACY_SEED}; ours: must match)")
+    return p
+
+
+# ----------------------------------------------------------------------------- the store's files
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def disk_bytes(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files
+               if os.path.isfile(os.path.join(d, f)))
+
+
+def layout(root: str) -> tuple[int, int, int]:
+    """(epochs, batches per epoch, batch files) of a store from its files alone: the highest
+    epoch_{e} folder holding a batch file and the highest batch_{b}.tar, plus one."""
+    epochs = batches = files = 0
+    for name in os.listdir(root):
+        m = re.fullmatch(r"epoch_(\d+)", name)
+        if not m or not os.path.isdir(os.path.join(root, name)):
+            continue
+        found = [int(b.group(1)) for b in (re.fullmatch(r"batch_(\d+)\.tar", f)
+                                           for f in os.listdir(os.path.join(root, name))) if b]
+        if found:
+            epochs, batches, files = max(epochs, int(m.group(1)) + 1), max(batches, max(found) + 1), files + len(found)
+    return epochs, batches, files
+
+
+def store_kind(root: str) -> str:
+    """'ours' or 'legacy'; anything else is not a store."""
+    if not os.path.isdir(root):
+        raise UserError(f"STORE {root}: no such directory")
+    if os.path.isfile(store.manifest_path(root)):
+        return "ours"
+    if store.is_legacy(root):
+        return "legacy"
+    raise UserError(f"STORE {root}: no {store.MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store")
+
+
+def load_upstream(path: str) -> list:
+    data = io.safe_torch_load(path, "store batch file", allow_numpy=True)
+    if not isinstance(data, (list, tuple)) or len(data) not in (6, 7):
+        n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
+        raise UserError(f"store batch file {path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "
+                        f"or 7 (PRISM)")
+    if not (hasattr(data[0], "__len__") and isinstance(data[5], torch.Tensor) and data[5].dim() == 2):
+        raise UserError(f"store batch file {path}: entry 6 is not a (B, C) tensor of soft labels")
+    return list(data)
+
+
+def upstream_samples(root: str, batches: int, batch_size: int) -> Optional[int]:
+    """An upstream store's image count, from its batches: all full but the last of an epoch."""
+    last = store.batch_path(root, 0, batches - 1)
+    if not os.path.isfile(last):
+        return None
+    return (batches - 1) * batch_size + len(load_upstream(last)[0])
+
+
+def scan_data(args: argparse.Namespace):
+    from softlabel.data import scan_image_folder
+    return scan_image_folder(args.data, "--data")
+
+
+def upstream_manifest(root: str, args: argparse.Namespace, index) -> dict:
+    """A manifest for an upstream store (store.legacy_manifest) from its files and the flags;
+    without --data the image count comes from the batches and the classes are numbered."""
+    epochs, batches, _ = layout(root)
+    missing = store.missing_batches(root, 1, batches)
+    if missing:  # epoch 0 tells the batches per epoch and the image count
+        raise UserError(f"STORE {root}: batch file {missing[0]} is missing")
+    first = load_upstream(store.batch_path(root, 0, 0))
+    batch_size, num_classes = len(first[0]), int(first[5].shape[1])
+    if index is not None:
+        num_samples, class_names = len(index), list(index.classes)
+        if math.ceil(num_samples / batch_size) != batches:
+            raise UserError(f"--data {args.data}: {num_samples} images make {math.ceil(num_samples / batch_size)} "
+                            f"batches of {batch_size}, but STORE {root} has {batches} per epoch; not the images "
+                            f"it was made from")
+    else:
+        num_samples = upstream_samples(root, batches, batch_size) or batches * batch_size
+        class_names = [str(c) for c in range(num_classes)]
+    if len(class_names) > num_classes:
+        raise UserError(f"--data {args.data}: {len(class_names)} class folders, more than the store's "
+                        f"{num_classes} classes")
+    # legacy_manifest wants a crop size, which only rendering (--verify-teacher) needs.
+    manifest = store.legacy_manifest(root, class_names, num_samples, args.fkd_seed, args.input_size or 1)
+    manifest["input_size"] = args.input_size
+    manifest["epochs"], manifest["batches_per_epoch"] = epochs, batches
+    if index is not None:
+        manifest["args"] = {"data": os.path.abspath(args.data)}
+    return manifest
+
+
+# ----------------------------------------------------------------------------- summary
+
+def fmt_floats(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]" if values else "-"
+
+
+def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
+    epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
+    present = epochs * batches - len(store.missing_batches(root, epochs, batches))
+    label = "full" if m["label_format"] == "full" else f"topk {m['topk']}"
+    dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")
+    mix = m["mix_type"]
+    alpha = m.get("mixup") if mix == "mixup" else m.get("cutmix") if mix == "cutmix" else None
+    rows = [
+        ("format", "ours v%d (manifest.json)" % m["format_version"]
+         + (f", converted from {'our' if m['converted_from'].get('kind') == 'ours' else 'an upstream'} "
+            f"{m['converted_from'].get('kind')} store" if m.get("converted_from") else "")),
+        ("epochs", str(epochs)),
+        ("batches per epoch", str(batches)),
+        ("batch files", f"{present} of {epochs * batches} present"),
+        ("batch size", str(m["batch_size"])),
+        ("samples", str(m["num_samples"])),
+        ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders"
+                    + (f", {m['class_mapping']}" if m.get("class_mapping") else "") + ")"),
+        ("label format", f"{label} ({dtype})"),
+        ("mix type", mix + (f" (alpha {alpha:g})" if alpha is not None else "")),
+        ("crops", f"{m['input_size']}px, scale " + (f"{m['min_scale_crops']:g}..{m['max_scale_crops']:g}"
+                                                     if m.get("min_scale_crops") is not None else "not recorded")
+                  + f", fkd seed {m['fkd_seed']}"),
+    ]
+    if not m.get("teachers"):
+        rows.append(("teacher", "not recorded"))
+    for n, t in enumerate(m.get("teachers") or []):
+        rows.append((f"teacher {n}" if len(m["teachers"]) > 1 else "teacher",
+                     f"{t.get('arch')} ({t.get('source')}, sha256 {str(t.get('weights_sha256'))[:12]}, "
+                     f"{t.get('num_classes')} classes, mean {fmt_floats(t.get('mean'))}, "
+                     f"std {fmt_floats(t.get('std'))})"))
+    if m.get("ensemble"):
+        rows.append(("ensemble", m["ensemble"] + (f" (primary weight {m['primary_weight']:g})"
+                                                  if m.get("primary_weight") is not None else "")))
+    rows.append(("temperature", f"{m['temperature']:g}" if m.get("temperature") is not None else "-"))
+    rows.append(("autocast", str(m.get("amp") or "off")))
+    rows.append(("student normalization", f"mean {fmt_floats(m.get('mean'))}, std {fmt_floats(m.get('std'))}"))
+    data = (m.get("args") or {}).get("data")
+    rows.append(("made from", f"{data or '?'} (fingerprint {str(m.get('dataset_fingerprint'))[:12]})"))
+    return rows
+
+
+def summary_upstream(root: str, args: argparse.Namespace, index) -> list[tuple[str, str]]:
+    epochs, batches, files = layout(root)
+    first = load_upstream(store.batch_path(root, 0, 0))
+    kind = "sre2l" if len(first) == 6 else "prism"
+    batch_size, soft = len(first[0]), first[5]
+    samples = upstream_samples(root, batches, batch_size)
+    said = "from the last batch of epoch 0" if samples is not None else "unknown: epoch 0's last batch is missing"
+    if index is not None:
+        said = f"--data has {len(index)} images" + ("" if samples in (None, len(index)) else
+                                                     f"; the batches say {samples}: not the images it was made from")
+    mix = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
+    return [
+        ("format", f"legacy {kind} (no manifest; lists of {len(first)} "
+                   f"{'without' if kind == 'sre2l' else 'with'} sample indices)"),
+        ("epochs", str(epochs)),
+        ("batches per epoch", str(batches)),
+        ("batch files", f"{files} of {epochs * batches} present"),
+        ("batch size", str(batch_size)),
+        ("samples", f"{samples if samples is not None else '?'} ({said})"),
+        ("classes", str(int(soft.shape[1]))),
+        ("label format", f"full ({str(soft.dtype).replace('torch.', '')})"),
+        ("mix type", mix),
+        ("crops", (f"{args.input_size}px (--input-size)" if args.input_size else "size not recorded (--input-size)")
+                  + (f", fkd seed {args.fkd_seed} (--fkd_seed)" if args.fkd_seed is not None else
+                     f", fkd seed not recorded (upstream default {store.LEGACY_SEED})")),
+        ("teacher", "not recorded (an upstream store has no manifest)"),
+    ]
+
+
+def print_summary(root: str, rows: list[tuple[str, str]]) -> None:
+    size = disk_bytes(root)
+    rows = [("store", os.path.abspath(root))] + rows + [("size on disk", f"{human_bytes(size)} ({size} bytes)")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- --check
+
+def check_store(root: str, manifest: dict) -> int:
+    """Every batch file of the store, validated; returns how many. One UserError naming the
+    first missing or bad file."""
+    epochs, batches = int(manifest["epochs"]), int(manifest["batches_per_epoch"])
+    missing = store.missing_batches(root, epochs, batches)
+    if missing:
+        raise UserError(f"STORE {root}: {len(missing)} of {epochs * batches} batch files missing (first: "
+                        f"{missing[0]})")
+    reader = store.Reader(root, manifest)
+    n, b_size, size = int(manifest["num_samples"]), int(manifest["batch_size"]), manifest.get("input_size")
+    mix_type = manifest.get("mix_type")
+    for e in range(epochs):
+        seen = torch.zeros(n, dtype=torch.bool)
+        for b in range(batches):
+            path = store.batch_path(root, e, b)
+            rec = reader.read(e, b)  # the store's own validator: shapes, dtypes, ranges, NaN
+            want = b_size if b < batches - 1 else n - (batches - 1) * b_size
+            if len(rec) != want:
+                raise UserError(f"store batch file {path}: {len(rec)} samples, expected {want} (batches of "
+                                f"{b_size}, {n} images)")
+            idx = rec.index
+            if bool(seen[idx].any()) or int(idx.unique().numel()) != len(idx):
+                raise UserError(f"store batch file {path}: sample indices repeat samples already in epoch {e}")
+            seen[idx] = True
+            if mix_type and rec.mix_type != mix_type:
+                raise UserError(f"store batch file {path}: mix type {rec.mix_type}, the store's is {mix_type}")
+            if rec.mix_bbox is not None and size:
+                x1, y1, x2, y2 = rec.mix_bbox
+                if not (0 <= x1 <= x2 <= size and 0 <= y1 <= y2 <= size):
+                    raise UserError(f"store batch file {path}: cutmix box {rec.mix_bbox} outside the "
+                                    f"{size}px crop")
+    return epochs * batches
+
+
+# ----------------------------------------------------------------------------- --verify-teacher
+
+def sample_jobs(jobs: list, k: int) -> list:
+    """``k`` of the jobs spread evenly from the first to the last (0 or more than there are: all)."""
+    if k <= 0 or k >= len(jobs):
+        return list(jobs)
+    if k == 1:
+        return [jobs[0]]
+    return [jobs[i] for i in sorted({round(i * (len(jobs) - 1) / (k - 1)) for i in range(k)})]
+
+
+def compare(stored: torch.Tensor, recomputed: torch.Tensor, tol: float) -> dict[str, Any]:
+    """Per sample: relative error over the stored classes, and whether the argmax agrees
+    (a disagreement between two classes within 2 * tol of each other is a near-tie)."""
+    stored, recomputed = stored.float(), recomputed.float()
+    kept = torch.isfinite(stored)
+    diff = torch.where(kept, (stored - recomputed).abs(), torch.zeros_like(stored)).amax(dim=1)
+    scale = torch.where(kept, recomputed.abs(), torch.zeros_like(stored)).amax(dim=1).clamp_min(1e-6)
+    rel = diff / scale
+    a_stored, a_new = stored.argmax(dim=1), recomputed.argmax(dim=1)
+    agree = a_stored == a_new
+    gap = recomputed.gather(1, a_new[:, None]) - recomputed.gather(1, a_stored[:, None])
+    tie = ~agree & (gap[:, 0] <= 2 * tol * scale)
+    return {"rel": rel, "agree": agree, "tie": tie}
+
+
+def amp_of(manifest: dict, device: torch.device) -> Optional[torch.dtype]:
+    """Relabel's autocast, reproduced where it ran (CUDA); elsewhere float32."""
+    amp = manifest.get("amp")
+    if device.type != "cuda" or amp not in ("bfloat16", "float16"):
+        return None
+    return torch.bfloat16 if amp == "bfloat16" else torch.float16
+
+
+def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -> None:
+    from softlabel.loader import StoreBatches
+    from softlabel.teachers import Ensemble, load_teachers
+
+    archs = [a.strip() for a in args.verify_teacher.split(",") if a.strip()]
+    if not archs:
+        raise UserError("--verify-teacher: name the teacher's architecture (several: A,B,C)")
+    paths: list[Optional[str]] = [None] * len(archs)
+    if args.teacher_path:
+        paths = [q.strip() for q in args.teacher_path.split(",")]
+        if len(paths) != len(archs):
+            raise UserError(f"--teacher-path gives {len(paths)} files for {len(archs)} teachers "
+                            f"({', '.join(archs)}); give one per teacher")
+    recorded = manifest.get("teachers") or []
+    if recorded and len(recorded) != len(archs):
+        raise UserError(f"--verify-teacher {args.verify_teacher}: the store was labelled by {len(recorded)} "
+                        f"teacher(s) ({', '.join(str(t.get('arch')) for t in recorded)}); name them all, in order")
+    teachers = load_teachers(archs, paths, None, args.teacher_source)
+    if teachers[0].num_classes != int(manifest["num_classes"]):
+        raise UserError(f"--verify-teacher {args.verify_teacher}: the teacher has {teachers[0].num_classes} "
+                        f"outputs, the store {manifest['num_classes']} classes")
+    for t, rec in zip(teachers, recorded):  # each teacher in the normalization relabel gave it
+        if rec.get("mean") and rec.get("std"):
+            t.mean, t.std = [float(v) for v in rec["mean"]], [float(v) for v in rec["std"]]
+        if rec.get("weights_sha256") and rec["weights_sha256"] != t.weights_sha256:
+            print(f"note: teacher {t.arch}'s weights (sha256 {t.weights_sha256[:12]}) are not the store's "
+                  f"(sha256 {rec['weights_sha256'][:12]}); comparing anyway", flush=True)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UserError(f"--device {args.device}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    amp = amp_of(manifest, device)
+    ens = Ensemble(teachers, manifest.get("ensemble") or "mean", manifest.get("primary_weight") or 0.5, device, amp)
+    temperature = float(manifest.get("temperature") or 1.0)
+    unmatched = manifest.get("amp") in ("bfloat16", "float16") and amp is None
+    if unmatched:
+        print(f"note: the store was labelled under {manifest['amp']} autocast on a GPU; in float32 on {device} "
+              f"the check is looser (tolerance {TOLERANCE_UNMATCHED:g}); run it on a GPU for a tight one", flush=True)
+    tol = args.tolerance if args.tolerance is not None else TOLERANCE_UNMATCHED if unmatched else TOLERANCE
+
+    jobs = sample_jobs([(e, b) for e in range(int(manifest["epochs"]))
+                        for b in range(int(manifest["batches_per_epoch"]))], args.sample)
+    missing = [store.batch_path(root, e, b) for e, b in jobs if not os.path.isfile(store.batch_path(root, e, b))]
+    if missing:
+        raise UserError(f"STORE {root}: batch file {missing[0]} is missing")
+    dataset = StoreBatches(root, index, manifest, jobs)
+    rel, agree, tie, where = [], [], [], []
+    for i, (e, b) in enumerate(jobs):
+        item = dataset[i]
+        pixels = item["pixels"].to(device)
+        partners = None if item["partners"] is None else item["partners"].to(device)
+        combined, _ = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
+        r = compare(item["soft_label"], (combined / temperature).cpu(), tol)
+        rel.append(r["rel"])
+        agree.append(r["agree"])
+        tie.append(r["tie"])
+        where += [(e, b, k) for k in range(len(r["rel"]))]
+    rel_all, agree_all, tie_all = torch.cat(rel), torch.cat(agree), torch.cat(tie)
+    worst = int(rel_all.argmax())
+    e, b, k = where[worst]
+    n, n_agree, n_tie = len(rel_all), int(agree_all.sum()), int(tie_all.sum())
+    label = "full logits" if manifest.get("label_format") != "topk" else f"the stored top-{manifest['topk']} logits"
+    print(f"verify: {len(jobs)} batches, {n} samples re-rendered from {args.data} and labelled by "
+          f"{', '.join(t.arch for t in teachers)} (temperature {temperature:g}"
+          f"{', autocast ' + str(amp).replace('torch.', '') if amp else ''}); compared on {label}", flush=True)
+    print(f"worst relative error: {float(rel_all[worst]):.3g} (epoch {e}, batch {b}, sample {k}); "
+          f"tolerance {tol:g}", flush=True)
+    print(f"argmax agreement: {100.0 * n_agree / n:.2f}% ({n_agree}/{n})"
+          + (f"; {n_tie} disagreement(s) are near-ties" if n_tie else ""), flush=True)
+    wrong = n - n_agree - n_tie
+    if float(rel_all[worst]) > tol or wrong:
+        raise UserError(f"--verify-teacher {args.verify_teacher}: does not reproduce the labels of STORE {root}: "
+                        f"worst relative error {float(rel_all[worst]):.3g} > tolerance {tol:g} at "
+                        f"{store.batch_path(root, e, b)} sample {k}, argmax agreement {100.0 * n_agree / n:.1f}%; "
+                        f"wrong teacher, wrong --data, or wrong --fkd_seed/--input-size?"
+                        if float(rel_all[worst]) > tol else
+                        f"--verify-teacher {args.verify_teacher}: {wrong} of {n} argmax disagree with STORE {root}")
+    print(f"ok: the teacher reproduces the stored labels ({n} samples)", flush=True)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> None:
+    args = get_parser().parse_args()
+    if args.sample < 0:
+        raise UserError(f"--sample must be >= 0, got {args.sample}")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise UserError(f"--tolerance must be positive, got {args.tolerance}")
+    if args.input_size is not None and args.input_size < 1:
+        raise UserError(f"--input-size must be at least 1, got {args.input_size}")
+    root = args.store
+    kind = store_kind(root)
+    if args.verify_teacher is not None and not args.data:
+        raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
+    if args.verify_teacher is not None and kind == "legacy" and args.input_size is None:
+        raise UserError(f"STORE {root} is an upstream store (no manifest), which does not record its crop "
+                        f"size: --verify-teacher needs --input-size (and --fkd_seed, default {store.LEGACY_SEED})")
+    index = scan_data(args) if args.data else None
+
+    if kind == "ours":
+        manifest = store.read_manifest(root)
+        for flag, value, key in (("--input-size", args.input_size, "input_size"),
+                                 ("--fkd_seed", args.fkd_seed, "fkd_seed")):
+            if value is not None and value != manifest[key]:
+                raise UserError(f"{flag} {value}: STORE {root} was made with {key} {manifest[key]}; omit the flag "
+                                f"(the store records it)")
+        print_summary(root, summary_ours(root, manifest))
+    else:
+        print_summary(root, summary_upstream(root, args, index))
+        manifest = None
+
+    if args.check:
+        if manifest is None:
+            epochs, batches, _ = layout(root)
+            missing = store.missing_batches(root, epochs, batches)
+            if missing:
+                raise UserError(f"STORE {root}: {len(missing)} of {epochs * batches} batch files missing "
+                                f"(first: {missing[0]})")
+            manifest = upstream_manifest(root, args, index)
+        print(f"ok: {check_store(root, manifest)} files checked", flush=True)
+
+    if args.verify_teacher is not None:
+        if kind == "ours":
+            if index is not None and len(index) != int(manifest["num_samples"]):
+                raise UserError(f"--data {args.data}: {len(index)} images, but STORE {root} was made from "
+                                f"{manifest['num_samples']}; not the images it was made from")
+            if manifest.get("dataset_fingerprint") and index.fingerprint() != manifest["dataset_fingerprint"]:
+                print(f"note: --data {args.data} is not the folder the store was made from (file names or "
+                      f"sizes differ from {(manifest.get('args') or {}).get('data')}); comparing anyway", flush=True)
+        elif manifest is None:
+            manifest = upstream_manifest(root, args, index)
+        verify_teacher(root, manifest, index, args)
+
+
+if __name__ == "__main__":
+    run_main(main)
