@@ -103,6 +103,25 @@ def test_wsld():
     assert call("wsld", s, t, y, temperature=2.0, alpha=2.5) == pytest.approx(want, rel=1e-7)
 
 
+def test_kd():
+    """Hinton KD: (1 - alpha) CE(s, y) + alpha T^2 KL(softmax(t/T) || softmax(s/T)), per-sample mean."""
+    s, t, y = logits()
+    total = 0.0
+    for sr, tr, label in zip(s.tolist(), t.tolist(), y.tolist()):
+        kl = sum(q * (math.log(q) - math.log(p)) for q, p in zip(softmax(tr, 4.0), softmax(sr, 4.0)))
+        total += 0.1 * ce_row(sr, label) + 0.9 * 16.0 * kl
+    assert call("kd", s, t, y, temperature=4.0, alpha=0.9) == pytest.approx(total / len(s), rel=1e-9)
+    # alpha = 0 is plain cross-entropy; alpha = 1 is T^2 x the kl loss
+    assert call("kd", s, t, y, alpha=0.0) == pytest.approx(call("ce", s, t, y), rel=1e-12)
+    assert call("kd", s, t, y, alpha=1.0) == pytest.approx(T * T * call("kl", s, t, y), rel=1e-12)
+
+
+def test_kd_defaults():
+    from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
+    assert (DEFAULT_TEMPERATURE["kd"], DEFAULT_ALPHA["kd"]) == (4.0, 0.9)
+    assert "kd" in PROBABILITY_LOSSES
+
+
 def test_wsld_weight_has_no_gradient():
     s, t, y = logits()
     s.requires_grad_(True)
@@ -121,7 +140,7 @@ def test_keep_topk_masks_all_but_the_top_k():
     q = torch.softmax(masked, 1)
     want = (q * (torch.log(q.clamp_min(1e-30)) - torch.log_softmax(s, 1))).where(q > 0, torch.zeros(())).sum(1).mean()
     torch.testing.assert_close(kl, want)
-    for name in ("kl", "soft_ce", "dist", "wsld"):
+    for name in ("kl", "soft_ce", "dist", "wsld", "kd"):
         assert torch.isfinite(LOSSES[name](s, masked, torch.tensor([1, 0]), temperature=2.0, ce_weight=0.1, alpha=2.5))
 
 
@@ -129,7 +148,7 @@ def test_losses_are_sample_means_that_recombine():
     """A batch split in two, each part weighed by its share, gives the whole batch's loss:
     what lets ranks and micro-batches train exactly like one big step."""
     s, t, y = logits()
-    for name in ("kl", "soft_ce", "ce", "mse_gt", "mae_gt", "wsld"):
+    for name in ("kl", "soft_ce", "ce", "mse_gt", "mae_gt", "wsld", "kd"):
         whole = call(name, s, t, y)
         parts = call(name, s[:2], t[:2], y[:2]) * 2 / 6 + call(name, s[2:], t[2:], y[2:]) * 4 / 6
         assert parts == pytest.approx(whole, rel=1e-9), name

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 
 LossFn = Callable[..., torch.Tensor]
 
-# Per-loss defaults where the method's paper fixes them (WSLD: T = 2, alpha = 2.5).
-DEFAULT_TEMPERATURE = {"wsld": 2.0}
-DEFAULT_ALPHA = {"wsld": 2.5}
+# Per-loss defaults where the method's paper fixes them (WSLD: T = 2, alpha = 2.5) or where one
+# setting is common (Hinton KD on CIFAR: T = 4, alpha = 0.9).
+DEFAULT_TEMPERATURE = {"wsld": 2.0, "kd": 4.0}
+DEFAULT_ALPHA = {"wsld": 2.5, "kd": 0.9}
 # Losses that compare probabilities, and so accept teacher logits masked to their top-k.
-PROBABILITY_LOSSES = ("kl", "soft_ce", "dist", "wsld")
+PROBABILITY_LOSSES = ("kl", "soft_ce", "dist", "wsld", "kd")
 
 
 def kl(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
@@ -27,6 +28,14 @@ def kl(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
     as the upstream trainers compute it (no T^2 factor; the trainer's --kd-t2 adds it)."""
     p_teacher = F.softmax(teacher.to(student.dtype) / temperature, dim=1)
     return F.kl_div(F.log_softmax(student / temperature, dim=1), p_teacher, reduction="batchmean")
+
+
+def kd(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
+    """Hinton et al. 2015: (1 - alpha) * CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)),
+    the KL summed over classes and averaged over samples ('batchmean'); the T^2 is built in (do not
+    add --kd-t2). The ground truth y is each sample's own label (a mixed partner's is not used)."""
+    soft = kl(student, teacher, targets, temperature=temperature)
+    return (1.0 - alpha) * F.cross_entropy(student, targets) + alpha * temperature ** 2 * soft
 
 
 def soft_ce(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
@@ -104,6 +113,7 @@ LOSSES: dict[str, LossFn] = {
     "mae_gt": mae_gt,
     "dist": dist,
     "wsld": wsld,
+    "kd": kd,
 }
 
 

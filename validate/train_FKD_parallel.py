@@ -135,7 +135,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-T", "--temperature", type=float, default=None,
                    help="distillation temperature (default: 3; wsld: 2)")
     g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
-    g.add_argument("--alpha", type=float, default=None, help="weight of the soft term of wsld (default: 2.5)")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha)")
     g.add_argument("--kd-t2", action="store_true", help="kl: multiply by T^2")
     g.add_argument("--keep-topk", type=int, default=None, metavar="K",
                    help="keep only each sample's top-K teacher logits (the rest masked) before the loss")

@@ -1,0 +1,525 @@
+"""Label-enhancement recipes, compared over seeds: top-1 and calibration (ECE) of one student.
+
+The seed study of label optimization / enhancement (CIFAR-100, ResNet20-110) in miniature, on
+the demo data, with our own tools only: every recipe is a relabel store plus a trainer loss, or
+the trainer alone. Two data settings: the full training split (as the CIFAR study) and the IPC2
+subset (20 images: the distilled-data setting). Teachers are trained once by the trainer in
+hard-label mode on the full training split; stores are relabelled once per data setting and seed;
+everything is cached in --work and reused when the script is run again.
+
+    .venv/bin/python scripts/bench_methods.py --work /tmp/bench_methods --write-readme   # README table
+    .venv/bin/python scripts/bench_methods.py --quick --work /tmp/bm_quick                # smoke test
+
+Recipes (student resnet20; KD teacher resnet32 = R32, "smart" teacher resnet44 = R44):
+RECIPE_TABLE
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from softlabel.errors import UserError, run_main  # noqa: E402
+
+PY = sys.executable
+TRAIN = "validate/train_FKD_parallel.py"
+RELABEL = "relabel/generate_soft_label.py"
+MARK_START, MARK_END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
+
+# Teachers, by role: trained by the trainer in hard-label mode on the full training split.
+TEACHERS = {"r32": "resnet32", "r44": "resnet44"}
+# Stores, by name: which teachers relabel (several: --ensemble mean of their logits).
+STORES = {"r44": ["r44"], "ens": ["r32", "r44"]}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    what: str
+    labels: str                       # "hard", "online" (teacher run every step) or "store"
+    flags: tuple[str, ...] = ()       # trainer flags of the recipe
+    teacher: Optional[str] = None     # online: the teacher role
+    store: Optional[str] = None       # store: the STORES entry
+
+
+RECIPES = [
+    Recipe("vanilla", "hard labels, cross-entropy", "hard"),
+    Recipe("ls", "hard labels, label smoothing 0.1", "hard", ("--label-smoothing", "0.1")),
+    Recipe("kd", "online KD from R32: 0.1 CE + 0.9 T^2 KL at T = 4", "online",
+           ("--loss-type", "kd", "-T", "4", "--alpha", "0.9"), teacher="r32"),
+    Recipe("sl", "stored soft labels of R44 (KL at T = 4)", "store", ("--loss-type", "kl", "-T", "4"),
+           store="r44"),
+    Recipe("sl-ens", "stored soft labels of the R32+R44 ensemble (mean logits; KL at T = 4)", "store",
+           ("--loss-type", "kl", "-T", "4"), store="ens"),
+    Recipe("sl-kd", "stored soft labels of R44 + ground truth: 0.1 CE + 0.9 T^2 KL at T = 4", "store",
+           ("--loss-type", "kd", "-T", "4", "--alpha", "0.9"), store="r44"),
+    Recipe("wsld", "online WSLD from R32: CE + 2.5 T^2 weighted soft-CE at T = 2", "online",
+           ("--loss-type", "wsld", "-T", "2", "--alpha", "2.5"), teacher="r32"),
+]
+BY_NAME = {r.name: r for r in RECIPES}
+# Shared by every run: no mixing, 32 px, crops of at least half the image (tiny crops destroy
+# 8x8 digits), whole-image validation.
+CROPS = ("--input-size", "32", "--min-scale-crops", "0.5")
+
+
+def recipe_table() -> str:
+    lines = []
+    for r in RECIPES:
+        if r.labels == "hard":
+            how = "train.py --train-dir D " + " ".join(r.flags)
+        elif r.labels == "online":
+            how = f"train.py --train-dir D --teacher {TEACHERS[r.teacher]} --teacher-path {r.teacher.upper()} " \
+                  + " ".join(r.flags)
+        else:
+            teachers = STORES[r.store]
+            rel = f"relabel --data D --teacher-path {','.join(t.upper() for t in teachers)}"
+            if len(teachers) > 1:
+                rel = (f"relabel --data D --teachers {','.join(TEACHERS[t] for t in teachers)} "
+                       f"--teacher-path {','.join(t.upper() for t in teachers)} --ensemble mean")
+            how = f"{rel} --fkd-path S; train.py --train-dir D --fkd-path S " + " ".join(r.flags)
+        lines.append(f"  {r.name:8s} {r.what}\n           {how.strip()}")
+    return "\n".join(lines)
+
+
+__doc__ = __doc__.replace("RECIPE_TABLE", recipe_table())
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclass
+class Setting:
+    key: str          # "train" or "ipc2"
+    title: str
+    subset: str       # folder under the data directory
+    batch: int
+    epochs: int
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    done_file: str
+    cost: float                        # rough work, for the order jobs start in
+    deps: list[str] = field(default_factory=list)
+    log: str = ""
+    marker: Optional[str] = None       # written when the job succeeds (stores)
+
+    def done(self) -> bool:
+        return os.path.isfile(self.marker or self.done_file)
+
+
+def settings_of(args) -> list[Setting]:
+    return [Setting("train", "full train split" if not args.quick else f"train stand-in ({args.train_subset})",
+                    args.train_subset, args.batch, args.train_epochs),
+            Setting("ipc2", "IPC2 (20 images)", "ipc2", 20, args.ipc_steps)]
+
+
+def teacher_dir(args, role: str) -> str:
+    return os.path.join(args.work, f"teacher_{TEACHERS[role]}_{args.train_subset}_e{args.teacher_epochs}"
+                                   f"_b{args.batch}_s{args.teacher_seed}")
+
+
+def setting_dir(args, s: Setting) -> str:
+    return os.path.join(args.work, f"{s.key}_{s.subset}_e{s.epochs}_b{s.batch}_t{args.teacher_epochs}")
+
+
+def store_dir(args, s: Setting, store: str, seed: int) -> str:
+    return os.path.join(setting_dir(args, s), f"store_{store}_s{seed}")
+
+
+def run_dir(args, s: Setting, recipe: str, seed: int) -> str:
+    return os.path.join(setting_dir(args, s), f"{args.student}_{recipe}_s{seed}")
+
+
+def common_train(args, s: Setting, seed: int, out: str) -> list[str]:
+    data = args.data_dir
+    return [PY, TRAIN, "--train-dir", f"{data}/{s.subset}", "--val-dir", f"{data}/val", "--model", args.student,
+            "--crop-pct", "1.0", "--cos", "--seed", str(seed), "--eval-interval", str(s.epochs),
+            "--save-interval", str(s.epochs), "--resume", "auto", "--output-dir", out, "--no-progress"]
+
+
+def build_jobs(args) -> tuple[list[Job], dict]:
+    """Every teacher, store and student run, with its dependencies, and what each table cell reads."""
+    data = args.data_dir
+    jobs: list[Job] = []
+    # rough per-image cost relative to one resnet20 training image (measured on 2 CPU cores)
+    train_cost = {"resnet20": 1.0, "resnet32": 1.55, "resnet44": 2.26}
+    fwd_cost = {"resnet20": 0.3, "resnet32": 0.41, "resnet44": 0.68}
+    n_train = args.train_images
+    for role, arch in TEACHERS.items():
+        out = teacher_dir(args, role)
+        jobs.append(Job(f"teacher-{role}", [
+            PY, TRAIN, "--train-dir", f"{data}/{args.train_subset}", "--val-dir", f"{data}/val", "--model", arch,
+            *CROPS, "--crop-pct", "1.0", "-b", str(args.batch), "--epochs", str(args.teacher_epochs), "--cos",
+            "--seed", str(args.teacher_seed), "--eval-interval", str(args.teacher_epochs),
+            "--save-interval", str(args.teacher_epochs), "--resume", "auto", "--output-dir", out, "--no-progress"],
+            os.path.join(out, "results.json"), train_cost.get(arch, 2.0) * n_train * args.teacher_epochs))
+    cells: dict = {}
+    recipes = [BY_NAME[n] for n in args.recipes]
+    for s in settings_of(args):
+        images = n_train if s.key == "train" else 20
+        needed = {r.store for r in recipes if r.store}
+        for seed in args.seeds:
+            for name in sorted(needed):
+                roles = STORES[name]
+                out = store_dir(args, s, name, seed)
+                argv = [PY, RELABEL, "--data", f"{data}/{s.subset}", "--teacher-path",
+                        ",".join(os.path.join(teacher_dir(args, r), "checkpoint.pth") for r in roles),
+                        "--fkd-path", out, "--epochs", str(s.epochs), "-b", str(s.batch), *CROPS,
+                        "--fkd-seed", str(seed), "--print-freq", str(s.epochs)]
+                if len(roles) > 1:
+                    argv += ["--teachers", ",".join(TEACHERS[r] for r in roles), "--ensemble", "mean"]
+                jobs.append(Job(f"{s.key}-store-{name}-s{seed}", argv, "", marker=out + ".done",
+                                cost=sum(fwd_cost.get(TEACHERS[r], 1.0) for r in roles) * images * s.epochs,
+                                deps=[f"teacher-{r}" for r in roles]))
+            for r in recipes:
+                out = run_dir(args, s, r.name, seed)
+                argv = common_train(args, s, seed, out) + list(r.flags)
+                deps: list[str] = []
+                cost = images * s.epochs
+                if r.labels in ("hard", "online"):
+                    argv += [*CROPS, "-b", str(s.batch), "--epochs", str(s.epochs)]
+                if r.labels == "online":
+                    argv += ["--teacher", TEACHERS[r.teacher], "--teacher-path",
+                             os.path.join(teacher_dir(args, r.teacher), "checkpoint.pth")]
+                    deps.append(f"teacher-{r.teacher}")
+                    cost += fwd_cost.get(TEACHERS[r.teacher], 1.0) * images * s.epochs
+                if r.labels == "store":
+                    argv += ["--fkd-path", store_dir(args, s, r.store, seed)]
+                    deps.append(f"{s.key}-store-{r.store}-s{seed}")
+                jobs.append(Job(f"{s.key}-{r.name}-s{seed}", argv, os.path.join(out, "results.json"), cost, deps))
+                cells.setdefault((s.key, r.name), []).append(os.path.join(out, "results.json"))
+    for job in jobs:
+        job.log = os.path.join(args.work, "logs", job.name + ".log")
+    return jobs, cells
+
+
+# ----------------------------------------------------------------------------- running
+
+def run_jobs(jobs: list[Job], workers: int, threads: int) -> dict[str, float]:
+    """Run the jobs not yet done, at most ``workers`` at a time (each with ``threads`` torch
+    threads), a job once its dependencies are done, the ready job on the costliest chain first."""
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # priority: a job's own cost plus the costliest chain of jobs waiting on it (critical path first)
+    rank: dict[str, float] = {}
+
+    def chain(job: Job) -> float:
+        if job.name not in rank:
+            rank[job.name] = job.cost + max((chain(j) for j in jobs if job.name in j.deps), default=0.0)
+        return rank[job.name]
+    pending = {j.name: j for j in jobs if not j.done()}
+    finished = {j.name for j in jobs if j.done()}
+    if pending:
+        print(f"{len(finished)} of {len(jobs)} runs cached; running {len(pending)} ({workers} at a time, "
+              f"{threads} thread(s) each)", flush=True)
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    times: dict[str, float] = {}
+    failed: list[str] = []
+    while pending or running:
+        ready = sorted((j for j in pending.values() if all(d in finished for d in j.deps)),
+                       key=lambda j: -chain(j))
+        while ready and len(running) < workers and not failed:
+            job = ready.pop(0)
+            del pending[job.name]
+            os.makedirs(os.path.dirname(job.log), exist_ok=True)
+            log = open(job.log, "w")
+            log.write("$ " + " ".join(shlex.quote(a) for a in job.argv) + "\n")
+            log.flush()
+            running[job.name] = (subprocess.Popen(job.argv, cwd=ROOT, env=env, stdout=log,
+                                                  stderr=subprocess.STDOUT), time.time(), log)
+        if not running:
+            if failed:
+                break
+            raise UserError(f"jobs wait for dependencies that never finish: {', '.join(pending)}")
+        time.sleep(0.2)
+        for name, (proc, start, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            times[name] = time.time() - start
+            job = next(j for j in jobs if j.name == name)
+            if proc.returncode != 0:
+                failed.append(name)
+                with open(job.log) as f:
+                    tail = f.read()[-1500:]
+                print(f"FAILED {name} (exit {proc.returncode}); log {job.log}:\n{tail}", flush=True)
+                continue
+            if job.marker:
+                with open(job.marker, "w") as f:
+                    f.write("done\n")
+            finished.add(name)
+            print(f"  done {name:28s} {times[name]:7.1f} s  ({len(finished)}/{len(jobs)})", flush=True)
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {os.path.dirname(jobs[0].log)})")
+    return times
+
+
+# ----------------------------------------------------------------------------- tables
+
+def read_result(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+_VAL: dict = {}
+
+
+def confidence(run: str, val_dir: str) -> dict:
+    """Mean max-softmax confidence and top-1 (percent) of a run's final checkpoint on val, with
+    the trainer's evaluation transform (crop-pct 1.0); cached in RUN/confidence.json. ECE says
+    how far confidence is from accuracy, this says in which direction."""
+    cache = os.path.join(run, "confidence.json")
+    if os.path.isfile(cache):
+        return read_result(cache)
+    import torch
+    from torch.utils.data import DataLoader
+
+    from softlabel.data import IndexedImageFolder, eval_pixels_transform, scan_image_folder
+    from softlabel.io import safe_torch_load
+    from softlabel.models import create_model
+    ckpt = safe_torch_load(os.path.join(run, "checkpoint.pth"), "checkpoint")
+    model = create_model(ckpt["arch"], ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+    key = (val_dir, ckpt["input_size"])
+    if key not in _VAL:  # decoded once per process
+        data = IndexedImageFolder(scan_image_folder(val_dir, "--data"), eval_pixels_transform(ckpt["input_size"], 1.0))
+        _VAL[key] = list(DataLoader(data, batch_size=256))
+    conf, correct = [], []
+    with torch.no_grad():
+        for pixels, target in _VAL[key]:
+            probs = torch.softmax(model((pixels.float() / 255 - mean) / std), dim=1)
+            c, pred = probs.max(dim=1)
+            conf.append(c)
+            correct.append((pred == target).float())
+    out = {"confidence": 100.0 * float(torch.cat(conf).mean()), "top1": 100.0 * float(torch.cat(correct).mean())}
+    with open(cache, "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def summarize(args, cells: dict) -> dict:
+    summary: dict = {"teachers": {}, "cells": {}}
+    for role, arch in TEACHERS.items():
+        res = read_result(os.path.join(teacher_dir(args, role), "results.json"))
+        summary["teachers"][role] = {"arch": arch, "top1": res["top1"], "ece": res["ece"]}
+    val = os.path.join(args.data_dir, "val")
+    for (setting, recipe), paths in cells.items():
+        results = [read_result(p) for p in paths]
+        confs = [confidence(os.path.dirname(p), val) for p in paths]
+        for r, c, p in zip(results, confs, paths):
+            if abs(r["top1"] - c["top1"]) > 0.5:  # the re-evaluation must see what the trainer saw
+                raise UserError(f"{os.path.dirname(p)}: re-evaluated top-1 {c['top1']:.2f}% differs from the "
+                                f"trainer's {r['top1']:.2f}%")
+        summary["cells"][f"{setting}/{recipe}"] = {
+            "top1": [r["top1"] for r in results], "ece": [r["ece"] for r in results],
+            "overconfidence": [c["confidence"] - r["top1"] for c, r in zip(confs, results)]}
+    return summary
+
+
+def fmt(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def markdown(args, summary: dict) -> str:
+    sets = settings_of(args)
+    head = "| recipe | " + " | ".join(f"{s.title}: top-1 (%) | ECE (%) | conf − acc" for s in sets) + " |"
+    rows = [head, "|---|" + "---|---|---|" * len(sets)]
+    for name in args.recipes:
+        cells = []
+        for s in sets:
+            c = summary["cells"][f"{s.key}/{name}"]
+            cells += [fmt(c["top1"]), fmt(c["ece"]), f"{mean_std(c['overconfidence'])[0]:+.1f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    teachers = ", ".join(f"{t['arch']} (R{t['arch'][6:]}) {t['top1']:.2f}% top-1, ECE {t['ece']:.2f}%"
+                         for t in summary["teachers"].values())
+    note = (f"Student {args.student}, mean ± std over seeds {','.join(map(str, args.seeds))}; top-1 and "
+            f"15-bin ECE on val (450 images); conf − acc: mean max-softmax confidence minus top-1, in points "
+            f"(> 0 overconfident, < 0 underconfident; mean over seeds). Full train split: {sets[0].epochs} epochs of batch {sets[0].batch}; "
+            f"IPC2: {sets[1].epochs} steps of batch 20. Teachers ({args.teacher_epochs} epochs, hard labels, "
+            f"full train split): {teachers}.")
+    return "\n".join(rows) + "\n\n" + note
+
+
+ORDERINGS = [  # (claim, a, b, metric, sign): the claim holds when sign * (a - b) > 0
+    ("SL beats vanilla (top-1)", "sl", "vanilla", "top1", 1),
+    ("SL-Ens beats vanilla (top-1)", "sl-ens", "vanilla", "top1", 1),
+    ("KD beats vanilla (top-1)", "kd", "vanilla", "top1", 1),
+    ("LS beats vanilla (top-1)", "ls", "vanilla", "top1", 1),
+    ("LS changes calibration: ECE lower than vanilla", "ls", "vanilla", "ece", -1),
+    ("SL-Ens better calibrated than SL (ECE)", "sl-ens", "sl", "ece", -1),
+    ("SL-Ens at least as accurate as SL (top-1)", "sl-ens", "sl", "top1", 1),
+    ("SL-KD beats SL (top-1)", "sl-kd", "sl", "top1", 1),
+    ("WSLD at least as accurate as KD (top-1)", "wsld", "kd", "top1", 1),
+]
+
+
+def orderings(args, summary: dict) -> str:
+    """Which of the seed study's orderings the measured means reproduce; a difference within the
+    larger of the two seed standard deviations is called a tie."""
+    sets = settings_of(args)
+    rows = ["| ordering (seed study) | " + " | ".join(s.title for s in sets) + " |", "|---|" + "---|" * len(sets)]
+    for claim, a, b, metric, sign in ORDERINGS:
+        if a not in args.recipes or b not in args.recipes:
+            continue
+        cells = []
+        for s in sets:
+            ma, sa = mean_std(summary["cells"][f"{s.key}/{a}"][metric])
+            mb, sb = mean_std(summary["cells"][f"{s.key}/{b}"][metric])
+            diff = sign * (ma - mb)
+            noise = max(sa, sb)
+            verdict = "yes" if diff > noise else ("no" if diff < -noise else "tie")
+            cells.append(f"{verdict} ({ma:.2f} vs {mb:.2f})")
+        rows.append(f"| {claim} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot(args, summary: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sets = settings_of(args)
+    fig, axes = plt.subplots(len(sets), 3, figsize=(12, 2.2 + 0.35 * len(args.recipes) * len(sets)), squeeze=False)
+    ys = range(len(args.recipes))
+    for row, s in zip(axes, sets):
+        for ax, (metric, title) in zip(row, (("top1", "top-1 (%)"), ("ece", "ECE (%)"),
+                                             ("overconfidence", "confidence − accuracy (points)"))):
+            vals = [summary["cells"][f"{s.key}/{n}"][metric] for n in args.recipes]
+            means = [mean_std(v)[0] for v in vals]
+            stds = [mean_std(v)[1] for v in vals]
+            ax.barh(list(ys), means, xerr=stds, color=[f"C{i}" for i in ys], alpha=0.75, capsize=3)
+            for y, v in zip(ys, vals):
+                ax.plot(v, [y] * len(v), "k.", markersize=4)
+            ax.set_yticks(list(ys))
+            ax.set_yticklabels(args.recipes)
+            ax.invert_yaxis()
+            ax.set_title(f"{s.title}: {title}", fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+            if metric == "overconfidence":
+                ax.axvline(0.0, color="k", linewidth=0.8)
+            if metric == "top1":
+                lo = min(min(v) for v in vals)
+                ax.set_xlim(max(0.0, math.floor(lo / 5) * 5 - 5), 100)
+    fig.suptitle(f"{args.student} students, {len(args.seeds)} seed(s) (dots); bars: mean ± std", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_readme(block: str, readme: str) -> bool:
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    if MARK_START not in text or MARK_END not in text:
+        print(f"{readme}: no {MARK_START} ... {MARK_END} markers; README left as it is")
+        return False
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(head + MARK_START + "\n" + block.strip() + "\n" + MARK_END + tail)
+    print(f"wrote the table into {readme}")
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Recipes (student resnet20):\n" + recipe_table(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="bench_methods_work", help="teachers, stores, runs and logs, reused "
+                   "when present (default: ./bench_methods_work)")
+    p.add_argument("--data", default=None, help="demo data made by scripts/make_demo_data.py with train/, val/, "
+                   "ipc2/ (default: made in WORK/data)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the students and of their stores (default: 0,1,2)")
+    p.add_argument("--recipes", default=",".join(r.name for r in RECIPES), help="which recipes (default: all)")
+    p.add_argument("--student", default="resnet20", help="student architecture (default: resnet20)")
+    p.add_argument("--teacher-epochs", type=int, default=20, help="teacher epochs on the full split (default: 20)")
+    p.add_argument("--train-epochs", type=int, default=6,
+                   help="student epochs on the full split = stored epochs (default: 6)")
+    p.add_argument("--ipc-steps", type=int, default=300,
+                   help="student steps on IPC2 (batch 20: one step per epoch) = stored epochs (default: 300)")
+    p.add_argument("-b", "--batch", type=int, default=64, help="batch of teachers and full-split students (64)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    p.add_argument("--write-readme", action="store_true", help="put the tables into README.md between "
+                   f"{MARK_START} and {MARK_END}")
+    p.add_argument("--plot", default=None, help="PNG of the results (default: img/methods.png; --quick: WORK/methods.png)")
+    p.add_argument("--quick", action="store_true", help="a smoke test of every recipe: 1 seed, teachers and "
+                   "students on ipc5 for 1 epoch, IPC2 for 2 steps")
+    args = p.parse_args()
+    start = time.time()
+    args.seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    args.recipes = [v.strip() for v in args.recipes.split(",") if v.strip()]
+    unknown = [r for r in args.recipes if r not in BY_NAME]
+    if unknown:
+        raise UserError(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
+    args.train_subset, args.teacher_seed = "train", 0
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.train_subset, args.teacher_epochs, args.train_epochs, args.ipc_steps, args.batch = "ipc5", 1, 1, 2, 16
+    args.work = os.path.abspath(args.work)
+    os.makedirs(args.work, exist_ok=True)
+    args.data_dir = os.path.abspath(args.data) if args.data else os.path.join(args.work, "data")
+    if not args.data:
+        proc = subprocess.run([PY, "scripts/make_demo_data.py", "--out", args.data_dir, "--ipc", "5"], cwd=ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"make_demo_data.py failed:\n{proc.stderr[-2000:]}")
+    for sub in (args.train_subset, "val", "ipc2"):
+        if not os.path.isdir(os.path.join(args.data_dir, sub)):
+            raise UserError(f"--data {args.data_dir}: no {sub}/ folder (make it with scripts/make_demo_data.py)")
+    args.train_images = sum(len(fs) for _, _, fs in os.walk(os.path.join(args.data_dir, args.train_subset)))
+
+    jobs, cells = build_jobs(args)
+    times = run_jobs(jobs, args.jobs, args.threads)
+    summary = summarize(args, cells)
+    summary["job_seconds"] = times
+    wall = time.time() - start
+    summary["wall_s"] = wall
+    with open(os.path.join(args.work, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    table, order = markdown(args, summary), orderings(args, summary)
+    plot_path = args.plot or (os.path.join(args.work, "methods.png") if args.quick else os.path.join(ROOT, "img", "methods.png"))
+    plot(args, summary, plot_path)
+    print("\n" + table + "\n\n" + order + "\n")
+    print(f"plot: {plot_path}")
+    ran = sum(times.values())
+    print(f"total wall time {wall / 60:.1f} min ({wall:.0f} s); {len(times)} runs executed now "
+          f"({ran / 60:.1f} run-minutes), {len(jobs) - len(times)} taken from {args.work}")
+    wall_file = os.path.join(args.work, "wall.json")
+    if len(times) == len(jobs):  # everything ran now: this is the wall time of the whole bench
+        with open(wall_file, "w") as f:
+            json.dump({"wall_s": wall, "jobs": args.jobs, "threads": args.threads}, f)
+    if args.write_readme:
+        command = ".venv/bin/python scripts/bench_methods.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        timing = ""
+        if os.path.isfile(wall_file):
+            with open(wall_file) as f:
+                whole = json.load(f)
+            timing = f": {whole['wall_s'] / 60:.0f} min wall time from scratch, {whole['jobs']} runs at a time"
+        write_readme(f"{table}\n\n{order}\n\n*`{command.strip()}`{timing}.*", os.path.join(ROOT, "README.md"))
+
+
+if __name__ == "__main__":
+    run_main(main)
