@@ -40,6 +40,7 @@ from softlabel import io, replay
 from softlabel.data import FolderIndex, ImageCache
 from softlabel.errors import UserError
 from softlabel.loader import slice_bounds
+from softlabel.store import smallest_int_dtype
 
 MANIFEST = "fkd_manifest.json"
 FORMAT = "fkd-per-image"
@@ -103,15 +104,6 @@ def sample_crops(seed: int, image: int, num_crops: int, width: int, height: int,
 
 
 # ----------------------------------------------------------------------------- quantization
-
-def smallest_int_dtype(limit: int) -> torch.dtype:
-    """The smallest integer type holding 0..limit-1."""
-    if limit <= 256:
-        return torch.uint8
-    if limit <= 32768:
-        return torch.int16
-    return torch.int32
-
 
 def quantize(probs: torch.Tensor, label_type: str, use_fp16: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(K, C) probabilities -> (classes (K, k), values (K, k) or None), k = TOP_K[label_type]

@@ -169,6 +169,19 @@ def get_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- settings
 
+RECORDED_SETTINGS = {"--input-size": "input_size", "--min-scale-crops": "min_scale_crops",
+                     "--max-scale-crops": "max_scale_crops", "--fkd-seed": "fkd_seed", "--num-classes": "num_classes"}
+
+
+def check_recorded_settings(args: argparse.Namespace, manifest: dict, where: str) -> None:
+    """A flag given for a setting the store records must agree with it (None: not recorded)."""
+    for flag, attr in RECORDED_SETTINGS.items():
+        given = getattr(args, attr)
+        if given is not None and manifest[attr] is not None and given != manifest[attr]:
+            raise UserError(f"{flag} {given} does not match {where}, which was made with "
+                            f"{manifest[attr]}; omit {flag} to use the store's")
+
+
 def settle_with_store(args: argparse.Namespace, manifest: dict) -> None:
     """Take unset flags from the store; refuse flags that contradict it."""
     where = f"the store --fkd-path {args.fkd_path}"
@@ -178,13 +191,7 @@ def settle_with_store(args: argparse.Namespace, manifest: dict) -> None:
     if args.epochs is not None and args.epochs > manifest["epochs"]:
         raise UserError(f"--epochs {args.epochs} is more than the {manifest['epochs']} epochs {where} "
                         f"holds; train at most {manifest['epochs']} epochs or relabel with --epochs {args.epochs}")
-    for flag, attr in (("--input-size", "input_size"), ("--min-scale-crops", "min_scale_crops"),
-                       ("--max-scale-crops", "max_scale_crops"), ("--fkd-seed", "fkd_seed"),
-                       ("--num-classes", "num_classes")):
-        given = getattr(args, attr)
-        if given is not None and manifest[attr] is not None and given != manifest[attr]:
-            raise UserError(f"{flag} {given} does not match {where}, which was made with "
-                            f"{manifest[attr]}; omit {flag} to use the store's")
+    check_recorded_settings(args, manifest, where)
     if args.mix_type is not None and replay.normalize_mix_type(args.mix_type) != manifest["mix_type"]:
         raise UserError(f"--mix-type {args.mix_type} does not match {where}, which was made with "
                         f"{manifest['mix_type']}; the mix is replayed from the store")
@@ -204,13 +211,8 @@ def settle_with_fkd(args: argparse.Namespace, manifest: dict) -> None:
     if args.num_crops > manifest["num_crops"]:
         raise UserError(f"--num-crops {args.num_crops} is more than the {manifest['num_crops']} crops per image "
                         f"{where} holds")
-    for flag, attr in (("--input-size", "input_size"), ("--min-scale-crops", "min_scale_crops"),
-                       ("--max-scale-crops", "max_scale_crops"), ("--fkd-seed", "fkd_seed"),
-                       ("--num-classes", "num_classes")):
-        given = getattr(args, attr)
-        if given is not None and given != manifest[attr]:
-            raise UserError(f"{flag} {given} does not match {where}, which was made with "
-                            f"{manifest[attr]}; omit {flag} to use the store's")
+    check_recorded_settings(args, manifest, where)
+    for attr in RECORDED_SETTINGS.values():
         setattr(args, attr, manifest[attr])
     if args.mix_type is not None and replay.normalize_mix_type(args.mix_type) != "none":
         raise UserError(f"--mix-type {args.mix_type}: {where} holds labels of unmixed crops; omit --mix-type")
