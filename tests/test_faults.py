@@ -101,9 +101,11 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("moment", ["before-first-checkpoint", "mid-epoch"])
-def test_training_killed_then_resumed(moment, cutmix_store, demo_data, tmp_path):
-    args = ["--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model", "democnn_small", "--epochs", 3,
-            "--loss-type", "kl", "--cos", "-j", 0, "--no-progress"]
+def test_training_killed_then_resumed(moment, demo_data, tmp_path):
+    # hard labels: random crops, flips, cutmix and batch norm; 8 epochs of 5 steps, long enough
+    # that a kill lands inside the run however fast the machine is
+    args = ["--train-dir", demo_data / "ipc5", "--model", "democnn_small", "--input-size", 24, "-b", 10,
+            "--epochs", 8, "--mix-type", "cutmix", "--cos", "-j", 0, "--no-progress"]
     run_script(TRAIN, *args, "--output-dir", tmp_path / "full")
     out = tmp_path / "killed"
     ckpt = out / "checkpoint.pth"
@@ -113,13 +115,13 @@ def test_training_killed_then_resumed(moment, cutmix_store, demo_data, tmp_path)
     else:
         first_seen: list[float] = []
 
-        def ready() -> bool:  # a little after the first checkpoint: inside epoch 2
+        def ready() -> bool:  # a moment after the first checkpoint: inside epoch 2 (or a little later)
             if ckpt.exists() and not first_seen:
                 first_seen.append(time.time())
-            return bool(first_seen) and time.time() - first_seen[0] > 0.3
+            return bool(first_seen) and time.time() - first_seen[0] > 0.05
     assert kill_when(proc, ready), "the run finished before it could be killed"
     if ckpt.exists():  # never a partial checkpoint
-        assert torch.load(ckpt, weights_only=True)["epoch"] in (1, 2)
+        assert 1 <= torch.load(ckpt, weights_only=True)["epoch"] < 8
     run_script(TRAIN, *args, "--output-dir", out, "--resume", "auto")
     assert no_temp_files(out)  # a checkpoint write cut short is cleaned up by the resumed run
     full, resumed = weights(tmp_path / "full"), weights(out)
