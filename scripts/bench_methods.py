@@ -145,7 +145,7 @@ def run_dir(args, s: Setting, recipe: str, seed: int) -> str:
 
 def common_train(args, s: Setting, seed: int, out: str) -> list[str]:
     data = args.data_dir
-    return [PY, TRAIN, "--train-dir", f"{data}/{s.subset}", "--val-dir", f"{data}/val", "--model", args.student,
+    return [PY, TRAIN, "--train-dir", f"{data}/{s.subset}", "--val-dir", f"{data}/{args.val_subset}", "--model", args.student,
             "--crop-pct", "1.0", "--cos", "--seed", str(seed), "--eval-interval", str(s.epochs),
             "--save-interval", str(s.epochs), "--resume", "auto", "--output-dir", out, "--no-progress"]
 
@@ -161,10 +161,10 @@ def build_jobs(args) -> tuple[list[Job], dict]:
     for role, arch in TEACHERS.items():
         out = teacher_dir(args, role)
         jobs.append(Job(f"teacher-{role}", [
-            PY, TRAIN, "--train-dir", f"{data}/{args.train_subset}", "--val-dir", f"{data}/val", "--model", arch,
+            PY, TRAIN, "--train-dir", f"{data}/{args.train_subset}", "--val-dir", f"{data}/{args.val_subset}", "--model", arch,
             *CROPS, "--crop-pct", "1.0", "-b", str(args.batch), "--epochs", str(args.teacher_epochs), "--cos",
             "--seed", str(args.teacher_seed), "--eval-interval", str(args.teacher_epochs),
-            "--save-interval", str(args.teacher_epochs), "--resume", "auto", "--output-dir", out, "--no-progress"],
+            "--save-interval", str(min(5, args.teacher_epochs)), "--resume", "auto", "--output-dir", out, "--no-progress"],
             os.path.join(out, "results.json"), train_cost.get(arch, 2.0) * n_train * args.teacher_epochs))
     cells: dict = {}
     recipes = [BY_NAME[n] for n in args.recipes]
@@ -322,7 +322,7 @@ def summarize(args, cells: dict) -> dict:
     for role, arch in TEACHERS.items():
         res = read_result(os.path.join(teacher_dir(args, role), "results.json"))
         summary["teachers"][role] = {"arch": arch, "top1": res["top1"], "ece": res["ece"]}
-    val = os.path.join(args.data_dir, "val")
+    val = os.path.join(args.data_dir, args.val_subset)
     for (setting, recipe), paths in cells.items():
         results = [read_result(p) for p in paths]
         confs = [confidence(os.path.dirname(p), val) for p in paths]
@@ -354,7 +354,7 @@ def markdown(args, summary: dict) -> str:
     teachers = ", ".join(f"{t['arch']} (R{t['arch'][6:]}) {t['top1']:.2f}% top-1, ECE {t['ece']:.2f}%"
                          for t in summary["teachers"].values())
     note = (f"Student {args.student}, mean ± std over seeds {','.join(map(str, args.seeds))}; top-1 and "
-            f"15-bin ECE on val (450 images); conf − acc: mean max-softmax confidence minus top-1, in points "
+            f"15-bin ECE on {args.val_subset} ({args.val_images} images); conf − acc: mean max-softmax confidence minus top-1, in points "
             f"(> 0 overconfident, < 0 underconfident; mean over seeds). Full train split: {sets[0].epochs} epochs of batch {sets[0].batch}; "
             f"IPC2: {sets[1].epochs} steps of batch 20. Teachers ({args.teacher_epochs} epochs, hard labels, "
             f"full train split): {teachers}.")
@@ -366,7 +366,7 @@ ORDERINGS = [  # (claim, a, b, metric, sign): the claim holds when sign * (a - b
     ("SL-Ens beats vanilla (top-1)", "sl-ens", "vanilla", "top1", 1),
     ("KD beats vanilla (top-1)", "kd", "vanilla", "top1", 1),
     ("LS beats vanilla (top-1)", "ls", "vanilla", "top1", 1),
-    ("LS changes calibration: ECE lower than vanilla", "ls", "vanilla", "ece", -1),
+    ("LS lowers ECE vs vanilla", "ls", "vanilla", "ece", -1),
     ("SL-Ens better calibrated than SL (ECE)", "sl-ens", "sl", "ece", -1),
     ("SL-Ens at least as accurate as SL (top-1)", "sl-ens", "sl", "top1", 1),
     ("SL-KD beats SL (top-1)", "sl-kd", "sl", "top1", 1),
@@ -464,9 +464,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--write-readme", action="store_true", help="put the tables into README.md between "
                    f"{MARK_START} and {MARK_END}")
+    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"), help="the file --write-readme edits "
+                   "(default: the repository's README.md)")
     p.add_argument("--plot", default=None, help="PNG of the results (default: img/methods.png; --quick: WORK/methods.png)")
     p.add_argument("--quick", action="store_true", help="a smoke test of every recipe: 1 seed, teachers and "
-                   "students on ipc5 for 1 epoch, IPC2 for 2 steps")
+                   "students on ipc5 for 1 epoch, IPC2 for 2 steps, evaluated on ipc2 instead of val")
     args = p.parse_args()
     start = time.time()
     args.seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
@@ -474,22 +476,28 @@ def main() -> None:
     unknown = [r for r in args.recipes if r not in BY_NAME]
     if unknown:
         raise UserError(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
-    args.train_subset, args.teacher_seed = "train", 0
-    if args.quick:
+    if not args.seeds or not args.recipes:
+        raise UserError("--seeds and --recipes need at least one entry each")
+    if args.quick and args.write_readme:
+        raise UserError("--quick is a smoke test: its numbers do not belong in the README (drop --write-readme)")
+    args.train_subset, args.val_subset, args.teacher_seed = "train", "val", 0
+    if args.quick:  # every run end to end, at the least cost: start-up dominates
         args.seeds = args.seeds[:1]
         args.train_subset, args.teacher_epochs, args.train_epochs, args.ipc_steps, args.batch = "ipc5", 1, 1, 2, 16
+        args.val_subset = "ipc2"
     args.work = os.path.abspath(args.work)
     os.makedirs(args.work, exist_ok=True)
     args.data_dir = os.path.abspath(args.data) if args.data else os.path.join(args.work, "data")
-    if not args.data:
+    if not args.data and not all(os.path.isdir(os.path.join(args.data_dir, d)) for d in ("train", "val", "ipc5")):
         proc = subprocess.run([PY, "scripts/make_demo_data.py", "--out", args.data_dir, "--ipc", "5"], cwd=ROOT,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise UserError(f"make_demo_data.py failed:\n{proc.stderr[-2000:]}")
-    for sub in (args.train_subset, "val", "ipc2"):
+    for sub in (args.train_subset, args.val_subset, "ipc2"):
         if not os.path.isdir(os.path.join(args.data_dir, sub)):
             raise UserError(f"--data {args.data_dir}: no {sub}/ folder (make it with scripts/make_demo_data.py)")
-    args.train_images = sum(len(fs) for _, _, fs in os.walk(os.path.join(args.data_dir, args.train_subset)))
+    count = lambda sub: sum(len(fs) for _, _, fs in os.walk(os.path.join(args.data_dir, sub)))  # noqa: E731
+    args.train_images, args.val_images = count(args.train_subset), count(args.val_subset)
 
     jobs, cells = build_jobs(args)
     times = run_jobs(jobs, args.jobs, args.threads)
@@ -508,17 +516,19 @@ def main() -> None:
     print(f"total wall time {wall / 60:.1f} min ({wall:.0f} s); {len(times)} runs executed now "
           f"({ran / 60:.1f} run-minutes), {len(jobs) - len(times)} taken from {args.work}")
     wall_file = os.path.join(args.work, "wall.json")
+    names = sorted(j.name for j in jobs)
     if len(times) == len(jobs):  # everything ran now: this is the wall time of the whole bench
         with open(wall_file, "w") as f:
-            json.dump({"wall_s": wall, "jobs": args.jobs, "threads": args.threads}, f)
+            json.dump({"wall_s": wall, "jobs": args.jobs, "threads": args.threads, "runs": names}, f)
     if args.write_readme:
         command = ".venv/bin/python scripts/bench_methods.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         timing = ""
         if os.path.isfile(wall_file):
             with open(wall_file) as f:
                 whole = json.load(f)
-            timing = f": {whole['wall_s'] / 60:.0f} min wall time from scratch, {whole['jobs']} runs at a time"
-        write_readme(f"{table}\n\n{order}\n\n*`{command.strip()}`{timing}.*", os.path.join(ROOT, "README.md"))
+            if whole.get("runs") in (None, names):
+                timing = f": {whole['wall_s'] / 60:.0f} min wall time from scratch, {whole['jobs']} runs at a time"
+        write_readme(f"{table}\n\n{order}\n\n*`{command.strip()}`{timing}.*", args.readme)
 
 
 if __name__ == "__main__":

@@ -26,19 +26,23 @@ def bench_module():
 def test_every_recipe_runs_end_to_end_in_quick_mode(demo_data, tmp_path):
     work = tmp_path / "work"
     proc = run_script("scripts/bench_methods.py", "--quick", "--work", work, "--data", demo_data, timeout=900)
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in proc.stdout.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in RECIPES}
     assert sorted(rows) == sorted(RECIPES), proc.stdout
     for name, cells in rows.items():
-        assert len(cells) == 4, (name, cells)  # top-1 and ECE for each of the 2 data settings
-        for cell in cells:
+        assert len(cells) == 6, (name, cells)  # top-1, ECE, confidence - accuracy for each of 2 settings
+        for k, cell in enumerate(cells):
+            if k % 3 == 2:
+                assert math.isfinite(float(cell)) and abs(float(cell)) <= 100, (name, cell)
+                continue
             m = CELL.match(cell)
             assert m, (name, cell)
             assert math.isfinite(float(m.group(1))) and 0 <= float(m.group(1)) <= 100, (name, cell)
     summary = json.loads((work / "summary.json").read_text())
     assert sorted(summary["cells"]) == sorted(f"{s}/{r}" for s in ("train", "ipc2") for r in RECIPES)
     for cell in summary["cells"].values():
-        assert len(cell["top1"]) == 1 and all(math.isfinite(v) for v in cell["top1"] + cell["ece"])
+        values = cell["top1"] + cell["ece"] + cell["overconfidence"]
+        assert len(cell["top1"]) == 1 and all(math.isfinite(v) for v in values)
     assert set(summary["teachers"]) == {"r32", "r44"}
     assert (work / "methods.png").stat().st_size > 1000
     # each recipe really used its labels: online teacher, stores (an ensemble for sl-ens), losses

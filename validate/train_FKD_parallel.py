@@ -133,11 +133,11 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss-type", type=str, default="kl", choices=sorted(LOSSES),
                    help="loss against the teacher's logits (default: kl)")
     g.add_argument("-T", "--temperature", type=float, default=None,
-                   help="distillation temperature (default: 3; wsld: 2)")
+                   help="distillation temperature (default: 3; wsld: 2; kd: 4)")
     g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha)")
-    g.add_argument("--kd-t2", action="store_true", help="kl: multiply by T^2")
+    g.add_argument("--kd-t2", action="store_true", help="kl only: multiply by T^2 (kd, wsld and dist include it)")
     g.add_argument("--keep-topk", type=int, default=None, metavar="K",
                    help="keep only each sample's top-K teacher logits (the rest masked) before the loss")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="hard labels: label smoothing")
@@ -255,6 +255,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.num_crops is not None and args.fkd_layout != "per-image":
         raise UserError("--num-crops applies to --fkd-layout per-image (a batch store fixes one crop per image "
                         "and step)")
+    if args.kd_t2 and args.loss_type != "kl":
+        raise UserError(f"--kd-t2 applies to --loss-type kl (kd, wsld and dist already scale by T^2), "
+                        f"not {args.loss_type}")
     if args.keep_topk and args.loss_type not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
                         f"not --loss-type {args.loss_type}")
