@@ -107,6 +107,10 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
                    help="full: every class's logit; topk: each sample's --topk largest logits (float16) "
                         "with their classes, and the crops in compact types (default: full)")
     g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
+    g.add_argument("--topk-fill", choices=["residual", "none"], default="residual",
+                   help="residual (default): one more float16 logit per sample, given to every class left "
+                        "out, so that together they keep their probability; none: they get probability 0 "
+                        "(the top K renormalized: much worse students, see README)")
     g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
     g.add_argument("--fkd-seed", default=42, type=int, metavar="N",
                    help="seed of every random choice in the store (default: 42)")
@@ -244,6 +248,7 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "label_dtype": "float16" if args.use_fp16 or args.label_format == "topk" else "float32",
         "label_format": args.label_format,
         "topk": args.topk if args.label_format == "topk" else None,
+        "topk_fill": args.topk_fill if args.label_format == "topk" and args.topk_fill != "none" else None,
         "temperature": args.temperature,
         "teachers": [t.describe() for t in teachers],
         "ensemble": args.ensemble if len(teachers) > 1 else None,
@@ -378,7 +383,8 @@ def main(preset: Optional[Preset] = None) -> None:
             checked = True
         if checked:
             for e, b, rec in pending:
-                store.write_batch(args.fkd_path, e, b, rec, args.label_format, args.topk, len(index))
+                store.write_batch(args.fkd_path, e, b, rec, args.label_format, args.topk, len(index),
+                                  store.writes_fill(manifest))
             pending.clear()
         if first_done is None:
             first_done = time.time()

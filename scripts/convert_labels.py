@@ -30,6 +30,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", choices=["full", "topk"], default="topk",
                    help="format of DST (default: topk)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample with topk (default: 5)")
+    p.add_argument("--topk-fill", choices=["residual", "none"], default="residual",
+                   help="residual (default): one more float16 logit per sample, given to every class left "
+                        "out, so that together they keep their probability; none: they get probability 0 "
+                        "(the top K renormalized: much worse students, see README)")
     g = p.add_argument_group("upstream stores (what they do not record)")
     g.add_argument("--data", metavar="DIR", default=None,
                    help="the image folder the store was made from (needed for an upstream store: sample "
@@ -66,10 +70,12 @@ def target_manifest(src: dict, args: argparse.Namespace) -> dict:
     manifest = {k: v for k, v in src.items() if k != "legacy_kind"}
     manifest["label_format"] = args.label_format
     manifest["topk"] = args.topk if args.label_format == "topk" else None
+    manifest["topk_fill"] = args.topk_fill if args.label_format == "topk" and args.topk_fill != "none" else None
     if args.label_format == "topk":
         manifest["label_dtype"] = "float16"
     manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": src.get("legacy_kind", "ours"),
-                                  "label_format": src["label_format"], "topk": src["topk"]}
+                                  "label_format": src["label_format"], "topk": src["topk"],
+                                  "topk_fill": src.get("topk_fill")}
     return manifest
 
 
@@ -99,7 +105,7 @@ def main() -> None:
             io.remove_stale_tmp(store.epoch_dir(args.dst, e))
         if not os.path.isfile(target):
             store.write_batch(args.dst, e, b, reader.read(e, b), manifest["label_format"], manifest["topk"],
-                              manifest["num_samples"])
+                              manifest["num_samples"], store.writes_fill(manifest))
             written += 1
         bar.update(1)
     bar.close()

@@ -195,7 +195,8 @@ def fmt_floats(values: Any) -> str:
 def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
     epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
     present = epochs * batches - len(store.missing_batches(root, epochs, batches))
-    label = "full" if m["label_format"] == "full" else f"topk {m['topk']}"
+    label = "full" if m["label_format"] == "full" else f"topk {m['topk']}" + (
+        " + residual fill" if m.get("topk_fill") else " (the rest -inf)")
     dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")
     mix = m["mix_type"]
     alpha = m.get("mixup") if mix == "mixup" else m.get("cutmix") if mix == "cutmix" else None
@@ -319,11 +320,13 @@ def sample_jobs(jobs: list, k: int) -> list:
     return [jobs[i] for i in sorted({round(i * (len(jobs) - 1) / (k - 1)) for i in range(k)})]
 
 
-def compare(stored: torch.Tensor, recomputed: torch.Tensor, tol: float) -> dict[str, Any]:
-    """Per sample: relative error over the stored classes, and whether the argmax agrees
-    (a disagreement between two classes within 2 * tol of each other is a near-tie)."""
+def compare(stored: torch.Tensor, recomputed: torch.Tensor, tol: float,
+            kept: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """Per sample: relative error over the stored classes (``kept``; a top-k store's fill is an
+    aggregate, not a teacher logit), and whether the argmax agrees (a disagreement between two
+    classes within 2 * tol of each other is a near-tie)."""
     stored, recomputed = stored.float(), recomputed.float()
-    kept = torch.isfinite(stored)
+    kept = torch.isfinite(stored) if kept is None else kept & torch.isfinite(stored)
     diff = torch.where(kept, (stored - recomputed).abs(), torch.zeros_like(stored)).amax(dim=1)
     scale = torch.where(kept, recomputed.abs(), torch.zeros_like(stored)).amax(dim=1).clamp_min(1e-6)
     rel = diff / scale
@@ -390,13 +393,14 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
     if missing:
         raise UserError(f"STORE {root}: batch file {missing[0]} is missing")
     dataset = StoreBatches(root, index, manifest, jobs)
+    reader = store.Reader(root, manifest)
     rel, agree, tie, where = [], [], [], []
     for i, (e, b) in enumerate(jobs):
         item = dataset[i]
         pixels = item["pixels"].to(device)
         partners = None if item["partners"] is None else item["partners"].to(device)
         combined, _ = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
-        r = compare(item["soft_label"], (combined / temperature).cpu(), tol)
+        r = compare(item["soft_label"], (combined / temperature).cpu(), tol, reader.read(e, b).stored)
         rel.append(r["rel"])
         agree.append(r["agree"])
         tie.append(r["tie"])

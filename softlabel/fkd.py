@@ -197,30 +197,17 @@ def is_store(root: str) -> bool:
 
 
 def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
-    if not os.path.isdir(root):
-        raise UserError(f"{flag} {root}: no such directory")
-    path = manifest_path(root)
-    if not os.path.isfile(path):
-        raise UserError(f"{flag} {root}: no {MANIFEST}; not an FKD per-image store (made by "
-                        f"relabel/generate_soft_label_fkd.py)")
-    manifest = io.read_json(path, "FKD manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-            or manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"FKD manifest {path}: not format {FORMAT} version {FORMAT_VERSION}")
-    missing = [k for k in CONTENT_KEYS + ("class_names", "mean", "std") if k not in manifest]
-    if missing:
-        raise UserError(f"FKD manifest {path}: missing entries {', '.join(missing)}")
+    manifest = io.read_manifest_json(
+        root, MANIFEST, flag, "FKD manifest",
+        "not an FKD per-image store (made by relabel/generate_soft_label_fkd.py)",
+        {"format": FORMAT, "format_version": FORMAT_VERSION}, CONTENT_KEYS + ("class_names", "mean", "std"))
     if manifest["label_type"] not in LABEL_TYPES:
-        raise UserError(f"FKD manifest {path}: unknown label type {manifest['label_type']!r}")
+        raise UserError(f"FKD manifest {manifest_path(root)}: unknown label type {manifest['label_type']!r}")
     return manifest
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
-    for key in CONTENT_KEYS:
-        if old.get(key) != new.get(key):
-            a, b = repr(old.get(key)), repr(new.get(key))
-            return f"{key}: the store has {a[:60]}, this run has {b[:60]}"
-    return None
+    return io.first_clash(CONTENT_KEYS, old, new)
 
 
 def prepare_store(root: str, manifest: dict) -> None:

@@ -14,7 +14,7 @@ import pickle
 import re
 import tempfile
 import zipfile
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -118,6 +118,40 @@ def read_json(path: str, what: str = "file") -> Any:
         raise UserError(f"{what} {path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path}: not valid JSON ({exc})") from None
+
+
+def read_manifest_json(root: str, name: str, flag: str, what: str, not_a_store: str,
+                       version: dict[str, Any], required: tuple[str, ...]) -> dict:
+    """The manifest ``name`` of the store at ``root``, checked: the directory and the file exist,
+    the JSON is an object with the ``version`` entries (key: expected value) and every key of
+    ``required``. Each failure is one line naming the flag or the file."""
+    if not os.path.isdir(root):
+        raise UserError(f"{flag} {root}: no such directory")
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {root}: no {name}; {not_a_store}")
+    manifest = read_json(path, what)
+    found = {k: manifest.get(k) for k in version} if isinstance(manifest, dict) else None
+    if found != version:
+        wanted = ", ".join(f"{k} {v!r}" for k, v in version.items())
+        raise UserError(f"{what} {path}: has {found!r}; this toolkit reads {wanted}")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+        raise UserError(f"{what} {path}: missing entries {', '.join(missing)}")
+    return manifest
+
+
+def first_clash(keys: tuple[str, ...], old: dict, new: dict) -> Optional[str]:
+    """The first of ``keys`` on which two manifests disagree, as a readable phrase."""
+    for key in keys:
+        if old.get(key) != new.get(key):
+            return f"{key}: the store has {_short(old.get(key))}, this run has {_short(new.get(key))}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def ensure_dir(path: str, flag: str) -> None:

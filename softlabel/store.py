@@ -14,7 +14,14 @@ Each batch file is a ``torch.save``d list in the upstream SRe2L/PRISM order, loa
 With ``label_format`` "topk" (K = manifest ``topk``) the same list in compact types::
 
     [coords (B,4) uint16 = round(fraction * 65535), flip (B,) bool, mix_index int16 | None,
-     mix_lam, mix_bbox, [values (B,K) float16, classes (B,K) uint8/int16/int32], index int32]
+     mix_lam, mix_bbox, [values (B,K) float16, classes (B,K) uint8/int16/int32, fill (B,) float16],
+     index int32]
+
+``fill`` (manifest ``topk_fill`` "residual", the default) is one logit per sample for every class
+left out, chosen so that those classes keep the probability mass the teacher gave them together:
+``fill = logsumexp(dropped logits) - log(C - K)``. Without it (``topk_fill`` null, and stores
+written before it existed, whose list holds only [values, classes]) the left-out classes read as
+-inf: probability 0, the top K renormalized, which costs a student far more (README).
 
 The reader also accepts stores made by the upstream repositories, which have no manifest:
 SRe2L / G-VBSM lists of 6 (no index: the sample order is the upstream one, a RandomSampler over
@@ -45,7 +52,7 @@ COORD_SCALE = 65535  # top-k stores keep crop fractions as uint16 fixed point
 CONTENT_KEYS = ("format_version", "fkd_seed", "batch_size", "num_samples", "num_classes",
                 "input_size", "min_scale_crops", "max_scale_crops", "mix_type", "mixup",
                 "cutmix", "use_fp16", "temperature", "teachers", "ensemble", "primary_weight",
-                "class_to_index", "label_format", "topk", "dataset_fingerprint")
+                "class_to_index", "label_format", "topk", "topk_fill", "dataset_fingerprint")
 
 
 @dataclass
@@ -55,8 +62,9 @@ class BatchRecord:
     mix_index: Optional[torch.Tensor]
     mix_lam: Optional[float]
     mix_bbox: Optional[list[int]]
-    soft_label: torch.Tensor   # (B, C) logits; a top-k store's missing classes are -inf
+    soft_label: torch.Tensor   # (B, C) logits; a top-k store's missing classes are its fill or -inf
     index: torch.Tensor
+    stored: Optional[torch.Tensor] = None  # (B, C) bool: the logits a top-k store holds (None: all)
 
     def to_list(self) -> list:
         return [self.coords, self.flip, self.mix_index, self.mix_lam, self.mix_bbox,
@@ -91,17 +99,31 @@ def smallest_int_dtype(limit: int) -> torch.dtype:
     return torch.int32
 
 
-def encode(record: BatchRecord, label_format: str, topk: Optional[int], num_samples: int) -> list:
-    """A record as the list written to disk, in the store's label format."""
+def residual_fill(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(B,) the logit which, given to each class not in ``classes``, keeps their summed
+    probability: logsumexp over the dropped logits minus log(how many)."""
+    dropped = logits.float().scatter(1, classes, float("-inf"))
+    n = logits.shape[1] - classes.shape[1]
+    if n == 0:
+        return torch.full((len(logits),), float("-inf"))
+    return torch.logsumexp(dropped, dim=1) - math.log(n)
+
+
+def encode(record: BatchRecord, label_format: str, topk: Optional[int], num_samples: int,
+           fill: bool = False) -> list:
+    """A record as the list written to disk, in the store's label format (``fill``: top-k with
+    the residual fill logit)."""
     if label_format == "full":
         return [_own(v) for v in record.to_list()]
     k = min(int(topk), record.soft_label.shape[1])
     values, classes = record.soft_label.float().topk(k, dim=1)
+    label = [values.half(), classes.to(smallest_int_dtype(record.soft_label.shape[1]))]
+    if fill:
+        label.append(residual_fill(record.soft_label, classes).half())
     coords = torch.round(record.coords.double().clamp(0, 1) * COORD_SCALE).to(torch.int32).to(torch.uint16)
     mix_index = None if record.mix_index is None else record.mix_index.to(smallest_int_dtype(max(len(record), 2)))
     return [coords, _own(record.flip.bool()), mix_index, record.mix_lam, record.mix_bbox,
-            [values.half(), classes.to(smallest_int_dtype(record.soft_label.shape[1]))],
-            record.index.to(torch.int32 if num_samples < 2 ** 31 else torch.int64)]
+            label, record.index.to(torch.int32 if num_samples < 2 ** 31 else torch.int64)]
 
 
 def _own(value: Any) -> Any:
@@ -113,8 +135,12 @@ def _own(value: Any) -> Any:
 
 
 def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_format: str = "full",
-                topk: Optional[int] = None, num_samples: int = 0) -> None:
-    io.atomic_torch_save(encode(record, label_format, topk, num_samples), batch_path(root, epoch, batch))
+                topk: Optional[int] = None, num_samples: int = 0, fill: bool = False) -> None:
+    io.atomic_torch_save(encode(record, label_format, topk, num_samples, fill), batch_path(root, epoch, batch))
+
+
+def writes_fill(manifest: dict) -> bool:
+    return manifest.get("label_format") == "topk" and manifest.get("topk_fill") == "residual"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -140,16 +166,24 @@ class Reader:
             index = self._order.epoch(epoch)[batch * b:batch * b + size]
             data = list(data) + [index]
         topk = self.manifest.get("label_format") == "topk"
+        stored = None
         if topk:
-            data = decode_topk(data, path, self.num_classes)
-        return parse_record(data, path, self.num_samples, self.num_classes, masked=topk)
+            data, stored = decode_topk(data, path, self.num_classes, writes_fill(self.manifest))
+        record = parse_record(data, path, self.num_samples, self.num_classes, masked=topk)
+        record.stored = stored
+        return record
 
 
-def decode_topk(data: Any, path: str, num_classes: int) -> list:
+def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[list, torch.Tensor]:
+    """A top-k batch as a full record list, and the (B, C) mask of the logits it stores."""
+    n = 3 if fill else 2
+    what = "[values, classes, fill]" if fill else "[values, classes]"
     if not isinstance(data, (list, tuple)) or len(data) != 7 or not isinstance(data[5], (list, tuple)) \
-            or len(data[5]) != 2:
-        raise UserError(f"store batch file {path}: not a top-k batch (a list of 7 with [values, classes])")
-    coords, flip, mix_index, mix_lam, mix_bbox, (values, classes), index = data
+            or len(data[5]) != n:
+        raise UserError(f"store batch file {path}: not a top-k batch of this store (a list of 7 with {what}, "
+                        f"as its manifest's topk_fill says)")
+    coords, flip, mix_index, mix_lam, mix_bbox, label, index = data
+    values, classes = label[0], label[1]
     if not (isinstance(coords, torch.Tensor) and coords.dtype == torch.uint16):
         raise UserError(f"store batch file {path}: top-k coords must be uint16")
     if not (isinstance(values, torch.Tensor) and isinstance(classes, torch.Tensor) and values.shape == classes.shape
@@ -158,11 +192,18 @@ def decode_topk(data: Any, path: str, num_classes: int) -> list:
     classes = classes.long()
     if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
         raise UserError(f"store batch file {path}: top-k class index out of range for {num_classes} classes")
-    logits = torch.full((len(values), num_classes), float("-inf"))
+    if fill:
+        rest = label[2]
+        if not (isinstance(rest, torch.Tensor) and rest.shape == (len(values),) and rest.is_floating_point()):
+            raise UserError(f"store batch file {path}: top-k fill must be a ({len(values)},) float tensor")
+        logits = rest.float()[:, None].expand(len(values), num_classes).clone()
+    else:
+        logits = torch.full((len(values), num_classes), float("-inf"))
     logits.scatter_(1, classes, values.float())
+    stored = torch.zeros(logits.shape, dtype=torch.bool).scatter_(1, classes, True)
     fractions = coords.to(torch.int32).double() / COORD_SCALE
     return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
-            logits, index.long()]
+            logits, index.long()], stored
 
 
 def parse_record(data: Any, path: str, num_samples: int, num_classes: int, masked: bool = False) -> BatchRecord:
@@ -241,17 +282,12 @@ def is_legacy(root: str) -> bool:
 
 
 def read_manifest(root: str) -> dict:
-    if not os.path.isdir(root):
-        raise UserError(f"--fkd-path {root}: no such directory")
+    manifest = io.read_manifest_json(
+        root, MANIFEST, "--fkd-path", "store manifest",
+        "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
+        {"format_version": FORMAT_VERSION}, ())
     path = manifest_path(root)
-    if not os.path.isfile(path):
-        raise UserError(f"--fkd-path {root}: no {MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store "
-                        f"(or relabel has not started writing it)")
-    manifest = io.read_json(path, "store manifest")
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise UserError(f"store manifest {path}: format version {found!r} is not supported "
-                        f"(this toolkit reads version {FORMAT_VERSION})")
+    manifest.setdefault("topk_fill", None)  # stores written before the fill existed have none
     missing = [k for k in CONTENT_KEYS + ("epochs", "batches_per_epoch", "class_names") if k not in manifest]
     if missing:
         raise UserError(f"store manifest {path}: missing entries {', '.join(missing)}")
@@ -313,16 +349,7 @@ def _count(exists) -> int:
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
-    """The first content setting on which two manifests disagree, as a readable phrase."""
-    for key in CONTENT_KEYS:
-        if old.get(key) != new.get(key):
-            return f"{key}: store has {_short(old.get(key))}, this run has {_short(new.get(key))}"
-    return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return io.first_clash(CONTENT_KEYS, old, new)
 
 
 def check_compatible(root: str, manifest: dict) -> dict:

@@ -123,7 +123,7 @@ def test_summary_and_check_of_good_stores(work):
         assert any(row.startswith(key) and value in row for row in rows), (key, summary)
     assert "ok:" not in summary  # a summary reads no batch file
     assert full.startswith(summary) and full.rstrip().endswith("ok: 6 files checked")
-    assert "topk 3 (float16)" in topk and "mixup" in topk and topk.rstrip().endswith("ok: 6 files checked")
+    assert "topk 3 + residual fill (float16)" in topk and "mixup" in topk and topk.rstrip().endswith("ok: 6 files checked")
 
 
 def spoil(path: Path, how: str) -> None:

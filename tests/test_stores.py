@@ -42,6 +42,7 @@ def test_topk_store_keeps_the_top_logits_and_the_exact_replay(cutmix_store, topk
     assert compact["label_format"] == "topk" and compact["topk"] == 3
     raw = torch.load(store.batch_path(str(topk_store), 0, 0), weights_only=True)
     assert raw[0].dtype == torch.uint16 and raw[5][1].dtype == torch.uint8 and raw[6].dtype == torch.int32
+    assert compact["topk_fill"] == "residual" and raw[5][2].shape == (8,) and raw[5][2].dtype == torch.float16
     for a, b in zip(read_all(cutmix_store, full), read_all(topk_store, compact)):
         assert torch.equal(a.index, b.index) and torch.equal(a.flip, b.flip)
         assert torch.equal(a.mix_index, b.mix_index) and a.mix_bbox == b.mix_bbox and a.mix_lam == b.mix_lam
@@ -49,7 +50,12 @@ def test_topk_store_keeps_the_top_logits_and_the_exact_replay(cutmix_store, topk
         assert (a.coords - b.coords).abs().max() <= 0.5 / store.COORD_SCALE + 1e-7
         values, classes = a.soft_label.float().topk(3, dim=1)
         assert torch.equal(b.soft_label.gather(1, classes), values.half().float())
-        assert int(torch.isfinite(b.soft_label).sum(dim=1).max()) == 3  # the rest is -inf (masked)
+        assert torch.equal(b.stored, torch.zeros_like(b.stored).scatter_(1, classes, True))
+        # the 7 classes left out share one logit and keep, together, the teacher's probability
+        rest = b.soft_label.masked_fill(b.stored, float("nan"))
+        assert torch.equal(rest.nanquantile(0.0, dim=1), rest.nanquantile(1.0, dim=1))
+        dropped_mass = lambda logits: logits.float().softmax(1).masked_fill(b.stored, 0).sum(1)  # noqa: E731
+        assert torch.allclose(dropped_mass(b.soft_label), dropped_mass(a.soft_label), atol=2e-3)
     index = scan_image_folder(str(demo_data / "ipc2"), "--data")
     for epoch, batch in ((0, 0), (2, 2)):  # the student sees the very same pixels from both
         a = StoreBatches(str(cutmix_store), index, full, [(epoch, batch)])[0]
@@ -67,12 +73,32 @@ def test_topk_encoding_is_over_50x_smaller_at_imagenet_scale(tmp_path):
     for name in ("full", "topk"):
         (tmp_path / name / "epoch_0").mkdir(parents=True)
     store.write_batch(str(tmp_path / "full"), 0, 0, rec)
-    store.write_batch(str(tmp_path / "topk"), 0, 0, rec, "topk", 5, 1_281_167)
+    store.write_batch(str(tmp_path / "topk"), 0, 0, rec, "topk", 5, 1_281_167, fill=True)
     ratio = label_bytes(tmp_path / "full") / label_bytes(tmp_path / "topk")
     assert ratio >= 50, ratio
-    manifest = {"label_format": "topk", "num_samples": 1_281_167, "num_classes": c}
+    manifest = {"label_format": "topk", "topk_fill": "residual", "num_samples": 1_281_167, "num_classes": c}
     back = store.Reader(str(tmp_path / "topk"), manifest).read(0, 0)
     assert torch.equal(back.index, rec.index) and torch.equal(back.mix_index, rec.mix_index)
+
+
+def test_topk_without_fill_and_stores_from_before_it_read_as_minus_inf(demo_data, teacher_ckpt, topk_store, tmp_path):
+    """--topk-fill none writes [values, classes] only, as stores did before the fill existed:
+    the left-out classes read as -inf. A store cannot be extended with the other encoding."""
+    bare = tmp_path / "bare"
+    relabel(demo_data / "ipc2", teacher_ckpt, bare, *STORE_ARGS, "--label-format", "topk", "--topk", 3,
+            "--topk-fill", "none")
+    written = json.loads((bare / "manifest.json").read_text())
+    del written["topk_fill"]  # as a manifest from before the fill existed
+    (bare / "manifest.json").write_text(json.dumps(written))
+    manifest = store.read_manifest(str(bare))
+    assert manifest["topk_fill"] is None
+    assert len(torch.load(store.batch_path(str(bare), 0, 0), weights_only=True)[5]) == 2
+    for a, b in zip(read_all(topk_store, store.read_manifest(str(topk_store))), read_all(bare, manifest)):
+        assert torch.equal(a.soft_label[a.stored], b.soft_label[b.stored])
+        assert bool(torch.isneginf(b.soft_label[~b.stored]).all())
+    clash = relabel(demo_data / "ipc2", teacher_ckpt, bare, *STORE_ARGS, "--label-format", "topk", "--topk", 3,
+                    check=False)
+    assert_user_error(clash, "topk_fill")
 
 
 # ----------------------------------------------------------------------------- upstream stores

@@ -72,9 +72,14 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-dir", type=str, default=None, help="validation images (ImageFolder)")
     g.add_argument("--fkd-path", type=str, default=None,
                    help="soft-label store made by relabel/ (omit for hard labels or --teacher)")
-    g.add_argument("--fkd-layout", choices=["batch", "per-image"], default="batch",
+    g.add_argument("--fkd-layout", choices=["batch", "per-image"], default=None,
                    help="batch: a store of relabel/generate_soft_label.py, one file per step (default); "
                         "per-image: an FKD store of relabel/generate_soft_label_fkd.py, one file per image")
+    g.add_argument("--softlabel_path", default=None, metavar="DIR",
+                   help="FKD's spelling: --fkd-path DIR --fkd-layout per-image")
+    g.add_argument("--soft_label_type", default=None, metavar="TYPE",
+                   help="FKD's flag: the label type the per-image store must hold (the store's manifest says "
+                        "which it holds; a different one is refused, not reinterpreted)")
     g.add_argument("--num-crops", "--num_crops", dest="num_crops", type=int, default=None, metavar="N",
                    help=f"per-image: stored crops of every image per epoch, all in the image's step (a step "
                         f"holds -b images x N crops); crops repeat only once all were used "
@@ -132,7 +137,7 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("loss")
     g.add_argument("--loss-type", type=str, default="kl", choices=sorted(LOSSES),
                    help="loss against the teacher's logits (default: kl)")
-    g.add_argument("-T", "--temperature", type=float, default=None,
+    g.add_argument("-T", "--temperature", "--temp", dest="temperature", type=float, default=None,
                    help="distillation temperature (default: 3; wsld: 2; kd: 4)")
     g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
     g.add_argument("--alpha", type=float, default=None,
@@ -204,6 +209,11 @@ def settle_with_store(args: argparse.Namespace, manifest: dict) -> None:
 def settle_with_fkd(args: argparse.Namespace, manifest: dict) -> None:
     """Per-image FKD store: take unset flags from its manifest; refuse contradicting ones."""
     where = f"the FKD store --fkd-path {args.fkd_path}"
+    if args.soft_label_type:
+        wanted = fkd.LABEL_ALIASES.get(args.soft_label_type, args.soft_label_type)
+        if wanted != manifest["label_type"]:
+            raise UserError(f"--soft_label_type {args.soft_label_type}: {where} holds {manifest['label_type']} "
+                            f"labels (choose the store made with that type, or leave the flag out)")
     if args.epochs is None:
         raise UserError(f"--epochs is required with --fkd-layout per-image (every epoch uses --num-crops of "
                         f"the {manifest['num_crops']} crops {where} holds per image)")
@@ -248,8 +258,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"-T/--temperature must be positive, got {args.temperature}")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    if args.softlabel_path:
+        if args.fkd_path and os.path.abspath(args.fkd_path) != os.path.abspath(args.softlabel_path):
+            raise UserError(f"--softlabel_path {args.softlabel_path} and --fkd-path {args.fkd_path} name two "
+                            f"stores; give one")
+        if args.fkd_layout == "batch":
+            raise UserError("--softlabel_path is FKD's per-image store; with --fkd-layout batch use --fkd-path")
+        args.fkd_path, args.fkd_layout = args.softlabel_path, "per-image"
+    args.fkd_layout = args.fkd_layout or "batch"
     if args.fkd_path and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
+    if args.soft_label_type and args.fkd_layout != "per-image":
+        raise UserError("--soft_label_type applies to FKD per-image stores (--softlabel_path or "
+                        "--fkd-layout per-image)")
     if args.fkd_layout == "per-image" and not args.fkd_path:
         raise UserError("--fkd-layout per-image needs --fkd-path (an FKD store)")
     if args.num_crops is not None and args.fkd_layout != "per-image":
