@@ -392,15 +392,14 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
     missing = [store.batch_path(root, e, b) for e, b in jobs if not os.path.isfile(store.batch_path(root, e, b))]
     if missing:
         raise UserError(f"STORE {root}: batch file {missing[0]} is missing")
-    dataset = StoreBatches(root, index, manifest, jobs)
-    reader = store.Reader(root, manifest)
+    dataset = StoreBatches(root, index, manifest, jobs, with_stored=True)
     rel, agree, tie, where = [], [], [], []
     for i, (e, b) in enumerate(jobs):
         item = dataset[i]
         pixels = item["pixels"].to(device)
         partners = None if item["partners"] is None else item["partners"].to(device)
         combined, _ = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
-        r = compare(item["soft_label"], (combined / temperature).cpu(), tol, reader.read(e, b).stored)
+        r = compare(item["soft_label"], (combined / temperature).cpu(), tol, item["stored"])
         rel.append(r["rel"])
         agree.append(r["agree"])
         tie.append(r["tie"])

@@ -66,8 +66,9 @@ class StoreBatches(Dataset):
     uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
 
     def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
-                 cache_bytes: int = 0, rank: int = 0, world: int = 1):
+                 cache_bytes: int = 0, rank: int = 0, world: int = 1, with_stored: bool = False):
         self.root, self.index, self.jobs = root, index, jobs
+        self.with_stored = with_stored
         self.rank, self.world = rank, world
         self.cache = ImageCache(cache_bytes)
         self.reader = store.Reader(root, manifest)
@@ -87,11 +88,14 @@ class StoreBatches(Dataset):
         at = {k: n for n, k in enumerate(needed)}
         images = [self.cache.load(self.index.samples[k][0]) for k in rec.index[needed].tolist()]
         rendered = replay.render_batch(images, rec.coords[needed], rec.flip[needed], self.input_size)
-        return {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
+        item = {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
                 "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
                 "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
                 "pixels": rendered[[at[k] for k in mine]],
                 "partners": None if partners is None else rendered[[at[k] for k in partners]]}
+        if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
+            item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
+        return item
 
 
 def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
