@@ -107,10 +107,7 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
                    help="full: every class's logit; topk: each sample's --topk largest logits (float16) "
                         "with their classes, and the crops in compact types (default: full)")
     g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
-    g.add_argument("--topk-fill", choices=["residual", "none"], default="residual",
-                   help="residual (default): one more float16 logit per sample, given to every class left "
-                        "out, so that together they keep their probability; none: they get probability 0 "
-                        "(the top K renormalized: much worse students, see README)")
+    g.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
     g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
     g.add_argument("--fkd-seed", default=42, type=int, metavar="N",
                    help="seed of every random choice in the store (default: 42)")
@@ -248,7 +245,7 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "label_dtype": "float16" if args.use_fp16 or args.label_format == "topk" else "float32",
         "label_format": args.label_format,
         "topk": args.topk if args.label_format == "topk" else None,
-        "topk_fill": args.topk_fill if args.label_format == "topk" and args.topk_fill != "none" else None,
+        "topk_fill": store.fill_setting(args.label_format, args.topk_fill),
         "temperature": args.temperature,
         "teachers": [t.describe() for t in teachers],
         "ensemble": args.ensemble if len(teachers) > 1 else None,

@@ -30,10 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", choices=["full", "topk"], default="topk",
                    help="format of DST (default: topk)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample with topk (default: 5)")
-    p.add_argument("--topk-fill", choices=["residual", "none"], default="residual",
-                   help="residual (default): one more float16 logit per sample, given to every class left "
-                        "out, so that together they keep their probability; none: they get probability 0 "
-                        "(the top K renormalized: much worse students, see README)")
+    p.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
     g = p.add_argument_group("upstream stores (what they do not record)")
     g.add_argument("--data", metavar="DIR", default=None,
                    help="the image folder the store was made from (needed for an upstream store: sample "
@@ -70,7 +67,7 @@ def target_manifest(src: dict, args: argparse.Namespace) -> dict:
     manifest = {k: v for k, v in src.items() if k != "legacy_kind"}
     manifest["label_format"] = args.label_format
     manifest["topk"] = args.topk if args.label_format == "topk" else None
-    manifest["topk_fill"] = args.topk_fill if args.label_format == "topk" and args.topk_fill != "none" else None
+    manifest["topk_fill"] = store.fill_setting(args.label_format, args.topk_fill)
     if args.label_format == "topk":
         manifest["label_dtype"] = "float16"
     manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": src.get("legacy_kind", "ours"),

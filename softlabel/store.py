@@ -139,6 +139,16 @@ def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_fo
     io.atomic_torch_save(encode(record, label_format, topk, num_samples, fill), batch_path(root, epoch, batch))
 
 
+TOPK_FILL_HELP = ("residual (default): one more float16 logit per sample, given to every class left out, "
+                  "so that together they keep their probability; none: they get probability 0 (the top K "
+                  "renormalized: much worse students, see README)")
+
+
+def fill_setting(label_format: str, choice: str) -> Optional[str]:
+    """The manifest's ``topk_fill`` for a --topk-fill choice: "residual", or None (no fill)."""
+    return choice if label_format == "topk" and choice != "none" else None
+
+
 def writes_fill(manifest: dict) -> bool:
     return manifest.get("label_format") == "topk" and manifest.get("topk_fill") == "residual"
 
