@@ -1,6 +1,6 @@
 """Relabel a (distilled) image folder with one teacher or an ensemble: for every epoch and
 batch, sample the crops, flips and mix, run the teachers on exactly those pixels, and store
-the parameters with the combined logits (store format v1, see softlabel/store.py).
+the parameters with the combined logits (store format v1, see softlabel/stores/batch.py).
 
     python relabel/generate_soft_label.py --data DIR --teacher-path T.pth -a democnn \
         --fkd-path STORE --epochs 300 -b 1024 --input-size 224 --mix-type cutmix --use-fp16
@@ -21,19 +21,17 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from softlabel import classmap, distributed, io, replay, runinfo, store  # noqa: E402
-from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
-from softlabel.data import (FolderIndex, IndexedImageFolder, drop_unreadable, eval_pixels_transform,  # noqa: E402
-                            scan_image_folder)  # noqa: E402
-from softlabel.ensemble import ENSEMBLES  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers  # noqa: E402
-from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers  # noqa: E402
+from softlabel import classmap, distributed, files, provenance, replay, tracking
+from softlabel.cli import add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, eval_pixels_transform, scan_image_folder
+from softlabel.ensemble import ENSEMBLES
+from softlabel.errors import UserError, run_main
+from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
+from softlabel.stores import batch as store
+from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers
 
 RELABEL_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
 PREFLIGHT_IMAGES = 256  # teacher accuracy is checked on this many crops before anything is written
@@ -225,7 +223,7 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
     return {
         "format_version": store.FORMAT_VERSION,
         "created_by": "relabel/generate_soft_label.py",
-        "args": runinfo.args_dict(args),
+        "args": provenance.args_dict(args),
         "fkd_seed": args.fkd_seed,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -255,7 +253,7 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "std": teachers[0].std,
         "amp": str(amp).replace("torch.", "") if amp else None,
         "dataset_fingerprint": index.fingerprint(),
-        "versions": runinfo.library_versions(),
+        "versions": provenance.library_versions(),
     }
 
 
@@ -266,8 +264,8 @@ def prepare_store(root: str, manifest: dict, epochs: int) -> None:
     store.write_manifest(root, manifest)
     for e in range(epochs):
         os.makedirs(store.epoch_dir(root, e), exist_ok=True)
-        io.remove_stale_tmp(store.epoch_dir(root, e))
-    io.remove_stale_tmp(root)
+        files.remove_stale_tmp(store.epoch_dir(root, e))
+    files.remove_stale_tmp(root)
 
 
 class Accuracy:
@@ -361,7 +359,7 @@ def main(preset: Optional[Preset] = None) -> None:
     total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
     pending: list[tuple[int, int, store.BatchRecord]] = []  # held back until the teachers pass the check
     checked = False
-    bar = runinfo.progress(images_todo, "relabel", disable=not info.is_main)
+    bar = tracking.progress(images_todo, "relabel", disable=not info.is_main)
     for n, item in enumerate(loader):
         epoch = item["epoch"]
         pixels = item["pixels"].to(info.device, non_blocking=True)

@@ -1,6 +1,6 @@
 """FKD soft-label generation (the per-image layout of szq0214/FKD, FKD_SLG): for every image,
 ``--num_crops`` random-resized crops with flips, the teacher's softmax on each, quantized by
-``--label_type``, one file per image under ``--save_path`` (format: softlabel/fkd.py).
+``--label_type``, one file per image under ``--save_path`` (format: softlabel/stores/per_image.py).
 
     python relabel/generate_soft_label_fkd.py DATA -a resnet50 --teacher_source pytorch \
         --input_size 224 --num_crops 500 --num_seg 50 --label_type marginal_smoothing_k5 \
@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from relabel.generate_soft_label import Accuracy, amp_dtype, check_teacher_accuracy, evaluate  # noqa: E402
-from softlabel import classmap, distributed, fkd, io, runinfo  # noqa: E402
-from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
-from softlabel.data import FolderIndex, scan_image_folder  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import batch_loader, loader_workers  # noqa: E402
-from softlabel.teachers import Ensemble, Teacher, load_teachers  # noqa: E402
+from relabel.generate_soft_label import Accuracy, amp_dtype, check_teacher_accuracy, evaluate
+from softlabel import classmap, distributed, files, tracking
+from softlabel.cli import add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.loader import batch_loader, loader_workers
+from softlabel.stores import per_image
+from softlabel.teachers import Ensemble, Teacher, load_teachers
 
 FKD_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
 SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": "timm", "private": "private"}
@@ -53,7 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="crops per teacher forward (FKD: the true batch size); must divide --num_crops "
                         "unless it is larger (default: 50)")
     g.add_argument("--label_type", "--label-type", dest="label_type", default="marginal_smoothing_k5", metavar="TYPE",
-                   choices=list(fkd.LABEL_TYPES) + sorted(fkd.LABEL_ALIASES),
+                   choices=list(per_image.LABEL_TYPES) + sorted(per_image.LABEL_ALIASES),
                    help="quantization of each crop's probabilities: hard (top-1 class), smoothing (top-1 "
                         "class and probability), marginal_smoothing_k5/k10 (top-5/10 classes and "
                         "probabilities), marginal_renorm (top-5, renormalized when read) "
@@ -136,7 +134,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     if args.reference_path and os.path.abspath(args.reference_path) == os.path.abspath(args.save_path):
         raise UserError(f"--reference_path {args.reference_path} is --save_path; use another --save_path")
-    args.label_type = fkd.normalize_label_type(args.label_type)
+    args.label_type = per_image.normalize_label_type(args.label_type)
 
 
 def data_dirs(args: argparse.Namespace) -> tuple[str, Optional[str]]:
@@ -156,7 +154,7 @@ def settle_crops(args: argparse.Namespace, index: FolderIndex) -> Optional[dict]
         args.min_scale_crops = DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops
         args.max_scale_crops = DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops
         return None
-    ref = fkd.read_manifest(args.reference_path, "--reference_path")
+    ref = per_image.read_manifest(args.reference_path, "--reference_path")
     where = f"--reference_path {args.reference_path}"
     if ref["dataset_fingerprint"] != index.fingerprint():
         raise UserError(f"{where}: made from other images than {index.root} (file names or sizes differ)")
@@ -176,9 +174,9 @@ def build_manifest(args, index: FolderIndex, teacher: Teacher, class_index: list
     """Content settings only (no paths, workers or versions): a rerun with other settings is
     refused, and concurrent runs write byte-identical manifests."""
     return {
-        "format": fkd.FORMAT, "format_version": fkd.FORMAT_VERSION,
+        "format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
         "created_by": "relabel/generate_soft_label_fkd.py",
-        "num_crops": args.num_crops, "label_type": args.label_type, "top_k": min(fkd.TOP_K[args.label_type],
+        "num_crops": args.num_crops, "label_type": args.label_type, "top_k": min(per_image.TOP_K[args.label_type],
                                                                                  teacher.num_classes),
         "input_size": args.input_size, "min_scale_crops": args.min_scale_crops,
         "max_scale_crops": args.max_scale_crops, "temperature": args.temp, "use_fp16": bool(args.use_fp16),
@@ -193,9 +191,9 @@ def build_manifest(args, index: FolderIndex, teacher: Teacher, class_index: list
 
 def prepare_dirs(root: str, index: FolderIndex) -> None:
     """The class folders (and any sub-folders the images are in) under --save_path."""
-    for directory in sorted({os.path.dirname(fkd.label_path(root, index, i)) for i in range(len(index))}):
-        io.ensure_dir(directory, "--save_path")
-        io.remove_stale_tmp(directory)  # only files of writers that no longer run
+    for directory in sorted({os.path.dirname(per_image.label_path(root, index, i)) for i in range(len(index))}):
+        files.ensure_dir(directory, "--save_path")
+        files.remove_stale_tmp(directory)  # only files of writers that no longer run
 
 
 def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) -> torch.Tensor:
@@ -215,7 +213,7 @@ def main() -> None:
     info = distributed.setup(args.device)
     args.workers = loader_workers(args.workers, info.device.type == "cuda")
     index = scan_image_folder(train_dir, "DIR")
-    fkd.check_unique_names(index, "DIR")
+    per_image.check_unique_names(index, "DIR")
     source = SOURCE_NAMES[args.teacher_source] if args.teacher_source else None
     (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, source)
     class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
@@ -230,17 +228,17 @@ def main() -> None:
 
     reference = settle_crops(args, index)
     manifest = build_manifest(args, index, teacher, class_index, class_mapping)
-    if fkd.is_store(args.save_path):  # every rank checks, so a refusal stops them all at once
-        fkd.prepare_store(args.save_path, manifest)
+    if per_image.is_store(args.save_path):  # every rank checks, so a refusal stops them all at once
+        per_image.prepare_store(args.save_path, manifest)
 
     def prepare() -> None:  # rank 0: write the manifest and the class folders
-        fkd.prepare_store(args.save_path, manifest)
+        per_image.prepare_store(args.save_path, manifest)
         prepare_dirs(args.save_path, index)
     distributed.on_main_then_all(info, prepare)
 
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
-    todo = [i for i in mine if not os.path.exists(fkd.label_path(args.save_path, index, i))]
-    jobs = fkd.GenerateImages(index, fkd.chunks_of(todo, args.batch_size), args.fkd_seed, args.num_crops,
+    todo = [i for i in mine if not os.path.exists(per_image.label_path(args.save_path, index, i))]
+    jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, args.batch_size), args.fkd_seed, args.num_crops,
                               args.input_size, (args.min_scale_crops, args.max_scale_crops),
                               None if reference is None else (args.reference_path, reference))
     on_gpu = info.device.type == "cuda"
@@ -259,17 +257,17 @@ def main() -> None:
     checked = False
     written = 0
     targets = torch.tensor(class_index)[torch.tensor(index.targets)]
-    bar = runinfo.progress(len(todo), "fkd", disable=not info.is_main)
+    bar = tracking.progress(len(todo), "fkd", disable=not info.is_main)
     for chunk in loader:
         for n, i in enumerate(chunk["image"].tolist()):
-            path = fkd.label_path(args.save_path, index, i)
+            path = per_image.label_path(args.save_path, index, i)
             if os.path.exists(path):  # another run on this --save_path finished it meanwhile
                 bar.update(1)
                 continue
             probs = label_crops(ens, chunk["pixels"][n], args.num_seg, args.temp)
             acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
             pending.append((path, chunk["coords"][n], chunk["flip"][n],
-                            *fkd.quantize(probs, args.label_type, args.use_fp16)))
+                            *per_image.quantize(probs, args.label_type, args.use_fp16)))
             bar.update(1)
             if not checked and acc.seen >= PREFLIGHT_CROPS:
                 check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
@@ -277,7 +275,7 @@ def main() -> None:
                 checked = True
             if checked:
                 for entry in pending:
-                    fkd.write_file(*entry)
+                    per_image.write_file(*entry)
                 written += len(pending)
                 pending.clear()
     bar.close()
@@ -285,7 +283,7 @@ def main() -> None:
         check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
                                f"the {acc.seen} crops it labelled")
         for entry in pending:
-            fkd.write_file(*entry)
+            per_image.write_file(*entry)
         written += len(pending)
     correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, written)
     if info.is_main:

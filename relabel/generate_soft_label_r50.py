@@ -5,13 +5,9 @@ Everything else is the generic relabel/generate_soft_label.py (see its --help).
 
     python relabel/generate_soft_label_r50.py --data DISTILLED --fkd-path STORE --candidate-number 4
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from relabel.generate_soft_label import Preset, main  # noqa: E402
-from softlabel.errors import run_main  # noqa: E402
+from relabel.generate_soft_label import Preset, main
+from softlabel.errors import run_main
 
 PRESET = Preset("r50", ["resnet50", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"], "primary-weighted")
 

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from softlabel.errors import UserError, run_main  # noqa: E402
+from softlabel.errors import UserError, run_main
 
 PY = sys.executable
 TRAIN = "validate/train_FKD_parallel.py"
@@ -292,7 +291,7 @@ def confidence(run: str, val_dir: str) -> dict:
     from torch.utils.data import DataLoader
 
     from softlabel.data import IndexedImageFolder, eval_pixels_transform, scan_image_folder
-    from softlabel.io import safe_torch_load
+    from softlabel.files import safe_torch_load
     from softlabel.models import create_model
     ckpt = safe_torch_load(os.path.join(run, "checkpoint.pth"), "checkpoint")
     model = create_model(ckpt["arch"], ckpt["num_classes"])

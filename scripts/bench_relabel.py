@@ -23,15 +23,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
+import torch
 
-from softlabel import replay  # noqa: E402
-from softlabel.data import scan_image_folder  # noqa: E402
-from softlabel.errors import run_main  # noqa: E402
-from softlabel.loader import RelabelBatches  # noqa: E402
-from softlabel.models import create_model  # noqa: E402
+from softlabel import replay
+from softlabel.data import scan_image_folder
+from softlabel.errors import run_main
+from softlabel.loader import RelabelBatches
+from softlabel.models import create_model
 
 replay_mean, replay_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the teacher's (ImageNet)
 STEADY = re.compile(r"start-up to the first batch ([\d.]+)s, then ([\d.]+) img/s")

@@ -21,12 +21,11 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
+import torch
 
-from softlabel import store  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
+from softlabel.errors import UserError, run_main
+from softlabel.stores import batch as store
 
 PY = sys.executable
 IMAGENET = 1_281_167

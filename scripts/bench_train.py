@@ -24,13 +24,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from softlabel.errors import run_main  # noqa: E402
-from softlabel.models import create_model  # noqa: E402
+from softlabel.errors import run_main
+from softlabel.models import create_model
 
 STEADY = re.compile(r"then ([\d.]+) img/s")
 PY = sys.executable

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from softlabel import io, runinfo, store  # noqa: E402
-from softlabel.data import scan_image_folder  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
+from softlabel import files, tracking
+from softlabel.data import scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.stores import batch as store
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -93,13 +91,13 @@ def main() -> None:
     store.write_manifest(args.dst, manifest)
     reader = store.Reader(args.src, src)
     jobs = [(e, b) for e in range(src["epochs"]) for b in range(src["batches_per_epoch"])]
-    bar = runinfo.progress(len(jobs), "convert", disable=args.no_progress)
+    bar = tracking.progress(len(jobs), "convert", disable=args.no_progress)
     written, start = 0, time.time()
     for e, b in jobs:
         target = store.batch_path(args.dst, e, b)
         if b == 0:
-            io.ensure_dir(store.epoch_dir(args.dst, e), "DST")
-            io.remove_stale_tmp(store.epoch_dir(args.dst, e))
+            files.ensure_dir(store.epoch_dir(args.dst, e), "DST")
+            files.remove_stale_tmp(store.epoch_dir(args.dst, e))
         if not os.path.isfile(target):
             store.write_batch(args.dst, e, b, reader.read(e, b), manifest["label_format"], manifest["topk"],
                               manifest["num_samples"], store.writes_fill(manifest))

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from PIL import Image, ImageDraw
 
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from softlabel import replay, store  # noqa: E402
-from softlabel.data import load_rgb, scan_image_folder  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.io import ensure_dir  # noqa: E402
-from softlabel.loader import StoreBatches  # noqa: E402
+from softlabel import replay
+from softlabel.data import load_rgb, scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.files import ensure_dir
+from softlabel.loader import StoreBatches
+from softlabel.stores import batch as store
 
 CELL = 112  # pixels per drawn image
 TEXT_W = 150

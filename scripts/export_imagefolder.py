@@ -17,17 +17,14 @@ import argparse
 import io
 import os
 import pickle
-import sys
 from typing import Any, Iterator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from softlabel import runinfo  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.io import atomic_write_bytes, ensure_dir, remove_stale_tmp  # noqa: E402
+from softlabel import tracking
+from softlabel.errors import UserError, run_main
+from softlabel.files import atomic_write_bytes, ensure_dir, remove_stale_tmp
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 
@@ -160,7 +157,7 @@ def main() -> None:
             ensure_dir(os.path.join(args.out, split, name), "--out")
             remove_stale_tmp(os.path.join(args.out, split, name))  # from a killed earlier run
     total = sum(len(labels) for _, labels in splits.values())
-    bar = runinfo.progress(total, "export", disable=args.no_progress)
+    bar = tracking.progress(total, "export", disable=args.no_progress)
     written = 0
     for path, pixels in jobs(args.out, classes, splits):
         if not os.path.isfile(path):

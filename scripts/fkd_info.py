@@ -31,12 +31,11 @@ import re
 import sys
 from typing import Any, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from softlabel import io, store  # noqa: E402
-from softlabel.errors import UserError, run_main  # noqa: E402
+from softlabel import files
+from softlabel.errors import UserError, run_main
+from softlabel.stores import batch as store
 
 # Modules that need torchvision (the loader, teachers) are imported only by --verify-teacher:
 # the summary and --check start in about half the time.
@@ -133,7 +132,7 @@ def store_kind(root: str) -> str:
 
 
 def load_upstream(path: str) -> list:
-    data = io.safe_torch_load(path, "store batch file", allow_numpy=True)
+    data = files.safe_torch_load(path, "store batch file", allow_numpy=True)
     if not isinstance(data, (list, tuple)) or len(data) not in (6, 7):
         n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
         raise UserError(f"store batch file {path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "

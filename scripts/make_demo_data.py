@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.io import atomic_write_bytes, ensure_dir  # noqa: E402
+from softlabel.errors import UserError, run_main
+from softlabel.files import atomic_write_bytes, ensure_dir
 
 IPC_LEVELS = (1, 2, 5, 10, 20, 50)
 SPLIT_SEED = 0

@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.io import ensure_dir  # noqa: E402
+from softlabel.errors import UserError, run_main
+from softlabel.files import ensure_dir
 
 PANELS = (("top1", "val top-1 (%)"), ("train_loss", "train loss"), ("nll", "val NLL"), ("ece", "val ECE (%)"))
 

@@ -7,12 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.io import read_json  # noqa: E402
+from softlabel.errors import UserError, run_main
+from softlabel.files import read_json
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import re
 from typing import Optional
 
 from softlabel.errors import UserError
-from softlabel.io import read_json
+from softlabel.files import read_json
 
 WNID = re.compile(r"^n\d{8}$")
 

@@ -16,9 +16,10 @@ import torch
 from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset
 
-from softlabel import replay, store
+from softlabel import replay
 from softlabel.data import FolderIndex, ImageCache
 from softlabel.errors import UserError
+from softlabel.stores import batch as store
 
 
 class RelabelBatches(Dataset):

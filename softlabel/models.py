@@ -10,7 +10,7 @@ import torch.nn as nn
 from softlabel.cifar_resnet import DEPTHS, cifar_resnet
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD
 from softlabel.errors import UserError
-from softlabel.io import safe_torch_load
+from softlabel.files import safe_torch_load
 
 # Metadata our trainer stores next to the weights, read back when a checkpoint is a teacher.
 CHECKPOINT_META = ("arch", "num_classes", "mean", "std", "input_size", "class_names")

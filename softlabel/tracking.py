@@ -1,9 +1,22 @@
-"""Optional wandb logging. Off by default; ``offline`` needs no account and no key; ``online``
-reads the key from the environment (WANDB_API_KEY) like any wandb program. No key is ever
-written into code, logs, checkpoints or the run config."""
+"""What a run reports while it runs: a progress bar counting images, and optional wandb logging.
+
+wandb is off by default; ``offline`` needs no account and no key; ``online`` reads the key from
+the environment (WANDB_API_KEY) like any wandb program. No key is ever written into code, logs,
+checkpoints or the run config."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
+
+from tqdm import tqdm
+
+
+def progress(total: int, desc: str, disable: bool = False) -> tqdm:
+    """A progress bar counting images, so its rate reads as images/s."""
+    interactive = sys.stderr.isatty()
+    # In a log file, a redraw every half second would bury everything else.
+    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30.0, smoothing=0.1, disable=disable)
 
 
 class Tracker:

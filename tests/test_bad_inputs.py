@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, STORE_ARGS, assert_user_error, relabel, run_script, script_env, tree_bytes
 from PIL import Image
 
-from conftest import ROOT, STORE_ARGS, assert_user_error, relabel, run_script, script_env, tree_bytes
-from softlabel import store
+from softlabel.stores import batch as store
 
 TRAIN = "validate/train_FKD_parallel.py"
 RELABEL = "relabel/generate_soft_label.py"

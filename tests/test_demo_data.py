@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-from PIL import Image
-
 from conftest import assert_user_error, run_script, tree_bytes
+from PIL import Image
 
 
 def test_layout_split_and_subsets(demo_data):

@@ -5,9 +5,8 @@ import os
 import pickle
 
 import numpy as np
-from PIL import Image
-
 from conftest import assert_user_error, run_script
+from PIL import Image
 
 SCRIPT = "scripts/export_imagefolder.py"
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, relabel, run_script, script_env, tree_bytes
 
 TRAIN = "validate/train_FKD_parallel.py"

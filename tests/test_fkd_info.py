@@ -11,9 +11,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_user_error, relabel, run_script
-from softlabel import replay, store
+
+from softlabel import replay
+from softlabel.stores import batch as store
 
 INFO = "scripts/fkd_info.py"
 SIZE = 16
@@ -34,6 +35,7 @@ def make_teacher(path: Path, seed: int, images: Path) -> Path:
     seen data), which cannot tell the right images from wrong ones; this one's logits follow
     its input."""
     from PIL import Image
+
     from softlabel.models import create_model
     torch.manual_seed(seed)
     model = create_model("democnn_small", 10)

@@ -1,5 +1,5 @@
 """FKD per-image soft labels: generation (relabel/generate_soft_label_fkd.py), the format and
-its quantization (softlabel/fkd.py), and training from it (--fkd-layout per-image)."""
+its quantization (softlabel/stores/per_image.py), and training from it (--fkd-layout per-image)."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, assert_user_error, run_script, script_env, tree_bytes
-from softlabel import fkd, replay
+
+from softlabel import replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError
+from softlabel.stores import per_image
 from softlabel.teachers import load_teacher
 from validate.losses import kl, soft_ce
 
@@ -53,7 +54,7 @@ def stores(demo_data, teacher_ckpt, tmp_path_factory):
     """One store per label type (marginal_smoothing_k5 in fp16, the others in fp32)."""
     root = tmp_path_factory.mktemp("fkd")
     out = {}
-    for label_type in fkd.LABEL_TYPES:
+    for label_type in per_image.LABEL_TYPES:
         extra = k5_args() if label_type == "marginal_smoothing_k5" else ("--label_type", label_type)
         generate_in_process(demo_data / "ipc1", teacher_ckpt, root / label_type, *extra)
         out[label_type] = root / label_type
@@ -79,16 +80,16 @@ def test_every_label_type_round_trips_the_teachers_probabilities(stores, demo_da
     teacher = load_teacher(None, str(teacher_ckpt))
     index = scan_image_folder(str(demo_data / "ipc1"), "--data")
     for label_type, root in stores.items():
-        manifest = json.loads((root / fkd.MANIFEST).read_text())
+        manifest = json.loads((root / per_image.MANIFEST).read_text())
         assert (manifest["label_type"], manifest["num_crops"], manifest["num_classes"]) == (label_type, 8, 10)
         files = sorted(root.rglob("*.tar"))
         assert len(files) == 10 and {f.parent.name for f in files} == set(index.classes)
         for i in (0, 5, 9):
-            coords, flips, classes, values = torch.load(fkd.label_path(str(root), index, i), weights_only=True)
+            coords, flips, classes, values = torch.load(per_image.label_path(str(root), index, i), weights_only=True)
             assert coords.dtype == torch.float32 and coords.shape == (8, 4) and flips.dtype == torch.bool
             assert classes.dtype == torch.uint8
             p = teacher_probs(teacher, manifest, load_image(index, i), coords, flips)
-            got = fkd.recover(classes, values, label_type, 10)
+            got = per_image.recover(classes, values, label_type, 10)
             assert torch.allclose(got.sum(1), torch.ones(8), atol=1e-5), label_type
             top = p.topk(5, dim=1)
             assert torch.equal(classes[:, 0].long(), p.argmax(1)), label_type
@@ -122,11 +123,11 @@ def test_stored_crops_are_the_pixels_the_teacher_labelled_and_derive_from_seed_a
     teacher = load_teacher(None, str(teacher_ckpt))
     index = scan_image_folder(str(demo_data / "ipc1"), "--data")
     root = stores["marginal_smoothing_k10"]  # all 10 probabilities stored, float32
-    manifest = json.loads((root / fkd.MANIFEST).read_text())
+    manifest = json.loads((root / per_image.MANIFEST).read_text())
     for i in range(len(index)):
-        coords, flips, classes, values = torch.load(fkd.label_path(str(root), index, i), weights_only=True)
+        coords, flips, classes, values = torch.load(per_image.label_path(str(root), index, i), weights_only=True)
         image = load_image(index, i)
-        expected = fkd.sample_crops(42, i, 8, image.width, image.height, (0.3, 0.936))
+        expected = per_image.sample_crops(42, i, 8, image.width, image.height, (0.3, 0.936))
         assert torch.equal(coords, expected[0]) and torch.equal(flips, expected[1])
         p = teacher_probs(teacher, manifest, image, coords, flips)
         stored = torch.zeros(8, 10).scatter_(1, classes.long(), values)
@@ -135,8 +136,8 @@ def test_stored_crops_are_the_pixels_the_teacher_labelled_and_derive_from_seed_a
     # the same crops under every label type (they depend on seed and image only)
     for other in stores.values():
         for i in (0, 9):
-            a = torch.load(fkd.label_path(str(other), index, i), weights_only=True)
-            b = torch.load(fkd.label_path(str(root), index, i), weights_only=True)
+            a = torch.load(per_image.label_path(str(other), index, i), weights_only=True)
+            b = torch.load(per_image.label_path(str(root), index, i), weights_only=True)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -190,14 +191,14 @@ def test_reference_path_reuses_the_crops_for_a_second_teacher(stores, demo_data,
     in_process("relabel.generate_soft_label_fkd", demo_data / "ipc1", "--teacher-path", second, "--save_path", out,
                "--reference_path", ref, "--num_crops", 6, "--num_seg", 3, "--input_size", 16,
                "--label_type", "marginal_renorm", "-j", 0, "--device", "cpu")
-    m, m_ref = (json.loads((d / fkd.MANIFEST).read_text()) for d in (out, ref))
+    m, m_ref = (json.loads((d / per_image.MANIFEST).read_text()) for d in (out, ref))
     assert (m["fkd_seed"], m["min_scale_crops"], m["max_scale_crops"]) == (42, 0.3, 0.936)
     assert m["teacher"]["weights_sha256"] != m_ref["teacher"]["weights_sha256"]
     teacher = load_teacher(None, str(second))
     index = scan_image_folder(str(demo_data / "ipc1"), "--data")
     for i in range(len(index)):
-        coords, flips, classes, values = torch.load(fkd.label_path(str(out), index, i), weights_only=True)
-        ref_coords, ref_flips, _, _ = torch.load(fkd.label_path(str(ref), index, i), weights_only=True)
+        coords, flips, classes, values = torch.load(per_image.label_path(str(out), index, i), weights_only=True)
+        ref_coords, ref_flips, _, _ = torch.load(per_image.label_path(str(ref), index, i), weights_only=True)
         assert torch.equal(coords, ref_coords[:6]) and torch.equal(flips, ref_flips[:6])
         p = teacher_probs(teacher, m, load_image(index, i), coords, flips)
         assert torch.equal(classes.long(), p.topk(5, dim=1).indices)  # the second teacher's labels
@@ -208,9 +209,9 @@ def test_recovered_labels_feed_the_losses_exactly_at_t1():
     probs = F.softmax(torch.randn(6, 10) * 3, dim=1)
     student = torch.randn(6, 10, requires_grad=True)
     q = F.log_softmax(student, dim=1)
-    for label_type in fkd.LABEL_TYPES:
-        p = fkd.recover(*fkd.quantize(probs, label_type, False), label_type, 10)
-        t = fkd.log_probs(p)
+    for label_type in per_image.LABEL_TYPES:
+        p = per_image.recover(*per_image.quantize(probs, label_type, False), label_type, 10)
+        t = per_image.log_probs(p)
         want_ce = -(p * q).sum(1).mean()
         want_kl = (torch.xlogy(p, p) - p * q).sum(1).mean()
         assert torch.allclose(soft_ce(student, t, None, temperature=1.0), want_ce, atol=1e-5), label_type
@@ -219,22 +220,22 @@ def test_recovered_labels_feed_the_losses_exactly_at_t1():
         (grad,) = torch.autograd.grad(loss, student)
         assert bool(torch.isfinite(grad).all()), label_type
     # unquantized, log-probabilities act as logits at any temperature
-    full = fkd.log_probs(probs)
+    full = per_image.log_probs(probs)
     logits = probs.log() + 5.0
     assert torch.allclose(kl(student, full, None, temperature=4.0), kl(student, logits, None, temperature=4.0))
 
 
 def test_training_steps_take_unused_crops_and_ranks_split_every_step(stores, demo_data):
     # every crop once before any repeats: 8 stored, 2 per epoch -> epochs 0..3 use all 8
-    used = [c for e in range(4) for c in fkd.crops_for(0, 5, e, 2, 8)]
+    used = [c for e in range(4) for c in per_image.crops_for(0, 5, e, 2, 8)]
     assert sorted(used) == list(range(8))
     root = stores["smoothing"]
-    manifest = json.loads((root / fkd.MANIFEST).read_text())
+    manifest = json.loads((root / per_image.MANIFEST).read_text())
     index = scan_image_folder(str(demo_data / "ipc1"), "--data")
     targets = torch.tensor(index.targets)
-    one = fkd.PerImageSteps(str(root), index, manifest, [(1, 2)], 0, 4, 2, targets)[0]
+    one = per_image.PerImageSteps(str(root), index, manifest, [(1, 2)], 0, 4, 2, targets)[0]
     assert one["batch_size"] == 4 and one["pixels"].shape == (4, 3, 24, 24)  # 10 = 4+4+2 images
-    parts = [fkd.PerImageSteps(str(root), index, manifest, [(1, 2)], 0, 4, 2, targets, rank=r, world=3)[0]
+    parts = [per_image.PerImageSteps(str(root), index, manifest, [(1, 2)], 0, 4, 2, targets, rank=r, world=3)[0]
              for r in range(3)]
     for key in ("pixels", "soft_label", "target", "index"):
         assert torch.equal(torch.cat([p[key] for p in parts]), one[key]), key

@@ -7,7 +7,6 @@ import math
 import re
 import sys
 
-import pytest
 
 from tests.conftest import ROOT, run_script
 

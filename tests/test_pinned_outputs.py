@@ -12,7 +12,6 @@ import hashlib
 import json
 
 import torch
-
 from conftest import relabel, run_script
 
 STORE_DIGESTS = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import torch
-
 from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_bytes
+
 from softlabel.data import scan_image_folder
 
 

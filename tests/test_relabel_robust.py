@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT, assert_user_error, relabel, run_script, script_env, tree_bytes
+
 from softlabel.ensemble import combine
 from softlabel.models import create_model
 

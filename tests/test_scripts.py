@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-from PIL import Image
-
 from conftest import assert_user_error, run_script
+from PIL import Image
 
 
 def test_draw_fkd_mix_draws_a_stored_batch(cutmix_store, demo_data, tmp_path):

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_bytes
-from softlabel import store
+
 from softlabel.data import scan_image_folder
 from softlabel.loader import StoreBatches
+from softlabel.stores import batch as store
 
 TRAIN = "validate/train_FKD_parallel.py"
 

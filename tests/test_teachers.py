@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_user_error, relabel, run_script, script_env
+
 from softlabel import classmap
 from softlabel.ensemble import combine
 from softlabel.errors import UserError

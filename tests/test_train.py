@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import torch
-
 from conftest import assert_user_error, relabel, run_script
 
 TRAIN = "validate/train_FKD_parallel.py"

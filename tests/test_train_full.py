@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT, assert_user_error, run_script, script_env
+
 from validate.losses import LOSSES
 
 TRAIN = "validate/train_FKD_parallel.py"

@@ -10,7 +10,7 @@ flips and mix the teacher labelled (softlabel/replay.py) and fits the stored log
 Per-image FKD mode (``--fkd-layout per-image``): ``--fkd-path`` is a store of
 relabel/generate_soft_label_fkd.py (one file per image, many labelled crops each); every step
 takes -b images and ``--num-crops`` of each image's stored crops, re-rendered exactly, with
-the recovered FKD labels as log-probabilities (softlabel/fkd.py).
+the recovered FKD labels as log-probabilities (softlabel/stores/per_image.py).
 
 Hard-label mode (no ``--fkd-path``): online RandomResizedCrop, flip, optional mix and label
 smoothing; it trains teachers and baselines. With ``--teacher`` the teacher runs every step on
@@ -30,28 +30,26 @@ import sys
 import time
 from typing import Any, Iterator, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler  # noqa: E402
-
-from softlabel import distributed, fkd, io, models, replay, runinfo, store  # noqa: E402
-from softlabel.cli import add_replaced_flags, note_replaced_flags  # noqa: E402
-from softlabel.data import (FolderIndex, IndexedImageFolder, drop_unreadable, eval_transform,  # noqa: E402
-                            scan_image_folder)
-from softlabel.errors import UserError, run_main  # noqa: E402
-from softlabel.loader import (StoreBatches, batch_loader, cache_bytes, class_index_of,  # noqa: E402
-                              loader_workers, slice_bounds)
-from softlabel.teachers import SOURCES, Ensemble, load_teachers  # noqa: E402
-from softlabel.tracking import Tracker  # noqa: E402
-from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, LOSSES, PROBABILITY_LOSSES, keep_topk  # noqa: E402
-from validate.metrics import classification_metrics  # noqa: E402
+from softlabel import distributed, files, models, provenance, replay, tracking
+from softlabel.cli import add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, eval_transform, scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.loader import StoreBatches, batch_loader, cache_bytes, class_index_of, loader_workers, slice_bounds
+from softlabel.stores import batch as store
+from softlabel.stores import per_image
+from softlabel.teachers import SOURCES, Ensemble, load_teachers
+from softlabel.tracking import Tracker
+from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, LOSSES, PROBABILITY_LOSSES, keep_topk
+from validate.metrics import classification_metrics
 
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "gpu_id")
 SECRETS = ("wandb_api_key",)
@@ -210,7 +208,7 @@ def settle_with_fkd(args: argparse.Namespace, manifest: dict) -> None:
     """Per-image FKD store: take unset flags from its manifest; refuse contradicting ones."""
     where = f"the FKD store --fkd-path {args.fkd_path}"
     if args.soft_label_type:
-        wanted = fkd.LABEL_ALIASES.get(args.soft_label_type, args.soft_label_type)
+        wanted = per_image.LABEL_ALIASES.get(args.soft_label_type, args.soft_label_type)
         if wanted != manifest["label_type"]:
             raise UserError(f"--soft_label_type {args.soft_label_type}: {where} holds {manifest['label_type']} "
                             f"labels (choose the store made with that type, or leave the flag out)")
@@ -311,11 +309,11 @@ def store_epochs(args, index: FolderIndex, manifest: dict, info, pin: bool) -> I
 def per_image_epochs(args, index: FolderIndex, manifest: dict, info, pin: bool) -> Iterator[tuple[int, Iterator[dict]]]:
     """(epoch, steps) from an FKD per-image store, one loader for the whole run; every step
     draws from (--seed, epoch) which images and which of their stored crops it takes
-    (softlabel/fkd.py: PerImageSteps), and each rank gets its slice of the step's crops."""
-    per_epoch = fkd.steps_per_epoch(len(index), args.batch_size)
+    (softlabel/stores/per_image.py: PerImageSteps), and each rank gets its slice of the step's crops."""
+    per_epoch = per_image.steps_per_epoch(len(index), args.batch_size)
     jobs = [(e, s) for e in range(args.start_epoch, args.epochs) for s in range(per_epoch)]
     targets = torch.tensor(class_index_of(manifest, index.classes))[torch.tensor(index.targets)]
-    dataset = fkd.PerImageSteps(args.fkd_path, index, manifest, jobs, args.seed, args.batch_size, args.num_crops,
+    dataset = per_image.PerImageSteps(args.fkd_path, index, manifest, jobs, args.seed, args.batch_size, args.num_crops,
                                 targets, cache_bytes(args.cache_images, args.workers), info.rank, info.world_size)
     steps = iter(batch_loader(dataset, args.workers, pin, background=pin, yield_cpu=not pin))
     for epoch in range(args.start_epoch, args.epochs):
@@ -413,10 +411,10 @@ def rng_states() -> dict[str, Any]:
 
 def save_checkpoint(path: str, model, optimizer, scheduler, scaler, epoch: int, args, mean, std,
                     class_names: list[str]) -> None:
-    io.atomic_torch_save({
+    files.atomic_torch_save({
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-        "epoch": epoch, "args": runinfo.args_dict(args, SECRETS), "rng": rng_states(),
+        "epoch": epoch, "args": provenance.args_dict(args, SECRETS), "rng": rng_states(),
         # What a later reader needs to use this model as a teacher without guessing.
         "arch": args.model, "num_classes": args.num_classes, "mean": list(mean), "std": list(std),
         "input_size": args.input_size, "class_names": class_names,
@@ -437,7 +435,7 @@ def resume_path(args) -> Optional[str]:
 def check_resumable(ckpt: dict, args, path: str) -> None:
     saved = ckpt.get("args", {})
     for key in RESUME_MUST_MATCH:
-        if key in saved and saved[key] != runinfo.args_dict(args).get(key):
+        if key in saved and saved[key] != provenance.args_dict(args).get(key):
             flag = "--" + key.replace("_", "-")
             raise UserError(f"--resume {path}: the checkpoint was trained with {flag} {saved[key]}, this run "
                             f"has {getattr(args, key)}; it could not continue exactly")
@@ -465,14 +463,14 @@ def main() -> None:
                   + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""), file=sys.stderr, flush=True)
 
     manifest: Optional[dict] = None
-    per_image = args.fkd_layout == "per-image"
-    if per_image:
-        manifest = fkd.read_manifest(args.fkd_path)
+    by_image = args.fkd_layout == "per-image"
+    if by_image:
+        manifest = per_image.read_manifest(args.fkd_path)
         settle_with_fkd(args, manifest)
         if train_index.fingerprint() != manifest["dataset_fingerprint"]:
             raise UserError(f"--train-dir {args.train_dir}: not the images the FKD store --fkd-path "
                             f"{args.fkd_path} was made from (file names or sizes differ)")
-        missing = fkd.missing_files(args.fkd_path, train_index)
+        missing = per_image.missing_files(args.fkd_path, train_index)
         if missing:
             raise UserError(f"--fkd-path {args.fkd_path}: {len(missing)} label files missing (first: "
                             f"{missing[0]}); rerun the generate_soft_label_fkd.py command to finish the store")
@@ -482,7 +480,7 @@ def main() -> None:
             print(f"note: {args.epochs - args.start_epoch} epochs x --num-crops {args.num_crops} use {used} crops "
                   f"per image; the store holds {manifest['num_crops']}, so crops repeat", flush=True)
     elif args.fkd_path:
-        if fkd.is_store(args.fkd_path):
+        if per_image.is_store(args.fkd_path):
             raise UserError(f"--fkd-path {args.fkd_path} holds FKD per-image labels; pass --fkd-layout per-image "
                             f"--epochs N")
         if store.is_legacy(args.fkd_path):  # an upstream store: the flags say what it does not record
@@ -513,15 +511,15 @@ def main() -> None:
     args.temperature = args.temperature or DEFAULT_TEMPERATURE.get(args.loss_type, 3.0)
     args.alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.loss_type, 1.0)
     check_args(args)
-    if per_image:  # the last step's images x crops
-        last = len(train_index) - (fkd.steps_per_epoch(len(train_index), args.batch_size) - 1) * args.batch_size
+    if by_image:  # the last step's images x crops
+        last = len(train_index) - (per_image.steps_per_epoch(len(train_index), args.batch_size) - 1) * args.batch_size
         smallest = min(args.batch_size, last) * args.num_crops
     else:
         smallest = args.batch_size if manifest is None else min(
             args.batch_size, manifest["num_samples"] - (manifest["batches_per_epoch"] - 1) * args.batch_size)
     if smallest < info.world_size:
         raise UserError(f"{'the store' if manifest else '-b/--batch-size'} holds batches of {smallest} "
-                        f"{'crops' if per_image else 'images'}, "
+                        f"{'crops' if by_image else 'images'}, "
                         f"fewer than the {info.world_size} ranks; every rank needs a share of every batch")
 
     torch.manual_seed(args.seed)
@@ -542,13 +540,13 @@ def main() -> None:
     amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
 
-    io.ensure_dir(args.output_dir, "--output-dir")
+    files.ensure_dir(args.output_dir, "--output-dir")
     if info.is_main:
-        io.remove_stale_tmp(args.output_dir)  # a checkpoint write cut short by a kill
+        files.remove_stale_tmp(args.output_dir)  # a checkpoint write cut short by a kill
     ckpt_path = os.path.join(args.output_dir, "checkpoint.pth")
     resumed = resume_path(args)
     if resumed:
-        ckpt = io.safe_torch_load(resumed, "--resume")
+        ckpt = files.safe_torch_load(resumed, "--resume")
         if not isinstance(ckpt, dict) or "model" not in ckpt or "optimizer" not in ckpt:
             raise UserError(f"--resume {resumed}: not a checkpoint of this trainer")
         check_resumable(ckpt, args, resumed)
@@ -590,10 +588,10 @@ def main() -> None:
         open(metrics_path, "w").close()
     tracker = Tracker(args.wandb_mode if info.is_main else "disabled", args.wandb_project,
                       os.path.basename(os.path.abspath(args.output_dir)), args.output_dir,
-                      runinfo.args_dict(args, SECRETS))
+                      provenance.args_dict(args, SECRETS))
 
     batch_desc = f"{args.batch_size}"
-    if per_image:
+    if by_image:
         epochs = per_image_epochs(args, train_index, manifest, info, pin)
         images_per_epoch = len(train_index) * args.num_crops  # crops: every count below is of crops
         labels = f"soft ({args.loss_type}, FKD {manifest['label_type']})"
@@ -657,7 +655,7 @@ def main() -> None:
             optimizer.step()
         return total / info.world_size  # this rank's share of the global mean loss
 
-    bar = runinfo.progress(images_per_epoch * (args.epochs - args.start_epoch), "train",
+    bar = tracking.progress(images_per_epoch * (args.epochs - args.start_epoch), "train",
                            disable=args.no_progress or not info.is_main)
     student.train()
     step, start, result = 0, time.time(), {}
@@ -709,7 +707,7 @@ def main() -> None:
         result.update({"model": args.model, "labels": labels, "fkd_path": args.fkd_path,
                        "train_dir": args.train_dir, "epochs": args.epochs, "steps": step,
                        "train_time_s": round(end - start, 2), "steady_images_per_s": round(steady, 2)})
-        io.atomic_write_json(os.path.join(args.output_dir, "results.json"), result)
+        files.atomic_write_json(os.path.join(args.output_dir, "results.json"), result)
         print(f"train: done in {end - start:.1f}s (start-up to the first step {(first_step_done or end) - start:.2f}s, "
               f"then {steady:.1f} img/s)" + (f"; val top-1 {result['top1']:.2f}%" if "top1" in result else ""),
               flush=True)

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import torch
 
-from softlabel import io
+from softlabel import files
 from softlabel.errors import UserError
 
 FORMAT_VERSION = 1
@@ -136,7 +136,7 @@ def _own(value: Any) -> Any:
 
 def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_format: str = "full",
                 topk: Optional[int] = None, num_samples: int = 0, fill: bool = False) -> None:
-    io.atomic_torch_save(encode(record, label_format, topk, num_samples, fill), batch_path(root, epoch, batch))
+    files.atomic_torch_save(encode(record, label_format, topk, num_samples, fill), batch_path(root, epoch, batch))
 
 
 TOPK_FILL_HELP = ("residual (default): one more float16 logit per sample, given to every class left out, "
@@ -168,7 +168,7 @@ class Reader:
 
     def read(self, epoch: int, batch: int) -> BatchRecord:
         path = batch_path(self.root, epoch, batch)
-        data = io.safe_torch_load(path, "store batch file", allow_numpy=self.kind != "ours")
+        data = files.safe_torch_load(path, "store batch file", allow_numpy=self.kind != "ours")
         if self.kind == "sre2l":
             if not isinstance(data, (list, tuple)) or len(data) != 6:
                 raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
@@ -292,7 +292,7 @@ def is_legacy(root: str) -> bool:
 
 
 def read_manifest(root: str) -> dict:
-    manifest = io.read_manifest_json(
+    manifest = files.read_manifest_json(
         root, MANIFEST, "--fkd-path", "store manifest",
         "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
         {"format_version": FORMAT_VERSION}, ())
@@ -320,7 +320,7 @@ def legacy_manifest(root: str, class_names: list[str], num_samples: int, fkd_see
     epochs = _count(lambda e: os.path.isfile(batch_path(root, e, 0)))
     batches = _count(lambda b: os.path.isfile(batch_path(root, 0, b)))
     first_path = batch_path(root, 0, 0)
-    first = io.safe_torch_load(first_path, "store batch file", allow_numpy=True)
+    first = files.safe_torch_load(first_path, "store batch file", allow_numpy=True)
     if not isinstance(first, (list, tuple)) or len(first) not in (6, 7):
         n = len(first) if isinstance(first, (list, tuple)) else type(first).__name__
         raise UserError(f"store batch file {first_path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "
@@ -359,7 +359,7 @@ def _count(exists) -> int:
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
-    return io.first_clash(CONTENT_KEYS, old, new)
+    return files.first_clash(CONTENT_KEYS, old, new)
 
 
 def check_compatible(root: str, manifest: dict) -> dict:
@@ -386,7 +386,7 @@ def lock(root: str) -> None:
     store is refused instead of mixing its files in. The OS drops the lock when the holder
     dies, even by SIGKILL, so a killed run never blocks its own rerun."""
     import fcntl
-    io.ensure_dir(root, "--fkd-path")
+    files.ensure_dir(root, "--fkd-path")
     f = open(os.path.join(root, ".lock"), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -398,8 +398,8 @@ def lock(root: str) -> None:
 
 
 def write_manifest(root: str, manifest: dict) -> None:
-    io.ensure_dir(root, "--fkd-path")
-    io.atomic_write_json(manifest_path(root), manifest)
+    files.ensure_dir(root, "--fkd-path")
+    files.atomic_write_json(manifest_path(root), manifest)
 
 
 def missing_batches(root: str, epochs: int, batches: int) -> list[str]:

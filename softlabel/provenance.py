@@ -1,12 +1,11 @@
-"""Small helpers for scripts: versions, JSON-safe argument dicts, progress bars."""
+"""What a run records about itself in a manifest or checkpoint: its arguments (secrets left
+out) and the versions of the libraries that produced it."""
 from __future__ import annotations
 
 import argparse
 import platform
 import sys
 from typing import Any
-
-from tqdm import tqdm
 
 
 def library_versions() -> dict[str, str]:
@@ -25,19 +24,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def args_dict(args: argparse.Namespace, secret: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The arguments as plain JSON data, with secrets (API keys) left out."""
+def args_dict(args: Any, secret: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The arguments (a Namespace or a dataclass) as plain JSON data, secrets (API keys) left out."""
+    items = vars(args) if isinstance(args, argparse.Namespace) else dict(vars(args))
     out = {}
-    for key, value in sorted(vars(args).items()):
+    for key, value in sorted(items.items()):
         if key in secret:
             continue
         out[key] = value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
     return out
-
-
-def progress(total: int, desc: str, disable: bool = False) -> tqdm:
-    """A progress bar counting images, so its rate reads as images/s."""
-    interactive = sys.stderr.isatty()
-    # In a log file, a redraw every half second would bury everything else.
-    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, dynamic_ncols=True,
-                mininterval=0.5 if interactive else 30.0, smoothing=0.1, disable=disable)

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from softlabel import io, replay
+from softlabel import files, replay
 from softlabel.data import FolderIndex, ImageCache
 from softlabel.errors import UserError
 from softlabel.loader import slice_bounds
-from softlabel.store import smallest_int_dtype
+from softlabel.stores.batch import smallest_int_dtype
 
 MANIFEST = "fkd_manifest.json"
 FORMAT = "fkd-per-image"
@@ -150,7 +150,7 @@ def encode(coords: torch.Tensor, flips: torch.Tensor, classes: torch.Tensor, val
 
 
 def write_file(path: str, coords, flips, classes, values) -> None:
-    io.atomic_torch_save(encode(coords, flips, classes, values), path)
+    files.atomic_torch_save(encode(coords, flips, classes, values), path)
 
 
 def read_file(path: str, manifest: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -158,7 +158,7 @@ def read_file(path: str, manifest: dict) -> tuple[torch.Tensor, torch.Tensor, to
     def bad(why: str) -> UserError:
         return UserError(f"FKD label file {path}: {why}")
 
-    data = io.safe_torch_load(path, "FKD label file")
+    data = files.safe_torch_load(path, "FKD label file")
     if not isinstance(data, (list, tuple)) or len(data) != 4:
         n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
         raise bad(f"expected a list of 4 entries [coords, flip, classes, values], found {n}")
@@ -197,7 +197,7 @@ def is_store(root: str) -> bool:
 
 
 def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
-    manifest = io.read_manifest_json(
+    manifest = files.read_manifest_json(
         root, MANIFEST, flag, "FKD manifest",
         "not an FKD per-image store (made by relabel/generate_soft_label_fkd.py)",
         {"format": FORMAT, "format_version": FORMAT_VERSION}, CONTENT_KEYS + ("class_names", "mean", "std"))
@@ -207,7 +207,7 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
-    return io.first_clash(CONTENT_KEYS, old, new)
+    return files.first_clash(CONTENT_KEYS, old, new)
 
 
 def prepare_store(root: str, manifest: dict) -> None:
@@ -219,8 +219,8 @@ def prepare_store(root: str, manifest: dict) -> None:
             raise UserError(f"--save_path {root}: the soft labels there were made with other settings "
                             f"({clash}); use a new --save_path or the original settings")
         return
-    io.ensure_dir(root, "--save_path")
-    io.atomic_write_json(manifest_path(root), manifest)
+    files.ensure_dir(root, "--save_path")
+    files.atomic_write_json(manifest_path(root), manifest)
 
 
 # ----------------------------------------------------------------------------- generation side
