@@ -132,15 +132,6 @@ def eval_pixels_transform(input_size: int, crop_pct: float) -> T.Compose:
     ])
 
 
-def hard_label_train_transform(input_size: int, scale: tuple[float, float], mean, std) -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(input_size, scale=scale, interpolation=T.InterpolationMode.BILINEAR),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
-
-
 class IndexedImageFolder(torch.utils.data.Dataset):
     """A map-style dataset over a ``FolderIndex`` with a per-sample transform; labels are
     folder indices, or ``class_index[folder]`` when the classes are numbered otherwise."""

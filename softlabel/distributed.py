@@ -92,3 +92,10 @@ def on_main_then_all(info: DistInfo, fn: Callable[[], R]) -> R | None:
     if message:
         raise UserError(message)
     return result
+
+
+def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share of ``n`` items (the first n % world ranks get one more)."""
+    q, r = divmod(n, world)
+    lo = rank * q + min(rank, r)
+    return lo, lo + q + (1 if rank < r else 0)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from softlabel import replay
 from softlabel.data import FolderIndex, ImageCache
+from softlabel.distributed import slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import batch as store
 
@@ -97,13 +98,6 @@ class StoreBatches(Dataset):
         if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
             item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
         return item
-
-
-def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank ``rank``'s contiguous share of ``n`` items (the first n % world ranks get one more)."""
-    q, r = divmod(n, world)
-    lo = rank * q + min(rank, r)
-    return lo, lo + q + (1 if rank < r else 0)
 
 
 def _targets(index: FolderIndex, class_index: Optional[list[int]]) -> torch.Tensor:

@@ -7,13 +7,11 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from softlabel.checkpoint import read_weights
 from softlabel.cifar_resnet import DEPTHS, cifar_resnet
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD
 from softlabel.errors import UserError
-from softlabel.files import safe_torch_load
 
-# Metadata our trainer stores next to the weights, read back when a checkpoint is a teacher.
-CHECKPOINT_META = ("arch", "num_classes", "mean", "std", "input_size", "class_names")
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -98,29 +96,6 @@ def default_normalization(name: str, model: Optional[nn.Module] = None,
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def read_checkpoint(path: str, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and metadata of a plain state_dict or a checkpoint dict (``model`` or the
-    upstream ``state_dict`` key); DDP/compile prefixes are removed."""
-    ckpt = safe_torch_load(path, flag)
-    meta: dict[str, Any] = {}
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        state = ckpt["model"]
-        meta = {k: ckpt[k] for k in CHECKPOINT_META if k in ckpt}
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        state = ckpt["state_dict"]
-    else:
-        state = ckpt
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{flag} {path}: not a state_dict nor a checkpoint with a 'model' entry")
-    clean = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        clean[key] = value
-    return clean, meta
-
-
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, flag: str, name: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -183,7 +158,7 @@ def timm_cached_weights(name: str) -> str:
 
 
 def read_weights_file(path: str, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``read_checkpoint`` for .safetensors files too (as the Hugging Face cache holds them)."""
+    """``checkpoint.read_weights`` for .safetensors files too (as the Hugging Face cache holds them)."""
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -191,4 +166,4 @@ def read_weights_file(path: str, flag: str) -> tuple[dict[str, torch.Tensor], di
             return load_file(path), {}
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{flag} {path}: not a readable safetensors file ({exc})") from None
-    return read_checkpoint(path, flag)
+    return read_weights(path, flag)

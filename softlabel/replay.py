@@ -18,34 +18,33 @@ import numpy as np
 import torch
 from PIL import Image
 
+from softlabel import streams
+from softlabel.streams import Stream
+
 MIX_TYPES = ("none", "mixup", "cutmix")
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
-# Separate random streams, so that e.g. the sample order never shares numbers with crops.
-_STREAM_ORDER = 0
-_STREAM_BATCH = 1
-
-
-def rng_for(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in key)))
-
-
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     """The dataset indices of one epoch, in the order batches take them."""
-    return rng_for(seed, _STREAM_ORDER, epoch).permutation(num_samples)
+    return streams.rng(seed, Stream.SAMPLE_ORDER, epoch).permutation(num_samples)
 
 
 def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     return math.ceil(num_samples / batch_size)  # the last batch may be short (drop_last=False)
 
 
-def batch_indices(seed: int, epoch: int, batch: int, num_samples: int, batch_size: int) -> np.ndarray:
-    order = epoch_order(seed, epoch, num_samples)
-    return order[batch * batch_size:(batch + 1) * batch_size]
+def batch_len(num_samples: int, batch_size: int, batch: int) -> int:
+    """Samples in batch ``batch`` of an epoch: ``batch_size``, fewer in the last one."""
+    return min(batch_size, num_samples - batch * batch_size)
+
+
+def epoch_jobs(first_epoch: int, epochs: int, per_epoch: int) -> list[tuple[int, int]]:
+    """(epoch, batch) of every step from ``first_epoch`` up to ``epochs``, in order."""
+    return [(e, b) for e in range(first_epoch, epochs) for b in range(per_epoch)]
 
 
 def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
-    return rng_for(seed, _STREAM_BATCH, epoch, batch)
+    return streams.rng(seed, Stream.BATCH_AUGMENT, epoch, batch)
 
 
 def normalize_mix_type(mix_type: Optional[str]) -> str:

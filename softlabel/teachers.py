@@ -111,6 +111,24 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
                    weights_from, builder, digest, meta)
 
 
+def split_list(value: Optional[str]) -> list[str]:
+    """A comma-separated flag value as its items ("a, b" -> ["a", "b"])."""
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def weight_paths(paths: Optional[str], archs: Sequence[Optional[str]], flag: str = "--teacher-path"
+                 ) -> list[Optional[str]]:
+    """One weight file per teacher from a comma-separated flag, or None each (published weights)."""
+    if not paths:
+        return [None] * len(archs)
+    given = [q.strip() for q in paths.split(",")]
+    if len(given) != len(archs):
+        raise UserError(f"{flag} gives {len(given)} files for {len(archs)} teachers "
+                        f"({', '.join(str(a) for a in archs)}); give one per teacher, or none for "
+                        f"published weights")
+    return list(given)
+
+
 def load_teachers(archs: Sequence[Optional[str]], paths: Sequence[Optional[str]],
                   num_classes: Optional[int] = None, source: Optional[str] = None) -> list[Teacher]:
     teachers = [load_teacher(a, p, num_classes, source) for a, p in zip(archs, paths)]

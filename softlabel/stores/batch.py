@@ -39,12 +39,17 @@ from typing import Any, Optional
 
 import torch
 
-from softlabel import files
+from torch.utils.data import Dataset
+
+from softlabel import distributed, files
+from softlabel.data import FolderIndex
+from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
+from softlabel.replay import normalize_mix_type
+from softlabel.stores.base import Request, Store
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-LEGACY_SEED = 42  # upstream --fkd_seed default
 COORD_SCALE = 65535  # top-k stores keep crop fractions as uint16 fixed point
 
 # Manifest settings that change the content of batch files: a rerun on an existing store
@@ -162,8 +167,9 @@ class Reader:
         self.root, self.manifest = root, manifest
         self.kind = manifest.get("legacy_kind", "ours")
         self.num_samples, self.num_classes = int(manifest["num_samples"]), int(manifest["num_classes"])
-        self._order: Optional[LegacyOrder] = None
-        if self.kind == "sre2l":
+        self._order = None
+        if self.kind == "sre2l":  # no sample indices stored: the upstream sampler's order
+            from softlabel.stores.upstream import LegacyOrder
             self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
 
     def read(self, epoch: int, batch: int) -> BatchRecord:
@@ -259,41 +265,15 @@ def parse_record(data: Any, path: str, num_samples: int, num_classes: int, maske
                        soft_label, index.long())
 
 
-class LegacyOrder:
-    """The sample order of SRe2L/G-VBSM stores: ``RandomSampler(dataset, generator=g)`` with
-    one ``torch.Generator`` seeded with --fkd_seed, iterated to the end once per epoch, as the
-    upstream relabel and trainer both do. The sampler itself draws it (it advances the
-    generator by more than the one permutation it yields). Epoch e needs the generator state
-    after e earlier epochs; those states (a few KB each), not the permutations, are kept."""
-
-    def __init__(self, seed: int, num_samples: int):
-        from torch.utils.data import RandomSampler
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.sampler = RandomSampler(range(num_samples), generator=self.generator)
-        self.states = [self.generator.get_state()]
-
-    def epoch(self, e: int) -> torch.Tensor:
-        while len(self.states) <= e:
-            self.generator.set_state(self.states[-1])
-            list(self.sampler)
-            self.states.append(self.generator.get_state())
-        self.generator.set_state(self.states[e])
-        return torch.tensor(list(self.sampler), dtype=torch.int64)
-
-
 # ----------------------------------------------------------------------------- manifest
 
 def manifest_path(root: str) -> str:
     return os.path.join(root, MANIFEST)
 
 
-def is_legacy(root: str) -> bool:
-    return not os.path.exists(manifest_path(root)) and os.path.isfile(batch_path(root, 0, 0))
-
-
-def read_manifest(root: str) -> dict:
+def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
     manifest = files.read_manifest_json(
-        root, MANIFEST, "--fkd-path", "store manifest",
+        root, MANIFEST, flag, "store manifest",
         "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
         {"format_version": FORMAT_VERSION}, ())
     path = manifest_path(root)
@@ -313,95 +293,128 @@ def read_manifest(root: str) -> dict:
     return manifest
 
 
-def legacy_manifest(root: str, class_names: list[str], num_samples: int, fkd_seed: Optional[int],
-                    input_size: Optional[int]) -> dict:
-    """A manifest for an upstream store, from its files and the user's flags (an upstream store
-    records neither its crop size nor its seed)."""
-    epochs = _count(lambda e: os.path.isfile(batch_path(root, e, 0)))
-    batches = _count(lambda b: os.path.isfile(batch_path(root, 0, b)))
-    first_path = batch_path(root, 0, 0)
-    first = files.safe_torch_load(first_path, "store batch file", allow_numpy=True)
-    if not isinstance(first, (list, tuple)) or len(first) not in (6, 7):
-        n = len(first) if isinstance(first, (list, tuple)) else type(first).__name__
-        raise UserError(f"store batch file {first_path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "
-                        f"or 7 (PRISM)")
-    if input_size is None:
-        raise UserError(f"--fkd-path {root}: an upstream store does not record its crop size; pass --input-size "
-                        f"(the relabel command's --input-size, 224 for ImageNet)")
-    kind = "sre2l" if len(first) == 6 else "prism"
-    batch_size = len(first[0])
-    soft = first[5]
-    if not isinstance(soft, torch.Tensor) or soft.dim() != 2:
-        raise UserError(f"store batch file {first_path}: entry 6 is not a (B, C) tensor of soft labels")
-    expected = math.ceil(num_samples / batch_size)
-    if batches != expected:
-        raise UserError(f"--fkd-path {root}: the store has {batches} batches of {batch_size} per epoch, but "
-                        f"--train-dir has {num_samples} images ({expected} batches); not the images it was made from")
-    mix_type = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
-    return {
-        "format_version": FORMAT_VERSION, "legacy_kind": kind, "label_format": "full", "topk": None,
-        "fkd_seed": LEGACY_SEED if fkd_seed is None else int(fkd_seed), "batch_size": batch_size,
-        "epochs": epochs, "batches_per_epoch": batches, "num_samples": num_samples,
-        "num_classes": int(soft.shape[1]), "class_names": class_names,
-        "class_to_index": {c: i for i, c in enumerate(class_names)}, "input_size": int(input_size),
-        "min_scale_crops": None, "max_scale_crops": None, "mix_type": mix_type, "mixup": None, "cutmix": None,
-        "use_fp16": soft.dtype == torch.float16, "temperature": None, "teachers": [], "ensemble": None,
-        "primary_weight": None, "dataset_fingerprint": None, "args": {},
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],  # upstream normalization
-    }
-
-
-def _count(exists) -> int:
-    n = 0
-    while exists(n):
-        n += 1
-    return n
-
-
 def first_clash(old: dict, new: dict) -> Optional[str]:
     return files.first_clash(CONTENT_KEYS, old, new)
 
 
-def check_compatible(root: str, manifest: dict) -> dict:
+def check_compatible(root: str, manifest: dict, flag: str = "--fkd-path") -> dict:
     """Read-only check before writing into ``root``: a store already there must have been made
     with the same content settings. Returns the manifest to write (``epochs`` may only grow)."""
     if not os.path.exists(manifest_path(root)):
         if os.path.isdir(root) and any(re.fullmatch(r"epoch_\d+", n) for n in os.listdir(root)):
-            raise UserError(f"--fkd-path {root}: holds batch files but no {MANIFEST} (an upstream store?); "
-                            f"use a new --fkd-path")
+            raise UserError(f"{flag} {root}: holds batch files but no {MANIFEST} (an upstream store?); "
+                            f"use a new {flag}")
         return manifest
-    old = read_manifest(root)
+    old = read_manifest(root, flag)
     clash = first_clash(old, manifest)
     if clash:
-        raise UserError(f"--fkd-path {root}: the store was made with other settings ({clash}); "
-                        f"use a new --fkd-path or the original settings")
+        raise UserError(f"{flag} {root}: the store was made with other settings ({clash}); "
+                        f"use a new {flag} or the original settings")
     return manifest if manifest["epochs"] > old["epochs"] else old
 
 
 _locks: list = []  # open lock files, held until the process exits
 
 
-def lock(root: str) -> None:
+def lock(root: str, flag: str = "--fkd-path") -> None:
     """Take the store's lock for the rest of this process's life; a second run on the same
     store is refused instead of mixing its files in. The OS drops the lock when the holder
     dies, even by SIGKILL, so a killed run never blocks its own rerun."""
     import fcntl
-    files.ensure_dir(root, "--fkd-path")
+    files.ensure_dir(root, flag)
     f = open(os.path.join(root, ".lock"), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise UserError(f"--fkd-path {root}: another run is writing this store; wait for it "
-                        f"to finish or use another --fkd-path") from None
+        raise UserError(f"{flag} {root}: another run is writing this store; wait for it "
+                        f"to finish or use another {flag}") from None
     _locks.append(f)
 
 
-def write_manifest(root: str, manifest: dict) -> None:
-    files.ensure_dir(root, "--fkd-path")
+def write_manifest(root: str, manifest: dict, flag: str = "--fkd-path") -> None:
+    files.ensure_dir(root, flag)
     files.atomic_write_json(manifest_path(root), manifest)
 
 
 def missing_batches(root: str, epochs: int, batches: int) -> list[str]:
     return [batch_path(root, e, b) for e in range(epochs) for b in range(batches)
             if not os.path.isfile(batch_path(root, e, b))]
+
+
+# ----------------------------------------------------------------------------- the store interface
+
+class BatchStore(Store):
+    """Our batch store (format v1, full or top-k): one file per student step."""
+
+    format = "batch"
+
+    @classmethod
+    def open(cls, path: str, flag: str = "--fkd-path") -> "BatchStore":
+        return cls(path, read_manifest(path, flag), flag)
+
+    def check_request(self, request: Request) -> None:
+        m, where = self.manifest, self.where
+        if request.batch_size is not None and request.batch_size != m["batch_size"]:
+            raise UserError(f"-b/--batch-size {request.batch_size} does not match {where}, which holds "
+                            f"batches of {m['batch_size']}; omit -b or relabel with -b {request.batch_size}")
+        if request.epochs is not None and request.epochs > m["epochs"]:
+            raise UserError(f"--epochs {request.epochs} is more than the {m['epochs']} epochs {where} "
+                            f"holds; train at most {m['epochs']} epochs or relabel with --epochs {request.epochs}")
+        if request.mix_type is not None and normalize_mix_type(request.mix_type) != m["mix_type"]:
+            raise UserError(f"--mix-type {request.mix_type} does not match {where}, which was made with "
+                            f"{m['mix_type']}; the mix is replayed from the store")
+
+    def reader(self) -> Reader:
+        return Reader(self.path, dict(self.manifest))
+
+    def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
+        return missing_batches(self.path, epochs, int(self.manifest["batches_per_epoch"]))
+
+    def check_complete(self, epochs: int, index: Optional[FolderIndex] = None) -> None:
+        missing = self.missing(epochs)
+        if missing:
+            raise UserError(f"{self.flag} {self.path}: {len(missing)} batch files missing for {epochs} epochs "
+                            f"(first: {missing[0]}); rerun the relabel command to finish the store")
+
+    def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
+                world: int = 1, with_stored: bool = False) -> Dataset:
+        from softlabel.loader import StoreBatches
+        return StoreBatches(self.path, index, dict(self.manifest), jobs, cache_bytes, rank, world, with_stored)
+
+
+class BatchWriter:
+    """Writes the batch files of a store created by ``create``, each atomically."""
+
+    def __init__(self, path: str, manifest: dict):
+        self.path, self.manifest = path, manifest
+        self.fill = writes_fill(manifest)
+
+    def exists(self, epoch: int, batch: int) -> bool:
+        return os.path.exists(batch_path(self.path, epoch, batch))
+
+    def write(self, epoch: int, batch: int, record: BatchRecord) -> None:
+        m = self.manifest
+        write_batch(self.path, epoch, batch, record, m["label_format"], m["topk"], m["num_samples"], self.fill)
+
+
+def create(path: str, manifest: dict, info: Optional[DistInfo] = None, flag: str = "--fkd-path") -> BatchWriter:
+    """Create a store, or reopen one made with the same content settings to finish or extend it.
+    Every rank checks read-only first, so a refusal stops them all at once; then rank 0 takes the
+    lock, checks again under it, writes the manifest, makes the epoch folders and removes the
+    temporary files of writers that died."""
+    manifest = check_compatible(path, manifest, flag)
+
+    def prepare() -> None:
+        lock(path, flag)
+        settled = check_compatible(path, manifest, flag)
+        write_manifest(path, settled, flag)
+        for e in range(manifest["epochs"]):
+            files.ensure_dir(epoch_dir(path, e), flag)
+            files.remove_stale_tmp(epoch_dir(path, e))
+        files.remove_stale_tmp(path)
+    if info is None:
+        prepare()
+    else:
+        distributed.on_main_then_all(info, prepare)
+    return BatchWriter(path, manifest)

@@ -21,7 +21,7 @@ probability; ``marginal_smoothing_k5`` / ``_k10`` the top-5 / top-10 classes and
 -> the kept probabilities, the remaining mass spread evenly over the other classes;
 marginal_renorm -> the kept probabilities renormalized to sum to 1, zero elsewhere.
 
-Crops of image i derive from ``rng_for(fkd_seed, STREAM_CROPS, i)`` only, drawn crop by crop
+Crops of image i derive from the stream ``PER_IMAGE_CROPS`` at (fkd_seed, i) only, drawn crop by crop
 (box, then flip), so a file's content depends on (seed, image, settings) and not on the order,
 batching or number of processes that made it, and the first k crops of a K-crop store are
 those of a k-crop store with the same seed.
@@ -36,10 +36,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from softlabel import files, replay
+from softlabel import distributed, files, replay, streams
 from softlabel.data import FolderIndex, ImageCache
+from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
-from softlabel.loader import slice_bounds
+from softlabel.streams import Stream
+from softlabel.distributed import slice_bounds
+from softlabel.replay import normalize_mix_type
+from softlabel.stores.base import Request, Store
 from softlabel.stores.batch import smallest_int_dtype
 
 MANIFEST = "fkd_manifest.json"
@@ -56,10 +60,6 @@ CONTENT_KEYS = ("format", "format_version", "num_crops", "label_type", "input_si
                 "max_scale_crops", "temperature", "use_fp16", "fkd_seed", "teacher", "num_samples",
                 "num_classes", "class_to_index", "dataset_fingerprint")
 
-# Random streams (replay.rng_for keys), apart from those of the batch stores and the trainer.
-STREAM_CROPS = 20        # generation: (seed, STREAM_CROPS, image)
-STREAM_TRAIN_ORDER = 21  # training: (seed, STREAM_TRAIN_ORDER, epoch) -> image order
-STREAM_TRAIN_CROPS = 22  # training: (seed, STREAM_TRAIN_CROPS, image, cycle) -> crop order
 
 
 # ----------------------------------------------------------------------------- layout
@@ -95,7 +95,7 @@ def sample_crops(seed: int, image: int, num_crops: int, width: int, height: int,
                  scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Image ``image``'s crops (num_crops, 4) float32 and flips (num_crops,) bool, drawn as
     RandomResizedCrop + RandomHorizontalFlip draw them, one crop after the other."""
-    rng = replay.rng_for(seed, STREAM_CROPS, image)
+    rng = streams.rng(seed, Stream.PER_IMAGE_CROPS, image)
     coords, flips = [], []
     for _ in range(num_crops):
         coords.append(replay.sample_crop(rng, width, height, scale))
@@ -210,16 +210,16 @@ def first_clash(old: dict, new: dict) -> Optional[str]:
     return files.first_clash(CONTENT_KEYS, old, new)
 
 
-def prepare_store(root: str, manifest: dict) -> None:
+def prepare_store(root: str, manifest: dict, flag: str = "--save_path") -> None:
     """Check an existing store's settings (read-only), or write the manifest of a new one.
     The manifest holds only content settings, so concurrent runs write identical bytes."""
     if is_store(root):
-        clash = first_clash(read_manifest(root, "--save_path"), manifest)
+        clash = first_clash(read_manifest(root, flag), manifest)
         if clash:
-            raise UserError(f"--save_path {root}: the soft labels there were made with other settings "
-                            f"({clash}); use a new --save_path or the original settings")
+            raise UserError(f"{flag} {root}: the soft labels there were made with other settings "
+                            f"({clash}); use a new {flag} or the original settings")
         return
-    files.ensure_dir(root, "--save_path")
+    files.ensure_dir(root, flag)
     files.atomic_write_json(manifest_path(root), manifest)
 
 
@@ -264,7 +264,7 @@ class GenerateImages(Dataset):
 # ----------------------------------------------------------------------------- training side
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
-    return replay.rng_for(seed, STREAM_TRAIN_ORDER, epoch).permutation(num_samples)
+    return streams.rng(seed, Stream.PER_IMAGE_ORDER, epoch).permutation(num_samples)
 
 
 def crops_for(seed: int, image: int, epoch: int, per_epoch: int, num_crops: int) -> list[int]:
@@ -276,13 +276,9 @@ def crops_for(seed: int, image: int, epoch: int, per_epoch: int, num_crops: int)
     for p in range(epoch * per_epoch, (epoch + 1) * per_epoch):
         cycle, slot = divmod(p, num_crops)
         if cycle not in perms:
-            perms[cycle] = replay.rng_for(seed, STREAM_TRAIN_CROPS, image, cycle).permutation(num_crops)
+            perms[cycle] = streams.rng(seed, Stream.PER_IMAGE_CYCLE, image, cycle).permutation(num_crops)
         out.append(int(perms[cycle][slot]))
     return out
-
-
-def steps_per_epoch(num_samples: int, images_per_step: int) -> int:
-    return math.ceil(num_samples / images_per_step)
 
 
 class PerImageSteps(Dataset):
@@ -336,15 +332,96 @@ class PerImageSteps(Dataset):
                 "pixels": replay.render_batch(images, coords, flips, self.input_size)}
 
 
-def label_summary(label_type: str) -> str:
-    return {"hard": "one-hot top-1", "smoothing": "top-1 + uniform rest",
-            "marginal_smoothing_k5": "top-5 + uniform rest", "marginal_smoothing_k10": "top-10 + uniform rest",
-            "marginal_renorm": "top-5 renormalized"}[label_type]
-
-
 def normalize_label_type(name: str) -> str:
     return LABEL_ALIASES.get(name, name)
 
 
 def chunks_of(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[k:k + size]) for k in range(0, len(items), size)]
+
+
+# ----------------------------------------------------------------------------- the store interface
+
+DEFAULT_CROPS_PER_STEP = 4  # the trainer's --num-crops default: FKD's train_FKD.py --num_crops
+
+
+class PerImageStore(Store):
+    """Our per-image store: one file per image, ``num_crops`` labelled crops each."""
+
+    format = layout = "per-image"
+
+    @classmethod
+    def open(cls, path: str, flag: str = "--fkd-path") -> "PerImageStore":
+        manifest = dict(read_manifest(path, flag))
+        manifest.setdefault("mix_type", "none")
+        return cls(path, manifest, flag)
+
+    @property
+    def where(self) -> str:
+        return f"the FKD store {self.flag} {self.path}"
+
+    def check_request(self, request: Request) -> None:
+        m, where = self.manifest, self.where
+        if request.label_type and normalize_label_type(request.label_type) != m["label_type"]:
+            raise UserError(f"--soft_label_type {request.label_type}: {where} holds {m['label_type']} "
+                            f"labels (choose the store made with that type, or leave the flag out)")
+        if request.epochs is None:
+            raise UserError(f"--epochs is required with --fkd-layout per-image (every epoch uses --num-crops of "
+                            f"the {m['num_crops']} crops {where} holds per image)")
+        if request.num_crops is not None and request.num_crops > m["num_crops"]:
+            raise UserError(f"--num-crops {request.num_crops} is more than the {m['num_crops']} crops per image "
+                            f"{where} holds")
+        if request.mix_type is not None and normalize_mix_type(request.mix_type) != "none":
+            raise UserError(f"--mix-type {request.mix_type}: {where} holds labels of unmixed crops; omit --mix-type")
+
+    def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
+        return missing_files(self.path, index)
+
+    def check_complete(self, epochs: int, index: Optional[FolderIndex] = None) -> None:
+        missing = self.missing(epochs, index)
+        if missing:
+            raise UserError(f"{self.flag} {self.path}: {len(missing)} label files missing (first: "
+                            f"{missing[0]}); rerun the generate_soft_label_fkd.py command to finish the store")
+
+    def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
+                world: int = 1, seed: int = 0, images_per_step: int = 1,
+                crops_per_epoch: int = DEFAULT_CROPS_PER_STEP, targets: Optional[torch.Tensor] = None) -> Dataset:
+        return PerImageSteps(self.path, index, dict(self.manifest), jobs, seed, images_per_step, crops_per_epoch,
+                             targets, cache_bytes, rank, world)
+
+
+class PerImageWriter:
+    """Writes the per-image files of a store created by ``create``, each atomically."""
+
+    def __init__(self, path: str, index: FolderIndex):
+        self.path, self.index = path, index
+
+    def path_of(self, image: int) -> str:
+        return label_path(self.path, self.index, image)
+
+    def exists(self, image: int) -> bool:
+        return os.path.exists(self.path_of(image))
+
+    def write(self, image: int, coords, flips, classes, values) -> None:
+        write_file(self.path_of(image), coords, flips, classes, values)
+
+
+def create(path: str, manifest: dict, index: FolderIndex, info: Optional[DistInfo] = None,
+           flag: str = "--save_path") -> PerImageWriter:
+    """Create a per-image store, or reopen one of the same content settings. Several runs may
+    write one store at once (each skips the files that exist), so there is no lock: the manifest
+    holds content settings only and every run writes the same bytes."""
+    check_unique_names(index, "DIR")
+    if is_store(path):  # every rank checks, so a refusal stops them all at once
+        prepare_store(path, manifest, flag)
+
+    def prepare() -> None:
+        prepare_store(path, manifest, flag)
+        for directory in sorted({os.path.dirname(label_path(path, index, i)) for i in range(len(index))}):
+            files.ensure_dir(directory, flag)
+            files.remove_stale_tmp(directory)  # only files of writers that no longer run
+    if info is None:
+        prepare()
+    else:
+        distributed.on_main_then_all(info, prepare)
+    return PerImageWriter(path, index)

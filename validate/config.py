@@ -1,0 +1,216 @@
+"""The trainer's settings, resolved once from the flags and the store into an immutable
+``TrainConfig``: unset flags take the store's values (or the hard-label defaults), flags that
+contradict the store are refused, and every value is checked before any work starts."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from softlabel import replay
+from softlabel.data import FolderIndex
+from softlabel.distributed import DistInfo
+from softlabel.errors import UserError
+from softlabel.stores import Request, Store, open_store
+from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
+from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
+
+HARD_LABEL_DEFAULTS = {"batch_size": 1024, "epochs": 300, "input_size": 224, "min_scale_crops": 0.08,
+                       "max_scale_crops": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    train_dir: str
+    val_dir: Optional[str]
+    fkd_path: Optional[str]            # a store (None: hard labels or online KD)
+    fkd_layout: str                    # "batch" or "per-image"
+    soft_label_type: Optional[str]
+    num_crops: Optional[int]           # per-image: stored crops of each image per epoch
+    workers: int
+    skip_bad_images: bool
+    cache_images: int
+    input_size: int
+    min_scale_crops: float
+    max_scale_crops: float
+    crop_pct: float
+    mix_type: str
+    mixup: float
+    cutmix: float
+    fkd_seed: Optional[int]
+    # model
+    model: str
+    num_classes: int
+    channels_last: bool
+    compile: bool
+    # optimization
+    batch_size: int                    # global: all ranks together
+    gradient_accumulation_steps: int
+    epochs: int
+    start_epoch: int
+    cos: bool
+    warmup_epochs: int
+    sgd: bool
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    adamw_lr: float
+    adamw_weight_decay: float
+    amp: str
+    # loss
+    loss_type: str
+    temperature: float
+    ce_weight: float
+    alpha: float
+    kd_t2: bool
+    keep_topk: Optional[int]
+    label_smoothing: float
+    # online distillation
+    teacher: Optional[str]
+    teacher_path: Optional[str]
+    teacher_source: Optional[str]
+    # run
+    output_dir: str
+    seed: int
+    eval_interval: int
+    save_interval: int
+    resume: Optional[str]
+    device: Optional[str]
+    wandb_mode: str
+    wandb_project: str
+    no_progress: bool
+
+    @property
+    def per_image(self) -> bool:
+        return self.fkd_path is not None and self.fkd_layout == "per-image"
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """What the flags alone can tell, before any file is read."""
+    if not args.train_dir:
+        raise UserError("--train-dir DIR is required")
+    check_ranges(vars(args))
+    if args.softlabel_path:
+        if args.fkd_path and not same_path(args.fkd_path, args.softlabel_path):
+            raise UserError(f"--softlabel_path {args.softlabel_path} and --fkd-path {args.fkd_path} name two "
+                            f"stores; give one")
+        if args.fkd_layout == "batch":
+            raise UserError("--softlabel_path is FKD's per-image store; with --fkd-layout batch use --fkd-path")
+    layout = "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
+    has_store = bool(args.fkd_path or args.softlabel_path)
+    if has_store and args.teacher:
+        raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
+    if args.soft_label_type and layout != "per-image":
+        raise UserError("--soft_label_type applies to FKD per-image stores (--softlabel_path or "
+                        "--fkd-layout per-image)")
+    if layout == "per-image" and not has_store:
+        raise UserError("--fkd-layout per-image needs --fkd-path (an FKD store)")
+    if args.num_crops is not None and layout != "per-image":
+        raise UserError("--num-crops applies to --fkd-layout per-image (a batch store fixes one crop per image "
+                        "and step)")
+    if args.kd_t2 and args.loss_type != "kl":
+        raise UserError(f"--kd-t2 applies to --loss-type kl (kd, wsld and dist already scale by T^2), "
+                        f"not {args.loss_type}")
+    if args.keep_topk and args.loss_type not in PROBABILITY_LOSSES:
+        raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
+                        f"not --loss-type {args.loss_type}")
+
+
+def check_ranges(values: dict) -> None:
+    """Counts and sizes in range (flags as given, and again once resolved)."""
+    for flag, key in (("-b/--batch-size", "batch_size"), ("--epochs", "epochs"), ("--input-size", "input_size"),
+                      ("--eval-interval", "eval_interval"), ("--save-interval", "save_interval"),
+                      ("--num-classes", "num_classes"), ("--gradient-accumulation-steps", "gradient_accumulation_steps"),
+                      ("--keep-topk", "keep_topk"), ("--num-crops", "num_crops")):
+        if values[key] is not None and values[key] < 1:
+            raise UserError(f"{flag} must be at least 1, got {values[key]}")
+    for flag, key in (("-j/--workers", "workers"), ("--cache-images", "cache_images"),
+                      ("--warmup-epochs", "warmup_epochs"), ("--start-epoch", "start_epoch")):
+        if values[key] is not None and values[key] < 0:
+            raise UserError(f"{flag} must be >= 0, got {values[key]}")
+    if values["temperature"] is not None and values["temperature"] <= 0:
+        raise UserError(f"-T/--temperature must be positive, got {values['temperature']}")
+    if not 0 < values["crop_pct"] <= 1:
+        raise UserError(f"--crop-pct must be in (0, 1], got {values['crop_pct']}")
+    epochs = values["epochs"]
+    if epochs is not None and values["start_epoch"] >= epochs:
+        raise UserError(f"--start-epoch {values['start_epoch']} leaves nothing to train in --epochs {epochs}")
+    if epochs is not None and values["warmup_epochs"] >= epochs:
+        raise UserError(f"--warmup-epochs {values['warmup_epochs']} must be fewer than --epochs {epochs}")
+
+
+def same_path(a: str, b: str) -> bool:
+    import os
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, workers: int
+            ) -> tuple[TrainConfig, Optional[Store]]:
+    """The run's settings and its store (None for hard labels and online KD)."""
+    values = {k: getattr(args, k) for k in FIELDS}
+    values["workers"] = workers
+    values["fkd_path"] = args.fkd_path or args.softlabel_path
+    values["fkd_layout"] = "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
+    store = None
+    if values["fkd_path"]:
+        store = open_store(values["fkd_path"], index, layout=values["fkd_layout"], skip_bad_images=args.skip_bad_images,
+                           request=Request(args.input_size, args.min_scale_crops, args.max_scale_crops, args.fkd_seed,
+                                           args.num_classes, args.batch_size, args.epochs, args.mix_type,
+                                           args.soft_label_type, args.num_crops))
+        values.update(from_store(store, args, info))
+    else:
+        values.update(hard_label_settings(args, len(index.classes)))
+    values["temperature"] = args.temperature or DEFAULT_TEMPERATURE.get(args.loss_type, 3.0)
+    values["alpha"] = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.loss_type, 1.0)
+    check_ranges(values)
+    config = TrainConfig(**values)
+    if store is not None:
+        store.check_complete(config.epochs, index)
+    check_batch_shares(config, len(index), store, info.world_size)
+    return config, store
+
+
+def from_store(store: Store, args: argparse.Namespace, info: DistInfo) -> dict:
+    s = store.settings
+    recorded = {"input_size": s.input_size, "min_scale_crops": s.min_scale_crops, "max_scale_crops": s.max_scale_crops,
+                "fkd_seed": s.fkd_seed, "num_classes": s.num_classes, "mix_type": s.mix_type}
+    if s.layout == "batch":
+        return {**recorded, "batch_size": s.batch_size, "epochs": args.epochs or s.epochs}
+    num_crops = args.num_crops or DEFAULT_CROPS_PER_STEP
+    used = (args.epochs - args.start_epoch) * num_crops
+    if used > s.num_crops and info.is_main:
+        print(f"note: {args.epochs - args.start_epoch} epochs x --num-crops {num_crops} use {used} crops "
+              f"per image; the store holds {s.num_crops}, so crops repeat", flush=True)
+    return {**recorded, "num_crops": num_crops, "batch_size": args.batch_size or math.ceil(1024 / num_crops)}
+
+
+def hard_label_settings(args: argparse.Namespace, num_folders: int) -> dict:
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in HARD_LABEL_DEFAULTS.items()}
+    values["mix_type"] = replay.normalize_mix_type(args.mix_type)
+    values["num_classes"] = args.num_classes or num_folders
+    if num_folders > values["num_classes"]:
+        raise UserError(f"--train-dir {args.train_dir} has {num_folders} classes, more "
+                        f"than the model's {values['num_classes']} outputs")
+    return values
+
+
+def check_batch_shares(config: TrainConfig, num_images: int, store: Optional[Store], world: int) -> None:
+    """Every rank needs a share of every batch, the smallest (an epoch's last) included."""
+    if config.per_image:
+        last = replay.batches_per_epoch(num_images, config.batch_size) - 1
+        smallest = replay.batch_len(num_images, config.batch_size, last) * config.num_crops
+    elif store is not None:
+        s = store.settings
+        smallest = min(s.batch_size, replay.batch_len(s.num_samples, s.batch_size, s.batches_per_epoch - 1))
+    else:
+        smallest = config.batch_size
+    if smallest < world:
+        raise UserError(f"{'the store' if store else '-b/--batch-size'} holds batches of {smallest} "
+                        f"{'crops' if config.per_image else 'images'}, "
+                        f"fewer than the {world} ranks; every rank needs a share of every batch")
