@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader
 
-from softlabel import classmap, distributed, files, provenance, replay, tracking
-from softlabel.cli import add_replaced_flags, note_replaced_flags
-from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, eval_pixels_transform, scan_image_folder
+from softlabel import classmap, distributed, precision, provenance, replay, tracking
+from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, drop_unreadable, scan_image_folder
 from softlabel.ensemble import ENSEMBLES
 from softlabel.errors import UserError, run_main
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
+from softlabel.precision import AMP_CHOICES
 from softlabel.stores import batch as store
-from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers
-
-RELABEL_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
-PREFLIGHT_IMAGES = 256  # teacher accuracy is checked on this many crops before anything is written
+from softlabel.stores import create_store
+from softlabel.streams import DEFAULT_SEED
+from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_paths
 
 
 @dataclass
@@ -89,8 +89,10 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None,
                    help="teacher outputs (default: what the checkpoint says, else the number of class folders)")
     g.add_argument("--temperature", type=float, default=1.0, help="store logits / T (default: 1, raw logits)")
-    g.add_argument("--evaluate", action="store_true", help="report each teacher's and the ensemble's "
-                                                           "top-1 on --val-dir before relabelling")
+    g.add_argument("--evaluate", action="store_true",
+                   help="report each teacher's and the ensemble's top-1 on --val-dir, then relabel (PRISM's "
+                        "relabel has no such flag; FKD's generator, and ours, -e/--evaluate only reports, "
+                        "as FKD_SLG does)")
     g.add_argument("--val-dir", metavar="DIR", default=None, help="validation images for --evaluate")
     g.add_argument("--crop-pct", type=float, default=0.875,
                    help="--evaluate: resize to input-size/crop-pct, center-crop (default: 0.875)")
@@ -107,13 +109,13 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
     g.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
     g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
-    g.add_argument("--fkd-seed", default=42, type=int, metavar="N",
-                   help="seed of every random choice in the store (default: 42)")
+    g.add_argument("--fkd-seed", default=DEFAULT_SEED, type=int, metavar="N",
+                   help=f"seed of every random choice in the store (default: {DEFAULT_SEED})")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
                    help="keep decoded images in memory up to MB in all (split among -j workers): every "
                         "epoch revisits them (default: 1024; 0: decode every time)")
-    g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="autocast of the teachers' forward (default auto: bf16 on CUDA, off on CPU)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="decode every image first and leave out (and list) those that cannot be read, "
@@ -121,7 +123,7 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--print-freq", type=int, default=1, metavar="N",
                    help="print the teachers' top-1 on their crops every N epochs (default: 1)")
 
-    add_replaced_flags(p, RELABEL_REPLACED)
+    add_replaced_flags(p, LABELLING_REPLACED)
 
     if preset:  # the PRISM ImageNet-1k command's defaults
         p.set_defaults(epochs=300, input_size=224, min_scale_crops=0.08, mix_type="cutmix",
@@ -163,7 +165,7 @@ def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[l
     """(architectures, weight files) of the teachers, from --teachers/-a, the preset and
     --candidate-number; a file list must give one file per teacher."""
     if args.teachers:
-        archs: list[Optional[str]] = [a.strip() for a in args.teachers.split(",") if a.strip()]
+        archs: list[Optional[str]] = list(split_list(args.teachers))
     elif preset:
         archs = list(preset.teachers)
         if args.arch and args.arch != archs[0]:
@@ -176,46 +178,7 @@ def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[l
             raise UserError(f"--candidate-number {args.candidate_number}: between 1 and {len(archs)} "
                             f"(the teachers: {', '.join(str(a) for a in archs)})")
         archs = archs[:args.candidate_number]
-    paths: list[Optional[str]] = [None] * len(archs)
-    if args.teacher_path:
-        given = [q.strip() for q in args.teacher_path.split(",")]
-        if len(given) != len(archs):
-            raise UserError(f"--teacher-path gives {len(given)} files for {len(archs)} teachers "
-                            f"({', '.join(str(a) for a in archs)}); give one per teacher, or none for "
-                            f"published weights")
-        paths = list(given)
-    return archs, paths
-
-
-def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "fp16":
-        return torch.float16
-    if choice == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
-def evaluate(ens: Ensemble, val_dir: str, class_index_of_folder: dict[str, int], args: argparse.Namespace) -> None:
-    """Each teacher's and the ensemble's top-1 on a validation folder (center crops)."""
-    index = scan_image_folder(val_dir, "--val-dir")
-    unknown = [c for c in index.classes if c not in class_index_of_folder]
-    if unknown:
-        raise UserError(f"--val-dir {val_dir}: class folder '{unknown[0]}' is not among --data's classes")
-    targets = torch.tensor([class_index_of_folder[c] for c in index.classes])
-    loader = DataLoader(IndexedImageFolder(index, eval_pixels_transform(args.input_size, args.crop_pct)),
-                        batch_size=256, num_workers=min(args.workers, 2))
-    correct = torch.zeros(len(ens.teachers) + 1)
-    for pixels, folder in loader:
-        combined, outputs = ens(pixels.to(ens.device), None, None, None)
-        y = targets[folder].to(ens.device)
-        for i, logits in enumerate([combined] + outputs):
-            correct[i] += (logits.argmax(1) == y).sum().cpu()
-    acc = 100.0 * correct / len(index)
-    names = ", ".join(f"{t.arch} {a:.2f}%" for t, a in zip(ens.teachers, acc[1:].tolist()))
-    print(f"evaluate: top-1 on --val-dir {val_dir} ({len(index)} images): ensemble {acc[0]:.2f}% ({names})",
-          flush=True)
+    return archs, weight_paths(args.teacher_path, archs)
 
 
 def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
@@ -251,64 +214,15 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         # The student sees the pixels normalized as the primary teacher wants them.
         "mean": teachers[0].mean,
         "std": teachers[0].std,
-        "amp": str(amp).replace("torch.", "") if amp else None,
+        "amp": precision.dtype_name(amp),
         "dataset_fingerprint": index.fingerprint(),
         "versions": provenance.library_versions(),
     }
 
 
-def prepare_store(root: str, manifest: dict, epochs: int) -> None:
-    """Rank 0: take the store's lock, re-check it under the lock, write the manifest."""
-    store.lock(root)
-    manifest = store.check_compatible(root, manifest)
-    store.write_manifest(root, manifest)
-    for e in range(epochs):
-        os.makedirs(store.epoch_dir(root, e), exist_ok=True)
-        files.remove_stale_tmp(store.epoch_dir(root, e))
-    files.remove_stale_tmp(root)
-
-
-class Accuracy:
-    """Top-1 of each teacher and the ensemble on the crops they label. A mixed crop counts as
-    right when the prediction is either of its two images' classes."""
-
-    def __init__(self, n_teachers: int):
-        self.correct = torch.zeros(n_teachers + 1, dtype=torch.float64)
-        self.seen = 0
-
-    def update(self, combined: torch.Tensor, outputs: list[torch.Tensor], target: torch.Tensor, mix_index) -> None:
-        partner = target if mix_index is None else target[mix_index]
-        for i, logits in enumerate([combined] + outputs):
-            pred = logits.argmax(1).cpu()
-            self.correct[i] += float(((pred == target) | (pred == partner)).sum())
-        self.seen += len(target)
-
-    def percent(self) -> list[float]:
-        return (100.0 * self.correct / max(self.seen, 1)).tolist()
-
-
-def check_teacher_accuracy(acc: Accuracy, teachers: list[Teacher], num_classes: int, mixed: bool,
-                           minimum: Optional[float], where: str) -> None:
-    """A teacher whose classes do not line up with the folders labels at chance: say so
-    loudly, or stop (--min-teacher-acc) before the labels are used."""
-    top1 = acc.percent()[0]
-    chance = 100.0 * (2.0 if mixed else 1.0) / num_classes
-    if minimum is not None and top1 < minimum:
-        raise UserError(f"the teachers' top-1 on {where} is {top1:.1f}%, below --min-teacher-acc {minimum:g}; "
-                        f"is their class order the folders' order? (see --class-map)")
-    if top1 < 2 * chance:
-        bar = "!" * 78
-        print(f"{bar}\nWARNING: the teachers' top-1 on {where} is {top1:.1f}%, below twice chance "
-              f"({2 * chance:.1f}%).\nLikely cause: the teachers' class order does not match the class "
-              f"folders (folder i is taken as\nteacher class i). Name ImageNet folders by WNID, or pass "
-              f"--class-map FILE. Other causes:\nwrong weights, or crops too small for these images "
-              f"(--min-scale-crops).\n--min-teacher-acc PCT turns this into an error.\n{bar}",
-              file=sys.stderr, flush=True)
-
-
 def main(preset: Optional[Preset] = None) -> None:
     args = get_parser(preset).parse_args()
-    note_replaced_flags(args, RELABEL_REPLACED)
+    note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
     archs, paths = teacher_specs(args, preset)
     info = distributed.setup(args.device)
@@ -323,24 +237,24 @@ def main(preset: Optional[Preset] = None) -> None:
     teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source)
     num_classes = teachers[0].num_classes
     class_index, class_mapping = classmap.resolve(index.classes, num_classes, args.class_map)
-    amp = amp_dtype(args.amp, info.device)
+    amp = precision.amp_dtype(args.amp, info.device)
     ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
     batches = replay.batches_per_epoch(len(index), args.batch_size)
 
     if args.evaluate:
-        distributed.on_main_then_all(info, lambda: evaluate(ens, args.val_dir, dict(zip(index.classes, class_index)), args))
+        distributed.on_main_then_all(info, lambda: evaluate_teachers(
+            ens, args.val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
 
     # Every rank checks the store read-only (so a refusal stops them all at once), then rank 0
     # locks it and writes the manifest.
     manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
     manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
-    manifest = store.check_compatible(args.fkd_path, manifest)
-    distributed.on_main_then_all(info, lambda: prepare_store(args.fkd_path, manifest, args.epochs))
+    writer = create_store(args.fkd_path, manifest, info)
 
-    todo = [(e, b) for e in range(args.epochs) for b in range(batches)
-            if b % info.world_size == info.rank and not os.path.exists(store.batch_path(args.fkd_path, e, b))]
+    todo = [(e, b) for e, b in replay.epoch_jobs(0, args.epochs, batches)
+            if b % info.world_size == info.rank and not writer.exists(e, b)]
     mine = sum(1 for b in range(batches) if b % info.world_size == info.rank) * args.epochs
-    images_todo = sum(min(args.batch_size, len(index) - b * args.batch_size) for _, b in todo)
+    images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)
     jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
                           (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
                           args.cutmix, class_index, cache_bytes(args.cache_images, args.workers))
@@ -372,14 +286,13 @@ def main(preset: Optional[Preset] = None) -> None:
                                    item["mix_bbox"], logits.half() if args.use_fp16 else logits, item["index"])
         pending.append((epoch, item["batch"], record))
         last = n + 1 == len(todo)
-        if not checked and (total.seen >= min(PREFLIGHT_IMAGES, images_todo) or last):
+        if not checked and (total.seen >= min(PREFLIGHT_CROPS, images_todo) or last):
             check_teacher_accuracy(total, teachers, len(index.classes), args.mix_type != "none",
                                    args.min_teacher_acc, f"the first {total.seen} crops they label")
             checked = True
         if checked:
             for e, b, rec in pending:
-                store.write_batch(args.fkd_path, e, b, rec, args.label_format, args.topk, len(index),
-                                  store.writes_fill(manifest))
+                writer.write(e, b, rec)
             pending.clear()
         if first_done is None:
             first_done = time.time()
@@ -396,7 +309,7 @@ def main(preset: Optional[Preset] = None) -> None:
     end = time.time()
     # Steady state: from each rank's first finished batch to the last rank's end, so start-up
     # (imports excluded: this is from main()) is reported on its own.
-    first_images = len(todo) and min(args.batch_size, len(index) - todo[0][1] * args.batch_size)
+    first_images = len(todo) and replay.batch_len(len(index), args.batch_size, todo[0][1])
     correct, seen, written, steady_images = distributed.reduce_across(
         info, float(total.correct[0]), total.seen, len(todo), images_todo - first_images)
     startup, steady_time = distributed.reduce_across(

@@ -25,19 +25,19 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from relabel.generate_soft_label import Accuracy, amp_dtype, check_teacher_accuracy, evaluate
-from softlabel import classmap, distributed, files, tracking
-from softlabel.cli import add_replaced_flags, note_replaced_flags
+from softlabel import classmap, distributed, precision, tracking
+from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
 from softlabel.loader import batch_loader, loader_workers
-from softlabel.stores import per_image
+from softlabel.precision import AMP_CHOICES
+from softlabel.stores import create_store, per_image
+from softlabel.streams import DEFAULT_SEED
 from softlabel.teachers import Ensemble, Teacher, load_teachers
 
-FKD_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
 SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": "timm", "private": "private"}
-DEFAULT_SEED, DEFAULT_SCALE = 42, (0.08, 0.936)
-PREFLIGHT_CROPS = 256
+DEFAULT_SCALE = (0.08, 0.936)  # FKD_SLG's RandomResizedCrop scale
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -106,9 +106,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--workers", type=int, default=None, metavar="N",
                    help="loading worker processes (default: 4 on GPU, 0 on CPU)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                    help="autocast of the teacher's forward (default auto: bf16 on CUDA, off on CPU)")
-    add_replaced_flags(p, FKD_REPLACED)
+    add_replaced_flags(p, LABELLING_REPLACED)
     return p
 
 
@@ -189,13 +189,6 @@ def build_manifest(args, index: FolderIndex, teacher: Teacher, class_index: list
     }
 
 
-def prepare_dirs(root: str, index: FolderIndex) -> None:
-    """The class folders (and any sub-folders the images are in) under --save_path."""
-    for directory in sorted({os.path.dirname(per_image.label_path(root, index, i)) for i in range(len(index))}):
-        files.ensure_dir(directory, "--save_path")
-        files.remove_stale_tmp(directory)  # only files of writers that no longer run
-
-
 def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) -> torch.Tensor:
     """(K, C) float32 probabilities, softmax(logits / temp), one forward per segment of num_seg crops."""
     out = []
@@ -207,7 +200,7 @@ def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) 
 
 def main() -> None:
     args = get_parser().parse_args()
-    note_replaced_flags(args, FKD_REPLACED)
+    note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
     train_dir, val_dir = data_dirs(args)
     info = distributed.setup(args.device)
@@ -217,27 +210,22 @@ def main() -> None:
     source = SOURCE_NAMES[args.teacher_source] if args.teacher_source else None
     (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, source)
     class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
-    ens = Ensemble([teacher], "mean", 0.5, info.device, amp_dtype(args.amp, info.device))
+    ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
 
     if args.evaluate:  # upstream: test the teacher, write nothing
         if not val_dir:
             raise UserError(f"--evaluate needs validation images: DIR/val or --val-dir (DIR is {args.data})")
-        distributed.on_main_then_all(info, lambda: evaluate(ens, val_dir, dict(zip(index.classes, class_index)), args))
+        distributed.on_main_then_all(info, lambda: evaluate_teachers(
+            ens, val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
         distributed.cleanup(info)
         return
 
     reference = settle_crops(args, index)
     manifest = build_manifest(args, index, teacher, class_index, class_mapping)
-    if per_image.is_store(args.save_path):  # every rank checks, so a refusal stops them all at once
-        per_image.prepare_store(args.save_path, manifest)
-
-    def prepare() -> None:  # rank 0: write the manifest and the class folders
-        per_image.prepare_store(args.save_path, manifest)
-        prepare_dirs(args.save_path, index)
-    distributed.on_main_then_all(info, prepare)
+    writer = create_store(args.save_path, manifest, info, flag="--save_path", index=index)
 
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
-    todo = [i for i in mine if not os.path.exists(per_image.label_path(args.save_path, index, i))]
+    todo = [i for i in mine if not writer.exists(i)]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, args.batch_size), args.fkd_seed, args.num_crops,
                               args.input_size, (args.min_scale_crops, args.max_scale_crops),
                               None if reference is None else (args.reference_path, reference))
@@ -260,13 +248,12 @@ def main() -> None:
     bar = tracking.progress(len(todo), "fkd", disable=not info.is_main)
     for chunk in loader:
         for n, i in enumerate(chunk["image"].tolist()):
-            path = per_image.label_path(args.save_path, index, i)
-            if os.path.exists(path):  # another run on this --save_path finished it meanwhile
+            if writer.exists(i):  # another run on this --save_path finished it meanwhile
                 bar.update(1)
                 continue
             probs = label_crops(ens, chunk["pixels"][n], args.num_seg, args.temp)
             acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
-            pending.append((path, chunk["coords"][n], chunk["flip"][n],
+            pending.append((i, chunk["coords"][n], chunk["flip"][n],
                             *per_image.quantize(probs, args.label_type, args.use_fp16)))
             bar.update(1)
             if not checked and acc.seen >= PREFLIGHT_CROPS:
@@ -275,7 +262,7 @@ def main() -> None:
                 checked = True
             if checked:
                 for entry in pending:
-                    per_image.write_file(*entry)
+                    writer.write(*entry)
                 written += len(pending)
                 pending.clear()
     bar.close()
@@ -283,7 +270,7 @@ def main() -> None:
         check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
                                f"the {acc.seen} crops it labelled")
         for entry in pending:
-            per_image.write_file(*entry)
+            writer.write(*entry)
         written += len(pending)
     correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, written)
     if info.is_main:

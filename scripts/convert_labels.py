@@ -15,10 +15,12 @@ import argparse
 import os
 import time
 
-from softlabel import files, tracking
+from softlabel import replay, tracking
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
+from softlabel.stores import Request, Store, create_store, detect, open_store
 from softlabel.stores import batch as store
+from softlabel.streams import DEFAULT_SEED
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -35,24 +37,24 @@ def get_parser() -> argparse.ArgumentParser:
                         "count, class names, dataset fingerprint)")
     g.add_argument("--input-size", type=int, default=None, help="crop size of the upstream relabel run")
     g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None,
-                   help=f"seed of the upstream relabel run (default: {store.LEGACY_SEED})")
+                   help=f"seed of the upstream relabel run (default: {DEFAULT_SEED})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def source_manifest(args: argparse.Namespace) -> dict:
-    if not os.path.isdir(args.src):
-        raise UserError(f"SRC {args.src}: no such directory")
-    if not store.is_legacy(args.src):
-        return store.read_manifest(args.src)
-    if not args.data:
+def open_source(args: argparse.Namespace) -> Store:
+    """SRC through the store interface, complete; an upstream store needs the images it was made from."""
+    kind = detect(args.src, "SRC")
+    if kind == "per-image":
+        raise UserError(f"SRC {args.src} holds per-image labels; this converts batch stores")
+    if kind == "upstream" and not args.data:
         raise UserError(f"SRC {args.src} is an upstream store (no manifest): pass --data DIR, the image folder "
                         f"it was made from, and --input-size")
-    index = scan_image_folder(args.data, "--data")
-    manifest = store.legacy_manifest(args.src, index.classes, len(index), args.fkd_seed, args.input_size)
-    manifest["dataset_fingerprint"] = index.fingerprint()
-    manifest["args"] = {"data": os.path.abspath(args.data)}
-    return manifest
+    index = scan_image_folder(args.data, "--data") if kind == "upstream" else None
+    src = open_store(args.src, index, flag="SRC", data_arg="--data",
+                     request=Request(input_size=args.input_size, fkd_seed=args.fkd_seed))
+    src.check_complete(src.settings.epochs)
+    return src
 
 
 def target_manifest(src: dict, args: argparse.Namespace) -> dict:
@@ -80,27 +82,15 @@ def main() -> None:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
-    src = source_manifest(args)
-    manifest = target_manifest(src, args)
-    missing = store.missing_batches(args.src, src["epochs"], src["batches_per_epoch"])
-    if missing:
-        raise UserError(f"SRC {args.src}: {len(missing)} batch files missing (first: {missing[0]}); "
-                        f"finish the store first")
-    manifest = store.check_compatible(args.dst, manifest)
-    store.lock(args.dst)
-    store.write_manifest(args.dst, manifest)
-    reader = store.Reader(args.src, src)
-    jobs = [(e, b) for e in range(src["epochs"]) for b in range(src["batches_per_epoch"])]
+    src = open_source(args)
+    writer = create_store(args.dst, target_manifest(dict(src.manifest), args), flag="DST")
+    reader = src.reader()
+    jobs = replay.epoch_jobs(0, src.settings.epochs, src.settings.batches_per_epoch)
     bar = tracking.progress(len(jobs), "convert", disable=args.no_progress)
     written, start = 0, time.time()
     for e, b in jobs:
-        target = store.batch_path(args.dst, e, b)
-        if b == 0:
-            files.ensure_dir(store.epoch_dir(args.dst, e), "DST")
-            files.remove_stale_tmp(store.epoch_dir(args.dst, e))
-        if not os.path.isfile(target):
-            store.write_batch(args.dst, e, b, reader.read(e, b), manifest["label_format"], manifest["topk"],
-                              manifest["num_samples"], store.writes_fill(manifest))
+        if not writer.exists(e, b):
+            writer.write(e, b, reader.read(e, b))
             written += 1
         bar.update(1)
     bar.close()

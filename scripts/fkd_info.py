@@ -25,20 +25,18 @@ more. Argmax agreement must be 100%, up to near-ties (two classes within twice t
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
 from typing import Any, Optional
 
 import torch
 
-from softlabel import files
+from softlabel import precision
+from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
+from softlabel.stores import Request, detect, open_store, per_image, upstream
 from softlabel.stores import batch as store
-
-# Modules that need torchvision (the loader, teachers) are imported only by --verify-teacher:
-# the summary and --check start in about half the time.
+from softlabel.streams import DEFAULT_SEED
 
 # Relative to each sample's logit scale (measured on an H200 and this CPU, 32px crops, random-init
 # democnn_small and ResNet-18 with BatchNorm statistics from the images): float16 storage rounds by
@@ -85,7 +83,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="crop size of the relabel run (an upstream store does not record it; ours: must match)")
     g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None, metavar="N",
                    help=f"seed of the relabel run: an upstream SRe2L/G-VBSM store's sample order (default: "
-                        f"{store.LEGACY_SEED}; ours: must match)")
+                        f"{DEFAULT_SEED}; ours: must match)")
     return p
 
 
@@ -103,86 +101,6 @@ def human_bytes(n: int) -> str:
 def disk_bytes(root: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files
                if os.path.isfile(os.path.join(d, f)))
-
-
-def layout(root: str) -> tuple[int, int, int]:
-    """(epochs, batches per epoch, batch files) of a store from its files alone: the highest
-    epoch_{e} folder holding a batch file and the highest batch_{b}.tar, plus one."""
-    epochs = batches = files = 0
-    for name in os.listdir(root):
-        m = re.fullmatch(r"epoch_(\d+)", name)
-        if not m or not os.path.isdir(os.path.join(root, name)):
-            continue
-        found = [int(b.group(1)) for b in (re.fullmatch(r"batch_(\d+)\.tar", f)
-                                           for f in os.listdir(os.path.join(root, name))) if b]
-        if found:
-            epochs, batches, files = max(epochs, int(m.group(1)) + 1), max(batches, max(found) + 1), files + len(found)
-    return epochs, batches, files
-
-
-def store_kind(root: str) -> str:
-    """'ours' or 'legacy'; anything else is not a store."""
-    if not os.path.isdir(root):
-        raise UserError(f"STORE {root}: no such directory")
-    if os.path.isfile(store.manifest_path(root)):
-        return "ours"
-    if store.is_legacy(root):
-        return "legacy"
-    raise UserError(f"STORE {root}: no {store.MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store")
-
-
-def load_upstream(path: str) -> list:
-    data = files.safe_torch_load(path, "store batch file", allow_numpy=True)
-    if not isinstance(data, (list, tuple)) or len(data) not in (6, 7):
-        n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
-        raise UserError(f"store batch file {path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "
-                        f"or 7 (PRISM)")
-    if not (hasattr(data[0], "__len__") and isinstance(data[5], torch.Tensor) and data[5].dim() == 2):
-        raise UserError(f"store batch file {path}: entry 6 is not a (B, C) tensor of soft labels")
-    return list(data)
-
-
-def upstream_samples(root: str, batches: int, batch_size: int) -> Optional[int]:
-    """An upstream store's image count, from its batches: all full but the last of an epoch."""
-    last = store.batch_path(root, 0, batches - 1)
-    if not os.path.isfile(last):
-        return None
-    return (batches - 1) * batch_size + len(load_upstream(last)[0])
-
-
-def scan_data(args: argparse.Namespace):
-    from softlabel.data import scan_image_folder
-    return scan_image_folder(args.data, "--data")
-
-
-def upstream_manifest(root: str, args: argparse.Namespace, index) -> dict:
-    """A manifest for an upstream store (store.legacy_manifest) from its files and the flags;
-    without --data the image count comes from the batches and the classes are numbered."""
-    epochs, batches, _ = layout(root)
-    missing = store.missing_batches(root, 1, batches)
-    if missing:  # epoch 0 tells the batches per epoch and the image count
-        raise UserError(f"STORE {root}: batch file {missing[0]} is missing")
-    first = load_upstream(store.batch_path(root, 0, 0))
-    batch_size, num_classes = len(first[0]), int(first[5].shape[1])
-    if index is not None:
-        num_samples, class_names = len(index), list(index.classes)
-        if math.ceil(num_samples / batch_size) != batches:
-            raise UserError(f"--data {args.data}: {num_samples} images make {math.ceil(num_samples / batch_size)} "
-                            f"batches of {batch_size}, but STORE {root} has {batches} per epoch; not the images "
-                            f"it was made from")
-    else:
-        num_samples = upstream_samples(root, batches, batch_size) or batches * batch_size
-        class_names = [str(c) for c in range(num_classes)]
-    if len(class_names) > num_classes:
-        raise UserError(f"--data {args.data}: {len(class_names)} class folders, more than the store's "
-                        f"{num_classes} classes")
-    # legacy_manifest wants a crop size, which only rendering (--verify-teacher) needs.
-    manifest = store.legacy_manifest(root, class_names, num_samples, args.fkd_seed, args.input_size or 1)
-    manifest["input_size"] = args.input_size
-    manifest["epochs"], manifest["batches_per_epoch"] = epochs, batches
-    if index is not None:
-        manifest["args"] = {"data": os.path.abspath(args.data)}
-    return manifest
 
 
 # ----------------------------------------------------------------------------- summary
@@ -235,11 +153,11 @@ def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
 
 
 def summary_upstream(root: str, args: argparse.Namespace, index) -> list[tuple[str, str]]:
-    epochs, batches, files = layout(root)
-    first = load_upstream(store.batch_path(root, 0, 0))
+    epochs, batches, files = upstream.layout(root)
+    first = upstream.load_upstream(store.batch_path(root, 0, 0))
     kind = "sre2l" if len(first) == 6 else "prism"
     batch_size, soft = len(first[0]), first[5]
-    samples = upstream_samples(root, batches, batch_size)
+    samples = upstream.samples_from_batches(root, batches, batch_size)
     said = "from the last batch of epoch 0" if samples is not None else "unknown: epoch 0's last batch is missing"
     if index is not None:
         said = f"--data has {len(index)} images" + ("" if samples in (None, len(index)) else
@@ -258,7 +176,7 @@ def summary_upstream(root: str, args: argparse.Namespace, index) -> list[tuple[s
         ("mix type", mix),
         ("crops", (f"{args.input_size}px (--input-size)" if args.input_size else "size not recorded (--input-size)")
                   + (f", fkd seed {args.fkd_seed} (--fkd_seed)" if args.fkd_seed is not None else
-                     f", fkd seed not recorded (upstream default {store.LEGACY_SEED})")),
+                     f", fkd seed not recorded (upstream default {DEFAULT_SEED})")),
         ("teacher", "not recorded (an upstream store has no manifest)"),
     ]
 
@@ -270,6 +188,35 @@ def print_summary(root: str, rows: list[tuple[str, str]]) -> None:
     for key, value in rows:
         print(f"{key + ':':<{width + 1}} {value}")
     sys.stdout.flush()
+
+
+def per_image_info(root: str, args: argparse.Namespace) -> None:
+    """Summary and --check of a per-image store (--verify-teacher: batch stores only)."""
+    if args.verify_teacher is not None:
+        raise UserError(f"--verify-teacher: STORE {root} holds per-image labels; verify them with "
+                        f"generate_soft_label_fkd.py --reference_path {root} and a comparison of the files")
+    m = dict(open_store(root, flag="STORE", layout="per-image").manifest)
+    names = per_image.normalize_label_type(m["label_type"])
+    t = m.get("teacher") or {}
+    print_summary(root, [
+        ("format", f"per-image v{m['format_version']} ({per_image.MANIFEST})"),
+        ("images", str(m["num_samples"])),
+        ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders)"),
+        ("crops per image", str(m["num_crops"])),
+        ("label type", f"{names} (top {m.get('top_k')}, {'float16' if m.get('use_fp16') else 'float32'}, "
+                       f"temperature {m['temperature']:g})"),
+        ("crops", f"{m['input_size']}px, scale {m['min_scale_crops']:g}..{m['max_scale_crops']:g}, "
+                  f"fkd seed {m['fkd_seed']}"),
+        ("teacher", f"{t.get('arch')} ({t.get('source')}, sha256 {str(t.get('weights_sha256'))[:12]})"),
+        ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}"),
+    ])
+    if args.check:
+        paths = sorted(str(p) for p in __import__("pathlib").Path(root).rglob("*.tar"))
+        if len(paths) != m["num_samples"]:
+            raise UserError(f"STORE {root}: {len(paths)} label files for {m['num_samples']} images")
+        for path in paths:
+            per_image.read_file(path, m)  # the store's own validator
+        print(f"ok: {len(paths)} files checked", flush=True)
 
 
 # ----------------------------------------------------------------------------- --check
@@ -338,25 +285,17 @@ def compare(stored: torch.Tensor, recomputed: torch.Tensor, tol: float,
 
 def amp_of(manifest: dict, device: torch.device) -> Optional[torch.dtype]:
     """Relabel's autocast, reproduced where it ran (CUDA); elsewhere float32."""
-    amp = manifest.get("amp")
-    if device.type != "cuda" or amp not in ("bfloat16", "float16"):
-        return None
-    return torch.bfloat16 if amp == "bfloat16" else torch.float16
+    return precision.dtype_of_name(manifest.get("amp")) if device.type == "cuda" else None
 
 
 def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -> None:
     from softlabel.loader import StoreBatches
-    from softlabel.teachers import Ensemble, load_teachers
+    from softlabel.teachers import Ensemble, load_teachers, split_list, weight_paths
 
-    archs = [a.strip() for a in args.verify_teacher.split(",") if a.strip()]
+    archs = split_list(args.verify_teacher)
     if not archs:
         raise UserError("--verify-teacher: name the teacher's architecture (several: A,B,C)")
-    paths: list[Optional[str]] = [None] * len(archs)
-    if args.teacher_path:
-        paths = [q.strip() for q in args.teacher_path.split(",")]
-        if len(paths) != len(archs):
-            raise UserError(f"--teacher-path gives {len(paths)} files for {len(archs)} teachers "
-                            f"({', '.join(archs)}); give one per teacher")
+    paths = weight_paths(args.teacher_path, archs)
     recorded = manifest.get("teachers") or []
     if recorded and len(recorded) != len(archs):
         raise UserError(f"--verify-teacher {args.verify_teacher}: the store was labelled by {len(recorded)} "
@@ -437,21 +376,19 @@ def main() -> None:
     if args.input_size is not None and args.input_size < 1:
         raise UserError(f"--input-size must be at least 1, got {args.input_size}")
     root = args.store
-    kind = store_kind(root)
+    kind = {"batch": "ours", "upstream": "legacy", "per-image": "per-image"}[detect(root, "STORE")]
+    if kind == "per-image":
+        return per_image_info(root, args)
     if args.verify_teacher is not None and not args.data:
         raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
     if args.verify_teacher is not None and kind == "legacy" and args.input_size is None:
         raise UserError(f"STORE {root} is an upstream store (no manifest), which does not record its crop "
-                        f"size: --verify-teacher needs --input-size (and --fkd_seed, default {store.LEGACY_SEED})")
-    index = scan_data(args) if args.data else None
+                        f"size: --verify-teacher needs --input-size (and --fkd_seed, default {DEFAULT_SEED})")
+    index = scan_image_folder(args.data, "--data") if args.data else None
+    request = Request(input_size=args.input_size, fkd_seed=args.fkd_seed)
 
-    if kind == "ours":
-        manifest = store.read_manifest(root)
-        for flag, value, key in (("--input-size", args.input_size, "input_size"),
-                                 ("--fkd_seed", args.fkd_seed, "fkd_seed")):
-            if value is not None and value != manifest[key]:
-                raise UserError(f"{flag} {value}: STORE {root} was made with {key} {manifest[key]}; omit the flag "
-                                f"(the store records it)")
+    if kind == "ours":  # the images are checked below, with a note rather than a refusal
+        manifest = dict(open_store(root, flag="STORE", request=request).manifest)
         print_summary(root, summary_ours(root, manifest))
     else:
         print_summary(root, summary_upstream(root, args, index))
@@ -459,12 +396,13 @@ def main() -> None:
 
     if args.check:
         if manifest is None:
-            epochs, batches, _ = layout(root)
+            epochs, batches, _ = upstream.layout(root)
             missing = store.missing_batches(root, epochs, batches)
             if missing:
                 raise UserError(f"STORE {root}: {len(missing)} of {epochs * batches} batch files missing "
                                 f"(first: {missing[0]})")
-            manifest = upstream_manifest(root, args, index)
+            manifest = dict(open_store(root, index, flag="STORE", data_arg="--data", request=request,
+                                       need_pixels=False).manifest)
         print(f"ok: {check_store(root, manifest)} files checked", flush=True)
 
     if args.verify_teacher is not None:
@@ -476,7 +414,7 @@ def main() -> None:
                 print(f"note: --data {args.data} is not the folder the store was made from (file names or "
                       f"sizes differ from {(manifest.get('args') or {}).get('data')}); comparing anyway", flush=True)
         elif manifest is None:
-            manifest = upstream_manifest(root, args, index)
+            manifest = dict(open_store(root, index, flag="STORE", data_arg="--data", request=request).manifest)
         verify_teacher(root, manifest, index, args)
 
 

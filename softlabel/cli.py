@@ -17,6 +17,10 @@ REPLACED_FLAGS = {
 }
 
 
+# The upstream flags both relabel scripts (batch and per-image) replace.
+LABELLING_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
+
+
 def add_replaced_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     g = parser.add_argument_group("upstream flags (accepted so old scripts run; replaced as noted)")
     for name in names:

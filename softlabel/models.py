@@ -13,7 +13,6 @@ from softlabel.data import IMAGENET_MEAN, IMAGENET_STD
 from softlabel.errors import UserError
 
 
-
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))

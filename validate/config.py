@@ -182,6 +182,9 @@ def from_store(store: Store, args: argparse.Namespace, info: DistInfo) -> dict:
                 "fkd_seed": s.fkd_seed, "num_classes": s.num_classes, "mix_type": s.mix_type}
     if s.layout == "batch":
         return {**recorded, "batch_size": s.batch_size, "epochs": args.epochs or s.epochs}
+    if args.epochs is None:
+        raise UserError(f"--epochs is required with --fkd-layout per-image (every epoch uses --num-crops of "
+                        f"the {s.num_crops} crops {store.where} holds per image)")
     num_crops = args.num_crops or DEFAULT_CROPS_PER_STEP
     used = (args.epochs - args.start_epoch) * num_crops
     if used > s.num_crops and info.is_main:

@@ -39,7 +39,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from softlabel import checkpoint, distributed, evaluation, files, models, precision, provenance, replay, streams, tracking
+from softlabel import (
+    checkpoint,
+    distributed,
+    evaluation,
+    files,
+    models,
+    precision,
+    provenance,
+    replay,
+    streams,
+    tracking,
+)
 from softlabel.cli import add_replaced_flags, note_replaced_flags
 from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, eval_transform, scan_image_folder
 from softlabel.distributed import DistInfo, slice_bounds

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-
 from torch.utils.data import Dataset
 
 from softlabel import distributed, files

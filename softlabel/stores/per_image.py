@@ -28,7 +28,6 @@ those of a k-crop store with the same seed.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -38,13 +37,12 @@ from torch.utils.data import Dataset
 
 from softlabel import distributed, files, replay, streams
 from softlabel.data import FolderIndex, ImageCache
-from softlabel.distributed import DistInfo
+from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
-from softlabel.streams import Stream
-from softlabel.distributed import slice_bounds
 from softlabel.replay import normalize_mix_type
 from softlabel.stores.base import Request, Store
 from softlabel.stores.batch import smallest_int_dtype
+from softlabel.streams import Stream
 
 MANIFEST = "fkd_manifest.json"
 FORMAT = "fkd-per-image"
@@ -365,9 +363,6 @@ class PerImageStore(Store):
         if request.label_type and normalize_label_type(request.label_type) != m["label_type"]:
             raise UserError(f"--soft_label_type {request.label_type}: {where} holds {m['label_type']} "
                             f"labels (choose the store made with that type, or leave the flag out)")
-        if request.epochs is None:
-            raise UserError(f"--epochs is required with --fkd-layout per-image (every epoch uses --num-crops of "
-                            f"the {m['num_crops']} crops {where} holds per image)")
         if request.num_crops is not None and request.num_crops > m["num_crops"]:
             raise UserError(f"--num-crops {request.num_crops} is more than the {m['num_crops']} crops per image "
                             f"{where} holds")
@@ -411,7 +406,6 @@ def create(path: str, manifest: dict, index: FolderIndex, info: Optional[DistInf
     """Create a per-image store, or reopen one of the same content settings. Several runs may
     write one store at once (each skips the files that exist), so there is no lock: the manifest
     holds content settings only and every run writes the same bytes."""
-    check_unique_names(index, "DIR")
     if is_store(path):  # every rank checks, so a refusal stops them all at once
         prepare_store(path, manifest, flag)
 

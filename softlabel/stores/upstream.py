@@ -117,7 +117,8 @@ class UpstreamStore(BatchStore):
         manifest = legacy_manifest(first, class_names, num_samples, request.fkd_seed, request.input_size)
         manifest["epochs"], manifest["batches_per_epoch"] = epochs, batches
         if index is not None:
-            manifest["args"] = {"data": index.root}
+            # recorded so that a conversion into our format keeps checking the images
+            manifest["args"], manifest["dataset_fingerprint"] = {"data": index.root}, index.fingerprint()
         store = cls(path, manifest, flag)
         store.format = manifest["legacy_kind"]
         return store
