@@ -463,7 +463,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--write-readme", action="store_true", help="put the tables into README.md between "
                    f"{MARK_START} and {MARK_END}")
-    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"), help="the file --write-readme edits "
+    p.add_argument("--readme", default=os.path.join(ROOT, "docs", "recipes.md"), help="the file --write-readme edits "
                    "(default: the repository's README.md)")
     p.add_argument("--plot", default=None, help="PNG of the results (default: img/methods.png; --quick: WORK/methods.png)")
     p.add_argument("--quick", action="store_true", help="a smoke test of every recipe: 1 seed, teachers and "

@@ -7,7 +7,7 @@
    (full fp16), scripts/convert_labels.py derives each top-K store from it, and the same
    student (same seeds, same steps) trains from each.
 
-    .venv/bin/python scripts/bench_storage.py                # the README table (~15 min, 2 cores)
+    .venv/bin/python scripts/bench_storage.py                # the table of docs/stores.md (~15 min, 2 cores)
     .venv/bin/python scripts/bench_storage.py --sizes-only   # part 1 only (seconds)
 """
 from __future__ import annotations

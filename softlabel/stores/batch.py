@@ -21,7 +21,7 @@ With ``label_format`` "topk" (K = manifest ``topk``) the same list in compact ty
 left out, chosen so that those classes keep the probability mass the teacher gave them together:
 ``fill = logsumexp(dropped logits) - log(C - K)``. Without it (``topk_fill`` null, and stores
 written before it existed, whose list holds only [values, classes]) the left-out classes read as
--inf: probability 0, the top K renormalized, which costs a student far more (README).
+-inf: probability 0, the top K renormalized, which costs a student far more (docs/stores.md).
 
 The reader also accepts stores made by the upstream repositories, which have no manifest:
 SRe2L / G-VBSM lists of 6 (no index: the sample order is the upstream one, a RandomSampler over
@@ -145,7 +145,7 @@ def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_fo
 
 TOPK_FILL_HELP = ("residual (default): one more float16 logit per sample, given to every class left out, "
                   "so that together they keep their probability; none: they get probability 0 (the top K "
-                  "renormalized: much worse students, see README)")
+                  "renormalized: much worse students, see docs/stores.md)")
 
 
 def fill_setting(label_format: str, choice: str) -> Optional[str]:
