@@ -1,19 +1,18 @@
 """The bad-input matrix: each case runs the real script as a user would and expects one error
-line naming the culprit, a non-zero exit, no traceback, and nothing else damaged."""
+line naming the culprit, a non-zero exit, no traceback, and nothing else damaged. Sections: stores
+the trainer reads, data folders, output paths, relabel's flags and teachers, the trainer's flags and
+checkpoints, FKD per-image generation, the helper scripts. (Cases that need a heavy fixture of
+their own file stay there: the store inspector, per-image and upstream stores, conversion.)"""
 from __future__ import annotations
 
 import os
-import resource
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, STORE_ARGS, assert_user_error, relabel, run_script, script_env, tree_bytes
+from conftest import STORE_ARGS, assert_user_error, relabel, run_script, script_env, tree_bytes
 from PIL import Image
 
 from softlabel.stores import batch as store
@@ -26,12 +25,9 @@ def train(*args, check=False):
     return run_script(TRAIN, *args, "--no-progress", "-j", 0, check=check)
 
 
-def no_temp_files(root: Path) -> bool:
-    return not [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
-
-
 @pytest.fixture()
-def broken_store(cutmix_store, tmp_path) -> Path:
+def store_copy(cutmix_store, tmp_path) -> Path:
+    """A copy of the session's cutmix store, free to spoil or to be refused on."""
     copy = tmp_path / "store"
     shutil.copytree(cutmix_store, copy)
     return copy
@@ -39,36 +35,36 @@ def broken_store(cutmix_store, tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- stores
 
-def test_truncated_batch_file_is_named(broken_store, demo_data, tmp_path):
-    path = broken_store / "epoch_1" / "batch_1.tar"
+def test_truncated_batch_file_is_named(store_copy, demo_data, tmp_path):
+    path = store_copy / "epoch_1" / "batch_1.tar"
     path.write_bytes(path.read_bytes()[:300])
-    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", broken_store, "--model", "mlpnet",
+    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", store_copy, "--model", "mlpnet",
                  "--output-dir", tmp_path / "run")
     assert_user_error(proc, str(path), "truncated or corrupt")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_logits_are_named(value, broken_store, demo_data, tmp_path):
-    path = broken_store / "epoch_2" / "batch_0.tar"
+def test_non_finite_logits_are_named(value, store_copy, demo_data, tmp_path):
+    path = store_copy / "epoch_2" / "batch_0.tar"
     entry = torch.load(path, weights_only=True)
     entry[5][3, 1] = value
     torch.save(entry, path)
-    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", broken_store, "--model", "mlpnet",
+    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", store_copy, "--model", "mlpnet",
                  "--output-dir", tmp_path / "run")
     assert_user_error(proc, str(path), "NaN or infinite")
 
 
-def test_store_with_another_class_count(broken_store, demo_data, tmp_path):
-    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", broken_store, "--model", "mlpnet",
+def test_store_with_another_class_count(store_copy, demo_data, tmp_path):
+    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", store_copy, "--model", "mlpnet",
                  "--num-classes", 100, "--output-dir", tmp_path / "run")
     assert_user_error(proc, "--num-classes 100", "10")
 
 
-def test_manifest_class_names_cannot_point_outside(broken_store, demo_data, tmp_path):
-    manifest = store.read_manifest(str(broken_store))
+def test_manifest_class_names_cannot_point_outside(store_copy, demo_data, tmp_path):
+    manifest = store.read_manifest(str(store_copy))
     manifest["class_names"][0] = "../../etc"
-    store.write_manifest(str(broken_store), manifest)
-    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", broken_store, "--model", "mlpnet",
+    store.write_manifest(str(store_copy), manifest)
+    proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", store_copy, "--model", "mlpnet",
                  "--output-dir", tmp_path / "run")
     assert_user_error(proc, "manifest", "class name")
 
@@ -157,29 +153,7 @@ def test_output_paths_that_cannot_be_created(demo_data, teacher_ckpt, tmp_path):
     assert_user_error(proc, "--fkd-path", "cannot create directory")
 
 
-def _file_size_limit(limit: int):
-    def apply() -> None:  # in the child: a write past `limit` bytes fails as on a full disk
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
-
-def test_full_disk_during_a_write_leaves_no_partial_file(demo_data, teacher_ckpt, cutmix_store, tmp_path):
-    out = tmp_path / "store"
-    args = [sys.executable, str(ROOT / RELABEL), "--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt,
-            "--fkd-path", out, *STORE_ARGS]
-    proc = subprocess.run([str(a) for a in args], cwd=ROOT, env=script_env(), capture_output=True, text=True,
-                          timeout=600, preexec_fn=_file_size_limit(2500))
-    assert_user_error(proc, "cannot write", "nothing partial was left")
-    assert no_temp_files(out)
-    for path in out.rglob("batch_*.tar"):  # whatever was finished is whole
-        torch.load(path, weights_only=True)
-    relabel(demo_data / "ipc2", teacher_ckpt, out, *STORE_ARGS)  # the rerun completes the store
-    assert {k: v for k, v in tree_bytes(out).items() if k.startswith("epoch_")} == \
-        {k: v for k, v in tree_bytes(cutmix_store).items() if k.startswith("epoch_")}
-
-
-# ----------------------------------------------------------------------------- flags
+# ----------------------------------------------------------------------------- relabel
 
 @pytest.mark.parametrize("extra, needle", [
     (["--label-format", "topk"], "label_format"),
@@ -188,10 +162,8 @@ def test_full_disk_during_a_write_leaves_no_partial_file(demo_data, teacher_ckpt
     (["--min-scale-crops", 0.9, "--max-scale-crops", 0.5], "--min-scale-crops"),
     (["--temperature", 0], "--temperature"),
 ])
-def test_relabel_flags_that_contradict_each_other_or_the_store(extra, needle, cutmix_store, demo_data,
-                                                                teacher_ckpt, tmp_path):
-    copy = tmp_path / "store"
-    shutil.copytree(cutmix_store, copy)
+def test_relabel_flags_that_contradict_each_other_or_the_store(extra, needle, store_copy, demo_data, teacher_ckpt):
+    copy = store_copy
     before = tree_bytes(copy)
     base = [a for a in STORE_ARGS]
     for flag, value in zip(extra[::2], extra[1::2]):
@@ -202,6 +174,111 @@ def test_relabel_flags_that_contradict_each_other_or_the_store(extra, needle, cu
     proc = relabel(demo_data / "ipc2", teacher_ckpt, copy, *base, check=False)
     assert_user_error(proc, needle)
     assert tree_bytes(copy) == before
+
+
+def test_relabel_rerun_with_other_settings_or_other_images_is_refused(store_copy, demo_data, teacher_ckpt):
+    before = tree_bytes(store_copy)
+    proc = relabel(demo_data / "ipc2", teacher_ckpt, store_copy, *STORE_ARGS, "--fkd-seed", 1, check=False)
+    assert_user_error(proc, "--fkd-path", "fkd_seed", "42", "1")
+    proc = relabel(demo_data / "ipc5", teacher_ckpt, store_copy, *STORE_ARGS, check=False)
+    assert_user_error(proc, "num_samples")
+    assert tree_bytes(store_copy) == before
+
+
+def test_relabel_bad_data_teachers_and_flags(demo_data, teacher_ckpt, tmp_path):
+    cases = [
+        (["--data", tmp_path / "nope", "--teacher-path", teacher_ckpt], "--data"),
+        (["--data", demo_data / "ipc2", "--teacher-path", tmp_path / "missing.pth"], "missing.pth"),
+        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "-a", "resnet18"], "-a/--arch"),
+        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--mode", "fkd_load"], "--mode"),
+        (["--data", demo_data / "ipc2", "-a", "resnet18"], "resnet18"),  # no weights cached, no download
+        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--min-scale-crops", 0], "--min-scale-crops"),
+    ]
+    (tmp_path / "empty_class" / "a").mkdir(parents=True)
+    cases.append((["--data", tmp_path / "empty_class", "--teacher-path", teacher_ckpt], "--data"))
+    for args, needle in cases:
+        proc = run_script(RELABEL, *args, "--fkd-path", tmp_path / "s", "--epochs", 1, check=False)
+        assert_user_error(proc, needle)
+
+
+def test_missing_published_weights_name_the_model_and_the_cache(demo_data, tmp_path):
+    env = script_env(TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"))
+    for args, needles in (
+        (["-a", "resnet18"], ["'resnet18'", "--teacher-path", "resnet18-", str(tmp_path / "torch")]),
+        (["--teachers", "mobilenetv3_small_050.lamb_in1k", "--teacher-source", "timm"],
+         ["'mobilenetv3_small_050.lamb_in1k'", "--teacher-path", "timm/mobilenetv3_small_050", "HF_HOME"]),
+        (["-a", "democnn"], ["democnn", "--teacher-path"]),
+        (["-a", "resnet18", "--teacher-source", "private"], ["--teacher-source private", "--teacher-path"]),
+    ):
+        proc = run_script(RELABEL, "--data", demo_data / "ipc1", *args, "--fkd-path", tmp_path / "s", check=False,
+                          env=env)
+        assert_user_error(proc, *needles)
+        assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_teacher_pickle_that_runs_code_is_refused(demo_data, tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"model": Evil()}))
+    torch.save({"model": {"w": torch.zeros(1)}, "x": Evil()}, tmp_path / "evil2.pth")
+    for path in (bad, tmp_path / "evil2.pth"):
+        proc = run_script(RELABEL, "--data", demo_data / "ipc2", "--teacher-path", path, "-a", "democnn_small",
+                          "--fkd-path", tmp_path / "s", check=False)
+        assert_user_error(proc, str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def test_trainer_bad_data_model_and_flags(demo_data, tmp_path):
+    cases = [
+        (["--train-dir", tmp_path / "nope"], "--train-dir"),
+        (["--train-dir", demo_data / "ipc1", "--model", "no_such_net"], "no_such_net"),
+        (["--train-dir", demo_data / "ipc1", "--fkd-path", tmp_path], "--fkd-path"),
+        (["--train-dir", demo_data / "ipc1", "--val-dir", demo_data / "val", "--num-classes", 5], "--train-dir"),
+    ]
+    for args, needle in cases:
+        assert_user_error(train(*args, "--output-dir", tmp_path / "o"), needle)
+
+
+def test_trainer_flags_that_contradict_the_store(cutmix_store, demo_data, tmp_path):
+    base = ["--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model", "mlpnet",
+            "--output-dir", tmp_path / "run"]
+    assert_user_error(train(*base, "--batch-size", 16, check=False), "--batch-size 16", "batches of 8")
+    assert_user_error(train(*base, "--epochs", 4, check=False), "--epochs 4", "3 epochs")
+    assert_user_error(train(*base, "--input-size", 32, check=False), "--input-size 32", "24")
+    assert_user_error(train(*base, "--mix-type", "mixup", check=False), "--mix-type mixup", "cutmix")
+    wrong = ["--train-dir", demo_data / "ipc5"] + base[2:]
+    assert_user_error(train(*wrong, check=False), "--train-dir", "not the images")
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_incomplete_store_is_refused_before_training(demo_data, teacher_ckpt, tmp_path):
+    store_dir = tmp_path / "store"
+    relabel(demo_data / "ipc1", teacher_ckpt, store_dir, "--epochs", 2, "-b", 10, "--input-size", 16, "-j", 0)
+    (store_dir / "epoch_1" / "batch_0.tar").unlink()
+    proc = train("--train-dir", demo_data / "ipc1", "--fkd-path", store_dir, "--model", "mlpnet",
+                 "--output-dir", tmp_path / "run", check=False)
+    assert_user_error(proc, "--fkd-path", "1 batch files missing", "epoch_1")
+    (store_dir / "epoch_0" / "batch_0.tar").write_bytes(b"not a torch file")
+    proc = train("--train-dir", demo_data / "ipc1", "--fkd-path", store_dir, "--model", "mlpnet", "--epochs", 1,
+                 "--output-dir", tmp_path / "run", check=False)
+    assert_user_error(proc, "batch_0.tar")
+
+
+def test_resume_refuses_other_hyperparameters(cutmix_store, demo_data, tmp_path):
+    base = ["--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model", "mlpnet", "--epochs", 2]
+    train(*base, "--output-dir", tmp_path / "run", check=True)
+    proc = train(*base, "--epochs", 3, "--adamw-lr", 0.01, "--output-dir", tmp_path / "run", "--resume", "auto",
+                 check=False)
+    assert_user_error(proc, "--resume", "--adamw-lr")
+    assert_user_error(train(*base, "--output-dir", tmp_path / "x", "--resume", tmp_path / "none.pth", check=False),
+                      "--resume", "none.pth")
 
 
 def test_checkpoint_that_is_not_ours_or_corrupt(cutmix_store, demo_data, tmp_path):
@@ -215,3 +292,33 @@ def test_checkpoint_that_is_not_ours_or_corrupt(cutmix_store, demo_data, tmp_pat
     proc = train("--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model", "mlpnet",
                  "--resume", "auto", "--output-dir", run)
     assert_user_error(proc, "--resume", "not a checkpoint of this trainer")
+
+
+# ----------------------------------------------------------------------------- FKD per-image generation
+
+def test_fkd_crops_not_a_multiple_of_the_segments(demo_data, teacher_ckpt, tmp_path):
+    out = tmp_path / "never"
+    proc = run_script("relabel/generate_soft_label_fkd.py", demo_data / "ipc1", "--teacher-path", teacher_ckpt,
+                      "--save_path", out, "--num_crops", 10, "--num_seg", 4, check=False)
+    assert_user_error(proc, "--num_crops 10", "--num_seg 4")
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- helper scripts
+
+def test_demo_data_with_too_many_images_per_class(tmp_path):
+    proc = run_script("scripts/make_demo_data.py", "--out", tmp_path / "d", "--ipc", 1000, check=False)
+    assert_user_error(proc, "--ipc 1000")
+
+
+def test_export_from_a_root_without_the_dataset(tmp_path):
+    proc = run_script("scripts/export_imagefolder.py", "--dataset", "cifar10", "--root", tmp_path / "none",
+                      "--out", tmp_path / "o", check=False)
+    assert_user_error(proc, "--root", "--download")
+
+
+def test_bench_methods_unknown_recipe(tmp_path):
+    proc = run_script("scripts/bench_methods.py", "--quick", "--work", tmp_path, "--recipes", "vanilla,mixup",
+                      check=False)
+    assert proc.returncode == 2
+    assert_user_error(proc, "--recipes", "unknown mixup")

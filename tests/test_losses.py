@@ -1,11 +1,14 @@
-"""Every loss and metric against a direct, loop-level formula."""
+"""Every loss and metric against a direct, loop-level formula, and the trainer reporting each
+loss as that formula on the replayed store pixels."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_user_error, run_script
 
 from validate.losses import LOSSES, keep_topk
 from validate.metrics import classification_metrics, expected_calibration_error
@@ -183,3 +186,50 @@ def test_classification_metrics():
     assert m["top1"] == pytest.approx(100 / 3) and m["top5"] == pytest.approx(200 / 3)
     assert m["nll"] == pytest.approx(float(F.cross_entropy(logits_, targets)))
     assert 0 <= m["ece"] <= 100
+
+
+# ----------------------------------------------------------------------------- through the trainer
+
+def test_the_trainer_reports_every_loss_type_as_its_formula(cutmix_store, demo_data, tmp_path):
+    """Every --loss-type trains one epoch of the store at learning rate 0, so the student stays at
+    its (checkpointed) initialisation and each step can be recomputed: the reported train loss is
+    the loss above, with the defaults --help gives (T 3; wsld T 2, alpha 2.5; kd T 4, alpha 0.9;
+    --ce-weight 0.1), on the student's logits for the replayed store pixels and the stored labels
+    (their top 3 under --keep-topk 3), averaged over the epoch's 20 samples."""
+    from softlabel import replay
+    from softlabel.data import scan_image_folder
+    from softlabel.loader import StoreBatches
+    from softlabel.models import create_model
+    train = "validate/train_FKD_parallel.py"
+    manifest = json.loads((cutmix_store / "manifest.json").read_text())
+    index = scan_image_folder(str(demo_data / "ipc2"), "--train-dir")
+    jobs = [(0, b) for b in range(manifest["batches_per_epoch"])]
+    items = [StoreBatches(str(cutmix_store), index, manifest, jobs)[i] for i in range(len(jobs))]
+    assert sum(len(item["target"]) for item in items) == manifest["num_samples"] == 20
+    for loss in sorted(LOSSES):
+        out = tmp_path / loss
+        topk = 3 if loss in ("kl", "wsld") else None
+        run_script(train, "--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
+                   "--model", "mlpnet", "--loss-type", loss, "--epochs", 1, "--adamw-lr", 0, "--no-progress",
+                   "--output-dir", out, *(["--keep-topk", topk] if topk else []))
+        result = json.loads((out / "results.json").read_text())
+        assert result["labels"] == f"soft ({loss})" and result["steps"] == 3, loss
+        assert {"top1", "top5", "nll", "ece"} <= set(result)
+        ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+        student = create_model("mlpnet", 10)
+        student.load_state_dict(ckpt["model"])
+        temperature, alpha = {"wsld": (2.0, 2.5), "kd": (4.0, 0.9)}.get(loss, (3.0, 1.0))
+        total = 0.0
+        with torch.no_grad():
+            for item in items:
+                x = replay.slice_inputs(item["pixels"], item["partners"], manifest["mean"], manifest["std"],
+                                        item["mix_lam"], item["mix_bbox"])
+                soft = item["soft_label"].float()
+                value = LOSSES[loss](student(x), keep_topk(soft, topk) if topk else soft, item["target"],
+                                     temperature=temperature, ce_weight=0.1, alpha=alpha)
+                total += float(value) * len(item["target"])
+        assert result["train_loss"] == pytest.approx(total / 20, rel=1e-5), loss
+    assert_user_error(run_script(train, "--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, "--model",
+                                 "mlpnet", "--loss-type", "mse_gt", "--keep-topk", 3, "--no-progress",
+                                 "--output-dir", tmp_path / "y", check=False),
+                      "--keep-topk", "mse_gt")

@@ -1,10 +1,11 @@
-"""Relabel: the store format, determinism, resume and refusals."""
+"""Relabel: the store format, determinism, resume and extension. (Refusals: test_bad_inputs.py;
+killed runs: test_faults.py.)"""
 from __future__ import annotations
 
 import json
 
 import torch
-from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_bytes
+from conftest import STORE_ARGS, relabel, run_script, tree_bytes
 
 from softlabel.data import scan_image_folder
 
@@ -92,48 +93,3 @@ def test_more_epochs_extend_a_store(demo_data, teacher_ckpt, cutmix_store, tmp_p
     assert "3 batch files to write, 9 already done" in proc.stdout
     assert json.loads((store / "manifest.json").read_text())["epochs"] == 4
     assert (store / "epoch_0" / "batch_0.tar").read_bytes() == (cutmix_store / "epoch_0" / "batch_0.tar").read_bytes()
-
-
-def test_rerun_with_other_settings_is_refused(demo_data, teacher_ckpt, cutmix_store, tmp_path):
-    store = tmp_path / "store"
-    relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS)
-    before = tree_bytes(store)
-    proc = relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS, "--fkd-seed", 1, check=False)
-    assert_user_error(proc, "--fkd-path", "fkd_seed", "42", "1")
-    proc = relabel(demo_data / "ipc5", teacher_ckpt, store, *STORE_ARGS, check=False)
-    assert_user_error(proc, "num_samples")
-    assert tree_bytes(store) == before
-
-
-def test_bad_inputs_are_one_line_errors(demo_data, teacher_ckpt, tmp_path):
-    cases = [
-        (["--data", tmp_path / "nope", "--teacher-path", teacher_ckpt], "--data"),
-        (["--data", demo_data / "ipc2", "--teacher-path", tmp_path / "missing.pth"], "missing.pth"),
-        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "-a", "resnet18"], "-a/--arch"),
-        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--mode", "fkd_load"], "--mode"),
-        (["--data", demo_data / "ipc2", "-a", "resnet18"], "resnet18"),  # no weights cached, no download
-        (["--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--min-scale-crops", 0], "--min-scale-crops"),
-    ]
-    (tmp_path / "empty_class" / "a").mkdir(parents=True)
-    cases.append((["--data", tmp_path / "empty_class", "--teacher-path", teacher_ckpt], "--data"))
-    for args, needle in cases:
-        proc = run_script("relabel/generate_soft_label.py", *args, "--fkd-path", tmp_path / "s",
-                          "--epochs", 1, check=False)
-        assert_user_error(proc, needle)
-
-
-def test_pickle_that_runs_code_is_refused(demo_data, tmp_path):
-    import pickle
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(tmp_path / "pwned"), "w"))
-
-    bad = tmp_path / "evil.pth"
-    bad.write_bytes(pickle.dumps({"model": Evil()}))
-    torch.save({"model": {"w": torch.zeros(1)}, "x": Evil()}, tmp_path / "evil2.pth")
-    for path in (bad, tmp_path / "evil2.pth"):
-        proc = run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc2", "--teacher-path", path,
-                          "-a", "democnn_small", "--fkd-path", tmp_path / "s", check=False)
-        assert_user_error(proc, str(path))
-    assert not (tmp_path / "pwned").exists()

@@ -12,9 +12,10 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from softlabel import replay
+from softlabel import replay, streams
 from softlabel.data import scan_image_folder
 from softlabel.loader import StoreBatches
+from softlabel.streams import Stream
 from softlabel.teachers import load_teacher
 
 
@@ -109,7 +110,7 @@ def test_cutmix_lambda_is_the_kept_fraction(cutmix_store):
 
 
 def test_sampled_crops_follow_random_resized_crop():
-    rng = replay.rng_for(7, 1, 2, 3)
+    rng = streams.rng(7, Stream.BATCH_AUGMENT, 2, 3)
     scale, ratio = (0.3, 0.9), replay.DEFAULT_RATIO
     for _ in range(500):
         width, height = int(rng.integers(20, 300)), int(rng.integers(20, 300))
@@ -151,7 +152,7 @@ def test_batch_sampling_depends_only_on_seed_epoch_batch():
 
 
 def test_mix_sampling_matches_upstream_conventions():
-    rng = replay.rng_for(0, 9)
+    rng = streams.rng(0, 9)
     index, lam, bbox = replay.sample_mix(rng, "mixup", 6, 32)
     assert bbox is None and 0 <= lam <= 1 and sorted(index.tolist()) == list(range(6))
     index, lam, bbox = replay.sample_mix(rng, "cutmix", 6, 32)

@@ -15,6 +15,7 @@ from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_by
 
 from softlabel.data import scan_image_folder
 from softlabel.loader import StoreBatches
+from softlabel.stores import Request, open_store, upstream
 from softlabel.stores import batch as store
 
 TRAIN = "validate/train_FKD_parallel.py"
@@ -108,7 +109,7 @@ def write_upstream(ours: Path, dest: Path, kind: str, numpy_box: bool = True) ->
     the cutmix box as numpy scalars (np.clip results), fp16 labels; SRe2L/G-VBSM have no
     index (their order comes from the seeded RandomSampler), PRISM appends it."""
     manifest = store.read_manifest(str(ours))
-    order = store.LegacyOrder(manifest["fkd_seed"], manifest["num_samples"])
+    order = upstream.LegacyOrder(manifest["fkd_seed"], manifest["num_samples"])
     b_size = manifest["batch_size"]
     for rec_epoch in range(manifest["epochs"]):
         os.makedirs(dest / f"epoch_{rec_epoch}")
@@ -129,10 +130,11 @@ def test_upstream_stores_are_read_safely_and_trained(kind, cutmix_store, demo_da
     write_upstream(cutmix_store, legacy, kind)
     with pytest.raises(pickle.UnpicklingError):  # why upstream trainers fail on torch >= 2.6
         torch.load(legacy / "epoch_0" / "batch_0.tar", weights_only=True)
-    manifest = store.legacy_manifest(str(legacy), [f"{i}" for i in range(10)], 20, None, 24)
+    index = scan_image_folder(str(demo_data / "ipc2"), "--train-dir")
+    manifest = dict(open_store(str(legacy), index, request=Request(input_size=24)).manifest)
     assert manifest["legacy_kind"] == kind and manifest["epochs"] == 3 and manifest["batches_per_epoch"] == 3
     ours = read_all(cutmix_store, store.read_manifest(str(cutmix_store)))
-    order = store.LegacyOrder(42, 20)
+    order = upstream.LegacyOrder(42, 20)
     for n, rec in enumerate(read_all(legacy, manifest)):
         e, b = divmod(n, 3)
         want = ours[n].index if kind == "prism" else order.epoch(e)[b * 8:(b + 1) * 8]
@@ -225,7 +227,7 @@ def test_legacy_order_is_the_upstream_sampler_order_across_epochs():
     generator = torch.Generator().manual_seed(42)
     loader = torch.utils.data.DataLoader(list(range(23)), batch_size=5,
                                          sampler=torch.utils.data.RandomSampler(range(23), generator=generator))
-    upstream = [torch.cat(list(loader)) for _ in range(4)]
-    order = store.LegacyOrder(42, 23)
+    expected = [torch.cat(list(loader)) for _ in range(4)]
+    order = upstream.LegacyOrder(42, 23)
     for e in (2, 0, 3, 1):  # in any order of access
-        assert torch.equal(order.epoch(e), upstream[e])
+        assert torch.equal(order.epoch(e), expected[e])

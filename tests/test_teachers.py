@@ -1,4 +1,5 @@
-"""Teachers: ensemble rules, published weights from local caches only, class maps."""
+"""Teachers: ensemble rules, published weights from local caches only (a missing one: test_bad_inputs.py),
+class maps, and the checks of their accuracy (chance-level warning, --min-teacher-acc, --evaluate)."""
 from __future__ import annotations
 
 import json
@@ -80,21 +81,6 @@ def fake_timm_cache(hf_home: Path, name: str) -> None:
     model = create_model(name, 1000, "timm")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(base / "snapshots" / commit / "model.safetensors"))
-
-
-def test_missing_published_weights_name_the_model_and_the_cache(demo_data, tmp_path):
-    env = script_env(TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"))
-    for args, needles in (
-        (["-a", "resnet18"], ["'resnet18'", "--teacher-path", "resnet18-", str(tmp_path / "torch")]),
-        (["--teachers", "mobilenetv3_small_050.lamb_in1k", "--teacher-source", "timm"],
-         ["'mobilenetv3_small_050.lamb_in1k'", "--teacher-path", "timm/mobilenetv3_small_050", "HF_HOME"]),
-        (["-a", "democnn"], ["democnn", "--teacher-path"]),
-        (["-a", "resnet18", "--teacher-source", "private"], ["--teacher-source private", "--teacher-path"]),
-    ):
-        proc = run_script("relabel/generate_soft_label.py", "--data", demo_data / "ipc1", *args,
-                          "--fkd-path", tmp_path / "s", check=False, env=env)
-        assert_user_error(proc, *needles)
-        assert not (tmp_path / "s" / "manifest.json").exists()
 
 
 def test_preset_with_published_torchvision_weights(demo_data, tmp_path):
@@ -180,3 +166,28 @@ def test_wnid_folders_map_to_imagenet_classes(demo_data, tmp_path):
     m = json.loads((tmp_path / "store" / "manifest.json").read_text())
     assert m["class_mapping"] == "imagenet-wnid"
     assert [m["class_to_index"][w] for w in sorted(m["class_to_index"])] == list(range(100, 110))
+
+
+# ----------------------------------------------------------------------------- accuracy checks
+
+def test_teachers_at_chance_warn_and_min_teacher_acc_stops_before_writing(demo_data, teacher_ckpt, tmp_path):
+    # The random-weight teacher of the test suite labels at about chance.
+    proc = relabel(demo_data / "ipc5", teacher_ckpt, tmp_path / "warn", "--epochs", 1, "-b", 50, "--input-size", 16,
+                   "-j", 0)
+    assert "WARNING" in proc.stderr and "class order" in proc.stderr and "--class-map" in proc.stderr
+    proc = relabel(demo_data / "ipc5", teacher_ckpt, tmp_path / "stop", "--epochs", 3, "-b", 25, "--input-size", 16,
+                   "--min-teacher-acc", 50, "-j", 0, check=False)
+    assert_user_error(proc, "--min-teacher-acc 50", "class order")
+    assert not list((tmp_path / "stop").glob("epoch_*/batch_*.tar"))
+
+
+def test_evaluate_reports_each_teacher_and_the_ensemble(demo_data, teacher_ckpt, tmp_path):
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save({"model": create_model("mlpnet", 10).state_dict(), "arch": "mlpnet", "num_classes": 10}, other)
+    proc = relabel(demo_data / "ipc1", f"{teacher_ckpt},{other}", tmp_path / "s", "--teachers", "democnn_small,mlpnet",
+                   "--evaluate", "--val-dir", demo_data / "val", "--epochs", 1, "-b", 10, "--input-size", 16, "-j", 0)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("evaluate:")][0]
+    assert "(450 images)" in line and "ensemble" in line and "democnn_small" in line and "mlpnet" in line
+    proc = relabel(demo_data / "ipc1", teacher_ckpt, tmp_path / "s2", "--evaluate", "--epochs", 1, check=False)
+    assert_user_error(proc, "--evaluate", "--val-dir")
