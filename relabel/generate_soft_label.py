@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -24,9 +23,10 @@ from typing import Optional
 import torch
 
 from softlabel import classmap, distributed, precision, provenance, replay, tracking
-from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
-from softlabel.data import FolderIndex, drop_unreadable, scan_image_folder
-from softlabel.ensemble import ENSEMBLES
+from softlabel.cli import LABELLING_REPLACED, add_mix_type, add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, scan_images
+from softlabel.distributed import DistInfo
+from softlabel.ensemble import ENSEMBLES, RESCALING
 from softlabel.errors import UserError, run_main
 from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
@@ -39,28 +39,37 @@ from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_
 
 @dataclass
 class Preset:
-    """A per-architecture entry point: its teacher family and ensemble rule (PRISM)."""
+    """A per-architecture entry point (PRISM): its teacher family, ensemble rule and batch size.
+    Its other defaults are PRISM's relabel command (``PRISM_RELABEL``)."""
     name: str
     teachers: list[str]
     ensemble: str
+    batch_size: int
 
 
-def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
+# PRISM's relabel command, as its relabel/README.md gives it for r18 (../shared/seeds/000) and its
+# relabel_r18.sh, relabel_r50.sh, relabel_r101.sh state it (r101 alone with -b 100: Preset.batch_size).
+PRISM_RELABEL = {"workers": 8, "epochs": 300, "fkd_seed": 42, "input_size": 224, "min_scale_crops": 0.25,
+                 "max_scale_crops": 1.0, "use_fp16": True, "candidate_number": 4, "mode": "fkd_save",
+                 "mix_type": "cutmix"}
+
+
+def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     title = f"PRISM {preset.name} preset: " if preset else ""
     p = argparse.ArgumentParser(description=f"{title}soft-label generation (relabel) with crop/flip/mix replay")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="image folder to relabel (class sub-folders)")
     g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
                    help="data loading worker processes (default: 4 on GPU; 0 on CPU, where loading in "
-                        "the main process between batches is measured fastest); the store does not depend on it")
+                        "the main process between batches is measured fastest; a PRISM preset: 8, as its command); "
+                        "the store does not depend on it")
     g.add_argument("-b", "--batch-size", default=1024, type=int, metavar="N",
-                   help="images per stored batch = per student step (default: 1024)")
+                   help="images per stored batch = per student step (default: %(default)s)")
     g.add_argument("--epochs", default=300, type=int, help="epochs of labels to store (default: 300)")
     g.add_argument("--input-size", default=224, type=int, metavar="S", help="crop size (default: 224)")
-    g.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale (0.08)")
-    g.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale (1.0)")
-    g.add_argument("--mix-type", default="none", type=str, choices=["mixup", "cutmix", "none", "None"],
-                   help="batch mix applied after cropping (default: none)")
+    g.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale (%(default)s)")
+    g.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale (%(default)s)")
+    add_mix_type(g, "none", "batch mix applied after cropping (default: %(default)s; None is accepted as upstream)")
     g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (default: 0.8)")
     g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (default: 1.0)")
     g.add_argument("--class-map", metavar="FILE", default=None,
@@ -102,7 +111,7 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("store and run")
     g.add_argument("--fkd-path", default="./FKD_soft_label", type=str, help="store directory")
-    g.add_argument("--use-fp16", dest="use_fp16", action="store_true", help="store logits as float16")
+    g.add_argument("--use-fp16", dest="use_fp16", action="store_true", help="store logits as float16" + (" (a PRISM preset: on, as its command)" if preset else ""))
     g.add_argument("--label-format", choices=["full", "topk"], default="full",
                    help="full: every class's logit; topk: each sample's --topk largest logits (float16) "
                         "with their classes, and the crops in compact types (default: full)")
@@ -126,8 +135,7 @@ def get_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     add_replaced_flags(p, LABELLING_REPLACED)
 
     if preset:  # the PRISM ImageNet-1k command's defaults
-        p.set_defaults(epochs=300, input_size=224, min_scale_crops=0.08, mix_type="cutmix",
-                       use_fp16=True, ensemble=preset.ensemble)
+        p.set_defaults(**PRISM_RELABEL, batch_size=preset.batch_size, ensemble=preset.ensemble)
     return p
 
 
@@ -158,7 +166,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--evaluate needs --val-dir DIR")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
-    args.mix_type = replay.normalize_mix_type(args.mix_type)
 
 
 def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[list[Optional[str]], list[Optional[str]]]:
@@ -209,8 +216,8 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "topk_fill": store.fill_setting(args.label_format, args.topk_fill),
         "temperature": args.temperature,
         "teachers": [t.describe() for t in teachers],
-        "ensemble": args.ensemble if len(teachers) > 1 else None,
-        "primary_weight": args.primary_weight if len(teachers) > 1 and args.ensemble == "primary-weighted" else None,
+        "ensemble": args.ensemble if len(teachers) > 1 or args.ensemble in RESCALING else None,
+        "primary_weight": args.primary_weight if args.ensemble == "primary-weighted" else None,
         # The student sees the pixels normalized as the primary teacher wants them.
         "mean": teachers[0].mean,
         "std": teachers[0].std,
@@ -220,82 +227,46 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
     }
 
 
-def main(preset: Optional[Preset] = None) -> None:
-    args = get_parser(preset).parse_args()
-    note_replaced_flags(args, LABELLING_REPLACED)
-    check_args(args)
-    archs, paths = teacher_specs(args, preset)
-    info = distributed.setup(args.device)
-    args.workers = loader_workers(args.workers, info.device.type == "cuda")
-    index = scan_image_folder(args.data, "--data")
-    skipped: list[str] = []
-    if args.skip_bad_images:
-        index, skipped = drop_unreadable(index)
-        if skipped and info.is_main:
-            print(f"relabel: --skip-bad-images: left out {len(skipped)} unreadable images: "
-                  + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""), file=sys.stderr, flush=True)
-    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source)
-    num_classes = teachers[0].num_classes
-    class_index, class_mapping = classmap.resolve(index.classes, num_classes, args.class_map)
-    amp = precision.amp_dtype(args.amp, info.device)
-    ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
-    batches = replay.batches_per_epoch(len(index), args.batch_size)
+def announce(args, index: FolderIndex, teachers: list[Teacher], class_mapping: str, batches: int, todo: list,
+             mine: int, info: DistInfo) -> None:
+    family = ", ".join(f"{t.arch} ({t.source})" for t in teachers)
+    print(f"relabel: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teachers "
+          f"{family}" + (f", ensemble {args.ensemble}" if len(teachers) > 1 else "")
+          + f"; {args.epochs} epochs x {batches} batches of {args.batch_size}; {len(todo)} batch files "
+          f"to write" + (f", {mine - len(todo)} already done" if mine > len(todo) else "")
+          + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
 
-    if args.evaluate:
-        distributed.on_main_then_all(info, lambda: evaluate_teachers(
-            ens, args.val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
 
-    # Every rank checks the store read-only (so a refusal stops them all at once), then rank 0
-    # locks it and writes the manifest.
-    manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
-    manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
-    writer = create_store(args.fkd_path, manifest, info)
-
-    todo = [(e, b) for e, b in replay.epoch_jobs(0, args.epochs, batches)
-            if b % info.world_size == info.rank and not writer.exists(e, b)]
-    mine = sum(1 for b in range(batches) if b % info.world_size == info.rank) * args.epochs
-    images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)
-    jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
-                          (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
-                          args.cutmix, class_index, cache_bytes(args.cache_images, args.workers))
-    on_gpu = info.device.type == "cuda"
-    loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
-    if info.is_main:
-        family = ", ".join(f"{t.arch} ({t.source})" for t in teachers)
-        print(f"relabel: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teachers "
-              f"{family}" + (f", ensemble {args.ensemble}" if len(teachers) > 1 else "")
-              + f"; {args.epochs} epochs x {batches} batches of {args.batch_size}; {len(todo)} batch files "
-              f"to write" + (f", {mine - len(todo)} already done" if mine > len(todo) else "")
-              + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
-
-    started = time.time()
-    first_done: Optional[float] = None
+def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writer, num_folders: int,
+                  images_todo: int, info: DistInfo) -> tuple[Accuracy, Optional[float]]:
+    """Label every batch the loader yields and write it; nothing is written before the teachers
+    pass the accuracy check on the first crops. Returns their accuracy and when the first batch was done."""
+    teachers = ens.teachers
     total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
     pending: list[tuple[int, int, store.BatchRecord]] = []  # held back until the teachers pass the check
-    checked = False
+    checked, first_done = False, None
     bar = tracking.progress(images_todo, "relabel", disable=not info.is_main)
     for n, item in enumerate(loader):
         epoch = item["epoch"]
         pixels = item["pixels"].to(info.device, non_blocking=True)
-        partners = None if item["mix_index"] is None else pixels[item["mix_index"].to(pixels.device)]
+        partners = replay.partners_of(pixels, item["mix_index"])
         combined, outputs = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
         for acc in (total, epoch_acc):
             acc.update(combined, outputs, item["target"], item["mix_index"])
         logits = (combined / args.temperature).cpu()
-        record = store.BatchRecord(item["coords"], item["flip"], item["mix_index"], item["mix_lam"],
-                                   item["mix_bbox"], logits.half() if args.use_fp16 else logits, item["index"])
-        pending.append((epoch, item["batch"], record))
+        pending.append((epoch, item["batch"], store.BatchRecord(
+            item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"],
+            logits.half() if args.use_fp16 else logits, item["index"])))
         last = n + 1 == len(todo)
         if not checked and (total.seen >= min(PREFLIGHT_CROPS, images_todo) or last):
-            check_teacher_accuracy(total, teachers, len(index.classes), args.mix_type != "none",
+            check_teacher_accuracy(total, teachers, num_folders, args.mix_type != "none",
                                    args.min_teacher_acc, f"the first {total.seen} crops they label")
             checked = True
         if checked:
             for e, b, rec in pending:
                 writer.write(e, b, rec)
             pending.clear()
-        if first_done is None:
-            first_done = time.time()
+        first_done = first_done or time.time()
         bar.update(len(item["index"]))
         bar.set_postfix(epoch=epoch, top1=f"{total.percent()[0]:.1f}", refresh=False)
         if last or todo[n + 1][0] != epoch:
@@ -306,10 +277,15 @@ def main(preset: Optional[Preset] = None) -> None:
                           + (" [rank 0's batches]" if info.distributed else ""))
             epoch_acc = Accuracy(len(teachers))
     bar.close()
+    return total, first_done
+
+
+def report(args, total: Accuracy, todo: list, images_todo: int, num_images: int, started: float,
+           first_done: Optional[float], info: DistInfo) -> None:
+    """The run's summary over all ranks. Steady state: from each rank's first finished batch to the
+    last rank's end, so start-up (imports excluded: this is from main()) is reported on its own."""
     end = time.time()
-    # Steady state: from each rank's first finished batch to the last rank's end, so start-up
-    # (imports excluded: this is from main()) is reported on its own.
-    first_images = len(todo) and replay.batch_len(len(index), args.batch_size, todo[0][1])
+    first_images = len(todo) and replay.batch_len(num_images, args.batch_size, todo[0][1])
     correct, seen, written, steady_images = distributed.reduce_across(
         info, float(total.correct[0]), total.seen, len(todo), images_todo - first_images)
     startup, steady_time = distributed.reduce_across(
@@ -320,8 +296,43 @@ def main(preset: Optional[Preset] = None) -> None:
                   if steady_time > 0 and steady_images > 0 else "")
         print(f"relabel: wrote {int(written)} batch files to {args.fkd_path} in {end - started:.1f}s{steady}; "
               f"top-1 on the crops they labelled: {acc}", flush=True)
+
+
+def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
+    note_replaced_flags(args, LABELLING_REPLACED)
+    check_args(args)
+    archs, paths = teacher_specs(args, preset)
+    info = distributed.setup(args.device)
+    args.workers = loader_workers(args.workers, info.device.type == "cuda")
+    index, skipped = scan_images(args.data, "--data", args.skip_bad_images, info.is_main, "relabel")
+    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source)
+    class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, args.class_map)
+    amp = precision.amp_dtype(args.amp, info.device)
+    ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
+    batches = replay.batches_per_epoch(len(index), args.batch_size)
+    if args.evaluate:
+        distributed.on_main_then_all(info, lambda: evaluate_teachers(
+            ens, args.val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
+
+    manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
+    manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
+    writer = create_store(args.fkd_path, manifest, info)
+    todo = [(e, b) for e, b in replay.epoch_jobs(0, args.epochs, batches)
+            if b % info.world_size == info.rank and not writer.exists(e, b)]
+    mine = sum(1 for b in range(batches) if b % info.world_size == info.rank) * args.epochs
+    images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)
+    jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
+                          (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
+                          args.cutmix, class_index, cache_bytes(args.cache_images, args.workers))
+    on_gpu = info.device.type == "cuda"
+    loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
+    if info.is_main:
+        announce(args, index, teachers, class_mapping, batches, todo, mine, info)
+    started = time.time()
+    total, first_done = label_batches(args, loader, todo, ens, writer, len(index.classes), images_todo, info)
+    report(args, total, todo, images_todo, len(index), started, first_done, info)
     distributed.cleanup(info)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

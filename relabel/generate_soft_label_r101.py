@@ -1,15 +1,17 @@
 """PRISM's relabel preset for a ResNet-101 student on ImageNet-1k: teachers resnet101,
 mobilenet_v2, alexnet, shufflenet_v2_x0_5 with ImageNet weights (--candidate-number N keeps the
-first N), ensemble rule primary-weighted; cutmix, fp16 labels, 300 epochs of 224 px crops.
+first N), ensemble rule primary-weighted; and PRISM's relabel command as defaults: -b 100 -j 8 --epochs 300
+--fkd-seed 42 --input-size 224 --min-scale-crops 0.25 --max-scale-crops 1 --use-fp16
+--candidate-number 4 --mode fkd_save --mix-type cutmix (relabel_r101.sh upstream).
 Everything else is the generic relabel/generate_soft_label.py (see its --help).
 
     python relabel/generate_soft_label_r101.py --data DISTILLED --fkd-path STORE --candidate-number 4
 """
 
-from relabel.generate_soft_label import Preset, main
+from relabel.generate_soft_label import Preset, get_args_parser, main
 from softlabel.errors import run_main
 
-PRESET = Preset("r101", ["resnet101", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"], "primary-weighted")
+PRESET = Preset("r101", ["resnet101", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"], "primary-weighted", 100)
 
 if __name__ == "__main__":
-    run_main(lambda: main(PRESET))
+    run_main(lambda: main(get_args_parser(PRESET).parse_args(), PRESET))

@@ -145,7 +145,7 @@ def run_dir(args, s: Setting, recipe: str, seed: int) -> str:
 def common_train(args, s: Setting, seed: int, out: str) -> list[str]:
     data = args.data_dir
     return [PY, TRAIN, "--train-dir", f"{data}/{s.subset}", "--val-dir", f"{data}/{args.val_subset}", "--model", args.student,
-            "--crop-pct", "1.0", "--cos", "--seed", str(seed), "--eval-interval", str(s.epochs),
+            "--crop-pct", "1.0", "--lr-schedule", "cosine", "--seed", str(seed), "--eval-interval", str(s.epochs),
             "--save-interval", str(s.epochs), "--resume", "auto", "--output-dir", out, "--no-progress"]
 
 
@@ -161,7 +161,7 @@ def build_jobs(args) -> tuple[list[Job], dict]:
         out = teacher_dir(args, role)
         jobs.append(Job(f"teacher-{role}", [
             PY, TRAIN, "--train-dir", f"{data}/{args.train_subset}", "--val-dir", f"{data}/{args.val_subset}", "--model", arch,
-            *CROPS, "--crop-pct", "1.0", "-b", str(args.batch), "--epochs", str(args.teacher_epochs), "--cos",
+            *CROPS, "--crop-pct", "1.0", "-b", str(args.batch), "--epochs", str(args.teacher_epochs), "--lr-schedule", "cosine",
             "--seed", str(args.teacher_seed), "--eval-interval", str(args.teacher_epochs),
             "--save-interval", str(min(5, args.teacher_epochs)), "--resume", "auto", "--output-dir", out, "--no-progress"],
             os.path.join(out, "results.json"), train_cost.get(arch, 2.0) * n_train * args.teacher_epochs))
@@ -290,27 +290,22 @@ def confidence(run: str, val_dir: str) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from softlabel.checkpoint import read_weights
     from softlabel.data import IndexedImageFolder, eval_pixels_transform, scan_image_folder
-    from softlabel.files import safe_torch_load
+    from softlabel.evaluation import predict
     from softlabel.models import create_model
-    ckpt = safe_torch_load(os.path.join(run, "checkpoint.pth"), "checkpoint")
-    model = create_model(ckpt["arch"], ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
+    state, meta = read_weights(os.path.join(run, "checkpoint.pth"), "checkpoint")
+    model = create_model(meta["arch"], meta["num_classes"])
+    model.load_state_dict(state)
     model.eval()
-    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
-    key = (val_dir, ckpt["input_size"])
+    key = (val_dir, meta["input_size"])
     if key not in _VAL:  # decoded once per process
-        data = IndexedImageFolder(scan_image_folder(val_dir, "--data"), eval_pixels_transform(ckpt["input_size"], 1.0))
+        data = IndexedImageFolder(scan_image_folder(val_dir, "--data"), eval_pixels_transform(meta["input_size"], 1.0))
         _VAL[key] = list(DataLoader(data, batch_size=256))
-    conf, correct = [], []
-    with torch.no_grad():
-        for pixels, target in _VAL[key]:
-            probs = torch.softmax(model((pixels.float() / 255 - mean) / std), dim=1)
-            c, pred = probs.max(dim=1)
-            conf.append(c)
-            correct.append((pred == target).float())
-    out = {"confidence": 100.0 * float(torch.cat(conf).mean()), "top1": 100.0 * float(torch.cat(correct).mean())}
+    logits, target = predict(model, _VAL[key], torch.device("cpu"), mean=meta["mean"], std=meta["std"])
+    conf, pred = torch.softmax(logits, dim=1).max(dim=1)
+    correct = (pred == target).float()
+    out = {"confidence": 100.0 * float(conf.mean()), "top1": 100.0 * float(correct.mean())}
     with open(cache, "w") as f:
         json.dump(out, f)
     return out
@@ -442,7 +437,7 @@ def write_readme(block: str, readme: str) -> bool:
 
 # ----------------------------------------------------------------------------- main
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Recipes (student resnet20):\n" + recipe_table(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -461,15 +456,18 @@ def main() -> None:
     p.add_argument("-b", "--batch", type=int, default=64, help="batch of teachers and full-split students (64)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
-    p.add_argument("--write-readme", action="store_true", help="put the tables into README.md between "
+    p.add_argument("--write-readme", action="store_true", help="put the tables into --readme between "
                    f"{MARK_START} and {MARK_END}")
     p.add_argument("--readme", default=os.path.join(ROOT, "docs", "recipes.md"), help="the file --write-readme edits "
-                   "(default: the repository's README.md)")
+                   "(default: docs/recipes.md)")
     p.add_argument("--plot", default=None, help="PNG of the results (default: img/methods.png; --quick: WORK/methods.png)")
     p.add_argument("--quick", action="store_true", help="a smoke test of every recipe: 1 seed, teachers and "
                    "students on ipc5 for 1 epoch, IPC2 for 2 steps, evaluated on ipc2 instead of val")
-    args = p.parse_args()
-    start = time.time()
+    return p
+
+
+def settle(args: argparse.Namespace) -> None:
+    """Check the flags, apply --quick, make the demo data if needed and count the images."""
     args.seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     args.recipes = [v.strip() for v in args.recipes.split(",") if v.strip()]
     unknown = [r for r in args.recipes if r not in BY_NAME]
@@ -498,22 +496,10 @@ def main() -> None:
     count = lambda sub: sum(len(fs) for _, _, fs in os.walk(os.path.join(args.data_dir, sub)))  # noqa: E731
     args.train_images, args.val_images = count(args.train_subset), count(args.val_subset)
 
-    jobs, cells = build_jobs(args)
-    times = run_jobs(jobs, args.jobs, args.threads)
-    summary = summarize(args, cells)
-    summary["job_seconds"] = times
-    wall = time.time() - start
-    summary["wall_s"] = wall
-    with open(os.path.join(args.work, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    table, order = markdown(args, summary), orderings(args, summary)
-    plot_path = args.plot or (os.path.join(args.work, "methods.png") if args.quick else os.path.join(ROOT, "img", "methods.png"))
-    plot(args, summary, plot_path)
-    print("\n" + table + "\n\n" + order + "\n")
-    print(f"plot: {plot_path}")
-    ran = sum(times.values())
-    print(f"total wall time {wall / 60:.1f} min ({wall:.0f} s); {len(times)} runs executed now "
-          f"({ran / 60:.1f} run-minutes), {len(jobs) - len(times)} taken from {args.work}")
+
+
+def record_wall_time(args, jobs: list, times: dict, wall: float, table: str, order: str) -> None:
+    """Keep the wall time of a run that executed every job; with --write-readme put the tables in."""
     wall_file = os.path.join(args.work, "wall.json")
     names = sorted(j.name for j in jobs)
     if len(times) == len(jobs):  # everything ran now: this is the wall time of the whole bench
@@ -530,5 +516,27 @@ def main() -> None:
         write_readme(f"{table}\n\n{order}\n\n*`{command.strip()}`{timing}.*", args.readme)
 
 
+def main(args: argparse.Namespace) -> None:
+    start = time.time()
+    settle(args)
+    jobs, cells = build_jobs(args)
+    times = run_jobs(jobs, args.jobs, args.threads)
+    summary = summarize(args, cells)
+    summary["job_seconds"] = times
+    wall = time.time() - start
+    summary["wall_s"] = wall
+    with open(os.path.join(args.work, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    table, order = markdown(args, summary), orderings(args, summary)
+    plot_path = args.plot or (os.path.join(args.work, "methods.png") if args.quick else os.path.join(ROOT, "img", "methods.png"))
+    plot(args, summary, plot_path)
+    print("\n" + table + "\n\n" + order + "\n")
+    print(f"plot: {plot_path}")
+    ran = sum(times.values())
+    print(f"total wall time {wall / 60:.1f} min ({wall:.0f} s); {len(times)} runs executed now "
+          f"({ran / 60:.1f} run-minutes), {len(jobs) - len(times)} taken from {args.work}")
+    record_wall_time(args, jobs, times, wall, table, order)
+
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

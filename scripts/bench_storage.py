@@ -93,7 +93,7 @@ def accuracy_table(work: str, ks: list[int], seeds: list[int], epochs: int) -> s
     run("scripts/make_demo_data.py", "--out", data, "--ipc", 2)
     if not os.path.isfile(os.path.join(teacher, "results.json")):
         run("validate/train_FKD_parallel.py", "--train-dir", f"{data}/train", "--model", "democnn",
-            "--input-size", 32, "--min-scale-crops", 0.5, "-b", 64, "--epochs", 20, "--cos", "--eval-interval", 20,
+            "--input-size", 32, "--min-scale-crops", 0.5, "-b", 64, "--epochs", 20, "--lr-schedule", "cosine", "--eval-interval", 20,
             "--output-dir", teacher, "--no-progress")
     full = os.path.join(work, "store_full")
     run("relabel/generate_soft_label.py", "--data", f"{data}/ipc2", "--teacher-path", f"{teacher}/checkpoint.pth",
@@ -115,7 +115,7 @@ def accuracy_table(work: str, ks: list[int], seeds: list[int], epochs: int) -> s
             out = os.path.join(work, f"student_{name.replace(' ', '_')}_s{seed}")
             if not os.path.isfile(os.path.join(out, "results.json")):  # a finished run is kept (--work)
                 run("validate/train_FKD_parallel.py", "--train-dir", f"{data}/ipc2", "--val-dir", f"{data}/val",
-                    "--fkd-path", path, "--model", "democnn", "--loss-type", "kl", "-T", 4, "--cos", "--crop-pct", 1.0,
+                    "--fkd-path", path, "--model", "democnn", "--loss-type", "kl", "-T", 4, "--lr-schedule", "cosine", "--crop-pct", 1.0,
                     "--seed", seed, "--eval-interval", epochs, "--save-interval", epochs, "--output-dir", out,
                     "--no-progress")
             with open(os.path.join(out, "results.json")) as f:

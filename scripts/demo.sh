@@ -21,7 +21,7 @@ $py scripts/make_demo_data.py --out "$data" --ipc 2
 echo "== 2/5 teacher: democnn on the full train split (hard labels)"
 $py validate/train_FKD_parallel.py --train-dir "$data/train" --val-dir "$data/val" \
     --model democnn --input-size 32 --min-scale-crops 0.5 --crop-pct 1.0 \
-    -b 64 --epochs 20 --cos --eval-interval 5 --output-dir "$runs/teacher"
+    -b 64 --epochs 20 --lr-schedule cosine --eval-interval 5 --output-dir "$runs/teacher"
 
 echo "== 3/5 relabel IPC2 with the teacher: 1000 epochs x 1 batch of 20"
 $py relabel/generate_soft_label.py --data "$data/ipc2" --teacher-path "$runs/teacher/checkpoint.pth" \
@@ -30,13 +30,13 @@ $py relabel/generate_soft_label.py --data "$data/ipc2" --teacher-path "$runs/tea
 
 echo "== 4/5 student from the soft labels (KL, T=4)"
 $py validate/train_FKD_parallel.py --train-dir "$data/ipc2" --val-dir "$data/val" \
-    --fkd-path "$runs/store_ipc2" --model democnn --loss-type kl -T 4 --cos --crop-pct 1.0 \
+    --fkd-path "$runs/store_ipc2" --model democnn --loss-type kl -T 4 --lr-schedule cosine --crop-pct 1.0 \
     --eval-interval 100 --save-interval 100 --output-dir "$runs/student_soft"
 
 echo "== 5/5 student from hard labels (same crops policy, same steps)"
 $py validate/train_FKD_parallel.py --train-dir "$data/ipc2" --val-dir "$data/val" \
     --model democnn --input-size 32 --min-scale-crops 0.5 --crop-pct 1.0 \
-    -b 20 --epochs 1000 --cos --eval-interval 100 --save-interval 100 \
+    -b 20 --epochs 1000 --lr-schedule cosine --eval-interval 100 --save-interval 100 \
     --output-dir "$runs/student_hard"
 
 $py scripts/plot_metrics.py "$runs/student_soft" "$runs/student_hard" --labels "soft labels,hard labels" \

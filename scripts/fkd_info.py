@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import torch
 
-from softlabel import precision
+from softlabel import precision, replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import Request, detect, open_store, per_image, upstream
@@ -237,7 +237,7 @@ def check_store(root: str, manifest: dict) -> int:
         for b in range(batches):
             path = store.batch_path(root, e, b)
             rec = reader.read(e, b)  # the store's own validator: shapes, dtypes, ranges, NaN
-            want = b_size if b < batches - 1 else n - (batches - 1) * b_size
+            want = replay.batch_len(n, b_size, b)
             if len(rec) != want:
                 raise UserError(f"store batch file {path}: {len(rec)} samples, expected {want} (batches of "
                                 f"{b_size}, {n} images)")

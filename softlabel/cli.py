@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional
+
+from softlabel.replay import MIX_TYPES, normalize_mix_type
 
 # Accepted so old scripts run; each prints one note of what replaces it.
 REPLACED_FLAGS = {
@@ -19,6 +22,13 @@ REPLACED_FLAGS = {
 
 # The upstream flags both relabel scripts (batch and per-image) replace.
 LABELLING_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "seed")
+
+
+def add_mix_type(group, default: Optional[str], help: str) -> None:
+    """--mix-type, one definition for every script: upstream spellings (None, none) are accepted
+    and every value reaches the code normalized ("none", "mixup", "cutmix")."""
+    group.add_argument("--mix-type", default=default, type=normalize_mix_type, choices=list(MIX_TYPES),
+                       metavar="{mixup,cutmix,none}", help=help)
 
 
 def add_replaced_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,6 +76,20 @@ def drop_unreadable(index: FolderIndex) -> tuple[FolderIndex, list[str]]:
     if not good:
         raise UserError(f"{index.root}: none of the {len(index.samples)} images can be read")
     return FolderIndex(index.root, index.classes, good), bad
+
+
+def scan_images(root: str, flag: str, skip_bad_images: bool, announce: bool, prog: str
+                ) -> tuple[FolderIndex, list[str]]:
+    """The images of a run: the folder's listing, less (with ``--skip-bad-images``) the images
+    that cannot be read, listed on stderr when ``announce``. Returns the index and those paths."""
+    index = scan_image_folder(root, flag)
+    if not skip_bad_images:
+        return index, []
+    index, skipped = drop_unreadable(index)
+    if skipped and announce:
+        print(f"{prog}: --skip-bad-images: left out {len(skipped)} unreadable images: "
+              + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""), file=sys.stderr, flush=True)
+    return index, skipped
 
 
 def load_rgb(path: str) -> Image.Image:

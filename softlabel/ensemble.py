@@ -46,8 +46,14 @@ ENSEMBLES: dict[str, EnsembleRule] = {
 }
 
 
+# Rules that change even one teacher's logits: PRISM's r50/r101 relabel rescales every sample to
+# the batch's mean norm whatever the number of candidates (--candidate-number 1 included).
+RESCALING = ("primary-weighted",)
+
+
 def combine(per_teacher: list[torch.Tensor], rule: str, primary_weight: float = 0.5) -> torch.Tensor:
-    """One (B, C) soft label from a list of per-teacher (B, C) logits (one teacher: as is)."""
-    if len(per_teacher) == 1:
+    """One (B, C) soft label from a list of per-teacher (B, C) logits (one teacher: as is,
+    unless the rule rescales)."""
+    if len(per_teacher) == 1 and rule not in RESCALING:
         return per_teacher[0]
     return ENSEMBLES[rule](torch.stack([t.float() for t in per_teacher]), primary_weight)

@@ -48,7 +48,7 @@ class RelabelBatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         epoch, batch = self.jobs[i]
-        idx = self._epoch_order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
+        idx = self._epoch_order(epoch)[replay.batch_slice(self.batch_size, batch)]
         images = [self.cache.load(self.index.samples[k][0]) for k in idx]
         rng = replay.batch_rng(self.seed, epoch, batch)
         coords, flips = replay.sample_crops_and_flips(rng, [im.size for im in images], self.scale)

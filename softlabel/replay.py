@@ -33,6 +33,11 @@ def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     return math.ceil(num_samples / batch_size)  # the last batch may be short (drop_last=False)
 
 
+def batch_slice(batch_size: int, batch: int) -> slice:
+    """Where batch ``batch`` sits in an epoch's sample order."""
+    return slice(batch * batch_size, (batch + 1) * batch_size)
+
+
 def batch_len(num_samples: int, batch_size: int, batch: int) -> int:
     """Samples in batch ``batch`` of an epoch: ``batch_size``, fewer in the last one."""
     return min(batch_size, num_samples - batch * batch_size)
@@ -167,12 +172,17 @@ def mix_with(images: torch.Tensor, partners: Optional[torch.Tensor], mix_lam: Op
     return lam * images + (1.0 - lam) * partners
 
 
+def partners_of(values: torch.Tensor, mix_index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Each sample's mix partner (its pixels, its target, ...): ``values[mix_index]``; None unmixed."""
+    return None if mix_index is None else values[mix_index.to(values.device)]
+
+
 def apply_mix(images: torch.Tensor, mix_index: Optional[torch.Tensor], mix_lam: Optional[float],
               mix_bbox: Optional[Sequence[int]]) -> torch.Tensor:
     """Cutmix or mixup of a whole normalized batch, each sample with ``images[mix_index]``."""
     if mix_index is None:
         return images
-    return mix_with(images, images[mix_index.to(images.device)], mix_lam, mix_bbox)
+    return mix_with(images, partners_of(images, mix_index), mix_lam, mix_bbox)
 
 
 def model_inputs(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],

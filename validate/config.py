@@ -52,6 +52,7 @@ class TrainConfig:
     epochs: int
     start_epoch: int
     cos: bool
+    lr_schedule: str                   # validate/schedules.py; --cos: prism-cos
     warmup_epochs: int
     sgd: bool
     learning_rate: float
@@ -117,6 +118,8 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.kd_t2 and args.loss_type != "kl":
         raise UserError(f"--kd-t2 applies to --loss-type kl (kd, wsld and dist already scale by T^2), "
                         f"not {args.loss_type}")
+    if args.cos and args.lr_schedule not in (None, "prism-cos"):
+        raise UserError(f"--cos is PRISM's --lr-schedule prism-cos; it contradicts --lr-schedule {args.lr_schedule}")
     if args.keep_topk and args.loss_type not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
                         f"not --loss-type {args.loss_type}")
@@ -145,6 +148,11 @@ def check_ranges(values: dict) -> None:
         raise UserError(f"--warmup-epochs {values['warmup_epochs']} must be fewer than --epochs {epochs}")
 
 
+def lr_schedule_of(args: argparse.Namespace) -> str:
+    """--lr-schedule, else PRISM's --cos (prism-cos), else linear, as PRISM's trainer."""
+    return args.lr_schedule or ("prism-cos" if args.cos else "linear")
+
+
 def same_path(a: str, b: str) -> bool:
     import os
     return os.path.abspath(a) == os.path.abspath(b)
@@ -155,6 +163,7 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
     """The run's settings and its store (None for hard labels and online KD)."""
     values = {k: getattr(args, k) for k in FIELDS}
     values["workers"] = workers
+    values["lr_schedule"] = lr_schedule_of(args)
     values["fkd_path"] = args.fkd_path or args.softlabel_path
     values["fkd_layout"] = "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
     store = None
@@ -195,7 +204,7 @@ def from_store(store: Store, args: argparse.Namespace, info: DistInfo) -> dict:
 
 def hard_label_settings(args: argparse.Namespace, num_folders: int) -> dict:
     values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in HARD_LABEL_DEFAULTS.items()}
-    values["mix_type"] = replay.normalize_mix_type(args.mix_type)
+    values["mix_type"] = args.mix_type or "none"
     values["num_classes"] = args.num_classes or num_folders
     if num_folders > values["num_classes"]:
         raise UserError(f"--train-dir {args.train_dir} has {num_folders} classes, more "

@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# Train a resnet101 student on an IPC10 distilled ImageNet-1k from the soft-label store written by
-# relabel/relabel_r101.sh (the upstream train_FKD command: batch 1024, 300 epochs, cosine,
-# cutmix replayed from the store). Edit the paths, or set them:
-#   TRAIN_DIR=/data/distilled_ipc10 VAL_DIR=/data/imagenet/val FKD_PATH=/data/FKD_r101 bash validate/train_FKD_10_r101.sh
+# PRISM's ImageNet-1k training command for a ResNet-101 student on the IPC10 store of
+# relabel/relabel_r101.sh, flag for flag as in
+# validate/train_FKD_10_r101.sh of PRISM (Brian-Moser/prism),
+# plus --resume auto (a killed run continues where it stopped when the script is run again).
+# One difference: upstream's train_FKD_10_r101.sh says --batch-size 50 for a store relabelled with
+# -b 100 (relabel_r101.sh), which upstream's own loader refuses ('--batch-size should be same in both
+# saving and loading phase'); this script passes the store's 100 and keeps --gradient-accumulation-steps 2.
+# Point it at your data with the variables, and pass anything else on:
+#   TRAIN_DIR=/data/syn_data/full_r101 VAL_DIR=/data/imagenet/val FKD_PATH=/data/FKD_prism_r101 bash validate/train_FKD_10_r101.sh
 #   GPUS=8 bash validate/train_FKD_10_r101.sh          # one process per GPU through torchrun
-# Extra arguments are passed on, e.g. --loss-type mse_gt --ce-weight 0.1, --amp bf16, --resume auto,
-# --wandb-mode offline (the key, if any, comes from WANDB_API_KEY).
+#   bash validate/train_FKD_10_r101.sh --wandb-mode offline --amp bf16
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-TRAIN_DIR=${TRAIN_DIR:-/path/to/distilled/imagenet_ipc10}
-VAL_DIR=${VAL_DIR:-/path/to/imagenet/val}
-FKD_PATH=${FKD_PATH:-./FKD_cutmix_fp16_r101}
-OUTPUT_DIR=${OUTPUT_DIR:-./save/val_r101_fkd_ipc10}
+TRAIN_DIR=${TRAIN_DIR:-/path/to/recover/syn_data/full_r101/}
+VAL_DIR=${VAL_DIR:-/path/to/imagenet/val/}
+FKD_PATH=${FKD_PATH:-/path/to/relabel/FKD_prism_r101/}
+OUTPUT_DIR=${OUTPUT_DIR:-./save/val_rn101_imnet_10/}
 GPUS=${GPUS:-1}
 PY=python; [ -x .venv/bin/python ] && PY=.venv/bin/python
 if [ "$GPUS" -gt 1 ]; then RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$GPUS"); else RUN=("$PY"); fi
 
 "${RUN[@]}" validate/train_FKD_parallel.py \
-    --wandb-project val_r101_fkd \
-    --batch-size 1024 \
-    --gradient-accumulation-steps 4 \
+    --wandb-project 'val_rn101_imnet_10' \
+    --batch-size 100 \
+    --gradient-accumulation-steps 2 \
     --model resnet101 \
-    --epochs 300 \
-    --cos \
+    --cos --loss-type "mse_gt" --ce-weight 0.1 \
     -j 4 \
-    --loss-type kl -T 20 \
-    --mix-type cutmix \
+    -T 20 \
+    --mix-type 'cutmix' \
     --output-dir "$OUTPUT_DIR" \
     --train-dir "$TRAIN_DIR" \
     --val-dir "$VAL_DIR" \

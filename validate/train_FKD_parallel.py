@@ -51,8 +51,8 @@ from softlabel import (
     streams,
     tracking,
 )
-from softlabel.cli import add_replaced_flags, note_replaced_flags
-from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, eval_transform, scan_image_folder
+from softlabel.cli import add_mix_type, add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, IndexedImageFolder, eval_transform, scan_image_folder, scan_images
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
@@ -63,6 +63,7 @@ from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_paths
 from validate.config import TrainConfig, check_flags, resolve
 from validate.losses import LOSSES, keep_topk
+from validate.schedules import SCHEDULES
 from validate.metrics import classification_metrics
 
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "gpu_id")
@@ -71,7 +72,7 @@ SECRETS = ("wandb_api_key",)
 RESUME_MUST_MATCH = ("model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
-                     "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
+                     "lr_schedule", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
                      "max_scale_crops", "teacher", "fkd_layout", "num_crops")
 
 
@@ -109,8 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="RandomResizedCrop max scale (default: the store's; hard labels: 1.0)")
     g.add_argument("--crop-pct", type=float, default=0.875,
                    help="validation: resize to input-size/crop-pct, center-crop (default: 0.875)")
-    g.add_argument("--mix-type", default=None, type=str, choices=["mixup", "cutmix", "none", "None"],
-                   help="default: the store's; hard labels: none (online mix)")
+    add_mix_type(g, None, "default: the store's; hard labels: none (online mix)")
     g.add_argument("--mixup", type=float, default=0.8, help="hard labels: mixup alpha (default: 0.8)")
     g.add_argument("--cutmix", type=float, default=1.0, help="hard labels: cutmix alpha (default: 1.0)")
     g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None,
@@ -133,7 +133,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=None,
                    help="default: the epochs the store holds; hard labels: 300")
     g.add_argument("--start-epoch", type=int, default=0, help="begin at this epoch (schedule and store)")
-    g.add_argument("--cos", action="store_true", help="cosine learning-rate decay (default: linear)")
+    g.add_argument("--cos", action="store_true",
+                   help="PRISM's cosine schedule (= --lr-schedule prism-cos, as upstream's --cos; default: linear)")
+    g.add_argument("--lr-schedule", choices=sorted(SCHEDULES), default=None,
+                   help="per-epoch learning-rate factor: linear (1 - e/E, PRISM's and SRe2L's default), prism-cos "
+                        "(PRISM's --cos: 0.5 (1 + cos(pi e / 2.5E)) up to 5E/6, then linear to 0), cosine "
+                        "(SRe2L's --cos: 0.5 (1 + cos(pi e / E))) (default: linear, prism-cos with --cos)")
     g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs (default: 0)")
     g.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
     g.add_argument("-lr", "--learning-rate", type=float, default=1.024, help="SGD learning rate")
@@ -237,9 +242,9 @@ def _hard_label_batches(loader: DataLoader, epoch: int, cfg: TrainConfig, info: 
         rng = streams.rng(cfg.seed, Stream.HARD_LABEL_MIX, epoch, step, info.rank)
         mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, cfg.mix_type, len(target), cfg.input_size,
                                                          cfg.mixup, cfg.cutmix)
-        yield {"pixels": pixels, "partners": None if mix_index is None else pixels[mix_index],
+        yield {"pixels": pixels, "partners": replay.partners_of(pixels, mix_index),
                "mix_lam": mix_lam, "mix_bbox": mix_bbox, "target": target,
-               "partner_target": None if mix_index is None else target[mix_index],
+               "partner_target": replay.partners_of(target, mix_index),
                "batch_size": len(target) * info.world_size}
 
 
@@ -254,14 +259,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_factor(epoch: int, epochs: int, warmup: int, cos: bool) -> float:
-    """Per-epoch learning-rate factor: linear warm-up, then cosine or linear decay to 0 (as
-    upstream: 0.5 (1 + cos(pi e / E)) or 1 - e / E when there is no warm-up)."""
-    import math
+def lr_factor(epoch: int, epochs: int, warmup: int, schedule: str) -> float:
+    """Per-epoch learning-rate factor: ``warmup`` epochs of linear warm-up, then ``schedule``
+    (validate/schedules.py) over the remaining epochs."""
     if epoch < warmup:
         return (epoch + 1) / warmup
-    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress)) if cos else 1.0 - progress
+    return SCHEDULES[schedule](epoch - warmup, max(1, epochs - warmup))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, LambdaLR]:
@@ -270,8 +273,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
                                     momentum=cfg.momentum)
     else:
         optimizer = torch.optim.AdamW(param_groups(model, cfg.adamw_weight_decay), lr=cfg.adamw_lr)
-    epochs, warmup, cos = cfg.epochs, cfg.warmup_epochs, cfg.cos
-    return optimizer, LambdaLR(optimizer, lambda e: lr_factor(e, epochs, warmup, cos))  # stepped per epoch
+    epochs, warmup, schedule = cfg.epochs, cfg.warmup_epochs, cfg.lr_schedule
+    return optimizer, LambdaLR(optimizer, lambda e: lr_factor(e, epochs, warmup, schedule))  # stepped per epoch
 
 
 def online_teachers(cfg: TrainConfig, device: torch.device) -> Optional[Ensemble]:
@@ -408,16 +411,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channel
 
 # ----------------------------------------------------------------------------- set-up
 
-def training_images(args: argparse.Namespace, info: DistInfo) -> FolderIndex:
-    index = scan_image_folder(args.train_dir, "--train-dir")
-    if args.skip_bad_images:  # the same images relabel left out, so the same fingerprint
-        index, skipped = drop_unreadable(index)
-        if skipped and info.is_main:
-            print(f"train: --skip-bad-images: left out {len(skipped)} unreadable images: "
-                  + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""), file=sys.stderr, flush=True)
-    return index
-
-
 def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optional[Store], mean, std,
                       pin: bool) -> Optional[DataLoader]:
     if not cfg.val_dir:
@@ -491,7 +484,8 @@ def main(args: argparse.Namespace) -> None:
         sys.argv = [a if a != args.wandb_api_key else "***" for a in sys.argv]
     check_flags(args)
     info = distributed.setup(args.device)
-    train_index = training_images(args, info)
+    # the same images relabel left out with --skip-bad-images, so the same fingerprint
+    train_index, _ = scan_images(args.train_dir, "--train-dir", args.skip_bad_images, info.is_main, "train")
     cfg, store = resolve(args, train_index, info, loader_workers(args.workers, info.device.type == "cuda"))
 
     torch.manual_seed(cfg.seed)

@@ -40,11 +40,10 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Dataset
 
-from softlabel import distributed, files
+from softlabel import distributed, files, replay
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
-from softlabel.replay import normalize_mix_type
 from softlabel.stores.base import Request, Store
 
 FORMAT_VERSION = 1
@@ -177,8 +176,8 @@ class Reader:
         if self.kind == "sre2l":
             if not isinstance(data, (list, tuple)) or len(data) != 6:
                 raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
-            b, size = int(self.manifest["batch_size"]), len(data[0]) if hasattr(data[0], "__len__") else 0
-            index = self._order.epoch(epoch)[batch * b:batch * b + size]
+            size = len(data[0]) if hasattr(data[0], "__len__") else 0
+            index = self._order.epoch(epoch)[replay.batch_slice(int(self.manifest["batch_size"]), batch)][:size]
             data = list(data) + [index]
         topk = self.manifest.get("label_format") == "topk"
         stored = None
@@ -360,7 +359,7 @@ class BatchStore(Store):
         if request.epochs is not None and request.epochs > m["epochs"]:
             raise UserError(f"--epochs {request.epochs} is more than the {m['epochs']} epochs {where} "
                             f"holds; train at most {m['epochs']} epochs or relabel with --epochs {request.epochs}")
-        if request.mix_type is not None and normalize_mix_type(request.mix_type) != m["mix_type"]:
+        if request.mix_type is not None and request.mix_type != m["mix_type"]:
             raise UserError(f"--mix-type {request.mix_type} does not match {where}, which was made with "
                             f"{m['mix_type']}; the mix is replayed from the store")
 

@@ -39,7 +39,6 @@ from softlabel import distributed, files, replay, streams
 from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
-from softlabel.replay import normalize_mix_type
 from softlabel.stores.base import Request, Store
 from softlabel.stores.batch import smallest_int_dtype
 from softlabel.streams import Stream
@@ -366,7 +365,7 @@ class PerImageStore(Store):
         if request.num_crops is not None and request.num_crops > m["num_crops"]:
             raise UserError(f"--num-crops {request.num_crops} is more than the {m['num_crops']} crops per image "
                             f"{where} holds")
-        if request.mix_type is not None and normalize_mix_type(request.mix_type) != "none":
+        if request.mix_type is not None and request.mix_type != "none":
             raise UserError(f"--mix-type {request.mix_type}: {where} holds labels of unmixed crops; omit --mix-type")
 
     def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
