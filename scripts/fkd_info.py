@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 from typing import Any, Optional
 
@@ -81,6 +82,13 @@ def get_parser() -> argparse.ArgumentParser:
                         "upstream store use its image count and class names)")
     g.add_argument("--input-size", type=int, default=None, metavar="S",
                    help="crop size of the relabel run (an upstream store does not record it; ours: must match)")
+    g.add_argument("--num-classes", type=int, default=None, metavar="C",
+                   help="FKD's own files: the teacher's classes (they do not record it; default 1000, as FKD)")
+    g.add_argument("--soft_label_type", default=None, metavar="TYPE",
+                   help="FKD's own files: marginal_renorm_k5 for top-5 files that are renormalized when read "
+                        "(the shape does not tell it from marginal_smoothing_k5)")
+    g.add_argument("--temp", type=float, default=1.0,
+                   help="FKD's own files, --verify-teacher: FKD_SLG's --temp (default: 1.0)")
     g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None, metavar="N",
                    help=f"seed of the relabel run: an upstream SRe2L/G-VBSM store's sample order (default: "
                         f"{DEFAULT_SEED}; ours: must match)")
@@ -106,7 +114,7 @@ def disk_bytes(root: str) -> int:
 # ----------------------------------------------------------------------------- summary
 
 def fmt_floats(values: Any) -> str:
-    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]" if values else "-"
+    return "[" + ", ".join("-" if v is None else f"{float(v):.4g}" for v in values) + "]" if values else "-"
 
 
 def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
@@ -191,32 +199,79 @@ def print_summary(root: str, rows: list[tuple[str, str]]) -> None:
 
 
 def per_image_info(root: str, args: argparse.Namespace) -> None:
-    """Summary and --check of a per-image store (--verify-teacher: batch stores only)."""
-    if args.verify_teacher is not None:
-        raise UserError(f"--verify-teacher: STORE {root} holds per-image labels; verify them with "
-                        f"generate_soft_label_fkd.py --reference_path {root} and a comparison of the files")
-    m = dict(open_store(root, flag="STORE", layout="per-image").manifest)
-    names = per_image.normalize_label_type(m["label_type"])
+    """Summary, --check and --verify-teacher of a per-image store: ours, or FKD's own files (which
+    need --data to be found and record neither class count nor crop size: --num-classes, --input-size)."""
+    index = scan_image_folder(args.data, "--data") if args.data else None
+    store = open_store(root, index, flag="STORE", layout="per-image", data_arg="--data",
+                       request=Request(input_size=args.input_size, num_classes=args.num_classes,
+                                       label_type=args.soft_label_type))
+    m = dict(store.manifest)
+    ours = store.format == "per-image"
     t = m.get("teacher") or {}
     print_summary(root, [
-        ("format", f"per-image v{m['format_version']} ({per_image.MANIFEST})"),
+        ("format", f"per-image v{m['format_version']} ({per_image.MANIFEST})" if ours else
+         "FKD's own files (FKD_SLG: <split>/<class>/<image>.tar, numpy arrays)"),
         ("images", str(m["num_samples"])),
-        ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders)"),
+        ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders)" + ("" if ours else " (--num-classes)")),
         ("crops per image", str(m["num_crops"])),
-        ("label type", f"{names} (top {m.get('top_k')}, {'float16' if m.get('use_fp16') else 'float32'}, "
-                       f"temperature {m['temperature']:g})"),
-        ("crops", f"{m['input_size']}px, scale {m['min_scale_crops']:g}..{m['max_scale_crops']:g}, "
-                  f"fkd seed {m['fkd_seed']}"),
-        ("teacher", f"{t.get('arch')} ({t.get('source')}, sha256 {str(t.get('weights_sha256'))[:12]})"),
-        ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}"),
+        ("label type", f"{m['label_type']} (top {m.get('top_k')}, {'float16' if m.get('use_fp16') else 'float32'}"
+                       + (f", temperature {m['temperature']:g})" if ours else ", inferred from the arrays)")),
+        ("crops", f"{m['input_size']}px, scale {fmt_floats([m['min_scale_crops'], m['max_scale_crops']])}, fkd seed "
+                  f"{m['fkd_seed']}" if ours else f"{m['input_size']}px (--input-size), scale and seed not recorded"),
+        ("teacher", f"{t.get('arch')} ({t.get('source')}, sha256 {str(t.get('weights_sha256'))[:12]})" if ours
+         else "not recorded"),
+        ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}" if ours else str(m["args"]["data"])),
     ])
-    if args.check:
-        paths = sorted(str(p) for p in __import__("pathlib").Path(root).rglob("*.tar"))
-        if len(paths) != m["num_samples"]:
-            raise UserError(f"STORE {root}: {len(paths)} label files for {m['num_samples']} images")
-        for path in paths:
-            per_image.read_file(path, m)  # the store's own validator
-        print(f"ok: {len(paths)} files checked", flush=True)
+    if args.check:  # every file through the store's own validator
+        if index is not None:
+            store.check_complete(0, index)
+            for i in range(len(index)):
+                store.read_labels(index, i)
+            checked = len(index)
+        else:  # ours, without its images: every file under it
+            paths = sorted(str(p) for p in pathlib.Path(root).rglob("*.tar"))
+            if len(paths) != m["num_samples"]:
+                raise UserError(f"STORE {root}: {len(paths)} label files for {m['num_samples']} images")
+            for path in paths:
+                per_image.read_file(path, m)
+            checked = len(paths)
+        print(f"ok: {checked} files checked", flush=True)
+    if args.verify_teacher is not None:
+        verify_per_image(store, index, args)
+
+
+def verify_per_image(store, index, args: argparse.Namespace) -> None:
+    """Re-render the crops of a few images as their generator did (ours: bilinear; FKD_SLG: bicubic),
+    run the teacher, and compare its probabilities at the stored classes with the stored values."""
+    from softlabel.data import load_rgb
+    from softlabel.teachers import Ensemble, load_teacher
+    if index is None:
+        raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
+    m = store.manifest
+    if m["label_type"] == "hard":
+        raise UserError(f"--verify-teacher: STORE {store.path} holds hard labels (classes only): nothing to compare")
+    teacher = load_teacher(args.verify_teacher, args.teacher_path, m["num_classes"], args.teacher_source)
+    recorded = m.get("teacher") or {}
+    if recorded.get("mean"):
+        teacher.mean, teacher.std = list(recorded["mean"]), list(recorded["std"])
+    ens = Ensemble([teacher], "mean", 0.5, torch.device(args.device or "cpu"))
+    resample = "bilinear" if store.format == "per-image" else "bicubic"  # FKD_SLG labelled bicubic crops
+    temperature = float(m.get("temperature") or args.temp)
+    read, worst, where = store.reader(index), 0.0, None
+    for i in sample_jobs(list(range(len(index))), args.sample):
+        coords, flips, classes, values = read(i)
+        img = load_rgb(index.samples[i][0])
+        pixels = replay.render_batch([img] * len(coords), coords, flips, int(m["input_size"]), resample)
+        probs = torch.softmax(ens(pixels.to(ens.device), None, None, None)[0].float() / temperature, dim=1).cpu()
+        err = (probs.gather(1, classes.long()) - values.float()).abs().max().item()
+        if err > worst:
+            worst, where = err, i
+    tol = args.tolerance if args.tolerance is not None else 2e-3  # float16 probabilities round by <= 2^-11
+    print(f"verify: worst |stored - recomputed| probability {worst:.3g} (image {where}); tolerance {tol:g}", flush=True)
+    if worst > tol:
+        raise UserError(f"--verify-teacher {args.verify_teacher}: does not reproduce the labels of STORE "
+                        f"{store.path}: worst probability error {worst:.3g} > {tol:g} at {index.samples[where][0]}")
+    print("ok: the teacher reproduces the stored labels", flush=True)
 
 
 # ----------------------------------------------------------------------------- --check
@@ -376,11 +431,12 @@ def main() -> None:
     if args.input_size is not None and args.input_size < 1:
         raise UserError(f"--input-size must be at least 1, got {args.input_size}")
     root = args.store
-    kind = {"batch": "ours", "upstream": "legacy", "per-image": "per-image"}[detect(root, "STORE")]
-    if kind == "per-image":
-        return per_image_info(root, args)
+    kind = {"batch": "ours", "upstream": "legacy", "per-image": "per-image", "fkd-upstream": "per-image"}[
+        detect(root, "STORE")]
     if args.verify_teacher is not None and not args.data:
         raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
+    if kind == "per-image":
+        return per_image_info(root, args)
     if args.verify_teacher is not None and kind == "legacy" and args.input_size is None:
         raise UserError(f"STORE {root} is an upstream store (no manifest), which does not record its crop "
                         f"size: --verify-teacher needs --input-size (and --fkd_seed, default {DEFAULT_SEED})")

@@ -134,18 +134,23 @@ def crop_box(coords: Sequence[float], width: int, height: int) -> tuple[int, int
     return round(left), round(top), round(left + w), round(top + h)
 
 
-def render_crop(img: Image.Image, coords: Sequence[float], flip: bool, input_size: int) -> Image.Image:
-    out = img.crop(crop_box(coords, *img.size)).resize((input_size, input_size), Image.BILINEAR)
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def render_crop(img: Image.Image, coords: Sequence[float], flip: bool, input_size: int,
+                resample: str = "bilinear") -> Image.Image:
+    """torchvision's resized_crop (+ hflip) of a PIL image at fractional coords: PIL rounds the box."""
+    out = img.crop(crop_box(coords, *img.size)).resize((input_size, input_size), RESAMPLE[resample])
     return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
 
 
 def render_batch(images: Sequence[Image.Image], coords: torch.Tensor, flips: torch.Tensor,
-                 input_size: int) -> torch.Tensor:
+                 input_size: int, resample: str = "bilinear") -> torch.Tensor:
     """Crop, resize and flip every image; uint8 (B, 3, S, S), still un-normalized (a quarter
     of the bytes of float pixels to move between processes and to the GPU)."""
     out = np.empty((len(images), input_size, input_size, 3), dtype=np.uint8)
     for k, (img, box, flip) in enumerate(zip(images, coords.tolist(), flips.tolist())):
-        out[k] = np.asarray(render_crop(img, box, flip, input_size))
+        out[k] = np.asarray(render_crop(img, box, flip, input_size, resample))
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 

@@ -37,6 +37,7 @@ class TrainConfig:
     min_scale_crops: float
     max_scale_crops: float
     crop_pct: float
+    crop_interpolation: str            # FKD's own files: bilinear (its trainer) or bicubic (its teacher)
     mix_type: str
     mixup: float
     cutmix: float
@@ -115,14 +116,16 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.num_crops is not None and layout != "per-image":
         raise UserError("--num-crops applies to --fkd-layout per-image (a batch store fixes one crop per image "
                         "and step)")
-    if args.kd_t2 and args.loss_type != "kl":
+    if args.crop_interpolation != "bilinear" and layout != "per-image":
+        raise UserError("--crop-interpolation applies to FKD's own per-image files (--softlabel_path)")
+    if args.kd_t2 and loss_type_of(args) != "kl":
         raise UserError(f"--kd-t2 applies to --loss-type kl (kd, wsld and dist already scale by T^2), "
-                        f"not {args.loss_type}")
+                        f"not {loss_type_of(args)}")
     if args.cos and args.lr_schedule not in (None, "prism-cos"):
         raise UserError(f"--cos is PRISM's --lr-schedule prism-cos; it contradicts --lr-schedule {args.lr_schedule}")
-    if args.keep_topk and args.loss_type not in PROBABILITY_LOSSES:
+    if args.keep_topk and loss_type_of(args) not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
-                        f"not --loss-type {args.loss_type}")
+                        f"not --loss-type {loss_type_of(args)}")
 
 
 def check_ranges(values: dict) -> None:
@@ -148,6 +151,18 @@ def check_ranges(values: dict) -> None:
         raise UserError(f"--warmup-epochs {values['warmup_epochs']} must be fewer than --epochs {epochs}")
 
 
+def loss_type_of(args: argparse.Namespace) -> str:
+    """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else kl."""
+    return args.loss_type or ("soft_ce" if args.softlabel_path else "kl")
+
+
+def temperature_of(args: argparse.Namespace, loss_type: str) -> float:
+    """-T, else FKD's --temp 1.0 with --softlabel_path, else the loss's default (3; wsld 2; kd 4)."""
+    if args.temperature:
+        return args.temperature
+    return 1.0 if args.softlabel_path else DEFAULT_TEMPERATURE.get(loss_type, 3.0)
+
+
 def lr_schedule_of(args: argparse.Namespace) -> str:
     """--lr-schedule, else PRISM's --cos (prism-cos), else linear, as PRISM's trainer."""
     return args.lr_schedule or ("prism-cos" if args.cos else "linear")
@@ -169,14 +184,16 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
     store = None
     if values["fkd_path"]:
         store = open_store(values["fkd_path"], index, layout=values["fkd_layout"], skip_bad_images=args.skip_bad_images,
+                           interpolation=args.crop_interpolation,
                            request=Request(args.input_size, args.min_scale_crops, args.max_scale_crops, args.fkd_seed,
                                            args.num_classes, args.batch_size, args.epochs, args.mix_type,
                                            args.soft_label_type, args.num_crops))
         values.update(from_store(store, args, info))
     else:
         values.update(hard_label_settings(args, len(index.classes)))
-    values["temperature"] = args.temperature or DEFAULT_TEMPERATURE.get(args.loss_type, 3.0)
-    values["alpha"] = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(args.loss_type, 1.0)
+    values["loss_type"] = loss_type_of(args)
+    values["temperature"] = temperature_of(args, values["loss_type"])
+    values["alpha"] = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(values["loss_type"], 1.0)
     check_ranges(values)
     config = TrainConfig(**values)
     if store is not None:

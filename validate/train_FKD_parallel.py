@@ -88,7 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="batch: a store of relabel/generate_soft_label.py, one file per step (default); "
                         "per-image: an FKD store of relabel/generate_soft_label_fkd.py, one file per image")
     g.add_argument("--softlabel_path", default=None, metavar="DIR",
-                   help="FKD's spelling: --fkd-path DIR --fkd-layout per-image")
+                   help="FKD's train_FKD.py flag: --fkd-path DIR --fkd-layout per-image, and FKD's defaults "
+                        "(--loss-type soft_ce -T 1); DIR is our per-image store or FKD's own files "
+                        "(DIR/<split>/<class>/<image>.tar, as FKD_SLG writes them)")
     g.add_argument("--soft_label_type", default=None, metavar="TYPE",
                    help="FKD's flag: the label type the per-image store must hold (the store's manifest says "
                         "which it holds; a different one is refused, not reinterpreted)")
@@ -103,7 +105,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
                    help="store mode: keep decoded images in memory up to MB in all (default: 1024)")
     g.add_argument("--input-size", type=int, default=None,
-                   help="crop size (default: the store's; hard labels: 224)")
+                   help="crop size (default: the store's; FKD's own files: 224; hard labels: 224)")
+    g.add_argument("--crop-interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="FKD's own files: re-render crops bilinear as its train_FKD.py (default), or bicubic as "
+                        "its teacher saw them")
     g.add_argument("--min-scale-crops", type=float, default=None,
                    help="RandomResizedCrop min scale (default: the store's; hard labels: 0.08)")
     g.add_argument("--max-scale-crops", type=float, default=None,
@@ -120,7 +125,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", type=str, default="resnet18",
                    help="student: ours (democnn, ...), torchvision or timm name (default: resnet18)")
     g.add_argument("--num-classes", type=int, default=None,
-                   help="default: the store's; hard labels: the number of class folders")
+                   help="default: the store's; FKD's own files: 1000 (as FKD); hard labels: the number of "
+                        "class folders")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
 
@@ -151,10 +157,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast; fp16 adds a gradient scaler (default: off)")
 
     g = p.add_argument_group("loss")
-    g.add_argument("--loss-type", type=str, default="kl", choices=sorted(LOSSES),
-                   help="loss against the teacher's logits (default: kl)")
+    g.add_argument("--loss-type", type=str, default=None, choices=sorted(LOSSES),
+                   help="loss against the teacher's logits (default: kl; with --softlabel_path: soft_ce, as "
+                        "FKD's train_FKD.py)")
     g.add_argument("-T", "--temperature", "--temp", dest="temperature", type=float, default=None,
-                   help="distillation temperature (default: 3; wsld: 2; kd: 4)")
+                   help="distillation temperature (default: 3; wsld: 2; kd: 4; with --softlabel_path: 1, as "
+                        "FKD's --temp)")
     g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha)")

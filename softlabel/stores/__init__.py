@@ -4,7 +4,8 @@ One implementation per format:
 
 - ``stores/batch.py``      our batch store (format v1, full and top-k), one file per step;
 - ``stores/upstream.py``   SRe2L / G-VBSM / PRISM batch stores (read only, no manifest);
-- ``stores/per_image.py``  our per-image store (FKD layout), many labelled crops per image.
+- ``stores/per_image.py``  our per-image store (FKD layout), many labelled crops per image;
+- ``stores/fkd_upstream.py`` the per-image files FKD itself writes (read only, numpy arrays).
 
 ``open_store`` finds the format, reads it, and runs every check once: flags that contradict
 what the store records, the images it was made from, the files the run needs. It returns a
@@ -19,14 +20,14 @@ from typing import Optional
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
-from softlabel.stores import batch, per_image, upstream
+from softlabel.stores import batch, fkd_upstream, per_image, upstream
 from softlabel.stores.base import Request, Store, StoreSettings, check_images, check_recorded
 
 __all__ = ["Request", "Store", "StoreSettings", "detect", "open_store", "create_store"]
 
 
 def detect(path: str, flag: str) -> str:
-    """"batch", "upstream" or "per-image"; a folder that is none of them is one error."""
+    """"batch", "upstream", "per-image" or "fkd-upstream"; a folder that is none of them is one error."""
     if not os.path.isdir(path):
         raise UserError(f"{flag} {path}: no such directory")
     if per_image.is_store(path):
@@ -35,23 +36,33 @@ def detect(path: str, flag: str) -> str:
         return "batch"
     if upstream.is_legacy(path):
         return "upstream"
+    if fkd_upstream.looks_like(path):
+        return "fkd-upstream"
     raise UserError(f"{flag} {path}: no {batch.MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store")
 
 
 def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "--fkd-path",
                request: Request = Request(), layout: Optional[str] = None, skip_bad_images: bool = False,
-               data_arg: str = "--train-dir", epochs: Optional[int] = None, need_pixels: bool = True) -> Store:
+               data_arg: str = "--train-dir", epochs: Optional[int] = None, need_pixels: bool = True,
+               interpolation: str = "bilinear") -> Store:
     """Open the store at ``path`` after every check.
 
     ``index``: the images the store must have been made from (fingerprint, skipped images);
     ``data_arg`` names them in errors. ``layout``: the layout the caller expects ("batch" or
     "per-image"; None: any). ``epochs``: the files of that many epochs must all be there.
-    ``need_pixels``: an upstream store must then be given its crop size (``request.input_size``)."""
-    kind = detect(path, flag) if layout != "per-image" else "per-image"
-    if layout == "batch" and kind == "per-image":
+    ``need_pixels``: an upstream store must then be given its crop size (``request.input_size``).
+    ``interpolation``: how FKD's own files are re-rendered (bilinear as its trainer, bicubic as its teacher)."""
+    if layout == "per-image":  # ours, or FKD's own files; else our reader names what is missing
+        fkd = os.path.isdir(path) and not per_image.is_store(path) and fkd_upstream.looks_like(path)
+        kind = "fkd-upstream" if fkd else "per-image"
+    else:
+        kind = detect(path, flag)
+    if layout == "batch" and kind in ("per-image", "fkd-upstream"):
         raise UserError(f"{flag} {path} holds FKD per-image labels; pass --fkd-layout per-image --epochs N")
     if kind == "per-image":
         store: Store = per_image.PerImageStore.open(path, flag)
+    elif kind == "fkd-upstream":
+        store = fkd_upstream.FkdUpstreamStore.open(path, flag, index, request, interpolation)
     elif kind == "batch":
         store = batch.BatchStore.open(path, flag)
     else:

@@ -43,9 +43,9 @@ RECORDED = {"input_size": "--input-size", "min_scale_crops": "--min-scale-crops"
 class StoreSettings:
     """A store's settings after every check: what the trainer and the tools use."""
     path: str
-    format: str                       # "batch" (ours), "sre2l", "prism", "per-image"
+    format: str                       # "batch" (ours), "sre2l", "prism", "per-image", "fkd-upstream"
     layout: str                       # "batch" (one file per step) or "per-image"
-    fkd_seed: int
+    fkd_seed: Optional[int]           # None: not recorded (FKD's own files)
     input_size: Optional[int]         # None: an upstream store opened without --input-size (no pixels)
     min_scale_crops: Optional[float]
     max_scale_crops: Optional[float]
@@ -81,7 +81,7 @@ class Store:
     def _settings(self) -> StoreSettings:
         m = self.manifest
         return StoreSettings(
-            path=self.path, format=self.format, layout=self.layout, fkd_seed=int(m["fkd_seed"]),
+            path=self.path, format=self.format, layout=self.layout, fkd_seed=m.get("fkd_seed"),
             input_size=m["input_size"], min_scale_crops=m.get("min_scale_crops"),
             max_scale_crops=m.get("max_scale_crops"), mix_type=m.get("mix_type") or "none",
             batch_size=m.get("batch_size"), epochs=m.get("epochs"), batches_per_epoch=m.get("batches_per_epoch"),

@@ -29,7 +29,7 @@ those of a k-crop store with the same seed.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -159,13 +159,21 @@ def read_file(path: str, manifest: dict) -> tuple[torch.Tensor, torch.Tensor, to
     if not isinstance(data, (list, tuple)) or len(data) != 4:
         n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
         raise bad(f"expected a list of 4 entries [coords, flip, classes, values], found {n}")
-    coords, flips, classes, values = data
+    return check_labels(path, *data, manifest)
+
+
+def check_labels(path: str, coords: Any, flips: Any, classes: Any, values: Any, manifest: Mapping[str, Any]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One image's crops and labels, validated against the store's settings (both per-image formats)."""
+    def bad(why: str) -> UserError:
+        return UserError(f"FKD label file {path}: {why}")
+
     n, c = int(manifest["num_crops"]), int(manifest["num_classes"])
     label_type = manifest["label_type"]
     k = min(TOP_K[label_type], c)
     if not (isinstance(coords, torch.Tensor) and coords.is_floating_point() and coords.shape == (n, 4)):
         raise bad(f"coords must be a float ({n}, 4) tensor")
-    if not (float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
+    if not (bool(torch.isfinite(coords).all()) and float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
         raise bad("coords outside [0, 1]")
     if not (isinstance(flips, torch.Tensor) and flips.shape == (n,)):
         raise bad(f"flip must be a ({n},) tensor")
@@ -287,7 +295,7 @@ class PerImageSteps(Dataset):
 
     def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]], seed: int,
                  images_per_step: int, per_epoch: int, targets: torch.Tensor, cache_bytes: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, read: Optional[Callable[[int], tuple]] = None):
         self.root, self.index, self.manifest, self.jobs, self.seed = root, index, manifest, jobs, seed
         self.images_per_step, self.per_epoch, self.targets = images_per_step, per_epoch, targets
         self.rank, self.world = rank, world
@@ -295,6 +303,8 @@ class PerImageSteps(Dataset):
         self.num_crops, self.num_classes = int(manifest["num_crops"]), int(manifest["num_classes"])
         self.input_size, self.label_type = int(manifest["input_size"]), manifest["label_type"]
         self._order: tuple[int, Any] = (-1, None)
+        self.read = read or (lambda i: read_file(label_path(root, index, i), manifest))
+        self.resample = manifest.get("interpolation") or "bilinear"
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -315,7 +325,7 @@ class PerImageSteps(Dataset):
         files: dict[int, tuple] = {}
         for i, _ in mine:
             if i not in files:
-                files[i] = read_file(label_path(self.root, self.index, i), self.manifest)
+                files[i] = self.read(i)
         coords = torch.stack([files[i][0][c] for i, c in mine])  # the trainer gives every rank crops
         flips = torch.stack([files[i][1][c] for i, c in mine])
         classes = torch.stack([files[i][2][c] for i, c in mine])
@@ -326,7 +336,7 @@ class PerImageSteps(Dataset):
         return {"epoch": epoch, "batch": step, "batch_size": len(pairs), "index": index,
                 "target": self.targets[index], "soft_label": soft, "mix_index": None, "mix_lam": None,
                 "mix_bbox": None, "partners": None,
-                "pixels": replay.render_batch(images, coords, flips, self.input_size)}
+                "pixels": replay.render_batch(images, coords, flips, self.input_size, self.resample)}
 
 
 def normalize_label_type(name: str) -> str:
@@ -381,7 +391,14 @@ class PerImageStore(Store):
                 world: int = 1, seed: int = 0, images_per_step: int = 1,
                 crops_per_epoch: int = DEFAULT_CROPS_PER_STEP, targets: Optional[torch.Tensor] = None) -> Dataset:
         return PerImageSteps(self.path, index, dict(self.manifest), jobs, seed, images_per_step, crops_per_epoch,
-                             targets, cache_bytes, rank, world)
+                             targets, cache_bytes, rank, world, self.reader(index))
+
+    def read_labels(self, index: FolderIndex, i: int) -> tuple:
+        """Image i's (coords (K, 4), flips (K,), classes (K, k), values (K, k) | None), validated."""
+        return read_file(label_path(self.path, index, i), dict(self.manifest))
+
+    def reader(self, index: FolderIndex) -> Callable[[int], tuple]:
+        return lambda i: self.read_labels(index, i)
 
 
 class PerImageWriter:
