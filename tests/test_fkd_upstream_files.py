@@ -16,7 +16,7 @@ from conftest import assert_user_error, run_script
 from softlabel.data import load_rgb, scan_image_folder
 from softlabel.errors import UserError
 from softlabel.stores import Request, open_store
-from softlabel.stores.per_image import log_probs, sample_crops
+from softlabel.stores.per_image import sample_crops
 
 CROPS, SIZE, CLASSES = 6, 24, 10
 
