@@ -109,3 +109,30 @@ def test_primary_weighted_rescales_a_single_teacher_as_prism_does():
     assert torch.allclose(out, logits / norms * norms.mean(0, keepdim=True), atol=1e-6)  # PRISM's two lines
     assert (out - logits).abs().max() > 0.5
     assert torch.equal(combine([logits], "mean"), logits) and torch.equal(combine([logits], "normmean"), logits)
+
+
+def test_wsld_script_trains_with_wslds_optimizer_schedule_and_loss(demo_data, tmp_path):
+    """validate/train_wsld_r34_r18.sh end to end at toy size (torchvision resnet34 teacher from a
+    fake hub cache, 1000 outputs): the optimizer and schedule in the checkpoint are WSLD's."""
+    import json
+    import os
+    import subprocess
+
+    from conftest import script_env
+    from test_teachers import fake_torchvision_cache
+    fake_torchvision_cache(tmp_path / "torch", ["resnet34"])
+    env = script_env(TORCH_HOME=str(tmp_path / "torch"), TRAIN_DIR=str(demo_data / "ipc1"),
+                     VAL_DIR=str(demo_data / "ipc1"), OUTPUT_DIR=str(tmp_path / "run"),
+                     PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(ROOT / "validate" / "train_wsld_r34_r18.sh"), "--epochs", "2", "-b", "10",
+                           "--input-size", "32", "-j", "0", "--num-classes", "1000", "--lr-step-size", "1",
+                           "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    groups = ckpt["optimizer"]["param_groups"]
+    assert all(g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in groups)
+    assert [round(g["lr"], 8) for g in groups] == [0.001] * len(groups)  # 0.1 x 0.1 x 0.1 after 2 steps of 1 epoch
+    args = ckpt["args"]
+    assert (args["loss_type"], args["temperature"], args["alpha"], args["teacher"]) == ("wsld", 2.0, 2.5, "resnet34")
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["labels"] == \
+        "online KD from resnet34 (wsld)"

@@ -54,11 +54,15 @@ class TrainConfig:
     start_epoch: int
     cos: bool
     lr_schedule: str                   # validate/schedules.py; --cos: prism-cos
+    lr_step_size: int
+    lr_gamma: float
     warmup_epochs: int
     sgd: bool
     learning_rate: float
     momentum: float
     weight_decay: float
+    nesterov: bool
+    weight_decay_norms: bool
     adamw_lr: float
     adamw_weight_decay: float
     amp: str
@@ -133,7 +137,7 @@ def check_ranges(values: dict) -> None:
     for flag, key in (("-b/--batch-size", "batch_size"), ("--epochs", "epochs"), ("--input-size", "input_size"),
                       ("--eval-interval", "eval_interval"), ("--save-interval", "save_interval"),
                       ("--num-classes", "num_classes"), ("--gradient-accumulation-steps", "gradient_accumulation_steps"),
-                      ("--keep-topk", "keep_topk"), ("--num-crops", "num_crops")):
+                      ("--keep-topk", "keep_topk"), ("--num-crops", "num_crops"), ("--lr-step-size", "lr_step_size")):
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{flag} must be at least 1, got {values[key]}")
     for flag, key in (("-j/--workers", "workers"), ("--cache-images", "cache_images"),

@@ -4,7 +4,9 @@
 - ``prism-cos``: PRISM's ``--cos`` (validate/train_FKD_parallel.py of PRISM): 0.5 (1 + cos(pi e / 2.5E))
   while e <= 5E/6, then 0.5 (1 + cos(pi 5 / 15)) (1 - e/E), i.e. a quarter of a slow cosine and a
   straight line to 0 from 0.75 (1 - e/E);
-- ``cosine``: SRe2L's ``--cos`` (its train_FKD.py): 0.5 (1 + cos(pi e / E)).
+- ``cosine``: SRe2L's ``--cos`` (its train_FKD.py): 0.5 (1 + cos(pi e / E));
+- ``step``: gamma ** (e // size), WSLD's ImageNet schedule (0.1 every 30 epochs, its
+  train_with_distillation.py ``adjust_learning_rate``).
 """
 from __future__ import annotations
 
@@ -26,4 +28,9 @@ def cosine(epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
 
 
-SCHEDULES: dict[str, Callable[[int, int], float]] = {"linear": linear, "prism-cos": prism_cos, "cosine": cosine}
+def step(epoch: int, epochs: int, size: int = 30, gamma: float = 0.1) -> float:
+    return gamma ** (epoch // size)
+
+
+SCHEDULES: dict[str, Callable[..., float]] = {"linear": linear, "prism-cos": prism_cos, "cosine": cosine,
+                                              "step": step}

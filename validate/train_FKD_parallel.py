@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -72,7 +73,7 @@ SECRETS = ("wandb_api_key",)
 RESUME_MUST_MATCH = ("model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
-                     "lr_schedule", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
+                     "lr_schedule", "lr_step_size", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
                      "max_scale_crops", "teacher", "fkd_layout", "num_crops")
 
 
@@ -144,12 +145,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-schedule", choices=sorted(SCHEDULES), default=None,
                    help="per-epoch learning-rate factor: linear (1 - e/E, PRISM's and SRe2L's default), prism-cos "
                         "(PRISM's --cos: 0.5 (1 + cos(pi e / 2.5E)) up to 5E/6, then linear to 0), cosine "
-                        "(SRe2L's --cos: 0.5 (1 + cos(pi e / E))) (default: linear, prism-cos with --cos)")
+                        "(SRe2L's --cos: 0.5 (1 + cos(pi e / E))), step (--lr-gamma every --lr-step-size epochs, "
+                        "WSLD's) (default: linear, prism-cos with --cos)")
+    g.add_argument("--lr-step-size", type=int, default=30, metavar="E",
+                   help="--lr-schedule step: multiply the rate by --lr-gamma every E epochs (default: 30, as WSLD)")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="--lr-schedule step: the factor (default: 0.1)")
     g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs (default: 0)")
     g.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
     g.add_argument("-lr", "--learning-rate", type=float, default=1.024, help="SGD learning rate")
     g.add_argument("--momentum", type=float, default=0.875, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=3e-5, help="SGD weight decay")
+    g.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum (as WSLD's trainer)")
+    g.add_argument("--weight-decay-norms", action="store_true",
+                   help="decay norms and biases too (as WSLD's trainer; default: only conv and linear weights, "
+                        "as PRISM's)")
     g.add_argument("--adamw-lr", type=float, default=0.001, help="AdamW learning rate")
     g.add_argument("--adamw-weight-decay", type=float, default=0.01,
                    help="AdamW weight decay (never on norms and biases)")
@@ -258,30 +267,40 @@ def _hard_label_batches(loader: DataLoader, epoch: int, cfg: TrainConfig, info: 
 
 # ----------------------------------------------------------------------------- model, optimizer
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights of convolutions and linear layers, none on norms and biases."""
+def param_groups(model: nn.Module, weight_decay: float, norms_too: bool = False) -> list[dict]:
+    """Weight decay on weights of convolutions and linear layers, none on norms and biases
+    (``norms_too``: on every parameter)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
+            (no_decay if p.dim() <= 1 and not norms_too else decay).append(p)
+    if norms_too:
+        return [{"params": decay, "weight_decay": weight_decay}]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_factor(epoch: int, epochs: int, warmup: int, schedule: str) -> float:
+def lr_factor(epoch: int, epochs: int, warmup: int, schedule: Callable[[int, int], float]) -> float:
     """Per-epoch learning-rate factor: ``warmup`` epochs of linear warm-up, then ``schedule``
     (validate/schedules.py) over the remaining epochs."""
     if epoch < warmup:
         return (epoch + 1) / warmup
-    return SCHEDULES[schedule](epoch - warmup, max(1, epochs - warmup))
+    return schedule(epoch - warmup, max(1, epochs - warmup))
+
+
+def schedule_of(cfg: TrainConfig) -> Callable[[int, int], float]:
+    if cfg.lr_schedule == "step":
+        return functools.partial(SCHEDULES["step"], size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    return SCHEDULES[cfg.lr_schedule]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, LambdaLR]:
     if cfg.sgd:
-        optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                                    momentum=cfg.momentum)
+        optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.weight_decay_norms), lr=cfg.learning_rate,
+                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
     else:
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.adamw_weight_decay), lr=cfg.adamw_lr)
-    epochs, warmup, schedule = cfg.epochs, cfg.warmup_epochs, cfg.lr_schedule
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.adamw_weight_decay, cfg.weight_decay_norms),
+                                      lr=cfg.adamw_lr)
+    epochs, warmup, schedule = cfg.epochs, cfg.warmup_epochs, schedule_of(cfg)
     return optimizer, LambdaLR(optimizer, lambda e: lr_factor(e, epochs, warmup, schedule))  # stepped per epoch
 
 
