@@ -49,9 +49,10 @@ class Preset:
 
 # PRISM's relabel command, as its relabel/README.md gives it for r18 (../shared/seeds/000) and its
 # relabel_r18.sh, relabel_r50.sh, relabel_r101.sh state it (r101 alone with -b 100: Preset.batch_size).
+# Its --candidate-number 4 is every teacher of the family: a preset keeps all of its list (or of
+# --teachers, when given) unless --candidate-number says fewer.
 PRISM_RELABEL = {"workers": 8, "epochs": 300, "fkd_seed": 42, "input_size": 224, "min_scale_crops": 0.25,
-                 "max_scale_crops": 1.0, "use_fp16": True, "candidate_number": 4, "mode": "fkd_save",
-                 "mix_type": "cutmix"}
+                 "max_scale_crops": 1.0, "use_fp16": True, "mode": "fkd_save", "mix_type": "cutmix"}
 
 
 def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:

@@ -53,7 +53,7 @@ def assert_labels_are_the_rule(store: Path, data: Path, teacher_paths: list[Path
 
 def test_presets_show_the_upstream_flags_and_run_with_their_rule_and_defaults(demo_data, teacher_ckpt, tmp_path):
     # What the presets do: each relabels with its ensemble rule and the PRISM command's defaults
-    # (cutmix, float16 labels, crops of scale 0.08..1), here with two private teachers instead
+    # (cutmix, float16 labels, crops of scale 0.25..1), here with two private teachers instead
     # of the ImageNet family. (r18, normmean, with published weights: test_teachers.py.)
     other = mlpnet_teacher(tmp_path / "other.pth", 1)
     paths = [teacher_ckpt, other]
@@ -84,7 +84,7 @@ def test_presets_show_the_upstream_flags_and_run_with_their_rule_and_defaults(de
             continue
         m = json.loads((tmp_path / arch / "manifest.json").read_text())
         assert (m["ensemble"], m["mix_type"], m["use_fp16"]) == (rule, "cutmix", True), arch
-        assert (m["min_scale_crops"], m["max_scale_crops"]) == (0.08, 1.0), arch
+        assert (m["min_scale_crops"], m["max_scale_crops"]) == (0.25, 1.0), arch
         assert [t["arch"] for t in m["teachers"]] == ["democnn_small", "mlpnet"], arch
         assert f"ensemble {rule}" in runs[arch], arch
         assert_labels_are_the_rule(tmp_path / arch, demo_data / "ipc1", paths, rule)

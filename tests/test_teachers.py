@@ -49,10 +49,13 @@ def test_primary_weighted_rule_by_hand():
     assert float(w[0, 0]) > float(out[0, 0])
 
 
-def test_one_teacher_is_passed_through():
+def test_one_teacher_is_passed_through_unless_the_rule_rescales():
     a = torch.randn(3, 5)
-    for rule in ("mean", "normmean", "primary-weighted"):
+    for rule in ("mean", "normmean"):
         assert torch.equal(combine([a], rule), a)
+    # PRISM r50/r101 rescale even one candidate's logits (tests/test_upstream_commands.py)
+    norms = a.norm(dim=1)
+    torch.testing.assert_close(combine([a], "primary-weighted").norm(dim=1), torch.full((3,), float(norms.mean())))
 
 
 # ----------------------------------------------------------------------------- weight caches

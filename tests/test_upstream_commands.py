@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from relabel import generate_soft_label_r18, generate_soft_label_r50, generate_soft_label_r101
 from relabel.generate_soft_label import get_args_parser as relabel_parser
+from relabel.generate_soft_label import teacher_specs
 from softlabel.ensemble import combine
 from validate.config import lr_schedule_of
 from validate.schedules import SCHEDULES
@@ -66,12 +67,15 @@ def test_relabel_presets_default_to_the_upstream_command_and_the_scripts_say_it(
     upstream = (seed_command(seed_file("000"), "generate_soft_label_r18.py", SEED_RELABEL_R18) if arch == "18"
                 else shlex.split(UPSTREAM_RELABEL[arch].split("generate_soft_label_r%s.py" % arch)[1]))
     ours = script_command(ROOT / "relabel" / f"relabel_r{arch}.sh", f"generate_soft_label_r{arch}.py")
+    family = teacher_specs(parser.parse_args([]), PRESETS[arch])
+    assert family[0] == PRESETS[arch].teachers  # upstream's --candidate-number 4: the whole family
     for tokens in (upstream, ours):
-        given = vars(parser.parse_args(tokens))
-        assert {k: v for k, v in given.items() if k not in PATHS} == \
-            {k: v for k, v in defaults.items() if k not in PATHS}
+        given = parser.parse_args(tokens)
+        assert {k: v for k, v in vars(given).items() if k not in PATHS + ("candidate_number",)} == \
+            {k: v for k, v in defaults.items() if k not in PATHS + ("candidate_number",)}
+        assert given.candidate_number == 4 and teacher_specs(given, PRESETS[arch]) == family
     assert defaults["batch_size"] == (100 if arch == "101" else 50)
-    assert defaults["min_scale_crops"] == 0.25 and defaults["workers"] == 8 and defaults["candidate_number"] == 4
+    assert defaults["min_scale_crops"] == 0.25 and defaults["workers"] == 8
 
 
 @pytest.mark.parametrize("arch", ["18", "50", "101"])
