@@ -14,6 +14,7 @@ from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.stores import Request, Store, open_store
+from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
 
@@ -108,7 +109,7 @@ def check_flags(args: argparse.Namespace) -> None:
                             f"stores; give one")
         if args.fkd_layout == "batch":
             raise UserError("--softlabel_path is FKD's per-image store; with --fkd-layout batch use --fkd-path")
-    layout = "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
+    layout = layout_of(args)
     has_store = bool(args.fkd_path or args.softlabel_path)
     if has_store and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
@@ -172,9 +173,9 @@ def lr_schedule_of(args: argparse.Namespace) -> str:
     return args.lr_schedule or ("prism-cos" if args.cos else "linear")
 
 
-def same_path(a: str, b: str) -> bool:
-    import os
-    return os.path.abspath(a) == os.path.abspath(b)
+def layout_of(args: argparse.Namespace) -> str:
+    """--fkd-layout, per-image with FKD's --softlabel_path, else batch."""
+    return "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
 
 
 def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, workers: int
@@ -184,7 +185,7 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
     values["workers"] = workers
     values["lr_schedule"] = lr_schedule_of(args)
     values["fkd_path"] = args.fkd_path or args.softlabel_path
-    values["fkd_layout"] = "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
+    values["fkd_layout"] = layout_of(args)
     store = None
     if values["fkd_path"]:
         store = open_store(values["fkd_path"], index, layout=values["fkd_layout"], skip_bad_images=args.skip_bad_images,

@@ -64,8 +64,8 @@ from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_paths
 from validate.config import TrainConfig, check_flags, resolve
 from validate.losses import LOSSES, keep_topk
-from validate.schedules import SCHEDULES
 from validate.metrics import classification_metrics
+from validate.schedules import SCHEDULES
 
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "gpu_id")
 SECRETS = ("wandb_api_key",)
