@@ -255,9 +255,14 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
         for acc in (total, epoch_acc):
             acc.update(combined, outputs, item["target"], item["mix_index"])
         logits = (combined / args.temperature).cpu()
+        logits = logits.half() if args.use_fp16 else logits
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError(f"the teachers' logits for epoch {epoch}, batch {item['batch']} are not finite (NaN "
+                            f"weights, or --temperature {args.temperature:g} so small that "
+                            f"{'float16' if args.use_fp16 else 'float32'} overflows); nothing was written for it")
         pending.append((epoch, item["batch"], store.BatchRecord(
-            item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"],
-            logits.half() if args.use_fp16 else logits, item["index"])))
+            item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"], logits,
+            item["index"])))
         last = n + 1 == len(todo)
         if not checked and (total.seen >= min(PREFLIGHT_CROPS, images_todo) or last):
             check_teacher_accuracy(total, teachers, num_folders, args.mix_type != "none",

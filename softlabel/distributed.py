@@ -31,8 +31,19 @@ class DistInfo:
 
 
 def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
+    """--device (cpu, cuda, cuda:N), checked against this machine; default: this rank's GPU, else cpu."""
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise UserError(f"--device {requested}: not a device name (cpu, cuda or cuda:N)") from None
+        if device.type not in ("cpu", "cuda"):
+            raise UserError(f"--device {requested}: only cpu and cuda[:N] are supported")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {requested}: no CUDA device on this machine; use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

@@ -322,3 +322,43 @@ def test_bench_methods_unknown_recipe(tmp_path):
                       check=False)
     assert proc.returncode == 2
     assert_user_error(proc, "--recipes", "unknown mixup")
+
+
+# ----------------------------------------------------------------------------- devices and non-finite numbers
+
+@pytest.mark.parametrize("device, needle", [("foo", "not a device name"), ("mps", "only cpu and cuda"),
+                                            ("cuda", "no CUDA device"), ("cuda:7", "no CUDA device")])
+def test_devices_this_machine_lacks_are_one_line_errors(device, needle, cutmix_store, demo_data, teacher_ckpt,
+                                                        tmp_path):
+    if torch.cuda.is_available() and device.startswith("cuda"):  # CI has no GPU; a GPU machine names the count
+        needle = "CUDA device" if device == "cuda:7" else ""
+    assert_user_error(train("--fkd-path", cutmix_store, "--train-dir", demo_data / "ipc2", "--device", device,
+                            "--output-dir", tmp_path / "t"), f"--device {device}", needle)
+    assert_user_error(relabel(demo_data / "ipc2", teacher_ckpt, tmp_path / "s", "--device", device, check=False),
+                      f"--device {device}", needle)
+
+
+def test_a_diverging_run_stops_before_its_checkpoint(store_copy, demo_data, tmp_path):
+    """A store whose normalization divides by zero makes every loss NaN: the trainer stops at the
+    first epoch's end, names it, and writes no checkpoint of it (an earlier one would stay)."""
+    manifest = store.read_manifest(str(store_copy))
+    manifest["std"] = [0.0, 0.0, 0.0]
+    store.write_manifest(str(store_copy), manifest)
+    out = tmp_path / "run"
+    assert_user_error(train("--fkd-path", store_copy, "--train-dir", demo_data / "ipc2", "--output-dir", out,
+                            "--model", "democnn_small"), "epoch 1", "training loss is nan")
+    assert not (out / "checkpoint.pth").exists()
+
+
+def test_teachers_whose_logits_are_not_finite_write_nothing(demo_data, teacher_ckpt, tmp_path):
+    broken = tmp_path / "nan_teacher.pth"
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and v.dim() > 1)
+    ckpt["model"][first] = torch.full_like(ckpt["model"][first], float("nan"))
+    torch.save(ckpt, broken)
+    for teacher, extra, needle in ((broken, (), "NaN weights"),
+                                   (teacher_ckpt, ("--temperature", 1e-9, "--use-fp16"), "float16 overflows")):
+        out = tmp_path / f"store_{len(extra)}"
+        assert_user_error(relabel(demo_data / "ipc2", teacher, out, "--epochs", 1, "-b", 8, "--input-size", 24,
+                                  "-j", 0, *extra, check=False), "not finite", needle)
+        assert not list(out.rglob("batch_*.tar"))

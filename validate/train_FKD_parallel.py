@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -423,7 +424,11 @@ def train_one_epoch(step: Step, epoch: int, batches: Iterator[dict], bar, speed:
         bar.update(batch["batch_size"])
     if step.info.distributed:
         dist.all_reduce(loss_sum)
-    return float(loss_sum) / max(seen, 1), steps
+    loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(loss):  # before this epoch's checkpoint: the last one written stays good
+        raise UserError(f"epoch {epoch + 1}: the training loss is {loss} (diverged, or the store's labels or "
+                        f"normalization are broken); stopped before writing this epoch's checkpoint")
+    return loss, steps
 
 
 @torch.no_grad()
