@@ -1,13 +1,13 @@
 """Label-enhancement recipes, compared over seeds: top-1 and calibration (ECE) of one student.
 
-The seed study of label optimization / enhancement (CIFAR-100, ResNet20-110) in miniature, on
-the demo data, with our own tools only: every recipe is a relabel store plus a trainer loss, or
-the trainer alone. Two data settings: the full training split (as the CIFAR study) and the IPC2
-subset (20 images: the distilled-data setting). Teachers are trained once by the trainer in
-hard-label mode on the full training split; stores are relabelled once per data setting and seed;
-everything is cached in --work and reused when the script is run again.
+The label-optimization study (seed 004; CIFAR-100, ResNet20-110) in miniature, on the demo data:
+every run, teachers included, is one command of validate/label_optimization.py -- the study's own
+flags, run by our relabel and trainer with its losses, SGD lr 0.1 / wd 5e-4 and MultiStepLR scaled
+to the epochs. Two data settings: the full training split (as the CIFAR study) and the IPC2
+subset (20 images: the distilled-data setting). Teachers are the front-end's Vanilla on the full
+training split; everything is cached in --work and reused when the script is run again.
 
-    .venv/bin/python scripts/bench_methods.py --work /tmp/bench_methods --write-readme   # README table
+    .venv/bin/python scripts/bench_methods.py --work /tmp/bench_methods --write-readme   # docs table
     .venv/bin/python scripts/bench_methods.py --quick --work /tmp/bm_quick                # smoke test
 
 Recipes (student resnet20; KD teacher resnet32 = R32, "smart" teacher resnet44 = R44):
@@ -32,62 +32,46 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from softlabel.errors import UserError, run_main
 
 PY = sys.executable
-TRAIN = "validate/train_FKD_parallel.py"
-RELABEL = "relabel/generate_soft_label.py"
+FRONT_END = "validate/label_optimization.py"
 MARK_START, MARK_END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
 
-# Teachers, by role: trained by the trainer in hard-label mode on the full training split.
+# Teachers, by role: trained by the front-end's Vanilla (the study's run_vanilla.bash) on the full split.
 TEACHERS = {"r32": "resnet32", "r44": "resnet44"}
-# Stores, by name: which teachers relabel (several: --ensemble mean of their logits).
-STORES = {"r44": ["r44"], "ens": ["r32", "r44"]}
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    what: str
-    labels: str                       # "hard", "online" (teacher run every step) or "store"
-    flags: tuple[str, ...] = ()       # trainer flags of the recipe
-    teacher: Optional[str] = None     # online: the teacher role
-    store: Optional[str] = None       # store: the STORES entry
+    method: str                       # the front-end's --method (the seed table's row)
+    smart: tuple[str, ...] = ()       # teacher roles; for `random`, the architecture's role only
 
 
+# The seed table's rows, with its teachers: KD from R32, SL / SL-KD from R44, SL-Ens from both.
 RECIPES = [
-    Recipe("vanilla", "hard labels, cross-entropy", "hard"),
-    Recipe("ls", "hard labels, label smoothing 0.1", "hard", ("--label-smoothing", "0.1")),
-    Recipe("kd", "online KD from R32: 0.1 CE + 0.9 T^2 KL at T = 4", "online",
-           ("--loss-type", "kd", "-T", "4", "--alpha", "0.9"), teacher="r32"),
-    Recipe("sl", "stored soft labels of R44 (KL at T = 4)", "store", ("--loss-type", "kl", "-T", "4"),
-           store="r44"),
-    Recipe("sl-ens", "stored soft labels of the R32+R44 ensemble (mean logits; KL at T = 4)", "store",
-           ("--loss-type", "kl", "-T", "4"), store="ens"),
-    Recipe("sl-kd", "stored soft labels of R44 + ground truth: 0.1 CE + 0.9 T^2 KL at T = 4", "store",
-           ("--loss-type", "kd", "-T", "4", "--alpha", "0.9"), store="r44"),
-    Recipe("wsld", "online WSLD from R32: CE + 2.5 T^2 weighted soft-CE at T = 2", "online",
-           ("--loss-type", "wsld", "-T", "2", "--alpha", "2.5"), teacher="r32"),
+    Recipe("vanilla", "Vanilla"),
+    Recipe("ls", "LS"),
+    Recipe("kd", "KD", ("r32",)),
+    Recipe("sl", "SL", ("r44",)),
+    Recipe("sl-ens", "SL-Ens", ("r32", "r44")),
+    Recipe("sl-kd", "SL-KD", ("r44",)),
+    Recipe("random", "random", ("r44",)),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
-# Shared by every run: no mixing, 32 px, crops of at least half the image (tiny crops destroy
-# 8x8 digits), whole-image validation.
-CROPS = ("--input-size", "32", "--min-scale-crops", "0.5")
+# The study's optimizer (its seed command): SGD lr 0.1, weight decay 5e-4, momentum 0.9.
+STUDY = ("--lr", "0.1", "--wd", "5e-4")
 
 
 def recipe_table() -> str:
+    from validate.label_optimization import METHODS
     lines = []
     for r in RECIPES:
-        if r.labels == "hard":
-            how = "train.py --train-dir D " + " ".join(r.flags)
-        elif r.labels == "online":
-            how = f"train.py --train-dir D --teacher {TEACHERS[r.teacher]} --teacher-path {r.teacher.upper()} " \
-                  + " ".join(r.flags)
-        else:
-            teachers = STORES[r.store]
-            rel = f"relabel --data D --teacher-path {','.join(t.upper() for t in teachers)}"
-            if len(teachers) > 1:
-                rel = (f"relabel --data D --teachers {','.join(TEACHERS[t] for t in teachers)} "
-                       f"--teacher-path {','.join(t.upper() for t in teachers)} --ensemble mean")
-            how = f"{rel} --fkd-path S; train.py --train-dir D --fkd-path S " + " ".join(r.flags)
-        lines.append(f"  {r.name:8s} {r.what}\n           {how.strip()}")
+        m = METHODS[r.method.lower()]
+        smart = ",".join(TEACHERS[t] for t in r.smart)
+        how = f"label_optimization.py --method {r.method}" + (f" --smart_model {smart}" if smart else "") \
+            + ("" if r.method == "random" or not smart else f" --smart_model_path {','.join(t.upper() for t in r.smart)}")
+        what = f"trainer --loss-type {m.loss}" if m.loss else ("hard labels" + (" + " + " ".join(m.hard_flags)
+                                                                               if m.hard_flags else ""))
+        lines.append(f"  {r.name:8s} {what}\n           {how}")
     return "\n".join(lines)
 
 
@@ -126,80 +110,74 @@ def settings_of(args) -> list[Setting]:
 
 
 def teacher_dir(args, role: str) -> str:
-    return os.path.join(args.work, f"teacher_{TEACHERS[role]}_{args.train_subset}_e{args.teacher_epochs}"
-                                   f"_b{args.batch}_s{args.teacher_seed}")
+    return os.path.join(args.work, f"teachers_{args.train_subset}_e{args.teacher_epochs}_b{args.batch}")
+
+
+def teacher_run(args, role: str) -> str:
+    return os.path.join(teacher_dir(args, role), "folder", "Vanilla", TEACHERS[role], f"seed{args.teacher_seed}", "train")
 
 
 def setting_dir(args, s: Setting) -> str:
     return os.path.join(args.work, f"{s.key}_{s.subset}_e{s.epochs}_b{s.batch}_t{args.teacher_epochs}")
 
 
-def store_dir(args, s: Setting, store: str, seed: int) -> str:
-    return os.path.join(setting_dir(args, s), f"store_{store}_s{seed}")
+def data_root(args, s_key: str, subset: str) -> str:
+    """A --dataset folder root for the front-end: train/ -> the setting's images, val/ -> the val split."""
+    root = os.path.join(args.work, "roots", s_key)
+    os.makedirs(root, exist_ok=True)
+    for name, target in (("train", subset), ("val", args.val_subset)):
+        link = os.path.join(root, name)
+        if os.path.islink(link) and os.readlink(link) != os.path.join(args.data_dir, target):
+            os.remove(link)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(args.data_dir, target), link)
+    return root
 
 
-def run_dir(args, s: Setting, recipe: str, seed: int) -> str:
-    return os.path.join(setting_dir(args, s), f"{args.student}_{recipe}_s{seed}")
+def front_end(args, root: str, student: str, method: str, batch: int, epochs: int, seed: int, out: str,
+              smart: tuple[str, ...] = ()) -> list[str]:
+    argv = [PY, FRONT_END, "--dataset", "folder", "--data-root", root, "--n_class", str(args.num_classes),
+            "--student_model", student, "--method", method, "--batch_size", str(batch), "--epochs", str(epochs),
+            *STUDY, "--seed", str(seed), "--eval-interval", str(epochs), "--result", out, "--no-progress"]
+    if smart:
+        argv += ["--smart_model", ",".join(TEACHERS[t] for t in smart)]
+        if method != "random":
+            argv += ["--smart_model_path", ",".join(os.path.join(teacher_run(args, t), "checkpoint.pth") for t in smart)]
+    return argv
 
 
-def common_train(args, s: Setting, seed: int, out: str) -> list[str]:
-    data = args.data_dir
-    return [PY, TRAIN, "--train-dir", f"{data}/{s.subset}", "--val-dir", f"{data}/{args.val_subset}", "--model", args.student,
-            "--crop-pct", "1.0", "--lr-schedule", "cosine", "--seed", str(seed), "--eval-interval", str(s.epochs),
-            "--save-interval", str(s.epochs), "--resume", "auto", "--output-dir", out, "--no-progress"]
+def run_of(args, s: Setting, r: Recipe, seed: int) -> str:
+    run = args.student + "".join("_" + TEACHERS[t] for t in r.smart)
+    return os.path.join(setting_dir(args, s), "folder", r.method, run, f"seed{seed}", "train")
 
 
 def build_jobs(args) -> tuple[list[Job], dict]:
-    """Every teacher, store and student run, with its dependencies, and what each table cell reads."""
-    data = args.data_dir
+    """Every teacher and student run (each one front-end command: relabel + trainer), with its
+    dependencies, and what each table cell reads."""
     jobs: list[Job] = []
     # rough per-image cost relative to one resnet20 training image (measured on 2 CPU cores)
     train_cost = {"resnet20": 1.0, "resnet32": 1.55, "resnet44": 2.26}
     fwd_cost = {"resnet20": 0.3, "resnet32": 0.41, "resnet44": 0.68}
     n_train = args.train_images
+    full = data_root(args, "teachers", args.train_subset)
     for role, arch in TEACHERS.items():
-        out = teacher_dir(args, role)
-        jobs.append(Job(f"teacher-{role}", [
-            PY, TRAIN, "--train-dir", f"{data}/{args.train_subset}", "--val-dir", f"{data}/{args.val_subset}", "--model", arch,
-            *CROPS, "--crop-pct", "1.0", "-b", str(args.batch), "--epochs", str(args.teacher_epochs), "--lr-schedule", "cosine",
-            "--seed", str(args.teacher_seed), "--eval-interval", str(args.teacher_epochs),
-            "--save-interval", str(min(5, args.teacher_epochs)), "--resume", "auto", "--output-dir", out, "--no-progress"],
-            os.path.join(out, "results.json"), train_cost.get(arch, 2.0) * n_train * args.teacher_epochs))
+        argv = front_end(args, full, arch, "Vanilla", args.batch, args.teacher_epochs, args.teacher_seed,
+                         teacher_dir(args, role))
+        jobs.append(Job(f"teacher-{role}", argv, os.path.join(teacher_run(args, role), "results.json"),
+                        train_cost.get(arch, 2.0) * n_train * args.teacher_epochs))
     cells: dict = {}
-    recipes = [BY_NAME[n] for n in args.recipes]
     for s in settings_of(args):
         images = n_train if s.key == "train" else 20
-        needed = {r.store for r in recipes if r.store}
+        root = data_root(args, s.key, s.subset)
         for seed in args.seeds:
-            for name in sorted(needed):
-                roles = STORES[name]
-                out = store_dir(args, s, name, seed)
-                argv = [PY, RELABEL, "--data", f"{data}/{s.subset}", "--teacher-path",
-                        ",".join(os.path.join(teacher_dir(args, r), "checkpoint.pth") for r in roles),
-                        "--fkd-path", out, "--epochs", str(s.epochs), "-b", str(s.batch), *CROPS,
-                        "--fkd-seed", str(seed), "--print-freq", str(s.epochs)]
-                if len(roles) > 1:
-                    argv += ["--teachers", ",".join(TEACHERS[r] for r in roles), "--ensemble", "mean"]
-                jobs.append(Job(f"{s.key}-store-{name}-s{seed}", argv, "", marker=out + ".done",
-                                cost=sum(fwd_cost.get(TEACHERS[r], 1.0) for r in roles) * images * s.epochs,
-                                deps=[f"teacher-{r}" for r in roles]))
-            for r in recipes:
-                out = run_dir(args, s, r.name, seed)
-                argv = common_train(args, s, seed, out) + list(r.flags)
-                deps: list[str] = []
-                cost = images * s.epochs
-                if r.labels in ("hard", "online"):
-                    argv += [*CROPS, "-b", str(s.batch), "--epochs", str(s.epochs)]
-                if r.labels == "online":
-                    argv += ["--teacher", TEACHERS[r.teacher], "--teacher-path",
-                             os.path.join(teacher_dir(args, r.teacher), "checkpoint.pth")]
-                    deps.append(f"teacher-{r.teacher}")
-                    cost += fwd_cost.get(TEACHERS[r.teacher], 1.0) * images * s.epochs
-                if r.labels == "store":
-                    argv += ["--fkd-path", store_dir(args, s, r.store, seed)]
-                    deps.append(f"{s.key}-store-{r.store}-s{seed}")
-                jobs.append(Job(f"{s.key}-{r.name}-s{seed}", argv, os.path.join(out, "results.json"), cost, deps))
-                cells.setdefault((s.key, r.name), []).append(os.path.join(out, "results.json"))
+            for r in (BY_NAME[n] for n in args.recipes):
+                run = run_of(args, s, r, seed)
+                argv = front_end(args, root, args.student, r.method, s.batch, s.epochs, seed, setting_dir(args, s),
+                                 r.smart)
+                cost = images * s.epochs * (1.0 + sum(fwd_cost.get(TEACHERS[t], 1.0) for t in r.smart))
+                deps = [f"teacher-{t}" for t in r.smart if r.method != "random"]
+                jobs.append(Job(f"{s.key}-{r.name}-s{seed}", argv, os.path.join(run, "results.json"), cost, deps))
+                cells.setdefault((s.key, r.name), []).append(os.path.join(run, "results.json"))
     for job in jobs:
         job.log = os.path.join(args.work, "logs", job.name + ".log")
     return jobs, cells
@@ -314,7 +292,7 @@ def confidence(run: str, val_dir: str) -> dict:
 def summarize(args, cells: dict) -> dict:
     summary: dict = {"teachers": {}, "cells": {}}
     for role, arch in TEACHERS.items():
-        res = read_result(os.path.join(teacher_dir(args, role), "results.json"))
+        res = read_result(os.path.join(teacher_run(args, role), "results.json"))
         summary["teachers"][role] = {"arch": arch, "top1": res["top1"], "ece": res["ece"]}
     val = os.path.join(args.data_dir, args.val_subset)
     for (setting, recipe), paths in cells.items():
@@ -454,9 +432,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="seeds of the students and of their stores (default: 0,1,2)")
     p.add_argument("--recipes", default=",".join(r.name for r in RECIPES), help="which recipes (default: all)")
     p.add_argument("--student", default="resnet20", help="student architecture (default: resnet20)")
-    p.add_argument("--teacher-epochs", type=int, default=20, help="teacher epochs on the full split (default: 20)")
-    p.add_argument("--train-epochs", type=int, default=6,
-                   help="student epochs on the full split = stored epochs (default: 6)")
+    p.add_argument("--teacher-epochs", type=int, default=60, help="teacher epochs on the full split (default: 60)")
+    p.add_argument("--train-epochs", type=int, default=30,
+                   help="student epochs on the full split = stored epochs (default: 30)")
     p.add_argument("--ipc-steps", type=int, default=300,
                    help="student steps on IPC2 (batch 20: one step per epoch) = stored epochs (default: 300)")
     p.add_argument("-b", "--batch", type=int, default=64, help="batch of teachers and full-split students (64)")
@@ -501,6 +479,8 @@ def settle(args: argparse.Namespace) -> None:
             raise UserError(f"--data {args.data_dir}: no {sub}/ folder (make it with scripts/make_demo_data.py)")
     count = lambda sub: sum(len(fs) for _, _, fs in os.walk(os.path.join(args.data_dir, sub)))  # noqa: E731
     args.train_images, args.val_images = count(args.train_subset), count(args.val_subset)
+    args.num_classes = len([d for d in os.listdir(os.path.join(args.data_dir, args.train_subset))
+                            if os.path.isdir(os.path.join(args.data_dir, args.train_subset, d))])
 
 
 

@@ -43,19 +43,20 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        blocks, cin = [], 16
+        # layer1..3, as He et al.'s CIFAR ResNets are usually published (Idelbayev's code, the
+        # label-optimization study's models/small_resnet.py): their checkpoints load as they are.
+        cin = 16
         for stage, cout in enumerate((16, 32, 64)):
-            for k in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and k == 0 else 1))
-                cin = cout
-        self.layers = nn.Sequential(*blocks)
+            blocks = [BasicBlock(cin if k == 0 else cout, cout, 2 if stage > 0 and k == 0 else 1) for k in range(n)]
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+            cin = cout
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x))))))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 

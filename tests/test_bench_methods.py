@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, run_script
 from PIL import Image
 
-RECIPES = ["vanilla", "ls", "kd", "sl", "sl-ens", "sl-kd", "wsld"]
+RECIPES = ["vanilla", "ls", "kd", "sl", "sl-ens", "sl-kd", "random"]
 CELL = re.compile(r"^(-?\d+\.\d+) ± (\d+\.\d+)$")
 
 
@@ -26,6 +26,7 @@ def bench_module():
 
 def test_every_recipe_runs_end_to_end_in_quick_mode(demo_data, tmp_path):
     work = tmp_path / "work"
+    bench = bench_module()
     proc = run_script("scripts/bench_methods.py", "--quick", "--work", work, "--data", demo_data, timeout=900)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in proc.stdout.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in RECIPES}
@@ -37,7 +38,8 @@ def test_every_recipe_runs_end_to_end_in_quick_mode(demo_data, tmp_path):
         for setting, (top1, ece, over) in zip(("train", "ipc2"), (cells[:3], cells[3:])):
             # the table shows what the one seed's run measured: its results.json, and its
             # re-evaluated confidence minus its top-1
-            (run,) = [p.parent for p in work.glob(f"{setting}_*/resnet20_{name}_s0/results.json")]
+            (run,) = [p.parent for p in work.glob(f"{setting}_*/folder/{bench.BY_NAME[name].method}/resnet20*/seed0/"
+                                                  f"train/results.json")]
             result = json.loads((run / "results.json").read_text())
             confidence = json.loads((run / "confidence.json").read_text())["confidence"]
             assert 0 <= result["top1"] <= 100 and 0 <= confidence <= 100, (name, setting)
@@ -52,17 +54,19 @@ def test_every_recipe_runs_end_to_end_in_quick_mode(demo_data, tmp_path):
     figure = np.asarray(Image.open(work / "methods.png").convert("RGB"))
     assert figure.shape == (round((2.2 + 0.35 * 7 * 2) * 110), 12 * 110, 3)
     assert len(np.unique(figure.reshape(-1, 3), axis=0)) > 50 and (figure < 128).any()
-    # each recipe really used its labels: online teacher, stores (an ensemble for sl-ens), losses
+    # each recipe is the front-end's method, with the study's optimizer and its teachers
     logs = work / "logs"
-    assert "--teacher resnet32" in (logs / "train-kd-s0.log").read_text()
-    assert "--loss-type wsld" in (logs / "ipc2-wsld-s0.log").read_text()
-    assert "--ensemble mean" in (logs / "ipc2-store-ens-s0.log").read_text()
-    assert "soft (kd) labels" in (logs / "ipc2-sl-kd-s0.log").read_text()
+    kd = (logs / "train-kd-s0.log").read_text()
+    assert "--method KD" in kd and "--smart_model resnet32" in kd and "--loss-type lo_kd" in kd
+    assert "--lr 0.1 --wd 5e-4" in kd and "--sgd" in kd and "--lr-schedule multistep" in kd
+    assert "--teachers resnet32,resnet44 --teacher-path" in (logs / "ipc2-sl-ens-s0.log").read_text()
+    assert "--loss-type lo_sl_gt" in (logs / "ipc2-sl-kd-s0.log").read_text()
+    assert "random_resnet44_s0.pth" in (logs / "ipc2-random-s0.log").read_text()
     assert "ls 0.1" in (logs / "train-ls-s0.log").read_text()
     # a second run reuses every teacher, store and student
     again = run_script("scripts/bench_methods.py", "--quick", "--work", work, "--data", demo_data, timeout=300)
     assert "0 runs executed now" in again.stdout, again.stdout
-    assert "20 taken from" in again.stdout, again.stdout
+    assert "16 taken from" in again.stdout, again.stdout
 
 
 def test_recipes_are_documented_and_readme_markers_respected(tmp_path):
@@ -71,7 +75,7 @@ def test_recipes_are_documented_and_readme_markers_respected(tmp_path):
     text = bench.recipe_table()
     for name in RECIPES:
         assert f"  {name} " in text
-    assert "--loss-type kd -T 4 --alpha 0.9" in text and "--ensemble mean" in text
+    assert "--loss-type lo_kd" in text and "--smart_model resnet32,resnet44" in text
     readme = tmp_path / "README.md"
     readme.write_text("intro\n")
     assert not bench.write_readme("| table |", str(readme))

@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
-from softlabel import replay
+from softlabel import files, replay
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.stores import Request, Store, open_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
+from softlabel.stores.schema import MAX_INPUT_SIZE
+from softlabel.teachers import file_sha256, split_list
 from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
 
 HARD_LABEL_DEFAULTS = {"batch_size": 1024, "epochs": 300, "input_size": 224, "min_scale_crops": 0.08,
@@ -56,6 +59,7 @@ class TrainConfig:
     cos: bool
     lr_schedule: str                   # validate/schedules.py; --cos: prism-cos
     lr_step_size: int
+    lr_milestones: tuple[int, ...]     # --lr-schedule multistep
     lr_gamma: float
     warmup_epochs: int
     sgd: bool
@@ -89,6 +93,7 @@ class TrainConfig:
     wandb_mode: str
     wandb_project: str
     no_progress: bool
+    label_source: str                  # what the labels are (hard, a store's identity, an online teacher)
 
     @property
     def per_image(self) -> bool:
@@ -103,6 +108,9 @@ def check_flags(args: argparse.Namespace) -> None:
     if not args.train_dir:
         raise UserError("--train-dir DIR is required")
     check_ranges(vars(args))
+    files.refuse_output_inside(args.output_dir, "--output-dir", [
+        ("--train-dir", args.train_dir), ("--val-dir", args.val_dir), ("--fkd-path", args.fkd_path),
+        ("--softlabel_path", args.softlabel_path)])
     if args.softlabel_path:
         if args.fkd_path and not same_path(args.fkd_path, args.softlabel_path):
             raise UserError(f"--softlabel_path {args.softlabel_path} and --fkd-path {args.fkd_path} name two "
@@ -128,6 +136,8 @@ def check_flags(args: argparse.Namespace) -> None:
                         f"not {loss_type_of(args)}")
     if args.cos and args.lr_schedule not in (None, "prism-cos"):
         raise UserError(f"--cos is PRISM's --lr-schedule prism-cos; it contradicts --lr-schedule {args.lr_schedule}")
+    if (args.lr_milestones is not None) != (lr_schedule_of(args) == "multistep"):
+        raise UserError("--lr-milestones and --lr-schedule multistep go together: give both or neither")
     if args.keep_topk and loss_type_of(args) not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
                         f"not --loss-type {loss_type_of(args)}")
@@ -145,6 +155,8 @@ def check_ranges(values: dict) -> None:
                       ("--warmup-epochs", "warmup_epochs"), ("--start-epoch", "start_epoch")):
         if values[key] is not None and values[key] < 0:
             raise UserError(f"{flag} must be >= 0, got {values[key]}")
+    if values["input_size"] is not None and values["input_size"] > MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {values['input_size']}: at most {MAX_INPUT_SIZE} px")
     if values["temperature"] is not None and values["temperature"] <= 0:
         raise UserError(f"-T/--temperature must be positive, got {values['temperature']}")
     if not 0 < values["crop_pct"] <= 1:
@@ -173,6 +185,31 @@ def lr_schedule_of(args: argparse.Namespace) -> str:
     return args.lr_schedule or ("prism-cos" if args.cos else "linear")
 
 
+def label_source_of(store: Optional[Store], args: argparse.Namespace) -> str:
+    """Where the labels come from, as a resumed run must match it: a store by its content (not
+    its path), an online teacher by its weights, or the ground truth."""
+    if store is not None:
+        return store.identity()
+    if args.teacher:
+        paths = split_list(args.teacher_path)
+        weights = ",".join(file_sha256(p)[:16] if os.path.isfile(p) else "?" for p in paths) or "published"
+        return f"online {args.teacher} ({weights})"
+    return "hard labels"
+
+
+def milestones_of(value: Optional[str]) -> tuple[int, ...]:
+    """--lr-milestones as increasing positive epochs ("60,120,160" -> (60, 120, 160))."""
+    if value is None:
+        return ()
+    try:
+        epochs = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise UserError(f"--lr-milestones {value}: expected comma-separated epochs, e.g. 60,120,160") from None
+    if any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+        raise UserError(f"--lr-milestones {value}: epochs must be positive and increasing")
+    return epochs
+
+
 def layout_of(args: argparse.Namespace) -> str:
     """--fkd-layout, per-image with FKD's --softlabel_path, else batch."""
     return "per-image" if args.softlabel_path else (args.fkd_layout or "batch")
@@ -181,9 +218,10 @@ def layout_of(args: argparse.Namespace) -> str:
 def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, workers: int
             ) -> tuple[TrainConfig, Optional[Store]]:
     """The run's settings and its store (None for hard labels and online KD)."""
-    values = {k: getattr(args, k) for k in FIELDS}
+    values = {k: getattr(args, k, None) for k in FIELDS}
     values["workers"] = workers
     values["lr_schedule"] = lr_schedule_of(args)
+    values["lr_milestones"] = milestones_of(args.lr_milestones)
     values["fkd_path"] = args.fkd_path or args.softlabel_path
     values["fkd_layout"] = layout_of(args)
     store = None
@@ -196,6 +234,7 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
         values.update(from_store(store, args, info))
     else:
         values.update(hard_label_settings(args, len(index.classes)))
+    values["label_source"] = label_source_of(store, args)
     values["loss_type"] = loss_type_of(args)
     values["temperature"] = temperature_of(args, values["loss_type"])
     values["alpha"] = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(values["loss_type"], 1.0)

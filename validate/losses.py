@@ -17,10 +17,11 @@ LossFn = Callable[..., torch.Tensor]
 
 # Per-loss defaults where the method's paper fixes them (WSLD: T = 2, alpha = 2.5) or where one
 # setting is common (Hinton KD on CIFAR: T = 4, alpha = 0.9).
-DEFAULT_TEMPERATURE = {"wsld": 2.0, "kd": 4.0}
-DEFAULT_ALPHA = {"wsld": 2.5, "kd": 0.9}
+# The label-optimization study's losses (lo_*) take its opts.py defaults: --T 3, --alpha 0.1.
+DEFAULT_TEMPERATURE = {"wsld": 2.0, "kd": 4.0, "lo_kd": 3.0, "lo_sl": 3.0, "lo_sl_gt": 3.0}
+DEFAULT_ALPHA = {"wsld": 2.5, "kd": 0.9, "lo_kd": 0.1, "lo_sl": 0.1, "lo_sl_gt": 0.1}
 # Losses that compare probabilities, and so accept teacher logits masked to their top-k.
-PROBABILITY_LOSSES = ("kl", "soft_ce", "dist", "wsld", "kd")
+PROBABILITY_LOSSES = ("kl", "soft_ce", "dist", "wsld", "kd", "lo_kd", "lo_sl", "lo_sl_gt")
 
 
 def kl(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
@@ -105,6 +106,29 @@ def wsld(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
     return F.cross_entropy(student, targets) + alpha * temperature ** 2 * (weight * soft).mean()
 
 
+# The label-optimization study (seed 004), as its source (qwer343/id_8285, function.py
+# ``loss_fn``/``model_fit``) computes them; ``validate/label_optimization.py`` maps its methods here.
+
+def lo_kd(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
+    """The study's KD (method ``scratch`` with a smart model): CE(s, y) + alpha * T^2 * KL, where
+    the KL is ``nn.KLDivLoss()``'s default reduction, the mean over samples *and classes* -- so
+    the soft term is 1/num_classes of Hinton's batch-mean KL."""
+    soft = kl(student, teacher, targets, temperature=temperature) / student.shape[1]
+    return F.cross_entropy(student, targets) + alpha * temperature ** 2 * soft
+
+
+def lo_sl(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
+    """The study's SL: alpha * T^2 * soft-CE(softmax(t/T), s/T); no ground-truth term."""
+    return alpha * temperature ** 2 * soft_ce(student, teacher, targets, temperature=temperature)
+
+
+def lo_sl_gt(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
+    """The study's SL with ``--use_gt``: as ``lo_sl``, the teacher's logits plus the one-hot
+    ground truth (added to the logits, before the softmax at T)."""
+    one_hot = F.one_hot(targets, student.shape[1]).to(student.dtype)
+    return lo_sl(student, teacher.to(student.dtype) + one_hot, targets, temperature=temperature, alpha=alpha)
+
+
 LOSSES: dict[str, LossFn] = {
     "kl": kl,
     "soft_ce": soft_ce,
@@ -114,6 +138,9 @@ LOSSES: dict[str, LossFn] = {
     "dist": dist,
     "wsld": wsld,
     "kd": kd,
+    "lo_kd": lo_kd,
+    "lo_sl": lo_sl,
+    "lo_sl_gt": lo_sl_gt,
 }
 
 

@@ -6,7 +6,10 @@
   straight line to 0 from 0.75 (1 - e/E);
 - ``cosine``: SRe2L's ``--cos`` (its train_FKD.py): 0.5 (1 + cos(pi e / E));
 - ``step``: gamma ** (e // size), WSLD's ImageNet schedule (0.1 every 30 epochs, its
-  train_with_distillation.py ``adjust_learning_rate``).
+  train_with_distillation.py ``adjust_learning_rate``);
+- ``multistep``: gamma ** (milestones passed), torch's ``MultiStepLR`` stepped once per epoch, the
+  label-optimization study's schedule (main.py: milestones 60,120,160,200 with gamma 0.1 on CIFAR,
+  0.2 on STL-10).
 """
 from __future__ import annotations
 
@@ -32,5 +35,9 @@ def step(epoch: int, epochs: int, size: int = 30, gamma: float = 0.1) -> float:
     return gamma ** (epoch // size)
 
 
+def multistep(epoch: int, epochs: int, milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
+    return gamma ** sum(epoch >= m for m in milestones)
+
+
 SCHEDULES: dict[str, Callable[..., float]] = {"linear": linear, "prism-cos": prism_cos, "cosine": cosine,
-                                              "step": step}
+                                              "step": step, "multistep": multistep}

@@ -54,12 +54,20 @@ from softlabel import (
     tracking,
 )
 from softlabel.cli import add_mix_type, add_replaced_flags, note_replaced_flags
-from softlabel.data import FolderIndex, IndexedImageFolder, eval_transform, scan_image_folder, scan_images
+from softlabel.data import (
+    FolderIndex,
+    IndexedImageFolder,
+    drop_unreadable,
+    eval_transform,
+    scan_image_folder,
+    scan_images,
+)
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import Store
+from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_paths
@@ -71,11 +79,11 @@ from validate.schedules import SCHEDULES
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "gpu_id")
 SECRETS = ("wandb_api_key",)
 # Settings a resumed run must share with its checkpoint, or it could not continue exactly.
-RESUME_MUST_MATCH = ("model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
+RESUME_MUST_MATCH = ("label_source", "model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
-                     "lr_schedule", "lr_step_size", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
-                     "max_scale_crops", "teacher", "fkd_layout", "num_crops")
+                     "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
+                     "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -103,7 +111,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--workers", default=None, type=int,
                    help="data loading worker processes (default: 4 on GPU, 0 on CPU); results do not depend on it")
     g.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out (and list) training images that cannot be read, as relabel did with this flag")
+                   help="leave out (and list) training and validation images that cannot be read, as relabel did "
+                        "with this flag (validation images are all decoded before training either way)")
     g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
                    help="store mode: keep decoded images in memory up to MB in all (default: 1024)")
     g.add_argument("--input-size", type=int, default=None,
@@ -147,10 +156,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per-epoch learning-rate factor: linear (1 - e/E, PRISM's and SRe2L's default), prism-cos "
                         "(PRISM's --cos: 0.5 (1 + cos(pi e / 2.5E)) up to 5E/6, then linear to 0), cosine "
                         "(SRe2L's --cos: 0.5 (1 + cos(pi e / E))), step (--lr-gamma every --lr-step-size epochs, "
-                        "WSLD's) (default: linear, prism-cos with --cos)")
+                        "WSLD's), multistep (--lr-gamma at each of --lr-milestones, the label-optimization "
+                        "study's) (default: linear, prism-cos with --cos)")
     g.add_argument("--lr-step-size", type=int, default=30, metavar="E",
                    help="--lr-schedule step: multiply the rate by --lr-gamma every E epochs (default: 30, as WSLD)")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="--lr-schedule step: the factor (default: 0.1)")
+    g.add_argument("--lr-milestones", type=str, default=None, metavar="E[,E]",
+                   help="--lr-schedule multistep: the epochs at which the rate is multiplied by --lr-gamma")
+    g.add_argument("--lr-gamma", type=float, default=0.1,
+                   help="--lr-schedule step or multistep: the factor (default: 0.1)")
     g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs (default: 0)")
     g.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
     g.add_argument("-lr", "--learning-rate", type=float, default=1.024, help="SGD learning rate")
@@ -171,11 +184,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="loss against the teacher's logits (default: kl; with --softlabel_path: soft_ce, as "
                         "FKD's train_FKD.py)")
     g.add_argument("-T", "--temperature", "--temp", dest="temperature", type=float, default=None,
-                   help="distillation temperature (default: 3; wsld: 2; kd: 4; with --softlabel_path: 1, as "
+                   help="distillation temperature (default: 3; wsld: 2; kd: 4; lo_*: 3; with --softlabel_path: 1, as "
                         "FKD's --temp)")
     g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
     g.add_argument("--alpha", type=float, default=None,
-                   help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha)")
+                   help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha), "
+                        "lo_kd / lo_sl / lo_sl_gt (default: 0.1, the label-optimization study's --alpha)")
     g.add_argument("--kd-t2", action="store_true", help="kl only: multiply by T^2 (kd, wsld and dist include it)")
     g.add_argument("--keep-topk", type=int, default=None, metavar="K",
                    help="keep only each sample's top-K teacher logits (the rest masked) before the loss")
@@ -291,6 +305,8 @@ def lr_factor(epoch: int, epochs: int, warmup: int, schedule: Callable[[int, int
 def schedule_of(cfg: TrainConfig) -> Callable[[int, int], float]:
     if cfg.lr_schedule == "step":
         return functools.partial(SCHEDULES["step"], size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    if cfg.lr_schedule == "multistep":
+        return functools.partial(SCHEDULES["multistep"], milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
     return SCHEDULES[cfg.lr_schedule]
 
 
@@ -447,7 +463,14 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
                       pin: bool) -> Optional[DataLoader]:
     if not cfg.val_dir:
         return None
-    val_index = scan_image_folder(cfg.val_dir, "--val-dir")
+    # every image decoded now: a bad one must stop the run before training, not at its first evaluation
+    val_index, bad = drop_unreadable(scan_image_folder(cfg.val_dir, "--val-dir"))
+    if bad and not cfg.skip_bad_images:
+        raise UserError(f"--val-dir {cfg.val_dir}: {len(bad)} images cannot be read (first: {bad[0]}); fix or "
+                        f"remove them, or pass --skip-bad-images to leave them out")
+    if bad:
+        print(f"train: --skip-bad-images: left out {len(bad)} unreadable validation images: "
+              + ", ".join(bad[:20]) + (" ..." if len(bad) > 20 else ""), file=sys.stderr, flush=True)
     if val_index.classes != train_index.classes:
         raise UserError(f"--val-dir {cfg.val_dir}: class folders differ from --train-dir "
                         f"{cfg.train_dir} ({len(val_index.classes)} vs {len(train_index.classes)} classes "
@@ -462,16 +485,26 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
     """(first epoch, resumed?): a checkpoint's state restored, or the schedule moved to --start-epoch."""
     files.ensure_dir(cfg.output_dir, "--output-dir")
     if info.is_main:
+        files.lock_dir(cfg.output_dir, "--output-dir", "another run is training into this folder; wait for it to "
+                       "finish or use another --output-dir")
         files.remove_stale_tmp(cfg.output_dir)  # a checkpoint write cut short by a kill
     path = checkpoint.resume_path(cfg.resume, cfg.output_dir)
+    own = os.path.join(cfg.output_dir, checkpoint.CHECKPOINT)
+    if os.path.isfile(own) and not (path and same_path(path, own)):
+        raise UserError(f"--output-dir {cfg.output_dir} holds the checkpoint of another run; pass --resume auto "
+                        f"to continue it, or choose another --output-dir (nothing is overwritten)")
     if path:
         ckpt = checkpoint.read_for_resume(path, cfg, RESUME_MUST_MATCH)
-        student.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        try:
+            student.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--resume {path}: its state does not fit this run ({first[:200]})") from None
         return ckpt["epoch"], True
     if cfg.resume and info.is_main:
         print(f"train: --resume {cfg.resume}: no checkpoint in {cfg.output_dir}, starting afresh", flush=True)
