@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from softlabel import classmap, distributed, precision, provenance, replay, tracking
+from softlabel import classmap, distributed, files, precision, provenance, replay, tracking
 from softlabel.cli import LABELLING_REPLACED, add_mix_type, add_replaced_flags, note_replaced_flags
 from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
@@ -33,6 +33,7 @@ from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_w
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import batch as store
 from softlabel.stores import create_store
+from softlabel.stores.schema import MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_paths
 
@@ -150,6 +151,8 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--input-size", args.input_size), ("--print-freq", args.print_freq)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.input_size > MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {args.input_size}: at most {MAX_INPUT_SIZE} px")
     if args.cache_images < 0:
         raise UserError(f"--cache-images must be >= 0 MB, got {args.cache_images}")
     if args.workers is not None and args.workers < 0:
@@ -167,6 +170,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--evaluate needs --val-dir DIR")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    files.refuse_output_inside(args.fkd_path, "--fkd-path", [("--data", args.data), ("--val-dir", args.val_dir)])
 
 
 def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[list[Optional[str]], list[Optional[str]]]:

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from softlabel import classmap, distributed, precision, tracking
+from softlabel import classmap, distributed, files, precision, tracking
 from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
@@ -33,6 +33,7 @@ from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accurac
 from softlabel.loader import batch_loader, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import create_store, per_image
+from softlabel.stores.schema import MAX_CROPS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED
 from softlabel.teachers import Ensemble, Teacher, load_teachers
 
@@ -118,6 +119,9 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--input_size", args.input_size), ("-b/--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.input_size > MAX_INPUT_SIZE or args.num_crops > MAX_CROPS:
+        raise UserError(f"--input_size {args.input_size} / --num_crops {args.num_crops}: at most {MAX_INPUT_SIZE} px "
+                        f"and {MAX_CROPS} crops")
     if args.num_crops > args.num_seg and args.num_crops % args.num_seg:
         raise UserError(f"--num_crops {args.num_crops} is not divisible by --num_seg {args.num_seg} "
                         f"(crops per teacher forward); pick a divisor, e.g. --num_seg "
@@ -132,6 +136,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--min_scale_crops {lo} / --max_scale_crops {hi}: need 0 < min <= max <= 1")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    files.refuse_output_inside(args.save_path, "--save_path", [("DATA", args.data)])
     if args.reference_path and os.path.abspath(args.reference_path) == os.path.abspath(args.save_path):
         raise UserError(f"--reference_path {args.reference_path} is --save_path; use another --save_path")
     args.label_type = per_image.normalize_label_type(args.label_type)

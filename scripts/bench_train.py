@@ -61,6 +61,8 @@ def in_memory_bound(steps: int, batch: int, size: int) -> float:
 
 
 def trainer_rate(args: list[str]) -> float:
+    out = args[args.index("--output-dir") + 1]
+    shutil.rmtree(out, ignore_errors=True)  # each repeat is a new run (the trainer keeps a finished one)
     cmd = [PY, os.path.join(ROOT, "validate", "train_FKD_parallel.py"), *args, "--no-progress",
            "--eval-interval", "1000", "--save-interval", "1000"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))

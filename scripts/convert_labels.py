@@ -17,7 +17,7 @@ import argparse
 import os
 import time
 
-from softlabel import replay, tracking
+from softlabel import files, replay, tracking
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import Request, Store, create_store, detect, open_store, per_image
@@ -124,6 +124,7 @@ def main() -> None:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
+    files.refuse_output_inside(args.dst, "DST", [("SRC", args.src), ("--data", args.data)])
     if detect(args.src, "SRC") == "fkd-upstream":
         return convert_fkd_files(args)
     src = open_source(args)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from softlabel import tracking
 from softlabel.errors import UserError, run_main
-from softlabel.files import atomic_write_bytes, ensure_dir, remove_stale_tmp
+from softlabel.files import atomic_write_bytes, ensure_dir, plain_name, refuse_output_inside, remove_stale_tmp
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 
@@ -144,7 +144,9 @@ def main() -> None:
         download(args.dataset, args.root)
     elif not os.path.isdir(args.root):
         raise UserError(f"--root {args.root}: no such directory (pass --download to fetch the dataset)")
+    refuse_output_inside(args.out, "--out", [("--root", args.root)])
     classes, splits = stl10(args.root) if args.dataset == "stl10" else cifar(args.root, args.dataset)
+    classes = [plain_name(c, f"--root {args.root}: class name") for c in classes]
     if classes != sorted(classes) or len(set(classes)) != len(classes):
         raise UserError(f"--dataset {args.dataset}: class names are not unique and sorted; folder order would "
                         f"not match the labels")
@@ -154,7 +156,7 @@ def main() -> None:
             raise UserError(f"--root {args.root}: {split} label {bad[0]} outside the {len(classes)} classes")
     for split in splits:
         for name in classes:
-            ensure_dir(os.path.join(args.out, split, name), "--out")
+            ensure_dir(os.path.join(args.out, split, name), "--out", inside=args.out)
             remove_stale_tmp(os.path.join(args.out, split, name))  # from a killed earlier run
     total = sum(len(labels) for _, labels in splits.values())
     bar = tracking.progress(total, "export", disable=args.no_progress)

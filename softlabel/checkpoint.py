@@ -81,9 +81,19 @@ def read_for_resume(path: str, config: Any, must_match: tuple[str, ...]) -> dict
     ckpt = files.safe_torch_load(path, "--resume")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "optimizer" not in ckpt:
         raise UserError(f"--resume {path}: not a checkpoint of this trainer")
-    saved, now = ckpt.get("args", {}), provenance.args_dict(config)
+    shapes = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "args": dict, "epoch": int}
+    for key, kind in shapes.items():
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            raise UserError(f"--resume {path}: entry '{key}' is missing or not a {kind.__name__}; not a checkpoint "
+                            f"this trainer wrote")
+    if not isinstance(ckpt["rng"].get("torch"), torch.Tensor) or ckpt["epoch"] < 0:
+        raise UserError(f"--resume {path}: its random state or epoch is malformed")
+    saved, now = ckpt["args"], provenance.args_dict(config)
     for key in must_match:
         if key in saved and saved[key] != now.get(key):
+            if key == "label_source":
+                raise UserError(f"--resume {path}: the checkpoint was trained on {saved[key]}, this run on "
+                                f"{now.get(key)}; it could not continue exactly")
             flag = "--" + key.replace("_", "-")
             raise UserError(f"--resume {path}: the checkpoint was trained with {flag} {saved[key]}, this run "
                             f"has {now.get(key)}; it could not continue exactly")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
@@ -61,18 +63,24 @@ def scan_image_folder(root: str, flag: str) -> FolderIndex:
     return FolderIndex(os.path.abspath(root), classes, samples)
 
 
+def _readable(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            to_rgb(Image.open(f))
+        return True
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return False
+
+
 def drop_unreadable(index: FolderIndex) -> tuple[FolderIndex, list[str]]:
     """``--skip-bad-images``: the index without the images that cannot be decoded, and those
     images' paths. Every image is decoded once, up front, so the sample order (and so every
     stored batch) is fixed before any work starts and is the same on every rerun."""
     good, bad = [], []
-    for path, target in index.samples:
-        try:
-            with open(path, "rb") as f:
-                Image.open(f).convert("RGB")
-            good.append((path, target))
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
-            bad.append(path)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        readable = list(pool.map(_readable, (path for path, _ in index.samples)))
+    for sample, ok in zip(index.samples, readable):
+        (good if ok else bad).append(sample if ok else sample[0])
     if not good:
         raise UserError(f"{index.root}: none of the {len(index.samples)} images can be read")
     return FolderIndex(index.root, index.classes, good), bad
@@ -92,12 +100,20 @@ def scan_images(root: str, flag: str, skip_bad_images: bool, announce: bool, pro
     return index, skipped
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any mode; 16- and 32-bit grey (16-bit PNGs) scaled to 8 bits rather than clipped."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        pixels = np.asarray(img, dtype=np.int64)
+        top = 65535 if img.mode.startswith("I;16") or pixels.max(initial=0) <= 65535 else int(pixels.max())
+        img = Image.fromarray((np.clip(pixels, 0, top) * 255 // max(top, 1)).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
     """Open an image as RGB (grey, palette and RGBA images are converted, not refused)."""
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
+            return to_rgb(Image.open(f))
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise UserError(f"{path}: cannot read image ({exc}); fix or remove it, or pass --skip-bad-images") from None
 

@@ -28,6 +28,6 @@ def _one_line(message: str) -> str:
     """A UserError raised in a DataLoader worker comes back wrapped with the worker's
     traceback; the user needs only its last line, the original message."""
     if message.startswith("Caught UserError"):
-        last = message.strip().splitlines()[-1]
-        return last.split("UserError: ", 1)[-1]
-    return message
+        message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+    # a file name may hold a newline or other control characters: shown escaped, on one line
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)

@@ -23,6 +23,17 @@ from softlabel.errors import UserError
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; a finished file gets the mode open() would have given it, so a
+# store in a shared folder is as readable as the team's umask says.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename; ``durable`` also
     flushes it to disk first (skip only for files that are cheap to remake)."""
@@ -33,6 +44,7 @@ def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(data)
             if durable:
                 f.flush()
@@ -118,6 +130,8 @@ def read_json(path: str, what: str = "file") -> Any:
         raise UserError(f"{what} {path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{what} {path}: JSON nested too deeply to be a manifest") from None
 
 
 def read_manifest_json(root: str, name: str, flag: str, what: str, not_a_store: str,
@@ -154,8 +168,33 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def ensure_dir(path: str, flag: str) -> None:
-    """Create an output directory, or fail with one line naming the flag."""
+def is_within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or below it, once both are resolved (links followed)."""
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def refuse_output_inside(output: str, flag: str, inputs: list[tuple[str, Optional[str]]]) -> None:
+    """An output folder equal to or inside one of the run's input folders (flag, path) is refused:
+    its files would become part of that input."""
+    for in_flag, path in inputs:
+        if path and os.path.exists(path) and is_within(output, path):
+            raise UserError(f"{flag} {output} is inside {in_flag} {path}: its files would mix with that input; "
+                            f"choose an output folder outside it")
+
+
+def plain_name(name: str, what: str) -> str:
+    """``name`` if it is one plain path component (no separator, not '.' or '..', no control
+    characters), else one line naming ``what``: a name read from a file must not pick a path."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 32 for c in name)):
+        raise UserError(f"{what}: {name!r} is not a plain file name; refusing to use it as a path")
+    return name
+
+
+def ensure_dir(path: str, flag: str, inside: Optional[str] = None) -> None:
+    """Create an output directory, or fail with one line naming the flag. With ``inside``, the
+    directory must resolve to a place within that root (a symbolic link must not lead writes out)."""
     try:
         os.makedirs(path, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -164,8 +203,29 @@ def ensure_dir(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot create directory (permission denied)") from None
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot create directory ({exc.strerror or exc})") from None
+    if inside is not None and not is_within(path, inside):
+        raise UserError(f"{flag} {path}: resolves to {os.path.realpath(path)}, outside {inside} (a symbolic "
+                        f"link?); refusing to write there")
     if not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path}: directory is not writable")
+
+
+_locks: list = []  # open lock files, held until the process exits
+
+
+def lock_dir(root: str, flag: str, busy: str) -> None:
+    """Take ``root``'s lock for the rest of this process's life, or fail with one line (``busy``
+    says what the other run is doing). The OS drops the lock when the holder dies, even by
+    SIGKILL, so a killed run never blocks its own rerun."""
+    import fcntl
+    ensure_dir(root, flag)
+    f = open(os.path.join(root, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"{flag} {root}: {busy}") from None
+    _locks.append(f)
 
 
 def remove_stale_tmp(directory: str) -> None:

@@ -127,6 +127,19 @@ def sample_mix(rng: np.random.Generator, mix_type: str, batch_size: int, input_s
 
 # ----------------------------------------------------------------------------- replay
 
+def crop_box_problem(coords: torch.Tensor, slack: float) -> Optional[str]:
+    """What is wrong with (K, 4) crop fractions (top, left, height, width) for replay, or None:
+    every box of positive area and inside the image (``slack``: the rounding of the stored type)."""
+    if not len(coords):
+        return None
+    top, left, h, w = coords.double().unbind(dim=1)
+    if not bool(((h > 0) & (w > 0)).all()):
+        return "a crop box has zero area"
+    if not bool(((top + h <= 1 + slack) & (left + w <= 1 + slack)).all()):
+        return "a crop box runs past the image edge"
+    return None
+
+
 def crop_box(coords: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
     """Pixel box (left, top, right, bottom) of fractional coords, rounded as PIL's crop does."""
     top, left, h, w = (float(c) for c in coords)

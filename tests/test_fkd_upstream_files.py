@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import assert_user_error, run_script
 from torchvision.transforms import InterpolationMode
 
-from conftest import assert_user_error, run_script
 from softlabel.data import load_rgb, scan_image_folder
 from softlabel.errors import UserError
 from softlabel.stores import Request, open_store

@@ -7,6 +7,8 @@ script makes one call and gets settings it can trust.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -63,6 +65,9 @@ class StoreSettings:
     num_crops: Optional[int]          # crops stored per image (per-image layout)
 
 
+VOLATILE = ("epochs", "args", "versions", "created_by", "amp", "converted_from")
+
+
 class Store:
     """An opened store: its manifest (read-only), its settings and its loader dataset."""
 
@@ -89,6 +94,13 @@ class Store:
             class_names=tuple(m["class_names"]), mean=tuple(m["mean"]), std=tuple(m["std"]),
             label_format=m.get("label_format") or m.get("label_type"), topk=m.get("topk"),
             num_crops=m.get("num_crops"))
+
+    def identity(self) -> str:
+        """What the labels are, not where they lie: a hash of the manifest less what may change
+        without changing a label (epochs appended, run arguments, versions)."""
+        content = {k: v for k, v in self.manifest.items() if k not in VOLATILE}
+        text = json.dumps(content, sort_keys=True, default=str)
+        return f"{self.format} store {hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
     # ---- what a format provides
     def check_request(self, request: Request) -> None:

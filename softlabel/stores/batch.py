@@ -44,6 +44,7 @@ from softlabel import distributed, files, replay
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
+from softlabel.stores import schema
 from softlabel.stores.base import Request, Store
 
 FORMAT_VERSION = 1
@@ -184,8 +185,39 @@ class Reader:
         if topk:
             data, stored = decode_topk(data, path, self.num_classes, writes_fill(self.manifest))
         record = parse_record(data, path, self.num_samples, self.num_classes, masked=topk)
+        check_geometry(record, path, self.manifest, batch)
         record.stored = stored
         return record
+
+
+# Crop fractions of a top-k store are rounded to 1/65535: their sum may pass 1 by that much.
+EDGE_SLACK = 2.0 / COORD_SCALE
+
+
+def check_geometry(record: "BatchRecord", path: str, manifest: dict, batch: int) -> None:
+    """What a batch must hold to replay as its teacher saw it: its share of the epoch, each image
+    once, crops of positive area inside the image, the store's mix, a cutmix box inside the crop.
+    The one validator every reader (trainer, tools) goes through."""
+    def bad(why: str) -> UserError:
+        return UserError(f"store batch file {path}: {why}")
+
+    want = replay.batch_len(int(manifest["num_samples"]), int(manifest["batch_size"]), batch)
+    if len(record) != want:
+        raise bad(f"{len(record)} samples, expected {want} (batches of {manifest['batch_size']}, "
+                  f"{manifest['num_samples']} images)")
+    if int(record.index.unique().numel()) != len(record.index):
+        raise bad("a sample index appears twice in the batch")
+    problem = replay.crop_box_problem(record.coords, EDGE_SLACK)
+    if problem:
+        raise bad(problem)
+    mix_type = manifest.get("mix_type")
+    if mix_type and record.mix_type != mix_type:
+        raise bad(f"mix type {record.mix_type}, the store's is {mix_type}")
+    size = manifest.get("input_size")
+    if record.mix_bbox is not None and size:
+        x1, y1, x2, y2 = record.mix_bbox
+        if not (0 <= x1 <= x2 <= size and 0 <= y1 <= y2 <= size):
+            raise bad(f"cutmix box {record.mix_bbox} outside the {size}px crop")
 
 
 def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[list, torch.Tensor]:
@@ -218,6 +250,19 @@ def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[lis
     fractions = coords.to(torch.int32).double() / COORD_SCALE
     return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
             logits, index.long()], stored
+
+
+def _is_number(value: Any) -> bool:
+    """A Python, numpy or 0-d torch number (upstream stores keep numpy scalars), not a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.dtype == torch.bool
+    return hasattr(value, "__float__") and not isinstance(value, (bool, str, bytes))
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return hasattr(value, "__index__") and not isinstance(value, bool)
 
 
 def parse_record(data: Any, path: str, num_samples: int, num_classes: int, masked: bool = False) -> BatchRecord:
@@ -253,9 +298,10 @@ def parse_record(data: Any, path: str, num_samples: int, num_classes: int, maske
             raise bad(f"mix_index must be a ({b},) tensor or None")
         if b and (int(mix_index.min()) < 0 or int(mix_index.max()) >= b):
             raise bad("mix_index out of range for the batch")
-        if mix_lam is None or not 0.0 <= float(mix_lam) <= 1.0:
+        if not _is_number(mix_lam) or not 0.0 <= float(mix_lam) <= 1.0:
             raise bad("mix_lam must be a number in [0, 1] when mix_index is set")
-    if mix_bbox is not None and (mix_index is None or len(mix_bbox) != 4):
+    if mix_bbox is not None and (mix_index is None or not isinstance(mix_bbox, (list, tuple, torch.Tensor))
+                                 or len(mix_bbox) != 4 or not all(_is_integer(v) for v in mix_bbox)):
         raise bad("mix_bbox must be 4 integers, set together with mix_index")
     return BatchRecord(coords.float(), flip.bool(), None if mix_index is None else mix_index.long(),
                        None if mix_lam is None else float(mix_lam),
@@ -274,20 +320,18 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
         root, MANIFEST, flag, "store manifest",
         "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
         {"format_version": FORMAT_VERSION}, ())
-    path = manifest_path(root)
+    where = f"store manifest {manifest_path(root)}"
     manifest.setdefault("topk_fill", None)  # stores written before the fill existed have none
     missing = [k for k in CONTENT_KEYS + ("epochs", "batches_per_epoch", "class_names") if k not in manifest]
     if missing:
-        raise UserError(f"store manifest {path}: missing entries {', '.join(missing)}")
-    for key in ("epochs", "batches_per_epoch", "num_samples", "num_classes", "batch_size"):
-        if not isinstance(manifest[key], int) or isinstance(manifest[key], bool) or manifest[key] < 0:
-            raise UserError(f"store manifest {path}: {key} must be a non-negative integer, found {manifest[key]!r}")
-    # Class names are matched against folder names; a name that is a path is never a folder of
-    # an ImageFolder, and nothing derived from a manifest may point outside the store.
-    bad = [c for c in manifest["class_names"] if not isinstance(c, str) or not c or c in (".", "..")
-           or "/" in c or "\\" in c or "\0" in c]
-    if bad:
-        raise UserError(f"store manifest {path}: class name {bad[0]!r} is not a plain folder name")
+        raise UserError(f"{where}: missing entries {', '.join(missing)}")
+    # Class names are matched against folder names (a name that is a path is never one), and
+    # every count bounds the work a reader does before it acts on it.
+    schema.check(manifest, schema.BATCH, where)
+    schema.check_batch_counts(manifest, where)
+    if manifest["dataset_fingerprint"] is None and "converted_from" not in manifest:
+        raise UserError(f"{where}: dataset_fingerprint is null, so the images could not be checked against the "
+                        f"store; only a store converted from an upstream one may lack it")
     return manifest
 
 
@@ -311,23 +355,9 @@ def check_compatible(root: str, manifest: dict, flag: str = "--fkd-path") -> dic
     return manifest if manifest["epochs"] > old["epochs"] else old
 
 
-_locks: list = []  # open lock files, held until the process exits
-
-
 def lock(root: str, flag: str = "--fkd-path") -> None:
-    """Take the store's lock for the rest of this process's life; a second run on the same
-    store is refused instead of mixing its files in. The OS drops the lock when the holder
-    dies, even by SIGKILL, so a killed run never blocks its own rerun."""
-    import fcntl
-    files.ensure_dir(root, flag)
-    f = open(os.path.join(root, ".lock"), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise UserError(f"{flag} {root}: another run is writing this store; wait for it "
-                        f"to finish or use another {flag}") from None
-    _locks.append(f)
+    """Take the store's lock: a second run on the same store is refused instead of mixing its files in."""
+    files.lock_dir(root, flag, f"another run is writing this store; wait for it to finish or use another {flag}")
 
 
 def write_manifest(root: str, manifest: dict, flag: str = "--fkd-path") -> None:
@@ -408,7 +438,7 @@ def create(path: str, manifest: dict, info: Optional[DistInfo] = None, flag: str
         settled = check_compatible(path, manifest, flag)
         write_manifest(path, settled, flag)
         for e in range(manifest["epochs"]):
-            files.ensure_dir(epoch_dir(path, e), flag)
+            files.ensure_dir(epoch_dir(path, e), flag, inside=path)
             files.remove_stale_tmp(epoch_dir(path, e))
         files.remove_stale_tmp(path)
     if info is None:

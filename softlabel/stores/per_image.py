@@ -39,6 +39,7 @@ from softlabel import distributed, files, replay, streams
 from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
+from softlabel.stores import schema
 from softlabel.stores.base import Request, Store
 from softlabel.stores.batch import smallest_int_dtype
 from softlabel.streams import Stream
@@ -175,6 +176,9 @@ def check_labels(path: str, coords: Any, flips: Any, classes: Any, values: Any, 
         raise bad(f"coords must be a float ({n}, 4) tensor")
     if not (bool(torch.isfinite(coords).all()) and float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
         raise bad("coords outside [0, 1]")
+    problem = replay.crop_box_problem(coords, 1e-3)  # FKD's --use_fp16 files keep float16 fractions
+    if problem:
+        raise bad(problem)
     if not (isinstance(flips, torch.Tensor) and flips.shape == (n,)):
         raise bad(f"flip must be a ({n},) tensor")
     if not (isinstance(classes, torch.Tensor) and not classes.is_floating_point() and classes.shape == (n, k)):
@@ -208,6 +212,7 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
         {"format": FORMAT, "format_version": FORMAT_VERSION}, CONTENT_KEYS + ("class_names", "mean", "std"))
     if manifest["label_type"] not in LABEL_TYPES:
         raise UserError(f"FKD manifest {manifest_path(root)}: unknown label type {manifest['label_type']!r}")
+    schema.check(manifest, schema.PER_IMAGE, f"FKD manifest {manifest_path(root)}")
     return manifest
 
 
@@ -428,7 +433,7 @@ def create(path: str, manifest: dict, index: FolderIndex, info: Optional[DistInf
     def prepare() -> None:
         prepare_store(path, manifest, flag)
         for directory in sorted({os.path.dirname(label_path(path, index, i)) for i in range(len(index))}):
-            files.ensure_dir(directory, flag)
+            files.ensure_dir(directory, flag, inside=path)
             files.remove_stale_tmp(directory)  # only files of writers that no longer run
     if info is None:
         prepare()

@@ -1,0 +1,128 @@
+"""Tampered stores (issue 15, classes 2, 5 and 6): one validator for batch geometry, a schema for
+manifests and bounds on the work a number may ask for. Each variant is refused in one line naming
+the file, by the store interface every reader uses; a few go through the real scripts too."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_user_error, run_script
+
+from softlabel.data import scan_image_folder
+from softlabel.errors import UserError
+from softlabel.stores import Request, open_store
+
+
+@pytest.fixture()
+def spoilable(cutmix_store, tmp_path) -> Path:
+    """A copy of the session's cutmix store (20 images, batches 8 + 8 + 4, 3 epochs, 24 px)."""
+    copy = tmp_path / "store"
+    shutil.copytree(cutmix_store, copy)
+    return copy
+
+
+def read_all(path: Path, demo_data: Path) -> None:
+    """What the trainer does with a store: open it (manifest, flags) and read every batch."""
+    s = open_store(str(path), scan_image_folder(str(demo_data / "ipc2"), "--train-dir"), request=Request())
+    reader = s.reader()
+    for e in range(s.settings.epochs):
+        for b in range(s.settings.batches_per_epoch):
+            reader.read(e, b)
+
+
+def spoil_batch(path: Path, change) -> Path:
+    file = path / "epoch_1" / "batch_0.tar"
+    entry = torch.load(file, weights_only=True)
+    change(entry)
+    torch.save(entry, file)
+    return file
+
+
+def drop_last(entry):
+    for i in (0, 1, 2, 5, 6):
+        entry[i] = entry[i][:-1]
+    entry[2] = entry[2].clamp(max=len(entry[0]) - 1)
+
+
+GEOMETRY = {
+    "zero-area crop": (lambda e: e[0].__setitem__((2, 2), 0.0), "zero area"),
+    "crop past the edge": (lambda e: e[0].__setitem__(1, torch.tensor([0.6, 0.1, 0.6, 0.5])), "past the image edge"),
+    "cutmix box outside the crop": (lambda e: e.__setitem__(4, [0, 0, 30, 10]), "outside the 24px crop"),
+    "cutmix box inverted": (lambda e: e.__setitem__(4, [10, 0, 5, 10]), "outside the 24px crop"),
+    "duplicate sample": (lambda e: e[6].__setitem__(1, e[6][0]), "appears twice"),
+    "short batch": (drop_last, "7 samples, expected 8"),
+    "empty batch": (lambda e: [e.__setitem__(i, e[i][:0]) for i in (0, 1, 2, 5, 6)], "0 samples"),
+    "unmixed batch in a cutmix store": (lambda e: [e.__setitem__(i, None) for i in (2, 3, 4)], "mix type none"),
+    "mix_lam a string": (lambda e: e.__setitem__(3, "half"), "mix_lam must be a number"),
+    "mix_bbox of strings": (lambda e: e.__setitem__(4, ["a", "b", "c", "d"]), "mix_bbox must be 4 integers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GEOMETRY))
+def test_batch_geometry_is_checked_by_the_one_reader(case, spoilable, demo_data):
+    change, needle = GEOMETRY[case]
+    file = spoil_batch(spoilable, change)
+    with pytest.raises(UserError, match=f"store batch file {file}: .*{needle}"):
+        read_all(spoilable, demo_data)
+
+
+def spoil_manifest(path: Path, change) -> None:
+    file = path / "manifest.json"
+    manifest = json.loads(file.read_text())
+    change(manifest)
+    file.write_text(json.dumps(manifest))
+
+
+MANIFEST = {
+    "a string count": (lambda m: m.__setitem__("num_samples", "20"), "num_samples must be an integer"),
+    "no mean": (lambda m: m.pop("mean"), "missing entry mean"),
+    "zero std": (lambda m: m.__setitem__("std", [0.0, 0.2, 0.3]), "std must be 3 positive numbers"),
+    "class index past the classes": (lambda m: m["class_to_index"].__setitem__("0", 99), "outside the 10 classes"),
+    "null fingerprint": (lambda m: m.__setitem__("dataset_fingerprint", None), "dataset_fingerprint is null"),
+    "a boolean batch size": (lambda m: m.__setitem__("batch_size", True), "batch_size must be an integer"),
+    "NaN temperature": (lambda m: m.__setitem__("temperature", math.nan), "temperature must be a finite"),
+    "unknown mix": (lambda m: m.__setitem__("mix_type", "mosaic"), "mix_type must be one of"),
+    "batches_per_epoch against the batch size": (lambda m: m.__setitem__("batches_per_epoch", 2),
+                                                 r"contradicts ceil\(num_samples 20 / batch_size 8\) = 3"),
+    "a billion epochs": (lambda m: m.__setitem__("epochs", 10 ** 9), r"epochs must be in \[0, 100000\]"),
+    "too many batch files": (lambda m: m.update(epochs=100_000, batch_size=1, num_samples=200, batches_per_epoch=200),
+                             "over the 10,000,000"),
+    "a huge crop": (lambda m: m.__setitem__("input_size", 100_000), r"input_size must be in \[1, 4096\]"),
+    "a class name that is a path": (lambda m: m["class_names"].__setitem__(0, "../../etc"), "plain folder names"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST))
+def test_manifest_values_are_checked_when_read(case, spoilable, demo_data):
+    change, needle = MANIFEST[case]
+    spoil_manifest(spoilable, change)
+    with pytest.raises(UserError, match=f"store manifest {spoilable / 'manifest.json'}: .*{needle}"):
+        read_all(spoilable, demo_data)
+
+
+def test_deeply_nested_json_is_one_line(spoilable, demo_data):
+    (spoilable / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        read_all(spoilable, demo_data)
+
+
+def test_the_scripts_refuse_tampered_stores_in_one_line(spoilable, demo_data, tmp_path):
+    spoil_batch(spoilable, GEOMETRY["crop past the edge"][0])
+    common = ("--train-dir", demo_data / "ipc2", "--fkd-path", spoilable, "--model", "mlpnet", "--no-progress",
+              "-j", 0, "--output-dir", tmp_path / "run")
+    proc = run_script("validate/train_FKD_parallel.py", *common, check=False)
+    assert_user_error(proc, "batch_0.tar", "past the image edge")
+    proc = run_script("scripts/fkd_info.py", spoilable, "--check", check=False)
+    assert_user_error(proc, "batch_0.tar", "past the image edge")
+    spoil_manifest(spoilable, MANIFEST["a billion epochs"][0])
+    for script in ("scripts/fkd_info.py", "scripts/convert_labels.py"):
+        extra = () if script.endswith("info.py") else (tmp_path / "converted",)
+        proc = run_script(script, spoilable, *extra, check=False)
+        assert_user_error(proc, "epochs must be in")
+    proc = run_script("validate/train_FKD_parallel.py", "--train-dir", demo_data / "ipc2", "--model", "mlpnet",
+                      "--input-size", 100_000, "--output-dir", tmp_path / "run2", check=False)
+    assert_user_error(proc, "--input-size 100000", "at most 4096")
