@@ -126,3 +126,16 @@ def test_the_scripts_refuse_tampered_stores_in_one_line(spoilable, demo_data, tm
     proc = run_script("validate/train_FKD_parallel.py", "--train-dir", demo_data / "ipc2", "--model", "mlpnet",
                       "--input-size", 100_000, "--output-dir", tmp_path / "run2", check=False)
     assert_user_error(proc, "--input-size 100000", "at most 4096")
+
+
+def test_a_sample_in_two_batches_of_an_epoch_is_refused_by_the_trainer(spoilable, demo_data, tmp_path):
+    first = torch.load(spoilable / "epoch_1" / "batch_0.tar", weights_only=True)
+    file = spoil_batch(spoilable, lambda e: None)
+    second = spoilable / "epoch_1" / "batch_1.tar"
+    entry = torch.load(second, weights_only=True)
+    entry[6][0] = first[6][0]                      # each file alone is valid; the epoch repeats a sample
+    torch.save(entry, second)
+    proc = run_script("validate/train_FKD_parallel.py", "--train-dir", demo_data / "ipc2", "--fkd-path", spoilable,
+                      "--model", "mlpnet", "--no-progress", "-j", 0, "--output-dir", tmp_path / "run", check=False)
+    assert_user_error(proc, str(second), "repeat samples already in epoch 1")
+    assert file.exists()

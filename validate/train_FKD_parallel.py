@@ -67,6 +67,7 @@ from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import Store
+from softlabel.stores import batch as batch_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
@@ -245,7 +246,16 @@ def store_epochs(cfg: TrainConfig, store: Store, index: FolderIndex, first_epoch
                             cache_bytes(cfg.cache_images, cfg.workers), info.rank, info.world_size, **options)
     batches = iter(batch_loader(dataset, cfg.workers, pin, background=pin, yield_cpu=not pin))
     for epoch in range(first_epoch, cfg.epochs):
-        yield epoch, (next(batches) for _ in range(per_epoch))
+        epoch_batches = (next(batches) for _ in range(per_epoch))
+        yield epoch, (epoch_batches if cfg.per_image else each_sample_once(epoch_batches, store, epoch))
+
+
+def each_sample_once(batches: Iterator[dict], store: Store, epoch: int) -> Iterator[dict]:
+    """A stored epoch's batches, refused at the first one that repeats a sample of an earlier batch."""
+    shown = batch_store.EpochSamples(store.settings.num_samples, epoch)
+    for item in batches:
+        shown.add(item["index"], batch_store.batch_path(store.path, epoch, item["batch"]))
+        yield item
 
 
 def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, first_epoch: int, info: DistInfo,

@@ -190,6 +190,20 @@ class Reader:
         return record
 
 
+class EpochSamples:
+    """The samples one epoch has shown so far: a stored batch that repeats one is refused. Each
+    file is checked alone by the reader; this is the part of the validator that needs the epoch."""
+
+    def __init__(self, num_samples: int, epoch: int):
+        self.seen, self.epoch = torch.zeros(num_samples, dtype=torch.bool), epoch
+
+    def add(self, index: torch.Tensor, path: str) -> None:
+        index = index.cpu()
+        if bool(self.seen[index].any()):
+            raise UserError(f"store batch file {path}: sample indices repeat samples already in epoch {self.epoch}")
+        self.seen[index] = True
+
+
 # Crop fractions of a top-k store are rounded to 1/65535: their sum may pass 1 by that much.
 EDGE_SLACK = 2.0 / COORD_SCALE
 
