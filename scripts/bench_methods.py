@@ -433,8 +433,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", default=",".join(r.name for r in RECIPES), help="which recipes (default: all)")
     p.add_argument("--student", default="resnet20", help="student architecture (default: resnet20)")
     p.add_argument("--teacher-epochs", type=int, default=60, help="teacher epochs on the full split (default: 60)")
-    p.add_argument("--train-epochs", type=int, default=30,
-                   help="student epochs on the full split = stored epochs (default: 30)")
+    p.add_argument("--train-epochs", type=int, default=10,
+                   help="student epochs on the full split = stored epochs (default: 10)")
     p.add_argument("--ipc-steps", type=int, default=300,
                    help="student steps on IPC2 (batch 20: one step per epoch) = stored epochs (default: 300)")
     p.add_argument("-b", "--batch", type=int, default=64, help="batch of teachers and full-split students (64)")

@@ -71,3 +71,14 @@ def test_a_symlinked_epoch_folder_does_not_lead_writes_out_of_the_store(demo_dat
     assert_user_error(proc, "--fkd-path", "outside", "symbolic link")
     assert os.listdir(outside) == [stale.name] and stale.read_bytes() == b"keep me"
     assert is_within(store / "epoch_0" / "x", outside) and not is_within(outside, store)
+
+
+def test_a_symlinked_metrics_file_is_not_followed(demo_data, tmp_path):
+    out, target = tmp_path / "run", tmp_path / "elsewhere.txt"
+    out.mkdir()
+    target.write_text("keep me\n")
+    os.symlink(target, out / "metrics.jsonl")
+    proc = run_script("validate/train_FKD_parallel.py", "--train-dir", demo_data / "ipc2", "--model", "mlpnet",
+                      "--epochs", 1, "--output-dir", out, "--no-progress", "-j", 0, check=False)
+    assert_user_error(proc, "metrics.jsonl is a symbolic link")
+    assert target.read_text() == "keep me\n"

@@ -583,6 +583,9 @@ def main(args: argparse.Namespace) -> None:
     pin = info.device.type == "cuda"
     val_loader = validation_loader(cfg, train_index, store, mean, std, pin) if info.is_main else None
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    if os.path.islink(metrics_path):  # appends would follow it out of the folder
+        raise UserError(f"--output-dir {cfg.output_dir}: metrics.jsonl is a symbolic link; refusing to write "
+                        f"through it")
     if info.is_main and not resumed:
         open(metrics_path, "w").close()
     tracker = tracking.Tracker(cfg.wandb_mode if info.is_main else "disabled", cfg.wandb_project,
