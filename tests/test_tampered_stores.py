@@ -92,7 +92,7 @@ MANIFEST = {
     "too many batch files": (lambda m: m.update(epochs=100_000, batch_size=1, num_samples=200, batches_per_epoch=200),
                              "over the 10,000,000"),
     "a huge crop": (lambda m: m.__setitem__("input_size", 100_000), r"input_size must be in \[1, 4096\]"),
-    "a class name that is a path": (lambda m: m["class_names"].__setitem__(0, "../../etc"), "plain folder names"),
+    "a class name that is a path": (lambda m: m["class_names"].__setitem__(0, "../../etc"), "not a plain folder name"),
 }
 
 

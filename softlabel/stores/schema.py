@@ -72,7 +72,7 @@ def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]
     elif f.kind == "names":
         if not (isinstance(value, list) and all(plain_folder_name(v) for v in value)):
             bad = value if not isinstance(value, list) else next(v for v in value if not plain_folder_name(v))
-            return f"must be plain folder names, found {bad!r:.60}"
+            return f"holds a class name that is not a plain folder name: {bad!r:.60}"
         if len(set(value)) != len(value):
             return "names a class twice"
     elif f.kind == "class_index":
