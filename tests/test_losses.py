@@ -218,7 +218,8 @@ def test_the_trainer_reports_every_loss_type_as_its_formula(cutmix_store, demo_d
         ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
         student = create_model("mlpnet", 10)
         student.load_state_dict(ckpt["model"])
-        temperature, alpha = {"wsld": (2.0, 2.5), "kd": (4.0, 0.9)}.get(loss, (3.0, 1.0))
+        temperature, alpha = {"wsld": (2.0, 2.5), "kd": (4.0, 0.9), "lo_kd": (3.0, 0.1), "lo_sl": (3.0, 0.1),
+                              "lo_sl_gt": (3.0, 0.1)}.get(loss, (3.0, 1.0))
         total = 0.0
         with torch.no_grad():
             for item in items:

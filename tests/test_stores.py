@@ -68,7 +68,8 @@ def test_topk_encoding_is_over_50x_smaller_at_imagenet_scale(tmp_path):
     """C = 1000, K = 5, batch 1024: the whole file, headers included, against full fp16."""
     b, c = 1024, 1000
     g = torch.Generator().manual_seed(0)
-    rec = store.BatchRecord(torch.rand(b, 4, generator=g), torch.rand(b, generator=g) > 0.5,
+    boxes = torch.rand(b, 4, generator=g) * 0.49 + torch.tensor([0.0, 0.0, 0.01, 0.01])  # inside the image
+    rec = store.BatchRecord(boxes, torch.rand(b, generator=g) > 0.5,
                             torch.randperm(b, generator=g), 0.3, [1, 2, 30, 40],
                             torch.randn(b, c, generator=g).half(), torch.randperm(1_281_167, generator=g)[:b])
     for name in ("full", "topk"):
@@ -77,7 +78,8 @@ def test_topk_encoding_is_over_50x_smaller_at_imagenet_scale(tmp_path):
     store.write_batch(str(tmp_path / "topk"), 0, 0, rec, "topk", 5, 1_281_167, fill=True)
     ratio = label_bytes(tmp_path / "full") / label_bytes(tmp_path / "topk")
     assert ratio >= 50, ratio
-    manifest = {"label_format": "topk", "topk_fill": "residual", "num_samples": 1_281_167, "num_classes": c}
+    manifest = {"label_format": "topk", "topk_fill": "residual", "num_samples": 1_281_167, "num_classes": c,
+                "batch_size": b}
     back = store.Reader(str(tmp_path / "topk"), manifest).read(0, 0)
     assert torch.equal(back.index, rec.index) and torch.equal(back.mix_index, rec.mix_index)
 
