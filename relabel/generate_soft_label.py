@@ -119,6 +119,10 @@ def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
                         "with their classes, and the crops in compact types (default: full)")
     g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
     g.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
+    g.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=store.FILL_TEMPERATURE_HELP)
+    g.add_argument("--label-keep", type=float, default=1.0, metavar="FRACTION",
+                   help="label pruning (as LPLD): label only this seeded fraction of each epoch's steps; the "
+                        "trainer cycles the kept steps so a student still trains every step (default: 1, all)")
     g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
     g.add_argument("--fkd-seed", default=DEFAULT_SEED, type=int, metavar="N",
                    help=f"seed of every random choice in the store (default: {DEFAULT_SEED})")
@@ -164,6 +168,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--temperature must be positive, got {args.temperature}")
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
+    if not 0 < args.topk_fill_temperature <= 1000:
+        raise UserError(f"--topk-fill-temperature must be in (0, 1000], got {args.topk_fill_temperature}")
+    if not 0 < args.label_keep <= 1:
+        raise UserError(f"--label-keep must be in (0, 1], got {args.label_keep}")
     if not 0 <= args.primary_weight <= 1:
         raise UserError(f"--primary-weight must be in [0, 1], got {args.primary_weight}")
     if args.evaluate and not args.val_dir:
@@ -196,7 +204,8 @@ def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[l
 def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
                    class_mapping: str, batches: int, amp: Optional[torch.dtype]) -> dict:
     return {
-        "format_version": store.FORMAT_VERSION,
+        **store.container_of(args.label_format),
+        "label_keep": args.label_keep,
         "created_by": "relabel/generate_soft_label.py",
         "args": provenance.args_dict(args),
         "fkd_seed": args.fkd_seed,
@@ -219,6 +228,7 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "label_format": args.label_format,
         "topk": args.topk if args.label_format == "topk" else None,
         "topk_fill": store.fill_setting(args.label_format, args.topk_fill),
+        "topk_fill_temperature": store.fill_setting(args.label_format, args.topk_fill) and args.topk_fill_temperature,
         "temperature": args.temperature,
         "teachers": [t.describe() for t in teachers],
         "ensemble": args.ensemble if len(teachers) > 1 or args.ensemble in RESCALING else None,
@@ -327,9 +337,12 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
     manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
     writer = create_store(args.fkd_path, manifest, info)
-    todo = [(e, b) for e, b in replay.epoch_jobs(0, args.epochs, batches)
-            if b % info.world_size == info.rank and not writer.exists(e, b)]
-    mine = sum(1 for b in range(batches) if b % info.world_size == info.rank) * args.epochs
+    kept = replay.kept_steps(args.fkd_seed, args.epochs, batches, args.label_keep)
+    if not kept:
+        raise UserError(f"--label-keep {args.label_keep:g}: keeps no step of {args.epochs} epochs x {batches} "
+                        f"batches; keep at least 1 / {args.epochs * batches:g}")
+    mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
+    todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
     images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)
     jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
                           (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
@@ -337,9 +350,10 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     on_gpu = info.device.type == "cuda"
     loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
-        announce(args, index, teachers, class_mapping, batches, todo, mine, info)
+        announce(args, index, teachers, class_mapping, batches, todo, len(mine), info)
     started = time.time()
     total, first_done = label_batches(args, loader, todo, ens, writer, len(index.classes), images_todo, info)
+    writer.finish()
     report(args, total, todo, images_todo, len(index), started, first_done, info)
     distributed.cleanup(info)
 

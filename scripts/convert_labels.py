@@ -7,9 +7,11 @@
                                               # FKD's own per-image files -> our per-image store
 
 SRC is read with the store reader (safe loading; numpy scalars admitted for upstream stores,
-nothing that can run code) and every batch is validated before it is re-encoded. Each batch
-file of DST is written atomically; rerunning the same command after an interruption skips the
-finished files. DST is locked while a conversion writes it.
+nothing that can run code) and every batch is validated before it is re-encoded. A top-k DST is
+packed one file per epoch (format 2, docs/stores.md), whatever SRC is: a full store, a top-k store
+of format 1 (one file per step), an upstream store. Each step is written atomically; rerunning the
+same command after an interruption skips the finished ones. DST is locked while a conversion
+writes it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import argparse
 import os
 import time
 
-from softlabel import files, replay, tracking
+from softlabel import files, tracking
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import Request, Store, create_store, detect, open_store, per_image
@@ -33,6 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="format of DST (default: topk)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample with topk (default: 5)")
     p.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
+    p.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=store.FILL_TEMPERATURE_HELP)
     g = p.add_argument_group("upstream stores (what they do not record)")
     g.add_argument("--data", metavar="DIR", default=None,
                    help="the image folder the store was made from (needed for an upstream store: sample "
@@ -74,9 +77,12 @@ def target_manifest(src: dict, args: argparse.Namespace) -> dict:
         if args.topk > src["topk"]:
             raise UserError(f"--topk {args.topk}: SRC {args.src} keeps only the top {src['topk']} logits")
     manifest = {k: v for k, v in src.items() if k != "legacy_kind"}
+    manifest.update(store.container_of(args.label_format))  # top-k: packed, one file per epoch
+    manifest["label_keep"] = store.keep_of(src)               # a pruned store stays pruned
     manifest["label_format"] = args.label_format
     manifest["topk"] = args.topk if args.label_format == "topk" else None
     manifest["topk_fill"] = store.fill_setting(args.label_format, args.topk_fill)
+    manifest["topk_fill_temperature"] = manifest["topk_fill"] and args.topk_fill_temperature
     if args.label_format == "topk":
         manifest["label_dtype"] = "float16"
     manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": src.get("legacy_kind", "ours"),
@@ -122,6 +128,8 @@ def main() -> None:
     args = get_parser().parse_args()
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
+    if not 0 < args.topk_fill_temperature <= 1000:
+        raise UserError(f"--topk-fill-temperature must be in (0, 1000], got {args.topk_fill_temperature}")
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
     files.refuse_output_inside(args.dst, "DST", [("SRC", args.src), ("--data", args.data)])
@@ -130,7 +138,7 @@ def main() -> None:
     src = open_source(args)
     writer = create_store(args.dst, target_manifest(dict(src.manifest), args), flag="DST")
     reader = src.reader()
-    jobs = replay.epoch_jobs(0, src.settings.epochs, src.settings.batches_per_epoch)
+    jobs = src.jobs(src.settings.epochs)
     bar = tracking.progress(len(jobs), "convert", disable=args.no_progress)
     written, start = 0, time.time()
     for e, b in jobs:
@@ -139,11 +147,12 @@ def main() -> None:
             written += 1
         bar.update(1)
     bar.close()
+    writer.finish()
     size = lambda root: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)  # noqa: E731
-                            for f in fs if f.startswith("batch_"))
+                            for f in fs if not f.startswith("."))
     src_bytes, dst_bytes = size(args.src), size(args.dst)
-    print(f"convert: wrote {written} of {len(jobs)} batch files in {time.time() - start:.1f}s; "
-          f"labels {src_bytes / 2**20:.2f} MiB -> {dst_bytes / 2**20:.2f} MiB "
+    print(f"convert: wrote {written} of {len(jobs)} batches in {time.time() - start:.1f}s; "
+          f"store {src_bytes / 2**20:.2f} MiB -> {dst_bytes / 2**20:.2f} MiB "
           f"({src_bytes / max(dst_bytes, 1):.1f}x smaller)", flush=True)
 
 

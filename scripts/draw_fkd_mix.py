@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from softlabel import replay
-from softlabel.data import load_rgb, scan_image_folder
+from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.files import ensure_dir
 from softlabel.loader import StoreBatches
@@ -62,7 +62,7 @@ def main() -> None:
     for r in range(rows):
         y = 10 + r * (CELL + 10)
         k = int(item["index"][r])
-        original = load_rgb(index.samples[k][0])
+        original = index.load(index.samples[k][0])
         left, top, right, bottom = replay.crop_box(record.coords[r].tolist(), *original.size)
         sx, sy = CELL / original.width, CELL / original.height
         shown = original.resize((CELL, CELL), Image.NEAREST)

@@ -119,7 +119,10 @@ def fmt_floats(values: Any) -> str:
 
 def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
     epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
-    present = epochs * batches - len(store.missing_batches(root, epochs, batches))
+    packed = m.get("container") == "epoch"
+    labelled = len(store.BatchStore(root, m, "STORE").jobs(epochs))
+    files_wanted = epochs if packed else labelled
+    present = files_wanted - len(store.BatchStore(root, m, "STORE").missing(epochs))
     label = "full" if m["label_format"] == "full" else f"topk {m['topk']}" + (
         " + residual fill" if m.get("topk_fill") else " (the rest -inf)")
     dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")
@@ -131,7 +134,10 @@ def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
             f"{m['converted_from'].get('kind')} store" if m.get("converted_from") else "")),
         ("epochs", str(epochs)),
         ("batches per epoch", str(batches)),
-        ("batch files", f"{present} of {epochs * batches} present"),
+        ("label files", f"{present} of {files_wanted} {'epoch files (packed)' if packed else 'batch files'} present"),
+        ("labelled steps", f"{labelled} of {epochs * batches}" + (
+            f" (pruned: label_keep {store.keep_of(m):g}; the trainer cycles them)" if labelled < epochs * batches
+            else "")),
         ("batch size", str(m["batch_size"])),
         ("samples", str(m["num_samples"])),
         ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders"
@@ -243,7 +249,6 @@ def per_image_info(root: str, args: argparse.Namespace) -> None:
 def verify_per_image(store, index, args: argparse.Namespace) -> None:
     """Re-render the crops of a few images as their generator did (ours: bilinear; FKD_SLG: bicubic),
     run the teacher, and compare its probabilities at the stored classes with the stored values."""
-    from softlabel.data import load_rgb
     from softlabel.teachers import Ensemble, load_teacher
     if index is None:
         raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
@@ -260,7 +265,7 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
     read, worst, where = store.reader(index), 0.0, None
     for i in sample_jobs(list(range(len(index))), args.sample):
         coords, flips, classes, values = read(i)
-        img = load_rgb(index.samples[i][0])
+        img = index.load(index.samples[i][0])
         pixels = replay.render_batch([img] * len(coords), coords, flips, int(m["input_size"]), resample)
         probs = torch.softmax(ens(pixels.to(ens.device), None, None, None)[0].float() / temperature, dim=1).cpu()
         err = (probs.gather(1, classes.long()) - values.float()).abs().max().item()
@@ -276,22 +281,23 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- --check
 
-def check_store(root: str, manifest: dict) -> int:
-    """Every batch file of the store, validated; returns how many. One UserError naming the
+def check_store(root: str, manifest: dict) -> str:
+    """Every labelled step of the store, validated; says how many. One UserError naming the
     first missing or bad file."""
-    epochs, batches = int(manifest["epochs"]), int(manifest["batches_per_epoch"])
-    missing = store.missing_batches(root, epochs, batches)
-    if missing:
-        raise UserError(f"STORE {root}: {len(missing)} of {epochs * batches} batch files missing (first: "
-                        f"{missing[0]})")
-    reader = store.Reader(root, manifest)
-    n = int(manifest["num_samples"])
-    for e in range(epochs):
-        shown = store.EpochSamples(n, e)
-        for b in range(batches):
-            # the store's one validator: types, ranges, NaN, geometry, then each sample once an epoch
-            shown.add(reader.read(e, b).index, store.batch_path(root, e, b))
-    return epochs * batches
+    bs = store.BatchStore(root, manifest, "STORE")
+    epochs = int(manifest["epochs"])
+    bs.check_complete(epochs)
+    reader = bs.reader()
+    jobs = bs.jobs(epochs)
+    shown = None
+    for e, b in jobs:
+        if shown is None or shown.epoch != e:
+            shown = store.EpochSamples(int(manifest["num_samples"]), e)
+        # the store's one validator: types, ranges, NaN, geometry, then each sample once an epoch
+        shown.add(reader.read(e, b).index, reader.where(e, b))
+    if manifest.get("container") == "epoch":
+        return f"{len(jobs)} steps checked in {epochs} epoch files"
+    return f"{len(jobs)} files checked"
 
 
 # ----------------------------------------------------------------------------- --verify-teacher
@@ -364,11 +370,9 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
               f"the check is looser (tolerance {TOLERANCE_UNMATCHED:g}); run it on a GPU for a tight one", flush=True)
     tol = args.tolerance if args.tolerance is not None else TOLERANCE_UNMATCHED if unmatched else TOLERANCE
 
-    jobs = sample_jobs([(e, b) for e in range(int(manifest["epochs"]))
-                        for b in range(int(manifest["batches_per_epoch"]))], args.sample)
-    missing = [store.batch_path(root, e, b) for e, b in jobs if not os.path.isfile(store.batch_path(root, e, b))]
-    if missing:
-        raise UserError(f"STORE {root}: batch file {missing[0]} is missing")
+    bs = store.BatchStore(root, manifest, "STORE")
+    bs.check_complete(int(manifest["epochs"]))
+    jobs = sample_jobs(bs.jobs(int(manifest["epochs"])), args.sample)
     dataset = StoreBatches(root, index, manifest, jobs, with_stored=True)
     rel, agree, tie, where = [], [], [], []
     for i, (e, b) in enumerate(jobs):
@@ -397,7 +401,7 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
     if float(rel_all[worst]) > tol or wrong:
         raise UserError(f"--verify-teacher {args.verify_teacher}: does not reproduce the labels of STORE {root}: "
                         f"worst relative error {float(rel_all[worst]):.3g} > tolerance {tol:g} at "
-                        f"{store.batch_path(root, e, b)} sample {k}, argmax agreement {100.0 * n_agree / n:.1f}%; "
+                        f"{bs.reader().where(e, b)} sample {k}, argmax agreement {100.0 * n_agree / n:.1f}%; "
                         f"wrong teacher, wrong --data, or wrong --fkd_seed/--input-size?"
                         if float(rel_all[worst]) > tol else
                         f"--verify-teacher {args.verify_teacher}: {wrong} of {n} argmax disagree with STORE {root}")
@@ -437,13 +441,14 @@ def main() -> None:
     if args.check:
         if manifest is None:
             epochs, batches, _ = upstream.layout(root)
-            missing = store.missing_batches(root, epochs, batches)
+            missing = [store.batch_path(root, e, b) for e in range(epochs) for b in range(batches)
+                       if not os.path.isfile(store.batch_path(root, e, b))]
             if missing:
                 raise UserError(f"STORE {root}: {len(missing)} of {epochs * batches} batch files missing "
                                 f"(first: {missing[0]})")
             manifest = dict(open_store(root, index, flag="STORE", data_arg="--data", request=request,
                                        need_pixels=False).manifest)
-        print(f"ok: {check_store(root, manifest)} files checked", flush=True)
+        print(f"ok: {check_store(root, manifest)}", flush=True)
 
     if args.verify_teacher is not None:
         if kind == "ours":

@@ -52,9 +52,11 @@ def rng_states() -> dict[str, Any]:
 
 
 def save(path: str, model: nn.Module, optimizer, scheduler, scaler, epoch: int, config: Any,
-         secrets: tuple[str, ...], mean, std, class_names: list[str]) -> None:
-    """A training checkpoint, written atomically: a kill never leaves a partial one."""
+         secrets: tuple[str, ...], mean, std, class_names: list[str], extra: Optional[dict] = None) -> None:
+    """A training checkpoint, written atomically: a kill never leaves a partial one. ``extra``:
+    more state the run resumes from (a distiller's trained parts)."""
     files.atomic_torch_save({
+        **(extra or {}),
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
         "epoch": epoch, "args": provenance.args_dict(config, secrets), "rng": rng_states(),

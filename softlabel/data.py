@@ -7,7 +7,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from softlabel import packed_images
 from softlabel.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,9 +29,26 @@ class FolderIndex:
     root: str
     classes: list[str]
     samples: list[tuple[str, int]]  # (absolute path, class index)
+    pixels: Optional[Any] = None    # a packed folder's pixels (packed_images.py): images come from there
+    packed_fingerprint: Optional[str] = None  # ... and its fingerprint is the source folder's
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def load(self, path: str) -> Image.Image:
+        """Sample ``path`` as RGB: decoded from its file, or read from the packed pixels."""
+        if self.pixels is None:
+            return load_rgb(path)
+        if getattr(self, "_position", None) is None:
+            self._position = {p: n for n, (p, _) in enumerate(self.samples)}
+        return self.pixels.image(self._position[path])
+
+    def subset(self, samples: list[tuple[str, int]]) -> "FolderIndex":
+        """The same folder with fewer samples (the packed pixels still found by path)."""
+        sub = FolderIndex(self.root, self.classes, samples, self.pixels, None)
+        if self.pixels is not None:
+            sub._position = {p: n for n, (p, _) in enumerate(self.samples)}
+        return sub
 
     @property
     def targets(self) -> list[int]:
@@ -42,6 +60,8 @@ class FolderIndex:
         Cheap to compute (no image is read) yet it changes whenever an image is added,
         removed, renamed, re-encoded or the folders are reordered.
         """
+        if self.packed_fingerprint is not None:
+            return self.packed_fingerprint
         h = hashlib.sha256()
         for path, target in self.samples:
             rel = os.path.relpath(path, self.root).replace(os.sep, "/")
@@ -55,6 +75,11 @@ def scan_image_folder(root: str, flag: str) -> FolderIndex:
         raise UserError(f"{flag} is required")
     if not os.path.isdir(root):
         raise UserError(f"{flag} {root}: no such directory")
+    if packed_images.is_packed(root) or packed_images.is_lmdb(root):
+        read = packed_images.read if packed_images.is_packed(root) else packed_images.read_lmdb
+        packed = read(os.path.abspath(root), flag)
+        return FolderIndex(os.path.abspath(root), packed["classes"], packed["samples"], packed["pixels"],
+                           packed["fingerprint"])
     try:
         classes, class_to_idx = find_classes(root)
         samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
@@ -76,6 +101,8 @@ def drop_unreadable(index: FolderIndex) -> tuple[FolderIndex, list[str]]:
     """``--skip-bad-images``: the index without the images that cannot be decoded, and those
     images' paths. Every image is decoded once, up front, so the sample order (and so every
     stored batch) is fixed before any work starts and is the same on every rerun."""
+    if index.pixels is not None:  # a packed folder holds only images that were decoded
+        return index, []
     good, bad = [], []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
         readable = list(pool.map(_readable, (path for path, _ in index.samples)))
@@ -83,7 +110,7 @@ def drop_unreadable(index: FolderIndex) -> tuple[FolderIndex, list[str]]:
         (good if ok else bad).append(sample if ok else sample[0])
     if not good:
         raise UserError(f"{index.root}: none of the {len(index.samples)} images can be read")
-    return FolderIndex(index.root, index.classes, good), bad
+    return index.subset(good), bad
 
 
 def scan_images(root: str, flag: str, skip_bad_images: bool, announce: bool, prog: str
@@ -125,8 +152,9 @@ class ImageCache:
     are kept in the order first seen until the budget is full, then simply decoded each time
     (with random order, evicting would only churn)."""
 
-    def __init__(self, budget_bytes: int):
-        self.budget = budget_bytes
+    def __init__(self, budget_bytes: int, index: Optional[FolderIndex] = None):
+        self.index = index
+        self.budget = 0 if index is not None and index.pixels is not None else budget_bytes  # mapped already
         self.used = 0
         self.images: dict[str, Image.Image] = {}
 
@@ -134,7 +162,7 @@ class ImageCache:
         img = self.images.get(path)
         if img is not None:
             return img
-        img = load_rgb(path)
+        img = load_rgb(path) if self.index is None else self.index.load(path)
         size = img.width * img.height * 3
         if self.used + size <= self.budget:
             self.images[path] = img
@@ -167,14 +195,18 @@ class IndexedImageFolder(torch.utils.data.Dataset):
     """A map-style dataset over a ``FolderIndex`` with a per-sample transform; labels are
     folder indices, or ``class_index[folder]`` when the classes are numbered otherwise."""
 
-    def __init__(self, index: FolderIndex, transform, class_index: Optional[list[int]] = None):
+    def __init__(self, index: FolderIndex, transform, class_index: Optional[list[int]] = None,
+                 with_index: bool = False):
         self.index = index
         self.transform = transform
         self.class_index = class_index
+        self.with_index = with_index  # items are (image, label, dataset index)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int):
         path, target = self.index.samples[i]
-        return self.transform(load_rgb(path)), target if self.class_index is None else self.class_index[target]
+        label = target if self.class_index is None else self.class_index[target]
+        image = self.transform(self.index.load(path))
+        return (image, label, i) if self.with_index else (image, label)

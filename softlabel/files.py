@@ -138,7 +138,7 @@ def read_manifest_json(root: str, name: str, flag: str, what: str, not_a_store: 
                        version: dict[str, Any], required: tuple[str, ...]) -> dict:
     """The manifest ``name`` of the store at ``root``, checked: the directory and the file exist,
     the JSON is an object with the ``version`` entries (key: expected value) and every key of
-    ``required``. Each failure is one line naming the flag or the file."""
+    ``required`` (a tuple of values: any of them). Each failure is one line naming the flag or the file."""
     if not os.path.isdir(root):
         raise UserError(f"{flag} {root}: no such directory")
     path = os.path.join(root, name)
@@ -146,8 +146,10 @@ def read_manifest_json(root: str, name: str, flag: str, what: str, not_a_store: 
         raise UserError(f"{flag} {root}: no {name}; {not_a_store}")
     manifest = read_json(path, what)
     found = {k: manifest.get(k) for k in version} if isinstance(manifest, dict) else None
-    if found != version:
-        wanted = ", ".join(f"{k} {v!r}" for k, v in version.items())
+    accepted = lambda k, v: v in version[k] if isinstance(version[k], tuple) else v == version[k]  # noqa: E731
+    if found is None or not all(accepted(k, v) and not isinstance(v, bool) for k, v in found.items()):
+        wanted = ", ".join(f"{k} {' or '.join(map(repr, v)) if isinstance(v, tuple) else repr(v)}"
+                           for k, v in version.items())
         raise UserError(f"{what} {path}: has {found!r}; this toolkit reads {wanted}")
     missing = [k for k in required if k not in manifest]
     if missing:
@@ -183,11 +185,17 @@ def refuse_output_inside(output: str, flag: str, inputs: list[tuple[str, Optiona
                             f"choose an output folder outside it")
 
 
+def is_plain_name(name: Any) -> bool:
+    """One plain path component: a non-empty string, not '.' or '..', no separator, no NUL or
+    other control character. The one test for every name read from a file (classes, images)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and not any(ord(c) < 32 for c in name))
+
+
 def plain_name(name: str, what: str) -> str:
-    """``name`` if it is one plain path component (no separator, not '.' or '..', no control
-    characters), else one line naming ``what``: a name read from a file must not pick a path."""
-    if (not name or name in (".", "..") or "/" in name or "\\" in name
-            or any(ord(c) < 32 for c in name)):
+    """``name`` if ``is_plain_name``, else one line naming ``what``: a name read from a file must
+    not pick a path."""
+    if not is_plain_name(name):
         raise UserError(f"{what}: {name!r} is not a plain file name; refusing to use it as a path")
     return name
 

@@ -32,7 +32,7 @@ class RelabelBatches(Dataset):
                  mixup: float = 0.8, cutmix: float = 1.0, class_index: Optional[list[int]] = None,
                  cache_bytes: int = 0):
         self.index, self.jobs, self.seed, self.batch_size = index, jobs, seed, batch_size
-        self.cache = ImageCache(cache_bytes)
+        self.cache = ImageCache(cache_bytes, index)
         self.input_size, self.scale = input_size, scale
         self.mix_type, self.mixup, self.cutmix = mix_type, mixup, cutmix
         self.targets = _targets(index, class_index)
@@ -72,7 +72,7 @@ class StoreBatches(Dataset):
         self.root, self.index, self.jobs = root, index, jobs
         self.with_stored = with_stored
         self.rank, self.world = rank, world
-        self.cache = ImageCache(cache_bytes)
+        self.cache = ImageCache(cache_bytes, index)
         self.reader = store.Reader(root, manifest)
         self.input_size = int(manifest["input_size"])
         self.targets = _targets(index, class_index_of(manifest, index.classes))

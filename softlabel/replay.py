@@ -48,6 +48,21 @@ def epoch_jobs(first_epoch: int, epochs: int, per_epoch: int) -> list[tuple[int,
     return [(e, b) for e in range(first_epoch, epochs) for b in range(per_epoch)]
 
 
+def kept_in_epoch(seed: int, epoch: int, per_epoch: int, keep: float) -> list[int]:
+    """The steps of ``epoch`` a store pruned to ``keep`` of its steps labels (label pruning, as
+    LPLD): round(keep x steps) over the first epochs, spread so each epoch keeps its share to
+    within one step, the steps drawn from (seed, epoch). keep 1: every step."""
+    if keep >= 1.0:
+        return list(range(per_epoch))
+    n = math.floor((epoch + 1) * per_epoch * keep + 0.5) - math.floor(epoch * per_epoch * keep + 0.5)
+    return sorted(int(b) for b in streams.rng(seed, Stream.LABEL_KEEP, epoch).permutation(per_epoch)[:n])
+
+
+def kept_steps(seed: int, epochs: int, per_epoch: int, keep: float) -> list[tuple[int, int]]:
+    """(epoch, step) of every labelled step of the first ``epochs`` epochs, in order."""
+    return [(e, b) for e in range(epochs) for b in kept_in_epoch(seed, e, per_epoch, keep)]
+
+
 def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return streams.rng(seed, Stream.BATCH_AUGMENT, epoch, batch)
 

@@ -20,6 +20,8 @@ class Stream(IntEnum):
     BATCH_AUGMENT = 1      # relabel: (seed, epoch, batch) -> crops, flips, mix of one stored batch
     HARD_LABEL_MIX = 2     # trainer, hard labels: (seed, epoch, step, rank) -> online mix
     TRAIN_EPOCH = 3        # trainer: (seed, epoch) -> the torch seed every epoch restarts from
+    LABEL_KEEP = 4         # relabel --label-keep: (seed, epoch) -> which of the epoch's steps get labels
+    RANDOM_SUBSET = 5      # score_distilled.py: (subset seed, real class) -> the random real images of a class
     PER_IMAGE_CROPS = 20   # per-image generation: (seed, image) -> that image's crops and flips
     PER_IMAGE_ORDER = 21   # per-image training: (seed, epoch) -> image order
     PER_IMAGE_CYCLE = 22   # per-image training: (seed, image, cycle) -> order of its stored crops

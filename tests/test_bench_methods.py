@@ -24,6 +24,7 @@ def bench_module():
     return module
 
 
+@pytest.mark.slow  # two minutes of CI; each recipe's loss and front-end are tested in test_label_optimization.py
 def test_every_recipe_runs_end_to_end_in_quick_mode(demo_data, tmp_path):
     work = tmp_path / "work"
     bench = bench_module()

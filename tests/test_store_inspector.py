@@ -126,7 +126,8 @@ def test_summary_and_check_of_good_stores(work):
         assert any(row.startswith(key) and value in row for row in rows), (key, summary)
     assert "ok:" not in summary  # a summary reads no batch file
     assert full.startswith(summary) and full.rstrip().endswith("ok: 6 files checked")
-    assert "topk 3 + residual fill (float16)" in topk and "mixup" in topk and topk.rstrip().endswith("ok: 6 files checked")
+    assert "topk 3 + residual fill (float16)" in topk and "mixup" in topk
+    assert topk.rstrip().endswith("ok: 6 steps checked in 2 epoch files")
 
 
 def spoil(path: Path, how: str) -> None:
@@ -149,7 +150,7 @@ def spoil(path: Path, how: str) -> None:
 
 def test_check_names_the_first_bad_file(work, tmp_path):
     cases = {"truncated": "truncated or corrupt", "nan": "soft_label holds NaN", "coords": "coords outside [0, 1]",
-             "index": "index out of range", "missing": "1 of 6 batch files missing"}
+             "index": "index out of range", "missing": "1 batch files missing for 2 epochs"}
     paths = {}
     for how in cases:
         shutil.copytree(work["full"], tmp_path / how)

@@ -40,10 +40,8 @@ def topk_store(demo_data, teacher_ckpt, tmp_path_factory) -> Path:
 
 def test_topk_store_keeps_the_top_logits_and_the_exact_replay(cutmix_store, topk_store, demo_data):
     full, compact = store.read_manifest(str(cutmix_store)), store.read_manifest(str(topk_store))
-    assert compact["label_format"] == "topk" and compact["topk"] == 3
-    raw = torch.load(store.batch_path(str(topk_store), 0, 0), weights_only=True)
-    assert raw[0].dtype == torch.uint16 and raw[5][1].dtype == torch.uint8 and raw[6].dtype == torch.int32
-    assert compact["topk_fill"] == "residual" and raw[5][2].shape == (8,) and raw[5][2].dtype == torch.float16
+    assert compact["label_format"] == "topk" and compact["topk"] == 3 and compact["topk_fill"] == "residual"
+    assert compact["container"] == "epoch" and compact["format_version"] == 2  # packed: tests/test_packed_stores.py
     for a, b in zip(read_all(cutmix_store, full), read_all(topk_store, compact)):
         assert torch.equal(a.index, b.index) and torch.equal(a.flip, b.flip)
         assert torch.equal(a.mix_index, b.mix_index) and a.mix_bbox == b.mix_bbox and a.mix_lam == b.mix_lam
@@ -64,41 +62,41 @@ def test_topk_store_keeps_the_top_logits_and_the_exact_replay(cutmix_store, topk
         assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["partners"], b["partners"])
 
 
-def test_topk_encoding_is_over_50x_smaller_at_imagenet_scale(tmp_path):
-    """C = 1000, K = 5, batch 1024: the whole file, headers included, against full fp16."""
-    b, c = 1024, 1000
-    g = torch.Generator().manual_seed(0)
-    boxes = torch.rand(b, 4, generator=g) * 0.49 + torch.tensor([0.0, 0.0, 0.01, 0.01])  # inside the image
-    rec = store.BatchRecord(boxes, torch.rand(b, generator=g) > 0.5,
-                            torch.randperm(b, generator=g), 0.3, [1, 2, 30, 40],
-                            torch.randn(b, c, generator=g).half(), torch.randperm(1_281_167, generator=g)[:b])
-    for name in ("full", "topk"):
-        (tmp_path / name / "epoch_0").mkdir(parents=True)
-    store.write_batch(str(tmp_path / "full"), 0, 0, rec)
-    store.write_batch(str(tmp_path / "topk"), 0, 0, rec, "topk", 5, 1_281_167, fill=True)
-    ratio = label_bytes(tmp_path / "full") / label_bytes(tmp_path / "topk")
-    assert ratio >= 50, ratio
-    manifest = {"label_format": "topk", "topk_fill": "residual", "num_samples": 1_281_167, "num_classes": c,
-                "batch_size": b}
-    back = store.Reader(str(tmp_path / "topk"), manifest).read(0, 0)
-    assert torch.equal(back.index, rec.index) and torch.equal(back.mix_index, rec.mix_index)
+def write_v1_topk(full: Path, dest: Path, k: int, fill: bool) -> None:
+    """A top-k store as format 1 wrote them, one torch file per step ([values, classes] before the
+    fill existed, [values, classes, fill] after), from a full store."""
+    manifest = store.read_manifest(str(full))
+    reader = store.Reader(str(full), manifest)
+    for e in range(manifest["epochs"]):
+        (dest / f"epoch_{e}").mkdir(parents=True)
+        for b in range(manifest["batches_per_epoch"]):
+            store.write_batch(str(dest), e, b, reader.read(e, b), "topk", k, manifest["num_samples"], fill)
+    old = {key: v for key, v in manifest.items() if key not in ("container", "label_keep")}
+    old.update(label_format="topk", topk=k, label_dtype="float16")
+    if fill:
+        old["topk_fill"] = "residual"
+    else:
+        del old["topk_fill"]  # as a manifest from before the fill existed
+    (dest / "manifest.json").write_text(json.dumps(old))
 
 
-def test_topk_without_fill_and_stores_from_before_it_read_as_minus_inf(demo_data, teacher_ckpt, topk_store, tmp_path):
-    """--topk-fill none writes [values, classes] only, as stores did before the fill existed:
-    the left-out classes read as -inf. A store cannot be extended with the other encoding."""
-    bare = tmp_path / "bare"
+def test_topk_without_fill_and_stores_from_before_it_read_as_minus_inf(demo_data, teacher_ckpt, cutmix_store,
+                                                                       topk_store, tmp_path):
+    """--topk-fill none stores no fill: the left-out classes read as -inf, as in format-1 stores
+    from before the fill existed (still read). A store cannot be extended with the other encoding."""
+    bare, old = tmp_path / "bare", tmp_path / "v1"
     relabel(demo_data / "ipc2", teacher_ckpt, bare, *STORE_ARGS, "--label-format", "topk", "--topk", 3,
             "--topk-fill", "none")
-    written = json.loads((bare / "manifest.json").read_text())
-    del written["topk_fill"]  # as a manifest from before the fill existed
-    (bare / "manifest.json").write_text(json.dumps(written))
-    manifest = store.read_manifest(str(bare))
-    assert manifest["topk_fill"] is None
-    assert len(torch.load(store.batch_path(str(bare), 0, 0), weights_only=True)[5]) == 2
-    for a, b in zip(read_all(topk_store, store.read_manifest(str(topk_store))), read_all(bare, manifest)):
+    write_v1_topk(cutmix_store, old, 3, fill=False)
+    manifest, old_manifest = store.read_manifest(str(bare)), store.read_manifest(str(old))
+    assert manifest["topk_fill"] is None and old_manifest["topk_fill"] is None
+    assert old_manifest["container"] == "batch" and old_manifest["format_version"] == 1
+    assert len(torch.load(store.batch_path(str(old), 0, 0), weights_only=True)[5]) == 2
+    for a, b, c in zip(read_all(topk_store, store.read_manifest(str(topk_store))), read_all(bare, manifest),
+                       read_all(old, old_manifest)):
         assert torch.equal(a.soft_label[a.stored], b.soft_label[b.stored])
         assert bool(torch.isneginf(b.soft_label[~b.stored]).all())
+        assert torch.equal(b.soft_label, c.soft_label) and torch.equal(b.coords, c.coords)
     clash = relabel(demo_data / "ipc2", teacher_ckpt, bare, *STORE_ARGS, "--label-format", "topk", "--topk", 3,
                     check=False)
     assert_user_error(clash, "topk_fill")
@@ -210,11 +208,13 @@ def test_convert_upstream_store_to_topk_resumable(cutmix_store, demo_data, tmp_p
     reference = tree_bytes(dst)
     manifest = store.read_manifest(str(dst))
     assert manifest["label_format"] == "topk" and manifest["converted_from"]["kind"] == "prism"
-    # interrupted: a finished file lost, a dead writer's temp file left behind
-    os.unlink(dst / "epoch_2" / "batch_1.tar")
-    (dst / "epoch_1" / ".tmp-999999-x").write_bytes(b"partial")
+    assert sorted(p.name for p in dst.iterdir()) == [".lock"] + [f"epoch_{e}.pack" for e in range(3)] + [
+        "manifest.json"]
+    # interrupted: a finished epoch file lost, a dead writer's temp file left behind
+    os.unlink(dst / "epoch_2.pack")
+    (dst / ".tmp-999999-x").write_bytes(b"partial")
     proc = run_script("scripts/convert_labels.py", *args)
-    assert "wrote 1 of 9" in proc.stdout
+    assert "wrote 3 of 9" in proc.stdout
     assert tree_bytes(dst) == {k: v for k, v in reference.items()}
     # the converted store trains, with the fingerprint check of our own stores
     run_script(TRAIN, "--train-dir", demo_data / "ipc2", "--fkd-path", dst, "--model", "mlpnet", "-j", 0,

@@ -83,6 +83,10 @@ class TrainConfig:
     teacher: Optional[str]
     teacher_path: Optional[str]
     teacher_source: Optional[str]
+    distiller: Optional[str]           # softlabel/distill: a feature loss with the online teacher
+    distill_weight: Optional[float]    # its weight (None: the method's default)
+    feat_layers: Optional[str]         # module names of the student's stages (None: layer1, layer2, ...)
+    teacher_feat_layers: Optional[str]
     # run
     output_dir: str
     seed: int
@@ -121,6 +125,11 @@ def check_flags(args: argparse.Namespace) -> None:
     has_store = bool(args.fkd_path or args.softlabel_path)
     if has_store and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
+    if args.distiller and (not args.teacher or len(split_list(args.teacher)) != 1):
+        raise UserError(f"--distiller {args.distiller} compares the student's features with one teacher's: "
+                        f"give --teacher ARCH (one) and --teacher-path")
+    if (args.distill_weight is not None or args.feat_layers or args.teacher_feat_layers) and not args.distiller:
+        raise UserError("--distill-weight / --feat-layers / --teacher-feat-layers apply to --distiller")
     if args.soft_label_type and layout != "per-image":
         raise UserError("--soft_label_type applies to FKD per-image stores (--softlabel_path or "
                         "--fkd-layout per-image)")
@@ -169,8 +178,9 @@ def check_ranges(values: dict) -> None:
 
 
 def loss_type_of(args: argparse.Namespace) -> str:
-    """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else kl."""
-    return args.loss_type or ("soft_ce" if args.softlabel_path else "kl")
+    """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else the
+    cross-entropy alone beside a --distiller (RepDistiller's -a 0), else kl."""
+    return args.loss_type or ("soft_ce" if args.softlabel_path else "ce" if args.distiller else "kl")
 
 
 def temperature_of(args: argparse.Namespace, loss_type: str) -> float:

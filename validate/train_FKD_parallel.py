@@ -62,6 +62,7 @@ from softlabel.data import (
     scan_image_folder,
     scan_images,
 )
+from softlabel.distill import DISTILLERS, Features, FeatureTap, stage_modules
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
@@ -84,7 +85,8 @@ RESUME_MUST_MATCH = ("label_source", "model", "num_classes", "batch_size", "grad
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
                      "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
-                     "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed")
+                     "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed", "distiller", "distill_weight",
+                     "feat_layers", "teacher_feat_layers")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -201,6 +203,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run this teacher on every augmented batch; the loss is --loss-type")
     g.add_argument("--teacher-path", type=str, default=None, metavar="P[,P]", help="its weights")
     g.add_argument("--teacher-source", choices=SOURCES, default=None, help="as in relabel")
+    g.add_argument("--distiller", choices=sorted(DISTILLERS), default=None,
+                   help="add a feature-based distiller's loss (the label-optimization study's baselines, "
+                        "RepDistiller's definitions); --loss-type then defaults to ce (its -a 0)")
+    g.add_argument("--distill-weight", type=float, default=None, metavar="BETA",
+                   help="weight of the distiller's loss (default: the method's, RepDistiller's -b: " + ", ".join(
+                       f"{k} {v.weight:g}" for k, v in sorted(DISTILLERS.items())) + ")")
+    g.add_argument("--feat-layers", default=None, metavar="NAME[,NAME]",
+                   help="the student's stage modules whose outputs are its features (default: layer1, layer2, ...)")
+    g.add_argument("--teacher-feat-layers", default=None, metavar="NAME[,NAME]",
+                   help="the teacher's (default: --feat-layers, else layer1, layer2, ...)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", type=str, default="./save", help="checkpoint and metrics directory")
@@ -251,10 +263,14 @@ def store_epochs(cfg: TrainConfig, store: Store, index: FolderIndex, first_epoch
 
 
 def each_sample_once(batches: Iterator[dict], store: Store, epoch: int) -> Iterator[dict]:
-    """A stored epoch's batches, refused at the first one that repeats a sample of an earlier batch."""
-    shown = batch_store.EpochSamples(store.settings.num_samples, epoch)
+    """A stored epoch's batches, refused at the first one that repeats a sample of an earlier batch.
+    A pruned store's steps cycle across epochs (a student epoch may show a sample twice): not checked."""
+    if store.settings.label_keep < 1.0:
+        yield from batches
+        return
+    shown, reader = batch_store.EpochSamples(store.settings.num_samples, epoch), store.reader()
     for item in batches:
-        shown.add(item["index"], batch_store.batch_path(store.path, epoch, item["batch"]))
+        shown.add(item["index"], reader.where(item["epoch"], item["batch"]))
         yield item
 
 
@@ -266,7 +282,7 @@ def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, first_epoch: int, in
         T.RandomResizedCrop(cfg.input_size, scale=(cfg.min_scale_crops, cfg.max_scale_crops),
                             interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(), T.PILToTensor()])
-    dataset = IndexedImageFolder(index, transform)
+    dataset = IndexedImageFolder(index, transform, with_index=True)
     local_batch = max(1, cfg.batch_size // info.world_size)
     for epoch in range(first_epoch, cfg.epochs):
         seed = epoch_seed(cfg.seed, epoch)
@@ -280,12 +296,12 @@ def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, first_epoch: int, in
 
 
 def _hard_label_batches(loader: DataLoader, epoch: int, cfg: TrainConfig, info: DistInfo) -> Iterator[dict]:
-    for step, (pixels, target) in enumerate(loader):
+    for step, (pixels, target, sample_index) in enumerate(loader):
         rng = streams.rng(cfg.seed, Stream.HARD_LABEL_MIX, epoch, step, info.rank)
         mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, cfg.mix_type, len(target), cfg.input_size,
                                                          cfg.mixup, cfg.cutmix)
         yield {"pixels": pixels, "partners": replay.partners_of(pixels, mix_index),
-               "mix_lam": mix_lam, "mix_bbox": mix_bbox, "target": target,
+               "mix_lam": mix_lam, "mix_bbox": mix_bbox, "target": target, "index": sample_index,
                "partner_target": replay.partners_of(target, mix_index),
                "batch_size": len(target) * info.world_size}
 
@@ -339,6 +355,47 @@ def online_teachers(cfg: TrainConfig, device: torch.device) -> Optional[Ensemble
                     "mean", 0.5, device)
 
 
+@dataclass
+class DistillRun:
+    """A feature distiller at work: its module (wrapped for DDP when it trains parameters), the
+    hooks that tap the student's and the teacher's stages, and its weight."""
+    distiller: nn.Module
+    student_tap: FeatureTap
+    teacher_tap: FeatureTap
+    weight: float
+
+
+def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, device: torch.device,
+                    index: FolderIndex) -> Optional[DistillRun]:
+    """The --distiller, its parts shaped by one probe forward of both networks (no model code is
+    edited: the features come from forward hooks on their stage modules)."""
+    if not cfg.distiller:
+        return None
+    names = lambda text: [n.strip() for n in text.split(",") if n.strip()] if text else None  # noqa: E731
+    teacher = teachers.teachers[0].model
+    student_tap = FeatureTap(stage_modules(student, names(cfg.feat_layers), "--feat-layers"))
+    teacher_tap = FeatureTap(stage_modules(teacher, names(cfg.teacher_feat_layers or cfg.feat_layers),
+                                           "--teacher-feat-layers"))
+    probe = torch.zeros(2, 3, cfg.input_size, cfg.input_size, device=device)
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        student(probe)
+        teacher(probe)
+    student.train(was_training)
+    fs, ft = student_tap.take(), teacher_tap.take()
+    if len(fs.stages) != len(ft.stages):
+        raise UserError(f"--distiller {cfg.distiller}: the student has {len(fs.stages)} stages, the teacher "
+                        f"{len(ft.stages)}; name matching ones with --feat-layers / --teacher-feat-layers")
+    try:
+        distiller = DISTILLERS[cfg.distiller](fs, ft, num_samples=len(index),
+                                              targets=torch.tensor(index.targets)).to(device)
+    except ValueError as exc:
+        raise UserError(f"--distiller {cfg.distiller}: {exc}") from None
+    weight = cfg.distill_weight if cfg.distill_weight is not None else DISTILLERS[cfg.distiller].weight
+    return DistillRun(distiller, student_tap, teacher_tap, weight)
+
+
 def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: Optional[torch.Tensor],
                         lam: Optional[float], label_smoothing: float) -> torch.Tensor:
     """Cross-entropy with mixed targets: lambda x own class + (1 - lambda) x partner's."""
@@ -362,6 +419,7 @@ class Step:
     std: list[float]
     amp: Optional[torch.dtype]
     info: DistInfo
+    distill: Optional[DistillRun] = None
 
 
 def targets_of(step: Step, batch: dict, pixels: torch.Tensor, partners: Optional[torch.Tensor]
@@ -385,6 +443,7 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
     target = batch["target"].to(device, non_blocking=True)
     inputs = replay.slice_inputs(pixels, partners, step.mean, step.std, batch["mix_lam"], batch["mix_bbox"])
     soft = targets_of(step, batch, pixels, partners)
+    teacher_features = step.distill.teacher_tap.take().detached() if step.distill else None
     if cfg.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     step.optimizer.zero_grad(set_to_none=True)
@@ -394,8 +453,13 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
              for k in range(cfg.gradient_accumulation_steps)]  # views, no copies
     parts = [p for p in parts if p.stop > p.start]
     for n, part in enumerate(parts):
-        sync = contextlib.nullcontext() if n + 1 == len(parts) or not info.distributed else step.model.no_sync()
-        with sync, torch.autocast(device.type, dtype=step.amp or torch.float32, enabled=step.amp is not None):
+        with contextlib.ExitStack() as stack:
+            if n + 1 < len(parts) and info.distributed:  # gradients are all-reduced once, at the last part
+                for m in (step.model, step.distill and step.distill.distiller):
+                    if hasattr(m, "no_sync"):
+                        stack.enter_context(m.no_sync())
+            stack.enter_context(torch.autocast(device.type, dtype=step.amp or torch.float32,
+                                               enabled=step.amp is not None))
             logits = step.model(inputs[part]).float()
             if soft is not None:
                 loss = LOSSES[cfg.loss_type](logits, soft[part], target[part], temperature=cfg.temperature,
@@ -406,6 +470,11 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
                 partner = batch["partner_target"]
                 loss = mixed_cross_entropy(logits, target[part], None if partner is None else partner.to(device)[part],
                                            batch["mix_lam"], cfg.label_smoothing)
+            if step.distill is not None:
+                mine = Features([f[part] for f in teacher_features.stages])
+                where = batch["index"].to(device)[part] if "index" in batch else None
+                loss = loss + step.distill.weight * step.distill.distiller(step.distill.student_tap.take(), mine,
+                                                                         where).float()
             loss = loss * ((part.stop - part.start) * share)
             (step.scaler.scale(loss) if step.scaler else loss).backward()
         total += loss.detach()
@@ -491,7 +560,8 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
                       batch_size=256, shuffle=False, num_workers=min(cfg.workers, 2), pin_memory=pin)
 
 
-def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, info: DistInfo) -> tuple[int, bool]:
+def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, info: DistInfo,
+           distiller: Optional[nn.Module] = None) -> tuple[int, bool]:
     """(first epoch, resumed?): a checkpoint's state restored, or the schedule moved to --start-epoch."""
     files.ensure_dir(cfg.output_dir, "--output-dir")
     if info.is_main:
@@ -507,6 +577,8 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
         ckpt = checkpoint.read_for_resume(path, cfg, RESUME_MUST_MATCH)
         try:
             student.load_state_dict(ckpt["model"])
+            if distiller is not None:
+                distiller.load_state_dict(ckpt["distiller"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             if scaler is not None and ckpt.get("scaler"):
@@ -521,6 +593,24 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
     for _ in range(cfg.start_epoch):  # the schedule starts where the run starts
         scheduler.step()
     return cfg.start_epoch, False
+
+
+def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
+    """What a user should know about how this store's labels meet this run: pruned steps cycled,
+    a residual fill exact at another temperature than the loss's."""
+    if store is None or cfg.per_image:
+        return []
+    notes, m = [], store.manifest
+    if store.settings.label_keep < 1.0:
+        notes.append(f"the store labels {len(store.jobs(store.settings.epochs))} of "
+                     f"{store.settings.epochs * store.settings.batches_per_epoch} steps (--label-keep "
+                     f"{store.settings.label_keep:g}); each step replays the kept ones in turn")
+    fill_t = batch_store.fill_temperature(m)
+    if m.get("topk_fill") and cfg.temperature and abs(cfg.temperature - fill_t) > 1e-9:
+        notes.append(f"the store's residual fill keeps the left-out classes' probability exactly at T = {fill_t:g}, "
+                     f"not at this run's -T {cfg.temperature:g} (the error: docs/stores.md); for an exact one, "
+                     f"relabel or convert with --topk-fill-temperature {cfg.temperature:g}")
+    return notes
 
 
 def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tuple[str, int, str]:
@@ -570,14 +660,21 @@ def main(args: argparse.Namespace) -> None:
     teachers = online_teachers(cfg, info.device)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimizer(student, cfg)
+    distill = build_distiller(cfg, student, teachers, info.device, train_index)
+    trained = student if distill is None else nn.ModuleList([student, distill.distiller])  # one optimizer
+    optimizer, scheduler = build_optimizer(trained, cfg)
     amp = precision.amp_dtype(cfg.amp, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
-    first_epoch, resumed = resume(cfg, student, optimizer, scheduler, scaler, info)
+    first_epoch, resumed = resume(cfg, student, optimizer, scheduler, scaler, info,
+                                  distill.distiller if distill else None)
 
     model: nn.Module = student
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
     if info.distributed:
-        model = DistributedDataParallel(student, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        model = DistributedDataParallel(student, device_ids=device_ids)
+        if distill is not None and any(p.requires_grad for p in distill.distiller.parameters()):
+            distill.distiller = DistributedDataParallel(distill.distiller, device_ids=device_ids,
+                                                        broadcast_buffers=distill.distiller.broadcast_buffers)
     if cfg.compile:
         model = torch.compile(model)
     pin = info.device.type == "cuda"
@@ -598,8 +695,10 @@ def main(args: argparse.Namespace) -> None:
         print(f"train: {cfg.model} on {len(train_index)} images, {labels} labels, epochs {first_epoch}.."
               f"{cfg.epochs}, batch {batch_desc}" + (f" on {info.world_size} ranks" if info.distributed else "")
               + f", input {cfg.input_size}px, device {info.device}", flush=True)
+        for note in store_notes(cfg, store):
+            print(f"note: {note}", flush=True)
 
-    step = Step(cfg, model, optimizer, scaler, teachers, mean, std, amp, info)
+    step = Step(cfg, model, optimizer, scaler, teachers, mean, std, amp, info, distill)
     bar = tracking.progress(images_per_epoch * (cfg.epochs - first_epoch), "train",
                             disable=cfg.no_progress or not info.is_main)
     student.train()
@@ -614,7 +713,8 @@ def main(args: argparse.Namespace) -> None:
             result = log_epoch(cfg, step, epoch, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
         if info.is_main and ((epoch + 1) % cfg.save_interval == 0 or last):
             checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), model, optimizer, scheduler, scaler,
-                            epoch + 1, cfg, SECRETS, mean, std, train_index.classes)
+                            epoch + 1, cfg, SECRETS, mean, std, train_index.classes,
+                            {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else None)
     bar.close()
     end = time.time()
     if info.is_main:

@@ -63,6 +63,7 @@ class StoreSettings:
     label_format: str                 # "full", "topk", or a per-image label type
     topk: Optional[int]
     num_crops: Optional[int]          # crops stored per image (per-image layout)
+    label_keep: float = 1.0           # fraction of steps labelled (label pruning; batch layout)
 
 
 VOLATILE = ("epochs", "args", "versions", "created_by", "amp", "converted_from")
@@ -93,7 +94,7 @@ class Store:
             num_samples=int(m["num_samples"]), num_classes=int(m["num_classes"]),
             class_names=tuple(m["class_names"]), mean=tuple(m["mean"]), std=tuple(m["std"]),
             label_format=m.get("label_format") or m.get("label_type"), topk=m.get("topk"),
-            num_crops=m.get("num_crops"))
+            num_crops=m.get("num_crops"), label_keep=float(m.get("label_keep") or 1.0))
 
     def identity(self) -> str:
         """What the labels are, not where they lie: a hash of the manifest less what may change

@@ -44,19 +44,22 @@ from softlabel import distributed, files, replay
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
-from softlabel.stores import schema
+from softlabel.stores import packed, schema
 from softlabel.stores.base import Request, Store
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
+PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)
 MANIFEST = "manifest.json"
 COORD_SCALE = 65535  # top-k stores keep crop fractions as uint16 fixed point
 
 # Manifest settings that change the content of batch files: a rerun on an existing store
 # must agree on all of them (``epochs`` may grow: rerunning with more epochs extends a store).
-CONTENT_KEYS = ("format_version", "fkd_seed", "batch_size", "num_samples", "num_classes",
+CONTENT_KEYS = ("fkd_seed", "batch_size", "num_samples", "num_classes",
                 "input_size", "min_scale_crops", "max_scale_crops", "mix_type", "mixup",
                 "cutmix", "use_fp16", "temperature", "teachers", "ensemble", "primary_weight",
-                "class_to_index", "label_format", "topk", "topk_fill", "dataset_fingerprint")
+                "class_to_index", "label_format", "topk", "topk_fill", "dataset_fingerprint",
+                "container", "label_keep", "topk_fill_temperature",
+                "format_version")  # last: a clash names the setting behind it (label_format) first
 
 
 @dataclass
@@ -103,14 +106,15 @@ def smallest_int_dtype(limit: int) -> torch.dtype:
     return torch.int32
 
 
-def residual_fill(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def residual_fill(logits: torch.Tensor, classes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(B,) the logit which, given to each class not in ``classes``, keeps their summed
-    probability: logsumexp over the dropped logits minus log(how many)."""
-    dropped = logits.float().scatter(1, classes, float("-inf"))
+    probability under a softmax at ``temperature``: T (logsumexp(dropped / T) - log(how many)).
+    Exact at that temperature only (docs/stores.md measures the error at others)."""
+    dropped = logits.float().scatter(1, classes, float("-inf")) / temperature
     n = logits.shape[1] - classes.shape[1]
     if n == 0:
         return torch.full((len(logits),), float("-inf"))
-    return torch.logsumexp(dropped, dim=1) - math.log(n)
+    return temperature * (torch.logsumexp(dropped, dim=1) - math.log(n))
 
 
 def encode(record: BatchRecord, label_format: str, topk: Optional[int], num_samples: int,
@@ -153,6 +157,15 @@ def fill_setting(label_format: str, choice: str) -> Optional[str]:
     return choice if label_format == "topk" and choice != "none" else None
 
 
+FILL_TEMPERATURE_HELP = ("the softmax temperature at which the residual fill keeps the left-out probability "
+                         "exactly: give the student's -T (default: 1; docs/stores.md measures the error elsewhere)")
+
+
+def fill_temperature(manifest: Any) -> float:
+    """The temperature a store's residual fill is exact at (1 for stores made before the choice)."""
+    return float(manifest.get("topk_fill_temperature") or 1.0)
+
+
 def writes_fill(manifest: dict) -> bool:
     return manifest.get("label_format") == "topk" and manifest.get("topk_fill") == "residual"
 
@@ -166,12 +179,25 @@ class Reader:
         self.root, self.manifest = root, manifest
         self.kind = manifest.get("legacy_kind", "ours")
         self.num_samples, self.num_classes = int(manifest["num_samples"]), int(manifest["num_classes"])
+        self.packed = manifest.get("container") == "epoch"
+        self._epoch: Optional[packed.EpochFile] = None  # the last epoch file read (memory-mapped)
         self._order = None
         if self.kind == "sre2l":  # no sample indices stored: the upstream sampler's order
             from softlabel.stores.upstream import LegacyOrder
             self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
 
+    def __getstate__(self) -> dict:  # loader workers open their own maps
+        return {**self.__dict__, "_epoch": None}
+
+    def where(self, epoch: int, batch: int) -> str:
+        """The file (and step) of a batch, as errors name it."""
+        if self.packed:
+            return f"{packed.epoch_path(self.root, epoch)} step {batch}"
+        return batch_path(self.root, epoch, batch)
+
     def read(self, epoch: int, batch: int) -> BatchRecord:
+        if self.packed:
+            return self._read_packed(epoch, batch)
         path = batch_path(self.root, epoch, batch)
         data = files.safe_torch_load(path, "store batch file", allow_numpy=self.kind != "ours")
         if self.kind == "sre2l":
@@ -184,10 +210,34 @@ class Reader:
         stored = None
         if topk:
             data, stored = decode_topk(data, path, self.num_classes, writes_fill(self.manifest))
-        record = parse_record(data, path, self.num_samples, self.num_classes, masked=topk)
-        check_geometry(record, path, self.manifest, batch)
+        return self._checked(data, path, batch, stored)
+
+    def _read_packed(self, epoch: int, batch: int) -> BatchRecord:
+        m = self.manifest
+        if self._epoch is None or self._epoch.epoch != epoch:
+            steps = replay.kept_in_epoch(m["fkd_seed"], epoch, int(m["batches_per_epoch"]), keep_of(m))
+            self._epoch = packed.EpochFile(self.root, epoch, m, steps, lambda s: replay.batch_len(
+                self.num_samples, int(m["batch_size"]), s))
+        where = self.where(epoch, batch)
+        if batch not in self._epoch.row_of:
+            raise UserError(f"store {self.root}: epoch {epoch} step {batch} has no labels (the store keeps "
+                            f"{keep_of(m):g} of its steps)")
+        try:
+            data, stored = packed.decode(*self._epoch.step(batch), self.num_classes)
+        except ValueError as exc:
+            raise UserError(f"store batch file {where}: {exc}") from None
+        return self._checked(data, where, batch, stored)
+
+    def _checked(self, data: Any, where: str, batch: int, stored: Optional[torch.Tensor]) -> BatchRecord:
+        record = parse_record(data, where, self.num_samples, self.num_classes, masked=stored is not None)
+        check_geometry(record, where, self.manifest, batch)
         record.stored = stored
         return record
+
+
+def keep_of(manifest: Any) -> float:
+    """The fraction of steps a store labels (``label_keep``; 1 for stores made before pruning)."""
+    return float(manifest.get("label_keep") or 1.0)
 
 
 class EpochSamples:
@@ -252,18 +302,27 @@ def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[lis
     classes = classes.long()
     if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
         raise UserError(f"store batch file {path}: top-k class index out of range for {num_classes} classes")
+    rest = None
     if fill:
         rest = label[2]
         if not (isinstance(rest, torch.Tensor) and rest.shape == (len(values),) and rest.is_floating_point()):
             raise UserError(f"store batch file {path}: top-k fill must be a ({len(values)},) float tensor")
-        logits = rest.float()[:, None].expand(len(values), num_classes).clone()
-    else:
-        logits = torch.full((len(values), num_classes), float("-inf"))
-    logits.scatter_(1, classes, values.float())
-    stored = torch.zeros(logits.shape, dtype=torch.bool).scatter_(1, classes, True)
+    logits, stored = topk_logits(values.float(), classes, rest, num_classes)
     fractions = coords.to(torch.int32).double() / COORD_SCALE
     return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
             logits, index.long()], stored
+
+
+def topk_logits(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torch.Tensor],
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) logits from the top K (the others at ``fill``, or -inf without one) and the mask of
+    the stored ones: the one decoder of every top-k encoding."""
+    if fill is not None:
+        logits = fill.float()[:, None].expand(len(values), num_classes).clone()
+    else:
+        logits = torch.full((len(values), num_classes), float("-inf"))
+    logits.scatter_(1, classes, values.float())
+    return logits, torch.zeros(logits.shape, dtype=torch.bool).scatter_(1, classes, True)
 
 
 def _is_number(value: Any) -> bool:
@@ -333,9 +392,12 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
     manifest = files.read_manifest_json(
         root, MANIFEST, flag, "store manifest",
         "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
-        {"format_version": FORMAT_VERSION}, ())
+        {"format_version": (FORMAT_VERSION, PACKED_VERSION)}, ())
     where = f"store manifest {manifest_path(root)}"
     manifest.setdefault("topk_fill", None)  # stores written before the fill existed have none
+    manifest.setdefault("container", "batch")  # and before packed epoch files and label pruning
+    manifest.setdefault("label_keep", 1.0)
+    manifest.setdefault("topk_fill_temperature", 1.0 if manifest["topk_fill"] else None)
     missing = [k for k in CONTENT_KEYS + ("epochs", "batches_per_epoch", "class_names") if k not in manifest]
     if missing:
         raise UserError(f"{where}: missing entries {', '.join(missing)}")
@@ -343,6 +405,11 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
     # every count bounds the work a reader does before it acts on it.
     schema.check(manifest, schema.BATCH, where)
     schema.check_batch_counts(manifest, where)
+    if (manifest["container"] == "epoch") != (manifest["format_version"] == PACKED_VERSION) or \
+            (manifest["container"] == "epoch" and manifest["label_format"] != "topk"):
+        raise UserError(f"{where}: container {manifest['container']!r} with format_version "
+                        f"{manifest['format_version']} and label_format {manifest['label_format']!r}; epoch files "
+                        f"are format {PACKED_VERSION}, top-k only")
     if manifest["dataset_fingerprint"] is None and "converted_from" not in manifest:
         raise UserError(f"{where}: dataset_fingerprint is null, so the images could not be checked against the "
                         f"store; only a store converted from an upstream one may lack it")
@@ -357,8 +424,8 @@ def check_compatible(root: str, manifest: dict, flag: str = "--fkd-path") -> dic
     """Read-only check before writing into ``root``: a store already there must have been made
     with the same content settings. Returns the manifest to write (``epochs`` may only grow)."""
     if not os.path.exists(manifest_path(root)):
-        if os.path.isdir(root) and any(re.fullmatch(r"epoch_\d+", n) for n in os.listdir(root)):
-            raise UserError(f"{flag} {root}: holds batch files but no {MANIFEST} (an upstream store?); "
+        if os.path.isdir(root) and any(re.fullmatch(r"epoch_\d+(\.pack|\.parts)?", n) for n in os.listdir(root)):
+            raise UserError(f"{flag} {root}: holds label files but no {MANIFEST} (an upstream store?); "
                             f"use a new {flag}")
         return manifest
     old = read_manifest(root, flag)
@@ -377,11 +444,6 @@ def lock(root: str, flag: str = "--fkd-path") -> None:
 def write_manifest(root: str, manifest: dict, flag: str = "--fkd-path") -> None:
     files.ensure_dir(root, flag)
     files.atomic_write_json(manifest_path(root), manifest)
-
-
-def missing_batches(root: str, epochs: int, batches: int) -> list[str]:
-    return [batch_path(root, e, b) for e in range(epochs) for b in range(batches)
-            if not os.path.isfile(batch_path(root, e, b))]
 
 
 # ----------------------------------------------------------------------------- the store interface
@@ -410,41 +472,102 @@ class BatchStore(Store):
     def reader(self) -> Reader:
         return Reader(self.path, dict(self.manifest))
 
+    def jobs(self, epochs: int) -> list[tuple[int, int]]:
+        """(epoch, step) of every labelled step of the first ``epochs`` epochs (all, unless pruned)."""
+        m = self.manifest
+        return replay.kept_steps(m.get("fkd_seed") or 0, epochs, int(m["batches_per_epoch"]), keep_of(m))
+
     def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
-        return missing_batches(self.path, epochs, int(self.manifest["batches_per_epoch"]))
+        if self.manifest.get("container") == "epoch":
+            return packed.missing_epochs(self.path, epochs)
+        return [batch_path(self.path, e, b) for e, b in self.jobs(epochs)
+                if not os.path.isfile(batch_path(self.path, e, b))]
 
     def check_complete(self, epochs: int, index: Optional[FolderIndex] = None) -> None:
         missing = self.missing(epochs)
         if missing:
-            raise UserError(f"{self.flag} {self.path}: {len(missing)} batch files missing for {epochs} epochs "
+            kind = "epoch" if self.manifest.get("container") == "epoch" else "batch"
+            raise UserError(f"{self.flag} {self.path}: {len(missing)} {kind} files missing for {epochs} epochs "
                             f"(first: {missing[0]}); rerun the relabel command to finish the store")
+
+    def replayed(self, jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The stored step each student step replays: itself, or in a pruned store the kept steps
+        cycled in order, so that a student still trains every step (as LPLD reuses its labels)."""
+        if keep_of(self.manifest) >= 1.0:
+            return jobs
+        kept, per_epoch = self.jobs(int(self.manifest["epochs"])), int(self.manifest["batches_per_epoch"])
+        return [kept[(e * per_epoch + b) % len(kept)] for e, b in jobs]
 
     def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
                 world: int = 1, with_stored: bool = False) -> Dataset:
         from softlabel.loader import StoreBatches
-        return StoreBatches(self.path, index, dict(self.manifest), jobs, cache_bytes, rank, world, with_stored)
+        return StoreBatches(self.path, index, dict(self.manifest), self.replayed(jobs), cache_bytes, rank, world,
+                            with_stored)
+
+
+def container_of(label_format: str) -> dict:
+    """The manifest entries saying how a new store of ``label_format`` lies on disk: top-k packed
+    one file per epoch (format 2), full labels one upstream-compatible file per step (format 1)."""
+    if label_format == "topk":
+        return {"format_version": PACKED_VERSION, "container": "epoch"}
+    return {"format_version": FORMAT_VERSION, "container": "batch"}
 
 
 class BatchWriter:
-    """Writes the batch files of a store created by ``create``, each atomically."""
+    """Writes the labelled steps of a store created by ``create``, each atomically: a batch file,
+    or a part that ``finish`` (and rank 0 on the way) packs into its epoch file."""
 
-    def __init__(self, path: str, manifest: dict):
-        self.path, self.manifest = path, manifest
+    def __init__(self, path: str, manifest: dict, info: Optional[DistInfo] = None):
+        self.path, self.manifest, self.info = path, manifest, info
         self.fill = writes_fill(manifest)
+        self.packed = manifest.get("container") == "epoch"
+        self.packs = info is None or info.is_main  # one rank packs, so no two write an epoch file
+        self._unpacked: set[int] = set()
+
+    def kept(self, epoch: int) -> list[int]:
+        m = self.manifest
+        return replay.kept_in_epoch(m["fkd_seed"], epoch, int(m["batches_per_epoch"]), keep_of(m))
 
     def exists(self, epoch: int, batch: int) -> bool:
+        if self.packed:
+            return os.path.exists(packed.epoch_path(self.path, epoch)) or \
+                os.path.exists(packed.part_path(self.path, epoch, batch))
         return os.path.exists(batch_path(self.path, epoch, batch))
 
     def write(self, epoch: int, batch: int, record: BatchRecord) -> None:
         m = self.manifest
-        write_batch(self.path, epoch, batch, record, m["label_format"], m["topk"], m["num_samples"], self.fill)
+        if not self.packed:
+            write_batch(self.path, epoch, batch, record, m["label_format"], m["topk"], m["num_samples"], self.fill)
+            return
+        packed.write_part(self.path, epoch, batch, record, m)
+        if self.packs:  # pack the epochs before this one as soon as their parts are all there
+            self._unpacked.add(epoch)
+            for e in sorted(e for e in self._unpacked if e < epoch):
+                if packed.pack_epoch(self.path, e, self.kept(e), m):
+                    self._unpacked.discard(e)
+
+    def finish(self) -> None:
+        """After the last write of every rank: pack every epoch whose parts are all there (those
+        of earlier runs too). A packed store is complete only once this has run."""
+        if not self.packed:
+            return
+        if self.info is not None:
+            distributed.barrier(self.info)
+
+        def pack_all() -> None:
+            for e in range(int(self.manifest["epochs"])):
+                packed.pack_epoch(self.path, e, self.kept(e), self.manifest)
+        if self.info is None:
+            pack_all()
+        else:
+            distributed.on_main_then_all(self.info, pack_all)
 
 
 def create(path: str, manifest: dict, info: Optional[DistInfo] = None, flag: str = "--fkd-path") -> BatchWriter:
     """Create a store, or reopen one made with the same content settings to finish or extend it.
     Every rank checks read-only first, so a refusal stops them all at once; then rank 0 takes the
-    lock, checks again under it, writes the manifest, makes the epoch folders and removes the
-    temporary files of writers that died."""
+    lock, checks again under it, writes the manifest, makes the epoch (or parts) folders and
+    removes the temporary files of writers that died."""
     manifest = check_compatible(path, manifest, flag)
 
     def prepare() -> None:
@@ -452,11 +575,17 @@ def create(path: str, manifest: dict, info: Optional[DistInfo] = None, flag: str
         settled = check_compatible(path, manifest, flag)
         write_manifest(path, settled, flag)
         for e in range(manifest["epochs"]):
-            files.ensure_dir(epoch_dir(path, e), flag, inside=path)
-            files.remove_stale_tmp(epoch_dir(path, e))
+            if settled.get("container") == "epoch":
+                if os.path.isfile(packed.epoch_path(path, e)):
+                    continue
+                folder = packed.parts_dir(path, e)
+            else:
+                folder = epoch_dir(path, e)
+            files.ensure_dir(folder, flag, inside=path)
+            files.remove_stale_tmp(folder)
         files.remove_stale_tmp(path)
     if info is None:
         prepare()
     else:
         distributed.on_main_then_all(info, prepare)
-    return BatchWriter(path, manifest)
+    return BatchWriter(path, manifest, info)

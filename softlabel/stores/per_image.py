@@ -243,7 +243,7 @@ class GenerateImages(Dataset):
                  input_size: int, scale: tuple[float, float], reference: Optional[tuple[str, dict]] = None):
         self.index, self.chunks, self.seed, self.num_crops = index, chunks, seed, num_crops
         self.input_size, self.scale, self.reference = input_size, scale, reference
-        self.cache = ImageCache(0)
+        self.cache = ImageCache(0, index)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -304,7 +304,7 @@ class PerImageSteps(Dataset):
         self.root, self.index, self.manifest, self.jobs, self.seed = root, index, manifest, jobs, seed
         self.images_per_step, self.per_epoch, self.targets = images_per_step, per_epoch, targets
         self.rank, self.world = rank, world
-        self.cache = ImageCache(cache_bytes)
+        self.cache = ImageCache(cache_bytes, index)
         self.num_crops, self.num_classes = int(manifest["num_crops"]), int(manifest["num_classes"])
         self.input_size, self.label_type = int(manifest["input_size"]), manifest["label_type"]
         self._order: tuple[int, Any] = (-1, None)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from softlabel.errors import UserError
+from softlabel.files import is_plain_name
 from softlabel.replay import MIX_TYPES
 
 # What a number read from a file (or a flag) may ask for: generous for real stores (ImageNet-21k
@@ -39,10 +40,6 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def plain_folder_name(v: Any) -> bool:
-    return isinstance(v, str) and v not in ("", ".", "..") and not any(c in v for c in "/\\\0")
-
-
 def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]:
     """What is wrong with ``value`` for ``f``, or None."""
     if value is None:
@@ -70,14 +67,14 @@ def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]
         if f.positive and not all(v > 0 for v in value):
             return f"must be 3 positive numbers (a zero would divide the pixels by zero), found {value!r:.60}"
     elif f.kind == "names":
-        if not (isinstance(value, list) and all(plain_folder_name(v) for v in value)):
-            bad = value if not isinstance(value, list) else next(v for v in value if not plain_folder_name(v))
+        if not (isinstance(value, list) and all(is_plain_name(v) for v in value)):
+            bad = value if not isinstance(value, list) else next(v for v in value if not is_plain_name(v))
             return f"holds a class name that is not a plain folder name: {bad!r:.60}"
         if len(set(value)) != len(value):
             return "names a class twice"
     elif f.kind == "class_index":
         n = manifest.get("num_classes")
-        if not (isinstance(value, dict) and all(plain_folder_name(k) and _is_int(v) for k, v in value.items())):
+        if not (isinstance(value, dict) and all(is_plain_name(k) and _is_int(v) for k, v in value.items())):
             return "must map folder names to class indices"
         if _is_int(n) and any(not 0 <= v < n for v in value.values()):
             return f"maps a folder to a class outside the {n} classes"
@@ -131,6 +128,9 @@ BATCH = {
     "label_format": Field("str", choices=("full", "topk")),
     "topk": Field("int", 1, MAX_CLASSES, nullable=True),
     "topk_fill": Field("str", choices=("residual",), nullable=True),
+    "container": Field("str", choices=("batch", "epoch")),
+    "label_keep": Field("number", 0.0, 1.0, positive=True),
+    "topk_fill_temperature": Field("number", 0.0, 1000.0, positive=True, nullable=True),
 }
 # fkd_seed null: FKD's own files, which record none
 PER_IMAGE = {**COMMON, "input_size": SIZE, "fkd_seed": Field("int", nullable=True),
@@ -147,6 +147,9 @@ def check_batch_counts(manifest: Mapping[str, Any], where: str) -> None:
     if manifest["epochs"] * manifest["batches_per_epoch"] > MAX_BATCH_FILES:
         raise UserError(f"{where}: epochs x batches_per_epoch = {manifest['epochs'] * manifest['batches_per_epoch']:,} "
                         f"batch files, over the {MAX_BATCH_FILES:,} this toolkit reads")
+    if manifest["container"] == "epoch" and manifest["batch_size"] > 65536:
+        raise UserError(f"{where}: batch_size {manifest['batch_size']} is over the 65536 a packed store's "
+                        f"uint16 mix partners hold")
     if manifest["label_format"] == "topk" and manifest["topk"] is None:
         raise UserError(f"{where}: label_format topk needs topk")
     if None not in (manifest["min_scale_crops"], manifest["max_scale_crops"]) and \

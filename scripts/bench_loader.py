@@ -1,0 +1,220 @@
+"""The image path at ImageNet shape, loader only (no model), measured in one run.
+
+A seeded synthetic distilled set shaped like ImageNet's: 1000 classes x IPC k, 224 x 224 images
+with texture (smooth colour fields plus fine noise, so that a JPEG decodes at the cost of a real
+photograph's), saved as JPEG (quality 90) or PNG (as SRe2L writes its images). Then images/s of
+one whole epoch after a warm-up epoch (files in the page cache, caches filled), normalization to
+float included, for:
+
+  (a) torchvision's standard pipeline: ImageFolder + RandomResizedCrop(224) + flip + ToTensor +
+      Normalize through a DataLoader (shuffle, persistent workers) — every hard-label run;
+  (b) our store path: the trainer's StoreBatches replaying a packed top-5 store of the same
+      images, from the folder (with the decoded-image cache, 1 GB split between processes) and
+      from the folder packed by scripts/pack_images.py;
+  (c) relabel's sampling path: RelabelBatches (sample crops, render), from the folder and packed;
+
+each at -j 0 and -j 2, batch 50 and 256, IPC 1 and 10, repeats interleaved (median reported).
+The per-image cost (µs per image per core) must stay flat as the set and the batch grow.
+
+    .venv/bin/python scripts/bench_loader.py                     # JPEG, IPC 1 and 10 (~30 min, 2 cores)
+    .venv/bin/python scripts/bench_loader.py --ipc 1 --repeats 1 # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from softlabel import packed_images, replay
+from softlabel.data import IMAGENET_MEAN, IMAGENET_STD, scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.loader import RelabelBatches, batch_loader, cache_bytes
+from softlabel.stores import batch as store
+from softlabel.stores import create_store, open_store
+
+SIZE, CLASSES = 224, 1000
+
+
+# ----------------------------------------------------------------------------- the synthetic set
+
+def textured(rng: np.random.Generator) -> np.ndarray:
+    """A 224 x 224 RGB image with structure at every scale: an upsampled coarse colour field,
+    mid-frequency blobs and pixel noise (a flat or pure-noise image decodes faster or slower
+    than a photograph)."""
+    coarse = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    base = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC), np.float32)
+    mid = rng.normal(0, 40, (SIZE // 8, SIZE // 8, 3)).astype(np.float32)
+    mid = np.asarray(Image.fromarray(np.clip(mid + 128, 0, 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR),
+                     np.float32) - 128
+    fine = rng.normal(0, 12, (SIZE, SIZE, 3)).astype(np.float32)
+    return np.clip(base + mid + fine, 0, 255).astype(np.uint8)
+
+
+def make_set(root: str, ipc: int, fmt: str) -> str:
+    """1000 class folders x ``ipc`` images, seeded; kept when already there."""
+    done = os.path.join(root, ".complete")
+    if os.path.isfile(done):
+        return root
+    rng = np.random.default_rng(ipc)
+    for c in range(CLASSES):
+        folder = os.path.join(root, f"n{c:08d}")
+        os.makedirs(folder, exist_ok=True)
+        for i in range(ipc):
+            img = Image.fromarray(textured(rng))
+            if fmt == "jpeg":
+                img.save(os.path.join(folder, f"{i}.jpg"), quality=90)
+            else:
+                img.save(os.path.join(folder, f"{i}.png"))
+    open(done, "w").close()
+    return root
+
+
+def make_store(path: str, data: str, batch: int, epochs: int) -> str:
+    """A packed top-5 store of ``data``'s images: crops and flips sampled as relabel samples
+    them (the same functions; every image is 224 px, so no image is decoded), random logits."""
+    index = scan_image_folder(data, "--data")
+    per_epoch = replay.batches_per_epoch(len(index), batch)
+    names = index.classes
+    manifest = {**store.container_of("topk"), "label_keep": 1.0, "fkd_seed": 42, "batch_size": batch,
+                "epochs": epochs, "batches_per_epoch": per_epoch, "num_samples": len(index), "num_classes": CLASSES,
+                "class_names": names, "class_to_index": {n: i for i, n in enumerate(names)}, "input_size": SIZE,
+                "min_scale_crops": 0.08, "max_scale_crops": 1.0, "mix_type": "none", "mixup": None, "cutmix": None,
+                "use_fp16": True, "label_format": "topk", "topk": 5, "topk_fill": "residual",
+                "topk_fill_temperature": 1.0, "temperature": 1.0, "teachers": [], "ensemble": None,
+                "primary_weight": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "dataset_fingerprint": index.fingerprint(), "created_by": "scripts/bench_loader.py"}
+    writer = create_store(path, manifest, flag="bench")
+    g = torch.Generator().manual_seed(0)
+    for e, b in replay.epoch_jobs(0, epochs, per_epoch):
+        if writer.exists(e, b):
+            continue
+        idx = replay.epoch_order(42, e, len(index))[replay.batch_slice(batch, b)]
+        coords, flips = replay.sample_crops_and_flips(replay.batch_rng(42, e, b), [(SIZE, SIZE)] * len(idx),
+                                                      (0.08, 1.0))
+        writer.write(e, b, store.BatchRecord(coords, flips, None, None, None, torch.randn(len(idx), CLASSES, generator=g),
+                                             torch.from_numpy(idx.astype(np.int64))))
+    writer.finish()
+    return path
+
+
+# ----------------------------------------------------------------------------- the three paths
+
+def torchvision_epochs(data: str, batch: int, workers: int):
+    transform = T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    loader = DataLoader(ImageFolder(data, transform), batch_size=batch, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+    while True:
+        yield (x for x, _ in loader)
+
+
+def store_epochs(data: str, store_path: str, batch: int, workers: int):
+    index = scan_image_folder(data, "--train-dir")
+    opened = open_store(store_path, index)
+    per_epoch = opened.settings.batches_per_epoch
+    dataset = opened.dataset(index, replay.epoch_jobs(0, opened.settings.epochs, per_epoch),
+                             cache_bytes(1024, workers))
+    items = iter(batch_loader(dataset, workers, pin_memory=False, background=False))
+    while True:
+        yield (replay.normalize(next(items)["pixels"], IMAGENET_MEAN, IMAGENET_STD) for _ in range(per_epoch))
+
+
+def relabel_epochs(data: str, batch: int, workers: int, epochs: int):
+    index = scan_image_folder(data, "--data")
+    per_epoch = replay.batches_per_epoch(len(index), batch)
+    dataset = RelabelBatches(index, replay.epoch_jobs(0, epochs, per_epoch), 42, batch, SIZE, (0.08, 1.0), "none",
+                             cache_bytes=cache_bytes(1024, workers))
+    items = iter(batch_loader(dataset, workers, pin_memory=False, background=False))
+    while True:
+        yield (replay.normalize(next(items)["pixels"], IMAGENET_MEAN, IMAGENET_STD) for _ in range(per_epoch))
+
+
+def images_per_second(epochs) -> float:
+    """One warm-up epoch, then one timed epoch."""
+    for _ in next(epochs):
+        pass
+    start, n = time.perf_counter(), 0
+    for x in next(epochs):
+        n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+def run_one(kind: str, data: str, packed: str, store_path: str, batch: int, workers: int) -> float:
+    torch.manual_seed(0)
+    if kind == "a":
+        return images_per_second(torchvision_epochs(data, batch, workers))
+    source = packed if kind.endswith("packed") else data
+    if kind.startswith("b"):
+        return images_per_second(store_epochs(source, store_path, batch, workers))
+    return images_per_second(relabel_epochs(source, batch, workers, 2))
+
+
+KINDS = {"a": "(a) torchvision", "b": "(b) store, folder + cache", "b packed": "(b) store, packed",
+         "c": "(c) relabel, folder + cache", "c packed": "(c) relabel, packed"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ipc", default="1,10", help="images per class (default: 1,10)")
+    p.add_argument("--batch", default="50,256", help="batch sizes (default: 50,256)")
+    p.add_argument("--workers", default="0,2", help="-j values (default: 0,2)")
+    p.add_argument("--format", choices=["jpeg", "png"], default="jpeg", help="image files (default: jpeg)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported (default: 3)")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"paths to measure (default: {','.join(KINDS)})")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_loader"),
+                   help="where the synthetic sets, packs and stores are kept between runs")
+    args = p.parse_args()
+    ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if any(k not in KINDS for k in kinds) or args.repeats < 1:
+        raise UserError(f"--kinds: choose from {', '.join(KINDS)}; --repeats at least 1")
+    torch.set_num_threads(1)  # a loader's main process: no intra-op threads fighting the workers
+    cores = os.cpu_count() or 1
+    rows = []
+    for ipc in ints(args.ipc):
+        data = make_set(os.path.join(args.work, f"{args.format}_ipc{ipc}"), ipc, args.format)
+        packed = os.path.join(args.work, f"{args.format}_ipc{ipc}_packed")
+        if not packed_images.is_packed(packed):
+            packed_images.pack(scan_image_folder(data, "DIR"), packed)
+        for batch in ints(args.batch):
+            store_path = make_store(os.path.join(args.work, f"store_{args.format}_ipc{ipc}_b{batch}"), data, batch, 2)
+            for workers in ints(args.workers):
+                speeds = {k: [] for k in kinds}
+                for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits every path
+                    for k in kinds:
+                        speeds[k].append(run_one(k, data, packed, store_path, batch, workers))
+                med = {k: statistics.median(v) for k, v in speeds.items()}
+                rows.append((ipc, batch, workers, med))
+                cells = " | ".join(f"{med[k]:.0f}" for k in kinds)
+                ratio = " | ".join(f"{med[k] / med['a']:.2f}x" for k in kinds if k != "a" and "a" in med)
+                print(f"| {ipc} | {batch} | {workers} | {cells} | {ratio} |", flush=True)
+    print(f"\nimages/s, median of {args.repeats} interleaved repeats, one epoch after a warm-up epoch; "
+          f"{cores} cores; {args.format} 224 px, {CLASSES} classes\n")
+    others = [k for k in kinds if k != "a"]
+    print("| IPC | batch | -j | " + " | ".join(KINDS[k] for k in kinds) + " | " +
+          " | ".join(f"{KINDS[k].split(')')[0]}){k[1:]} / (a)" for k in others if "a" in kinds) + " |")
+    print("|---|---|---|" + "---|" * (len(kinds) + (len(others) if "a" in kinds else 0)))
+    for ipc, batch, workers, med in rows:
+        print(f"| {ipc} | {batch} | {workers} | " + " | ".join(f"{med[k]:.0f}" for k in kinds) + " | "
+              + " | ".join(f"{med[k] / med['a']:.2f}x" for k in others if "a" in med) + " |")
+    print("\nµs per image per core (cost growth: flat across IPC and batch is the goal):\n")
+    print("| IPC | batch | -j | " + " | ".join(KINDS[k] for k in kinds) + " |")
+    print("|---|---|---|" + "---|" * len(kinds))
+    for ipc, batch, workers, med in rows:
+        used = max(1, min(workers, cores)) if workers else 1
+        print(f"| {ipc} | {batch} | {workers} | " + " | ".join(f"{1e6 * used / med[k]:.0f}" for k in kinds) + " |")
+
+
+if __name__ == "__main__":
+    run_main(main)

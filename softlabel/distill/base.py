@@ -1,0 +1,53 @@
+"""What every distiller gets and gives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Features:
+    """A network's features on one batch: the output of each stage (CIFAR ResNets: layer1..3;
+    ResNets: layer1..4) and the penultimate embedding (the last stage, globally average-pooled)."""
+    stages: list[torch.Tensor]
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        last = self.stages[-1]
+        return last.mean(dim=(2, 3)) if last.dim() == 4 else last.flatten(1)
+
+    def detached(self) -> "Features":
+        # clone: a teacher run under inference_mode gives inference tensors, which autograd refuses
+        return Features([f.detach().clone() for f in self.stages])
+
+
+class Distiller(nn.Module):
+    """A feature loss between a student and a teacher. ``weight`` is the default factor of the
+    loss (RepDistiller's ``-b`` for the method); trainable parts are submodules, so they are
+    optimized, checkpointed and synchronized across ranks with the student. ``context`` gives
+    what a method may need beyond the features' shapes (``num_samples``, ``targets``: the class of
+    every dataset index); ``forward`` gets the batch's dataset indices."""
+
+    name = ""
+    weight = 1.0
+    source = ""  # the paper, and where the defaults come from
+    broadcast_buffers = True  # under DDP; False: the method keeps its buffers equal across ranks itself
+
+    def __init__(self, student: Features, teacher: Features, **context):
+        super().__init__()
+
+    def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def pool_to_match(fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The larger map average-pooled to the smaller's size (AT and VID, as RepDistiller)."""
+    hs, ht = fs.shape[2], ft.shape[2]
+    if hs > ht:
+        fs = nn.functional.adaptive_avg_pool2d(fs, (ht, ht))
+    elif hs < ht:
+        ft = nn.functional.adaptive_avg_pool2d(ft, (hs, hs))
+    return fs, ft

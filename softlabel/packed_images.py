@@ -1,0 +1,276 @@
+"""Image folders packed into one file, accepted wherever an image folder is (``--data``,
+``--train-dir``, ``--val-dir``): decoded uint8 pixels, memory-mapped, or an LMDB of the files.
+
+A packed folder ``OUT`` holds::
+
+    pixels.u8     every image's RGB pixels, height x width x 3 uint8, one after another, in
+                  ImageFolder order
+    images.json   format, version, classes, per image [relative path, class, height, width],
+                  the source folder's fingerprint, and the pixel file's size
+
+The pixels are those ``data.load_rgb`` gives for each file (the loader relabel and the trainer
+use), so a crop rendered from a packed folder is the crop rendered from the folder: stores and
+training are identical, and the fingerprint is the folder's, so a store made from one is trained
+with the other. Every process maps the same file: the pages are shared by all workers and ranks
+on a machine, decoded once instead of once per process and epoch.
+
+An LMDB pack (``pack_images.py --format lmdb``, for training sets whose decoded pixels would not
+fit) is a folder with ``data.mdb``: one record per image keyed by its relative path, holding the
+image file's bytes unchanged (so it decodes to the folder's pixels), and the index under the key
+``__softlabel_index__``, written in the last transaction (no index: an unfinished pack).
+WSLD's own LMDB files (its ``dataset/img2lmdb.py``: key ``class/file``, value a msgpack ``bin``
+of the JPEG re-encoded by OpenCV followed by a uint16 label) are read too: classes from the key
+prefixes in ImageFolder order, the JPEG decoded by PIL (OpenCV's decoder may differ by a level
+here and there), WSLD's own label numbers ignored (they follow ``os.listdir`` order).
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from softlabel import files
+from softlabel.errors import UserError
+
+FORMAT, VERSION = "softlabel-packed-images", 1
+INDEX, PIXELS = "images.json", "pixels.u8"
+MAX_SIDE = 65535
+
+
+def is_packed(root: str) -> bool:
+    return os.path.isfile(os.path.join(root, INDEX))
+
+
+class PackedPixels:
+    """The pixel file of a packed folder, mapped on first use in each process."""
+
+    def __init__(self, path: str, shapes: list[tuple[int, int]]):
+        self.path, self.shapes = path, shapes
+        sizes = np.array([h * w * 3 for h, w in shapes], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]) if len(sizes) else np.zeros(1, np.int64)
+        self._map: Optional[np.memmap] = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self) -> dict:  # loader workers map the file themselves (the pages are shared)
+        return {**self.__dict__, "_map": None}
+
+    def image(self, i: int) -> Image.Image:
+        if self._map is None:
+            self._map = np.memmap(self.path, np.uint8, mode="r")
+        h, w = self.shapes[i]
+        return Image.fromarray(np.asarray(self._map[self.offsets[i]:self.offsets[i + 1]]).reshape(h, w, 3), "RGB")
+
+
+def read(root: str, flag: str) -> dict[str, Any]:
+    """The checked index of a packed folder: classes, samples, shapes, fingerprint, pixels."""
+    where = os.path.join(root, INDEX)
+    index = files.read_json(where, "packed image index")
+    if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise UserError(f"{flag} {root}: {INDEX} is not a packed image index of version {VERSION} "
+                        f"(made by scripts/pack_images.py)")
+    classes, samples = index.get("classes"), index.get("samples")
+    _check_rows(classes, samples, f"packed image index {where}", lmdb_rows=False)
+    rows = samples
+    pixels = PackedPixels(os.path.join(root, PIXELS), [(h, w) for _, _, h, w in rows])
+    try:
+        size = os.path.getsize(pixels.path)
+    except OSError:
+        raise UserError(f"{flag} {root}: no {PIXELS}; pack the folder again with scripts/pack_images.py") from None
+    if size != pixels.nbytes or index.get("pixel_bytes") != size:
+        raise UserError(f"{flag} {root}: {PIXELS} holds {size} bytes, its index describes {pixels.nbytes} "
+                        f"(truncated, or not the file this index was written with)")
+    if not isinstance(index.get("fingerprint"), str):
+        raise UserError(f"packed image index {where}: no fingerprint of the folder it was packed from")
+    return {"classes": classes, "samples": [(os.path.join(root, *rel.split("/")), t) for rel, t, _, _ in rows],
+            "fingerprint": index["fingerprint"], "pixels": pixels, "source": index.get("source")}
+
+
+def pack(folder, out: str, threads: int = 8, progress=None) -> int:
+    """Decode every image of ``folder`` (a ``FolderIndex``) once into ``out``; returns the pixel bytes.
+    The pixel file is written first and the index last (both atomically): an index present means
+    a complete pack."""
+    from softlabel.data import load_rgb
+    files.ensure_dir(out, "OUT")
+    rows: list[list] = []
+    tmp = os.path.join(out, f"{files.TMP_PREFIX}{os.getpid()}-{PIXELS}")
+    total = 0
+    with open(tmp, "wb") as f, ThreadPoolExecutor(max_workers=threads) as pool:
+        paths = [p for p, _ in folder.samples]
+        for n, img in enumerate(pool.map(load_rgb, paths)):  # in order: pool.map keeps it
+            pixels = np.asarray(img, dtype=np.uint8)
+            if max(img.size) > MAX_SIDE:
+                raise UserError(f"{paths[n]}: {img.size[0]}x{img.size[1]} pixels, over the {MAX_SIDE} a side "
+                                f"a packed folder holds")
+            f.write(pixels.tobytes())
+            total += pixels.nbytes
+            rel = os.path.relpath(paths[n], folder.root).replace(os.sep, "/")
+            rows.append([rel, folder.samples[n][1], img.height, img.width])
+            if progress is not None:
+                progress.update(1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, files.FILE_MODE)
+    os.replace(tmp, os.path.join(out, PIXELS))
+    files.atomic_write_json(os.path.join(out, INDEX), {
+        "format": FORMAT, "version": VERSION, "classes": folder.classes, "samples": rows,
+        "fingerprint": folder.fingerprint(), "pixel_bytes": total, "source": folder.root})
+    return total
+
+
+# ----------------------------------------------------------------------------- LMDB
+
+LMDB_INDEX_KEY = b"__softlabel_index__"
+
+
+def is_lmdb(root: str) -> bool:
+    return os.path.isfile(os.path.join(root, "data.mdb"))
+
+
+_ENVS: dict[tuple[str, int], Any] = {}  # LMDB allows one environment per file and process
+
+
+def _open_lmdb(root: str, flag: str):
+    """The read-only environment of ``root`` in this process (opened once; a forked loader worker
+    opens its own, as LMDB requires)."""
+    try:
+        import lmdb
+    except ImportError:
+        raise UserError(f"{flag} {root}: an LMDB folder needs the lmdb package (pip install lmdb)") from None
+    key = (os.path.realpath(root), os.getpid())
+    if key not in _ENVS:
+        try:
+            _ENVS[key] = lmdb.open(root, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048)
+        except lmdb.Error as exc:
+            raise UserError(f"{flag} {root}: cannot open the LMDB ({exc})") from None
+    return _ENVS[key]
+
+
+def msgpack_bin(value: bytes, where: str) -> bytes:
+    """The payload of a msgpack ``bin`` object (WSLD packs each record as one), without msgpack."""
+    lengths = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+    if not value or value[0] not in lengths:
+        raise UserError(f"{where}: not a msgpack bin record as WSLD's img2lmdb.py writes them")
+    width = lengths[value[0]]
+    size = int.from_bytes(value[1:1 + width], "big")
+    if len(value) != 1 + width + size:
+        raise UserError(f"{where}: its msgpack record says {size} bytes, it holds {len(value) - 1 - width}")
+    return value[1 + width:]
+
+
+class LmdbImages:
+    """The images of an LMDB pack (ours, or WSLD's), decoded on demand from the environment of the
+    process that reads them."""
+
+    def __init__(self, root: str, keys: list[bytes], wsld: bool):
+        self.root, self.keys, self.wsld = root, keys, wsld
+
+    def image(self, i: int) -> Image.Image:
+        import io
+
+        from softlabel.data import to_rgb
+        with _open_lmdb(self.root, "LMDB").begin() as txn:  # this process's environment
+            value = txn.get(self.keys[i])
+        where = f"{self.root} record {self.keys[i].decode(errors='replace')}"
+        if value is None:
+            raise UserError(f"{where}: missing")
+        data = msgpack_bin(value, where)[:-2] if self.wsld else value
+        try:
+            return to_rgb(Image.open(io.BytesIO(data)))
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise UserError(f"{where}: cannot decode the image ({exc})") from None
+
+
+def read_lmdb(root: str, flag: str) -> dict[str, Any]:
+    """The index of an LMDB pack: ours (its stored index) or WSLD's (built from its keys)."""
+    import hashlib
+    env = _open_lmdb(root, flag)
+    with env.begin() as txn:
+        raw = txn.get(LMDB_INDEX_KEY)
+        if raw is not None:
+            try:
+                index = json.loads(raw)
+            except ValueError:
+                index = None
+            if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION \
+                    or index.get("kind") != "lmdb":
+                raise UserError(f"{flag} {root}: its {LMDB_INDEX_KEY.decode()} is not a packed image index of "
+                                f"version {VERSION}")
+            classes, samples = index.get("classes"), index.get("samples")
+            _check_rows(classes, samples, f"packed image index in {root}", lmdb_rows=True)
+            return {"classes": classes, "samples": [(os.path.join(root, *rel.split("/")), t) for rel, t in samples],
+                    "fingerprint": index.get("fingerprint"), "pixels": LmdbImages(root, [r.encode() for r, _ in samples],
+                                                                                  False), "source": index.get("source")}
+        sizes = {bytes(k): len(v) for k, v in txn.cursor()}
+        keys = list(sizes)
+        first = txn.get(keys[0]) if keys else None
+    if first is None or first[:1] not in (b"\xc4", b"\xc5", b"\xc6"):
+        raise UserError(f"{flag} {root}: an LMDB with no {LMDB_INDEX_KEY.decode()} whose records are not WSLD's "
+                        f"msgpack ones: an unfinished pack_images.py run? Pack the folder again")
+    rows = []
+    for k in keys:
+        name = k.decode(errors="replace")
+        parts = name.split("/")
+        if len(parts) != 2 or not all(files.is_plain_name(x) for x in parts):
+            raise UserError(f"{flag} {root}: key {name!r:.80} is not class/file; neither our LMDB pack (no "
+                            f"{LMDB_INDEX_KEY.decode()}) nor WSLD's")
+        rows.append((parts[0], parts[1], k))
+    rows.sort(key=lambda r: (r[0], r[1]))  # ImageFolder's order: classes, then files, by name
+    classes = sorted({r[0] for r in rows})
+    target = {c: n for n, c in enumerate(classes)}
+    h = hashlib.sha256()
+    for c, f, k in rows:
+        h.update(f"{c}/{f}\t{sizes[k]}\t{target[c]}\n".encode())
+    return {"classes": classes, "samples": [(os.path.join(root, c, f), target[c]) for c, f, _ in rows],
+            "fingerprint": h.hexdigest(), "pixels": LmdbImages(root, [k for _, _, k in rows], True), "source": "wsld"}
+
+
+def _check_rows(classes: Any, samples: Any, where: str, lmdb_rows: bool) -> None:
+    width = 2 if lmdb_rows else 4
+    if not (isinstance(classes, list) and all(files.is_plain_name(c) for c in classes) and isinstance(samples, list)):
+        raise UserError(f"{where}: classes must be plain folder names and samples a list")
+    for n, s in enumerate(samples):
+        if not (isinstance(s, list) and len(s) == width and isinstance(s[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in s[1:])
+                and all(files.is_plain_name(part) for part in s[0].split("/")) and 0 <= s[1] < len(classes)
+                and all(0 < v <= MAX_SIDE for v in s[2:])):
+            raise UserError(f"{where}: sample {n} is not [relative path, class"
+                            + (", height, width] with a plain path, a known class and sides in 1.." + str(MAX_SIDE)
+                               if not lmdb_rows else "] with a plain path and a known class"))
+
+
+def pack_lmdb(folder, out: str, progress=None) -> int:
+    """Every image file of ``folder`` into an LMDB at ``out``, bytes unchanged; returns the bytes."""
+    try:
+        import lmdb
+    except ImportError:
+        raise UserError("--format lmdb needs the lmdb package (pip install lmdb)") from None
+    paths = [p for p, _ in folder.samples]
+    total = sum(os.path.getsize(p) for p in paths)
+    env = lmdb.open(out, map_size=int(total * 1.2) + (64 << 20), meminit=False)
+    rows, done = [], 0
+    txn = env.begin(write=True)
+    for n, (path, target) in enumerate(folder.samples):
+        rel = os.path.relpath(path, folder.root).replace(os.sep, "/")
+        with open(path, "rb") as f:
+            txn.put(rel.encode(), f.read())
+        rows.append([rel, target])
+        done += 1
+        if done % 1000 == 0:
+            txn.commit()
+            txn = env.begin(write=True)
+        if progress is not None:
+            progress.update(1)
+    txn.put(LMDB_INDEX_KEY, json.dumps({"format": FORMAT, "version": VERSION, "kind": "lmdb",
+                                        "classes": folder.classes, "samples": rows,
+                                        "fingerprint": folder.fingerprint(), "source": folder.root}).encode())
+    txn.commit()  # the index last: an LMDB without it is an unfinished pack
+    env.sync()
+    env.close()
+    return total
