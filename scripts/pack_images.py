@@ -20,7 +20,6 @@ are. WSLD's own LMDB folders (dataset/img2lmdb.py) are read as image folders too
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from softlabel import files, packed_images, tracking
