@@ -16,7 +16,9 @@ and settings (our relabel), and trains every arm with our trainer, one recipe fo
   rand_noaug   the random subset, the same
 
 and writes OUT/scores.json and OUT/scores.md: each arm's top-1 and ECE (mean ± std over --seeds)
-and, as DD-Ranking defines them (accuracies as fractions; w = --w, γ = --gamma):
+and, as DD-Ranking defines them (the ddranking package's soft_label.py and aug_robust.py; w = --w,
+γ = --gamma; per seed, arms paired by seed, then mean ± std; accuracies as fractions, so that α
+and β lie in [-1, 1] and the scores in [0, 1] — ddranking 0.2.0 feeds percentages to the exponent):
 
   HLR = Acc(full_hard) - Acc(syn_hard)
   IOR = Acc(syn_soft) - Acc(rand_soft)
@@ -174,6 +176,17 @@ def scores(acc: dict[str, float], w: float, gamma: float) -> dict[str, float]:
             "ARS": normalized_exp(beta)}
 
 
+def seed_scores(results: dict[str, list[dict]], w: float, gamma: float) -> dict[str, dict]:
+    """The scores of each seed (arms paired by seed; a single --full-hard-run serves every seed),
+    then their mean and std, as the ddranking package averages its per-evaluation scores."""
+    n = max(len(r) for r in results.values())
+    per_seed = [scores({arm: runs[min(i, len(runs) - 1)]["top1"] for arm, runs in results.items()}, w, gamma)
+                for i in range(n)]
+    return {k: {"mean": statistics.mean(v[k] for v in per_seed),
+                "std": statistics.stdev(v[k] for v in per_seed) if n > 1 else 0.0,
+                "per_seed": [v[k] for v in per_seed]} for k in per_seed[0]}
+
+
 def summary(results: dict[str, list[dict]]) -> dict[str, dict]:
     out = {}
     for arm, runs in results.items():
@@ -184,18 +197,19 @@ def summary(results: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def table(arms: dict[str, dict], s: dict[str, float], w: float, gamma: float) -> str:
+def table(arms: dict[str, dict], s: dict[str, dict], w: float, gamma: float) -> str:
     rows = ["| arm | top-1 (mean ± std) | ECE | seeds |", "|---|---|---|---|"]
     for arm in ARMS:
         a = arms[arm]
         ece = "—" if a["ece_mean"] is None else f"{a['ece_mean']:.2f}%"
         rows.append(f"| {arm} | {a['top1_mean']:.2f} ± {a['top1_std']:.2f}% | {ece} | {len(a['top1'])} |")
-    rows += ["", "| score | value | formula |", "|---|---|---|",
-             f"| HLR | {100 * s['HLR']:+.2f} pts | Acc(full_hard) − Acc(syn_hard) |",
-             f"| IOR | {100 * s['IOR']:+.2f} pts | Acc(syn_soft) − Acc(rand_soft) |",
-             f"| LRS | {100 * s['LRS']:.2f}% | (e^α − e^−1)/(e − e^−1), α = {w:g}·IOR − {1 - w:g}·HLR = {s['alpha']:+.4f} |",
-             f"| ARS | {100 * s['ARS']:.2f}% | (e^β − e^−1)/(e − e^−1), β = {gamma:g}·(syn_soft − rand_soft) + "
-             f"{1 - gamma:g}·(syn_noaug − rand_noaug) = {s['beta']:+.4f} |"]
+    pct = lambda k, sign="": f"{100 * s[k]['mean']:{sign}.2f} ± {100 * s[k]['std']:.2f}"  # noqa: E731
+    rows += ["", "| score (mean ± std over seeds) | value | formula |", "|---|---|---|",
+             f"| HLR | {pct('HLR', '+')} pts | Acc(full_hard) − Acc(syn_hard) |",
+             f"| IOR | {pct('IOR', '+')} pts | Acc(syn_soft) − Acc(rand_soft) |",
+             f"| LRS | {pct('LRS')}% | (e^α − e^−1)/(e − e^−1), α = {w:g}·IOR − {1 - w:g}·HLR |",
+             f"| ARS | {pct('ARS')}% | (e^β − e^−1)/(e − e^−1), β = {gamma:g}·(syn_soft − rand_soft) + "
+             f"{1 - gamma:g}·(syn_noaug − rand_noaug) |"]
     return "\n".join(rows)
 
 
@@ -210,8 +224,8 @@ def main() -> None:
     files.lock_dir(args.out, "--out", "another score_distilled.py is writing here")
     syn, real = scan_image_folder(args.syn, "--syn"), scan_image_folder(args.real_train, "--real-train")
     subset = write_subset(draw_subset(syn, real, args.subset_seed), syn, args.real_train, args.out)
-    arms = summary(run_arms(args, seeds, subset))
-    s = scores({k: v["top1_mean"] for k, v in arms.items()}, args.w, args.gamma)
+    results = run_arms(args, seeds, subset)
+    arms, s = summary(results), seed_scores(results, args.w, args.gamma)
     text = table(arms, s, args.w, args.gamma)
     files.atomic_write_json(os.path.join(args.out, "scores.json"), {
         "arms": arms, "scores": s, "w": args.w, "gamma": args.gamma, "seeds": seeds,

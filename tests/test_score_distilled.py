@@ -70,8 +70,11 @@ def test_a_toy_run_writes_every_arm_and_a_rerun_skips_them(demo_data, teacher_ck
     for arm in score.ARMS:  # each arm: ordinary trainer runs, their top-1 in the summary
         runs = [json.loads((out / "runs" / arm / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
         assert result["arms"][arm]["top1"] == [r["top1"] for r in runs]
-    means = {k: v["top1_mean"] for k, v in result["arms"].items()}
-    assert result["scores"] == pytest.approx(score.scores(means, 0.5, 0.5))
+    for i in (0, 1):  # per seed, arms paired by seed, then averaged
+        acc = {k: v["top1"][i] for k, v in result["arms"].items()}
+        for key, value in score.scores(acc, 0.5, 0.5).items():
+            assert result["scores"][key]["per_seed"][i] == pytest.approx(value)
+    assert result["scores"]["LRS"]["mean"] == pytest.approx(sum(result["scores"]["LRS"]["per_seed"]) / 2)
     assert "| LRS |" in (out / "scores.md").read_text()
     subset = scan_image_folder(str(out / "random_subset"), "x")
     assert len(subset) == 10 and subset.classes == scan_image_folder(str(demo_data / "ipc1"), "x").classes
