@@ -137,7 +137,16 @@ def train(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: 
             flags += ["--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
                       "--min-scale-crops", args.min_scale_crops, "--mix-type", args.mix_type]
         main(get_args_parser().parse_args([str(f) for f in flags]))
-    return files.read_json(results, "results.json")
+    return checked_result(results, "results.json")
+
+
+def checked_result(path: str, what: str) -> dict:
+    """A run's results.json, with the validation top-1 the scores need."""
+    result = files.read_json(path, what)
+    top1 = result.get("top1") if isinstance(result, dict) else None
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
+        raise UserError(f"{what} {path}: no validation top-1 (was the run given --val-dir?)")
+    return result
 
 
 def run_arms(args: argparse.Namespace, seeds: list[int], subset: str) -> dict[str, list[dict]]:
@@ -152,7 +161,7 @@ def run_arms(args: argparse.Namespace, seeds: list[int], subset: str) -> dict[st
     results: dict[str, list[dict]] = {}
     for arm, (data, store) in plan.items():
         if arm == "full_hard" and args.full_hard_run:
-            results[arm] = [files.read_json(os.path.join(args.full_hard_run, "results.json"), "--full-hard-run")]
+            results[arm] = [checked_result(os.path.join(args.full_hard_run, "results.json"), "--full-hard-run")]
             continue
         results[arm] = [train(args, os.path.join(args.out, "runs", arm, f"seed{s}"), s, data, store) for s in seeds]
     return results

@@ -85,3 +85,10 @@ def test_a_toy_run_writes_every_arm_and_a_rerun_skips_them(demo_data, teacher_ck
     score.main()
     assert "train:" not in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+
+
+def test_a_run_without_validation_accuracy_is_one_line(tmp_path):
+    score = score_module()
+    (tmp_path / "results.json").write_text(json.dumps({"epochs": 20, "train_loss": 0.1}))
+    with pytest.raises(UserError, match="--full-hard-run .* no validation top-1"):
+        score.checked_result(str(tmp_path / "results.json"), "--full-hard-run")
