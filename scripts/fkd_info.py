@@ -120,9 +120,10 @@ def fmt_floats(values: Any) -> str:
 def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
     epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
     packed = m.get("container") == "epoch"
-    labelled = len(store.BatchStore(root, m, "STORE").jobs(epochs))
+    opened = store.BatchStore(root, m, "STORE")
+    labelled = len(opened.jobs(epochs))
     files_wanted = epochs if packed else labelled
-    present = files_wanted - len(store.BatchStore(root, m, "STORE").missing(epochs))
+    present = files_wanted - len(opened.missing(epochs))
     label = "full" if m["label_format"] == "full" else f"topk {m['topk']}" + (
         " + residual fill" if m.get("topk_fill") else " (the rest -inf)")
     dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")

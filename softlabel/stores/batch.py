@@ -50,7 +50,7 @@ from softlabel.stores.base import Request, Store
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
 PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)
 MANIFEST = "manifest.json"
-COORD_SCALE = 65535  # top-k stores keep crop fractions as uint16 fixed point
+COORD_SCALE = packed.COORD_SCALE  # top-k stores (both formats) keep crop fractions as uint16 fixed point
 
 # Manifest settings that change the content of batch files: a rerun on an existing store
 # must agree on all of them (``epochs`` may grow: rerunning with more epochs extends a store).
