@@ -405,16 +405,17 @@ def plot(args, summary: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_readme(block: str, readme: str) -> bool:
+def write_readme(block: str, readme: str, start: str = MARK_START, end: str = MARK_END) -> bool:
+    """Put ``block`` between the ``start`` and ``end`` markers of ``readme``."""
     with open(readme, encoding="utf-8") as f:
         text = f.read()
-    if MARK_START not in text or MARK_END not in text:
-        print(f"{readme}: no {MARK_START} ... {MARK_END} markers; README left as it is")
+    if start not in text or end not in text:
+        print(f"{readme}: no {start} ... {end} markers; README left as it is")
         return False
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     with open(readme, "w", encoding="utf-8") as f:
-        f.write(head + MARK_START + "\n" + block.strip() + "\n" + MARK_END + tail)
+        f.write(head + start + "\n" + block.strip() + "\n" + end + tail)
     print(f"wrote the table into {readme}")
     return True
 

@@ -21,6 +21,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
+        # a module, as torchvision's blocks have, so hooks can see the block's pre-activation (AB distillation)
+        self.relu = nn.ReLU()
         self.stride, self.pad = stride, cout - cin
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,9 +32,9 @@ class BasicBlock(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):

@@ -152,13 +152,79 @@ def test_features_come_from_forward_hooks_at_the_stages():
         stage_modules(models.create_model("resnet20", 10), ["layer1", "nope"])
 
 
+def test_activation_boundaries_by_hand():
+    s, t = feats((2, 3, 2, 2), (2, 4, 1, 1), seed=16), feats((2, 3, 2, 2), (2, 4, 1, 1), seed=17)
+    d = DISTILLERS["ab"](s, t)
+    assert all(isinstance(c, torch.nn.Identity) for c in d.connectors)  # equal shapes: no connector
+    want = 0.0
+    for i, (fs, ft) in enumerate(zip(s.stages, t.stages)):
+        x, y = np.asarray(fs, dtype=np.float64), np.asarray(ft, dtype=np.float64)
+        per = np.where((x > -1) & (y <= 0), (x + 1) ** 2, 0) + np.where((x <= 1) & (y > 0), (x - 1) ** 2, 0)
+        want += 2.0 ** (i - 1) * per.sum()  # stage i of 2 weighted 2^(i - 2 + 1)
+    assert float(d.init_loss(s, t)) == pytest.approx(want / 2 * 3 / 1000, rel=1e-6)
+    assert float(d(s, t)) == 0.0  # after the init stage AB adds nothing (RepDistiller's loss_kd = 0)
+    other = DISTILLERS["ab"](feats((2, 3, 4, 4), seed=18), feats((2, 5, 2, 2), seed=19))
+    conv, bn = other.connectors[0]  # a shape change: conv + batch norm, no ReLU
+    assert conv.stride == (2, 2) and conv.out_channels == 5 and isinstance(bn, torch.nn.BatchNorm2d)
+    assert [p.requires_grad for p in other.parameters()] and other.init_parts() == [other.connectors]
+    assert DISTILLERS["ab"].init_epochs == DISTILLERS["ft"].init_epochs == 30  # RepDistiller's --init_epochs
+
+
+def test_factor_transfer_by_hand():
+    s, t = feats((2, 3, 4, 4), (2, 4, 2, 2), seed=20), feats((2, 3, 4, 4), (2, 6, 2, 2), seed=21)
+    d = DISTILLERS["ft"](s, t)
+    enc = d.paraphraser.encoder
+    assert [m.out_channels for m in enc if isinstance(m, torch.nn.Conv2d)] == [6, 3, 3]  # half the channels
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.paraphraser.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.translator.modules()) == 3
+    ft = t.stages[-1]
+    want_init = float(((d.paraphraser.decoder(enc(ft)) - ft) ** 2).mean())
+    assert float(d.init_loss(None, t)) == pytest.approx(want_init, rel=1e-6)
+    with torch.no_grad():
+        a, b = (np.asarray(x, dtype=np.float64) for x in (d.translator(s.stages[-1]), enc(ft)))
+        fa, fb = ((x ** 2).mean(1).reshape(2, -1) for x in (a, b))
+        fa, fb = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in (fa, fb))
+        assert float(d(s, t)) == pytest.approx(float(np.abs(fa - fb).mean()), rel=1e-5)
+    assert d.init_parts() == [d.paraphraser]
+    assert d.init_lr("resnet20", 0.05) == 0.01 and d.init_lr("resnet18", 0.05) == 0.05  # RepDistiller's rule
+
+
+def test_pre_activations_are_taken_by_hooks():
+    """AB's features: the input of each stage's last ReLU, also where that ReLU works in place
+    (torchvision's blocks), and the stage's output is its ReLU."""
+    for name in ("resnet20", "resnet18"):
+        model = models.create_model(name, 10).eval()
+        stages = stage_modules(model, None)
+        pre, post = FeatureTap(stages, preact=True), FeatureTap(stages)
+        with torch.no_grad():
+            model(torch.randn(2, 3, 32, 32))
+        fp, fo = pre.take(), post.take()
+        pre.check_preact(fp)
+        for a, b in zip(fp.stages, fo.stages):
+            assert bool((a < 0).any()) and torch.equal(torch.relu(a), b)
+    flat = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Sigmoid())
+    with pytest.raises(UserError, match="no ReLU"):
+        FeatureTap([flat], preact=True)
+
+
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """A resnet32 teacher checkpoint (its weights do not matter to the mechanics tested here)."""
+def teacher(tmp_path_factory, demo_data) -> Path:
+    """A resnet32 teacher checkpoint: random weights, batch-norm statistics of the demo images
+    (so its features have a trained network's scale; their values do not matter here)."""
+    from softlabel.data import scan_image_folder
     path = tmp_path_factory.mktemp("distill") / "resnet32.pth"
     torch.manual_seed(0)
-    torch.save({"model": models.create_model("resnet32", 10).state_dict(), "arch": "resnet32", "num_classes": 10},
-               path)
+    model = models.create_model("resnet32", 10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a plain average over the calibration batches
+    index = scan_image_folder(str(demo_data / "ipc2"), "--data")
+    mean, std = models.default_normalization("resnet32", model)
+    images = torch.stack([torch.from_numpy(np.asarray(index.load(p).resize((32, 32))).copy())
+                          .permute(2, 0, 1).float() / 255 for p, _ in index.samples])
+    with torch.no_grad():
+        model((images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    torch.save({"model": model.state_dict(), "arch": "resnet32", "num_classes": 10}, path)
     return path
 
 
@@ -171,9 +237,11 @@ def train_args(demo_data, teacher, out, *extra) -> list[str]:
 @pytest.mark.parametrize("name", sorted(DISTILLERS))
 def test_every_distiller_trains_end_to_end(name, demo_data, teacher, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "run", "--distiller", name)))
+    init = ["--distill-init-epochs", 3] if DISTILLERS[name].init_epochs else []  # default 30: RepDistiller's
+    main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "run", "--distiller", name, *init)))
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert "distiller" in ckpt and ckpt["args"]["distiller"] == name and ckpt["args"]["loss_type"] == "ce"
+    assert ckpt["args"]["distill_init_epochs"] == (3 if init else 0)
     assert (tmp_path / "run" / "results.json").is_file()
 
 
@@ -208,9 +276,48 @@ def test_a_distiller_with_trained_parts_runs_on_two_ranks(demo_data, teacher, tm
         torch.testing.assert_close(ckpt[bank].norm(dim=1), torch.ones(20))
 
 
+def test_init_stage_trains_its_parts_then_freezes_them_and_resumes_after_it(demo_data, teacher, tmp_path,
+                                                                           monkeypatch):
+    """FT: the paraphraser trains in the init stage only; a run stopped right after the init stage
+    (its checkpoint at epoch 0) resumes to the uninterrupted run's weights."""
+    import validate.train_FKD_parallel as trainer
+    monkeypatch.setattr(files, "lock_dir", lambda *a, **k: None)
+    args = lambda out, *extra: train_args(demo_data, teacher, out, "--distiller", "ft",  # noqa: E731
+                                          "--distill-init-epochs", 2, *extra)
+    main(get_args_parser().parse_args(args(tmp_path / "whole")))
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "train_one_epoch", stop)
+        with pytest.raises(KeyboardInterrupt):
+            main(get_args_parser().parse_args(args(tmp_path / "cut")))
+    after_init = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    assert after_init["epoch"] == 0
+    main(get_args_parser().parse_args(args(tmp_path / "cut", "--resume", "auto")))
+    a, b = (torch.load(tmp_path / r / "checkpoint.pth", weights_only=True) for r in ("whole", "cut"))
+    for part in ("model", "distiller"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    fresh = DISTILLERS["ft"](feats((2, 64, 8, 8)), feats((2, 64, 8, 8)))
+    trained = {k: v for k, v in a["distiller"].items() if k.startswith("paraphraser.")}
+    assert not torch.equal(trained["paraphraser.encoder.0.weight"], fresh.paraphraser.encoder[0].weight.detach())
+    assert all(torch.equal(v, after_init["distiller"][k]) for k, v in trained.items())  # frozen while distilling
+    assert not torch.equal(a["distiller"]["translator.0.weight"], after_init["distiller"]["translator.0.weight"])
+
+
+def test_activation_boundaries_init_stage_on_two_ranks(demo_data, teacher, tmp_path):
+    """AB's init stage trains the student itself: its gradients are averaged over the ranks by hand."""
+    proc = run_script(TRAIN, *train_args(demo_data, teacher, tmp_path / "ranks", "--distiller", "ab",
+                                         "--distill-init-epochs", 1, "--epochs", 1), nproc=2)
+    assert "on 2 ranks" in proc.stdout and "distill init (ab) epoch 1/1" in proc.stdout
+    assert torch.load(tmp_path / "ranks" / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+
 def test_distiller_flags_that_cannot_work_are_one_line(demo_data, teacher, tmp_path):
     for extra, needle in ((["--distiller", "at", "--teacher", "resnet32,resnet32"], "one"),
-                          (["--distill-weight", 5], "apply to --distiller")):
+                          (["--distill-weight", 5], "apply to --distiller"),
+                          (["--distiller", "fitnet", "--distill-init-epochs", 3], "init stage: ab, ft"),
+                          (["--distiller", "ab", "--distill-init-lr", 0], "positive")):
         args = train_args(demo_data, teacher, tmp_path / "x", *map(str, extra))
         with pytest.raises(UserError, match=needle):
             main(get_args_parser().parse_args(args))

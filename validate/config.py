@@ -12,6 +12,7 @@ from typing import Optional
 
 from softlabel import files, replay
 from softlabel.data import FolderIndex
+from softlabel.distill import DISTILLERS
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.stores import Request, Store, open_store
@@ -87,6 +88,8 @@ class TrainConfig:
     distill_weight: Optional[float]    # its weight (None: the method's default)
     feat_layers: Optional[str]         # module names of the student's stages (None: layer1, layer2, ...)
     teacher_feat_layers: Optional[str]
+    distill_init_epochs: int           # AB, FT: epochs of their init stage (resolved: the method's, else 0)
+    distill_init_lr: Optional[float]   # its SGD learning rate (None: the method's)
     # run
     output_dir: str
     seed: int
@@ -130,6 +133,12 @@ def check_flags(args: argparse.Namespace) -> None:
                         f"give --teacher ARCH (one) and --teacher-path")
     if (args.distill_weight is not None or args.feat_layers or args.teacher_feat_layers) and not args.distiller:
         raise UserError("--distill-weight / --feat-layers / --teacher-feat-layers apply to --distiller")
+    if args.distill_init_epochs is not None or args.distill_init_lr is not None:
+        if not args.distiller or not DISTILLERS[args.distiller].init_epochs:
+            raise UserError("--distill-init-epochs / --distill-init-lr apply to a --distiller with an init stage: "
+                            + ", ".join(k for k, v in sorted(DISTILLERS.items()) if v.init_epochs))
+        if args.distill_init_lr is not None and not args.distill_init_lr > 0:
+            raise UserError(f"--distill-init-lr must be positive, got {args.distill_init_lr}")
     if args.soft_label_type and layout != "per-image":
         raise UserError("--soft_label_type applies to FKD per-image stores (--softlabel_path or "
                         "--fkd-layout per-image)")
@@ -161,6 +170,7 @@ def check_ranges(values: dict) -> None:
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{flag} must be at least 1, got {values[key]}")
     for flag, key in (("-j/--workers", "workers"), ("--cache-images", "cache_images"),
+                      ("--distill-init-epochs", "distill_init_epochs"),
                       ("--warmup-epochs", "warmup_epochs"), ("--start-epoch", "start_epoch")):
         if values[key] is not None and values[key] < 0:
             raise UserError(f"{flag} must be >= 0, got {values[key]}")
@@ -244,6 +254,8 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
         values.update(from_store(store, args, info))
     else:
         values.update(hard_label_settings(args, len(index.classes)))
+    values["distill_init_epochs"] = (args.distill_init_epochs if args.distill_init_epochs is not None else
+                                     DISTILLERS[args.distiller].init_epochs if args.distiller else 0)
     values["label_source"] = label_source_of(store, args)
     values["loss_type"] = loss_type_of(args)
     values["temperature"] = temperature_of(args, values["loss_type"])

@@ -62,7 +62,7 @@ from softlabel.data import (
     scan_image_folder,
     scan_images,
 )
-from softlabel.distill import DISTILLERS, Features, FeatureTap, stage_modules
+from softlabel.distill import DISTILLERS, Features
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
@@ -74,6 +74,7 @@ from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_paths
 from validate.config import TrainConfig, check_flags, resolve
+from validate.distillation import DistillRun, build_distiller, init_stage
 from validate.losses import LOSSES, keep_topk
 from validate.metrics import classification_metrics
 from validate.schedules import SCHEDULES
@@ -86,7 +87,7 @@ RESUME_MUST_MATCH = ("label_source", "model", "num_classes", "batch_size", "grad
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
                      "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
                      "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed", "distiller", "distill_weight",
-                     "feat_layers", "teacher_feat_layers")
+                     "feat_layers", "teacher_feat_layers", "distill_init_epochs", "distill_init_lr")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -213,6 +214,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the student's stage modules whose outputs are its features (default: layer1, layer2, ...)")
     g.add_argument("--teacher-feat-layers", default=None, metavar="NAME[,NAME]",
                    help="the teacher's (default: --feat-layers, else layer1, layer2, ...)")
+    g.add_argument("--distill-init-epochs", type=int, default=None, metavar="N",
+                   help="ab, ft: epochs of the init stage that trains their parts before distilling (default: "
+                        "RepDistiller's --init_epochs, " + ", ".join(
+                            f"{k} {v.init_epochs}" for k, v in sorted(DISTILLERS.items()) if v.init_epochs) + ")")
+    g.add_argument("--distill-init-lr", type=float, default=None, metavar="LR",
+                   help="SGD learning rate of the init stage (default: RepDistiller's: ft 0.01 for CIFAR ResNet/WRN "
+                        "students, else --lr)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", type=str, default="./save", help="checkpoint and metrics directory")
@@ -236,10 +244,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- batches
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int, stream: Stream = Stream.TRAIN_EPOCH) -> int:
     """Every epoch's randomness restarts from (seed, epoch): a run resumed at an epoch boundary
     draws exactly what the uninterrupted run drew."""
-    return int(streams.rng(seed, Stream.TRAIN_EPOCH, epoch).integers(2 ** 62))
+    return int(streams.rng(seed, stream, epoch).integers(2 ** 62))
 
 
 def store_epochs(cfg: TrainConfig, store: Store, index: FolderIndex, first_epoch: int, info: DistInfo,
@@ -274,32 +282,34 @@ def each_sample_once(batches: Iterator[dict], store: Store, epoch: int) -> Itera
         yield item
 
 
-def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, first_epoch: int, info: DistInfo,
-                      pin: bool) -> Iterator[tuple[int, Iterator[dict]]]:
+def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, epochs: range, info: DistInfo, pin: bool,
+                      stream: Stream = Stream.TRAIN_EPOCH) -> Iterator[tuple[int, Iterator[dict]]]:
     """Online RandomResizedCrop + flip as uint8 pixels (normalized later, per model); each
-    rank draws its share of every epoch (DistributedSampler), mixes within its own batch."""
+    rank draws its share of every epoch (DistributedSampler), mixes within its own batch.
+    ``stream``: a distiller's init stage draws its epochs from its own, and mixes nothing."""
     transform = T.Compose([
         T.RandomResizedCrop(cfg.input_size, scale=(cfg.min_scale_crops, cfg.max_scale_crops),
                             interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(), T.PILToTensor()])
     dataset = IndexedImageFolder(index, transform, with_index=True)
     local_batch = max(1, cfg.batch_size // info.world_size)
-    for epoch in range(first_epoch, cfg.epochs):
-        seed = epoch_seed(cfg.seed, epoch)
+    for epoch in epochs:
+        seed = epoch_seed(cfg.seed, epoch, stream)
         if info.distributed:
             sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed)
         else:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
         loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=cfg.workers,
                             pin_memory=pin, generator=torch.Generator().manual_seed(seed))
-        yield epoch, _hard_label_batches(loader, epoch, cfg, info)
+        yield epoch, _hard_label_batches(loader, epoch, cfg, info, stream == Stream.TRAIN_EPOCH)
 
 
-def _hard_label_batches(loader: DataLoader, epoch: int, cfg: TrainConfig, info: DistInfo) -> Iterator[dict]:
+def _hard_label_batches(loader: DataLoader, epoch: int, cfg: TrainConfig, info: DistInfo,
+                        mix: bool) -> Iterator[dict]:
     for step, (pixels, target, sample_index) in enumerate(loader):
         rng = streams.rng(cfg.seed, Stream.HARD_LABEL_MIX, epoch, step, info.rank)
-        mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, cfg.mix_type, len(target), cfg.input_size,
-                                                         cfg.mixup, cfg.cutmix)
+        mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, cfg.mix_type if mix else "none", len(target),
+                                                         cfg.input_size, cfg.mixup, cfg.cutmix)
         yield {"pixels": pixels, "partners": replay.partners_of(pixels, mix_index),
                "mix_lam": mix_lam, "mix_bbox": mix_bbox, "target": target, "index": sample_index,
                "partner_target": replay.partners_of(target, mix_index),
@@ -353,47 +363,6 @@ def online_teachers(cfg: TrainConfig, device: torch.device) -> Optional[Ensemble
     archs = split_list(cfg.teacher)
     return Ensemble(load_teachers(archs, weight_paths(cfg.teacher_path, archs), cfg.num_classes, cfg.teacher_source),
                     "mean", 0.5, device)
-
-
-@dataclass
-class DistillRun:
-    """A feature distiller at work: its module (wrapped for DDP when it trains parameters), the
-    hooks that tap the student's and the teacher's stages, and its weight."""
-    distiller: nn.Module
-    student_tap: FeatureTap
-    teacher_tap: FeatureTap
-    weight: float
-
-
-def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, device: torch.device,
-                    index: FolderIndex) -> Optional[DistillRun]:
-    """The --distiller, its parts shaped by one probe forward of both networks (no model code is
-    edited: the features come from forward hooks on their stage modules)."""
-    if not cfg.distiller:
-        return None
-    names = lambda text: [n.strip() for n in text.split(",") if n.strip()] if text else None  # noqa: E731
-    teacher = teachers.teachers[0].model
-    student_tap = FeatureTap(stage_modules(student, names(cfg.feat_layers), "--feat-layers"))
-    teacher_tap = FeatureTap(stage_modules(teacher, names(cfg.teacher_feat_layers or cfg.feat_layers),
-                                           "--teacher-feat-layers"))
-    probe = torch.zeros(2, 3, cfg.input_size, cfg.input_size, device=device)
-    was_training = student.training
-    student.eval()
-    with torch.no_grad():
-        student(probe)
-        teacher(probe)
-    student.train(was_training)
-    fs, ft = student_tap.take(), teacher_tap.take()
-    if len(fs.stages) != len(ft.stages):
-        raise UserError(f"--distiller {cfg.distiller}: the student has {len(fs.stages)} stages, the teacher "
-                        f"{len(ft.stages)}; name matching ones with --feat-layers / --teacher-feat-layers")
-    try:
-        distiller = DISTILLERS[cfg.distiller](fs, ft, num_samples=len(index),
-                                              targets=torch.tensor(index.targets)).to(device)
-    except ValueError as exc:
-        raise UserError(f"--distiller {cfg.distiller}: {exc}") from None
-    weight = cfg.distill_weight if cfg.distill_weight is not None else DISTILLERS[cfg.distiller].weight
-    return DistillRun(distiller, student_tap, teacher_tap, weight)
 
 
 def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: Optional[torch.Tensor],
@@ -595,6 +564,19 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
     return cfg.start_epoch, False
 
 
+def distill_init(cfg: TrainConfig, distill: DistillRun, student: nn.Module, teachers: Ensemble, index: FolderIndex,
+                 info: DistInfo, mean: list[float], std: list[float], optimizer, scheduler, scaler) -> None:
+    """The distiller's init stage, then a checkpoint at epoch 0: --resume continues after it."""
+    pin = info.device.type == "cuda"
+    epochs = hard_label_epochs(cfg, index, range(cfg.distill_init_epochs), info, pin, Stream.DISTILL_INIT)
+    init_stage(distill, cfg, student, teachers, epochs, info, mean, std,
+               lambda line: print(line, flush=True) if info.is_main else None)
+    if info.is_main:
+        checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), student, optimizer, scheduler, scaler,
+                        0, cfg, SECRETS, mean, std, index.classes,
+                        {"distiller": checkpoint.unwrap(distill.distiller).state_dict()})
+
+
 def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
     """What a user should know about how this store's labels meet this run: pruned steps cycled,
     a residual fill exact at another temperature than the loss's."""
@@ -660,13 +642,16 @@ def main(args: argparse.Namespace) -> None:
     teachers = online_teachers(cfg, info.device)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    distill = build_distiller(cfg, student, teachers, info.device, train_index)
+    distill = build_distiller(cfg, student, teachers, info.device, len(train_index), train_index.targets)
     trained = student if distill is None else nn.ModuleList([student, distill.distiller])  # one optimizer
     optimizer, scheduler = build_optimizer(trained, cfg)
     amp = precision.amp_dtype(cfg.amp, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
     first_epoch, resumed = resume(cfg, student, optimizer, scheduler, scaler, info,
                                   distill.distiller if distill else None)
+
+    if distill is not None and cfg.distill_init_epochs and not resumed:
+        distill_init(cfg, distill, student, teachers, train_index, info, mean, std, optimizer, scheduler, scaler)
 
     model: nn.Module = student
     device_ids = [info.device.index] if info.device.type == "cuda" else None
@@ -689,7 +674,7 @@ def main(args: argparse.Namespace) -> None:
                                os.path.basename(os.path.abspath(cfg.output_dir)), cfg.output_dir,
                                provenance.args_dict(cfg, SECRETS))
     epochs = (store_epochs(cfg, store, train_index, first_epoch, info, pin) if store is not None
-              else hard_label_epochs(cfg, train_index, first_epoch, info, pin))
+              else hard_label_epochs(cfg, train_index, range(first_epoch, cfg.epochs), info, pin))
     labels, images_per_epoch, batch_desc = describe(cfg, store, train_index)
     if info.is_main:
         print(f"train: {cfg.model} on {len(train_index)} images, {labels} labels, epochs {first_epoch}.."

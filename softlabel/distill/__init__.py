@@ -3,17 +3,18 @@ module per method, each a ``Distiller`` registered by name; the trainer's ``--di
 adds ``weight x`` its loss to the cross-entropy (and an optional logit loss), as RepDistiller's
 ``train_student.py`` does (``-r 1 -a 0 -b WEIGHT``).
 
-Done: FitNet, AT, SP, VID, RKD, PKT, CRD. Not yet: AB and FT (each trains connectors or a
-paraphraser in a stage of its own before distilling); KDSS is a person re-identification method
-whose CIFAR form the study does not define (docs/validate.md).
+AB and FT train parts of their own (AB: connectors and the student; FT: a paraphraser) in an init
+stage before distilling (``Distiller.init_epochs``, the trainer's ``--distill-init-epochs``). KDSS
+is a person re-identification method whose CIFAR form the study does not define (docs/validate.md).
 """
 from __future__ import annotations
 
-from softlabel.distill import at, crd, fitnet, pkt, rkd, sp, vid
+from softlabel.distill import ab, at, crd, fitnet, ft, pkt, rkd, sp, vid
 from softlabel.distill.base import Distiller, Features
 from softlabel.distill.features import FeatureTap, stage_modules
 
 DISTILLERS: dict[str, type[Distiller]] = {cls.name: cls for cls in (
-    fitnet.FitNet, at.Attention, sp.Similarity, vid.VID, rkd.RKD, pkt.PKT, crd.CRD)}
+    fitnet.FitNet, at.Attention, sp.Similarity, vid.VID, rkd.RKD, pkt.PKT, ab.ActivationBoundaries,
+    ft.FactorTransfer, crd.CRD)}
 
 __all__ = ["DISTILLERS", "Distiller", "Features", "FeatureTap", "stage_modules"]

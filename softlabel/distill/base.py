@@ -35,9 +35,24 @@ class Distiller(nn.Module):
     weight = 1.0
     source = ""  # the paper, and where the defaults come from
     broadcast_buffers = True  # under DDP; False: the method keeps its buffers equal across ranks itself
+    preact = False  # features before each stage's last ReLU (AB)
+    # A stage of its own before distilling (RepDistiller's ``init``, --init_epochs 30): AB and FT.
+    init_epochs = 0
+    init_trains_student = False
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__()
+
+    def init_parts(self) -> list[nn.Module]:
+        """The parts trained only in the init stage: frozen (not optimized) while distilling."""
+        return []
+
+    def init_lr(self, student_arch: str, lr: float) -> float:
+        """The init stage's SGD learning rate (RepDistiller: its --learning_rate)."""
+        return lr
+
+    def init_loss(self, student: Optional[Features], teacher: Features) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no init stage")
 
     def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError

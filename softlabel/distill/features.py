@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 
 from softlabel.distill.base import Features
@@ -30,16 +31,51 @@ def stage_modules(model: nn.Module, names: Optional[list[str]], flag: str = "--f
 
 
 class FeatureTap:
-    """Records the outputs of ``modules`` at every forward of their model."""
+    """Records the outputs of ``modules`` at every forward of their model. ``preact``: their
+    pre-activations instead, the input of the last ReLU module to run inside each stage's last
+    block (AB distills which side of zero a neuron is on, which a ReLU's output no longer says);
+    ``check_preact`` verifies, on a probe forward, that the stage's output is that ReLU's output."""
 
-    def __init__(self, modules: list[nn.Module]):
+    def __init__(self, modules: list[nn.Module], preact: bool = False):
         self.outputs: list = [None] * len(modules)
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
+        self.preact = preact
+        self._last_act: list = [None] * len(modules)
+        self._stage_out: list = [None] * len(modules)
+        self._probing = preact  # keep stage outputs for check_preact, until it has run
+        self.handles = []
+        for i, m in enumerate(modules):
+            if preact:
+                blocks = list(m.children())
+                acts = [a for a in (blocks[-1] if blocks else m).modules() if isinstance(a, nn.ReLU)]
+                if not acts:
+                    raise UserError(f"{type(m).__name__} stage {i + 1}: no ReLU module in its last block, so its "
+                                    f"pre-activation cannot be taken by a hook; name other stages with --feat-layers")
+                self.handles += [a.register_forward_pre_hook(self._pre_hook(i, a.inplace)) for a in acts]
+            self.handles.append(m.register_forward_hook(self._hook(i)))
+
+    def _pre_hook(self, i: int, inplace: bool):
+        def hook(_module, inputs):
+            self._last_act[i] = inputs[0].clone() if inplace else inputs[0]  # an in-place ReLU overwrites it
+        return hook
 
     def _hook(self, i: int):
         def hook(_module, _inputs, output):
-            self.outputs[i] = output
+            if self.preact:
+                self.outputs[i], self._last_act[i] = self._last_act[i], None
+                if self._probing:
+                    self._stage_out[i] = output
+            else:
+                self.outputs[i] = output
         return hook
+
+    def check_preact(self, features: Features) -> None:
+        """After a probe forward: each stage's output must be ReLU of the pre-activation taken."""
+        for i, (pre, out) in enumerate(zip(features.stages, self._stage_out)):
+            if pre is None or out is None or pre.shape != out.shape or not torch.equal(torch.relu(pre), out):
+                raise UserError(f"stage {i + 1}: its output is not the ReLU of the last ReLU module's input in its "
+                                f"last block, so no pre-activation can be taken by hooks; name other stages with "
+                                f"--feat-layers")
+        self._probing, self._stage_out = False, [None] * len(self._stage_out)
 
     def take(self) -> Features:
         if any(o is None for o in self.outputs):

@@ -13,7 +13,9 @@ from softlabel.distill.base import Distiller, Features
 HINT = 1  # the second stage (RepDistiller's feat[2]: its feat[0] is the stem)
 
 
-def regressor(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
+def regressor(s_shape: torch.Size, t_shape: torch.Size, relu: bool = True) -> nn.Module:
+    """RepDistiller's ConvReg: a convolution that maps the student's map onto the teacher's shape,
+    batch norm, and (``relu``) a ReLU."""
     s_c, s_h, s_w = s_shape[1:]
     t_c, t_h, t_w = t_shape[1:]
     if s_h == 2 * t_h:
@@ -24,7 +26,7 @@ def regressor(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
         conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
     else:
         raise ValueError(f"FitNet: student map {s_h}x{s_w} smaller than the teacher's {t_h}x{t_w} by more than 2x")
-    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU(inplace=True))
+    return nn.Sequential(conv, nn.BatchNorm2d(t_c), *([nn.ReLU(inplace=True)] if relu else []))
 
 
 class FitNet(Distiller):
