@@ -93,7 +93,8 @@ class StoreBatches(Dataset):
         item = {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
                 "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
                 "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
-                "pixels": rendered[[at[k] for k in mine]],
+                # rendered in the slice's order already unless partners came along: no copy of the batch then
+                "pixels": rendered if needed == mine else rendered[[at[k] for k in mine]],
                 "partners": None if partners is None else rendered[[at[k] for k in partners]]}
         if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
             item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
