@@ -43,6 +43,7 @@ from softlabel import files, streams
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import open_store
+from softlabel.stores.batch import manifest_path
 from softlabel.streams import Stream
 
 ARMS = ("syn_soft", "rand_soft", "syn_hard", "full_hard", "syn_noaug", "rand_noaug")
@@ -111,11 +112,10 @@ def write_subset(chosen: list[tuple[str, int]], syn: FolderIndex, real_root: str
 
 def relabel(args: argparse.Namespace, data: str, store: str, augment: bool) -> None:
     from relabel.generate_soft_label import get_args_parser, main
-    try:
-        open_store(store, scan_image_folder(data, "--data"), epochs=args.epochs)
-        return  # complete: nothing to do
-    except UserError:
-        pass
+    if os.path.isfile(manifest_path(store)):  # begun: relabel resumes it, or it is complete
+        index = scan_image_folder(data, "--data")
+        if not open_store(store, index).missing(args.epochs, index):
+            return
     flags = ["--data", data, "--teacher-path", args.teacher_path, "-a", args.teacher, "--fkd-path", store,
              "--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
              "--min-scale-crops", args.min_scale_crops if augment else 1.0,

@@ -6,7 +6,7 @@ import hashlib
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -31,6 +31,8 @@ class FolderIndex:
     samples: list[tuple[str, int]]  # (absolute path, class index)
     pixels: Optional[Any] = None    # a packed folder's pixels (packed_images.py): images come from there
     packed_fingerprint: Optional[str] = None  # ... and its fingerprint is the source folder's
+    # a packed folder's path -> position among its pixels (of the whole pack, also in a subset)
+    position: Optional[dict[str, int]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -39,16 +41,14 @@ class FolderIndex:
         """Sample ``path`` as RGB: decoded from its file, or read from the packed pixels."""
         if self.pixels is None:
             return load_rgb(path)
-        if getattr(self, "_position", None) is None:
-            self._position = {p: n for n, (p, _) in enumerate(self.samples)}
-        return self.pixels.image(self._position[path])
+        if self.position is None:
+            self.position = {p: n for n, (p, _) in enumerate(self.samples)}
+        return self.pixels.image(self.position[path])
 
     def subset(self, samples: list[tuple[str, int]]) -> "FolderIndex":
         """The same folder with fewer samples (the packed pixels still found by path)."""
-        sub = FolderIndex(self.root, self.classes, samples, self.pixels, None)
-        if self.pixels is not None:
-            sub._position = {p: n for n, (p, _) in enumerate(self.samples)}
-        return sub
+        whole = None if self.pixels is None else self.position or {p: n for n, (p, _) in enumerate(self.samples)}
+        return FolderIndex(self.root, self.classes, samples, self.pixels, None, whole)
 
     @property
     def targets(self) -> list[int]:
