@@ -214,15 +214,20 @@ def main(args: argparse.Namespace) -> None:
     else:
         store = [*crops, "-b", str(args.batch_size), "--epochs", str(args.epochs), *method.hard_flags]
     results = os.path.join(out, "train", "results.json")
-    if not finished(results, args.epochs):
+    result = finished(results, args.epochs)
+    if result is None:
         train(args, train_dir, val_dir, store, out, common)
-    result = files.read_json(results, "results.json")
+        result = files.read_json(results, "results.json")
     print(f"label_optimization: {method.name} {run_name} on {args.dataset}: top-1 {result['top1']:.2f}%, "
           f"ECE {result['ece'] / 100:.4f} -> {out}")
 
 
-def finished(results: str, epochs: int) -> bool:
-    return os.path.isfile(results) and files.read_json(results, "results.json").get("epoch") == epochs
+def finished(results: str, epochs: int) -> Optional[dict]:
+    """A finished run's results (None: not run, or run to fewer epochs)."""
+    if not os.path.isfile(results):
+        return None
+    result = files.read_json(results, "results.json")
+    return result if result.get("epoch") == epochs else None
 
 
 def train(args: argparse.Namespace, train_dir: str, val_dir: str, labels: list[str], out: str,

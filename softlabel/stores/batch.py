@@ -325,14 +325,14 @@ def topk_logits(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torc
     return logits, torch.zeros(logits.shape, dtype=torch.bool).scatter_(1, classes, True)
 
 
-def _is_number(value: Any) -> bool:
+def _is_scalar_number(value: Any) -> bool:
     """A Python, numpy or 0-d torch number (upstream stores keep numpy scalars), not a bool."""
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.dtype == torch.bool
     return hasattr(value, "__float__") and not isinstance(value, (bool, str, bytes))
 
 
-def _is_integer(value: Any) -> bool:
+def _is_scalar_integer(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
     return hasattr(value, "__index__") and not isinstance(value, bool)
@@ -371,10 +371,10 @@ def parse_record(data: Any, path: str, num_samples: int, num_classes: int, maske
             raise bad(f"mix_index must be a ({b},) tensor or None")
         if b and (int(mix_index.min()) < 0 or int(mix_index.max()) >= b):
             raise bad("mix_index out of range for the batch")
-        if not _is_number(mix_lam) or not 0.0 <= float(mix_lam) <= 1.0:
+        if not _is_scalar_number(mix_lam) or not 0.0 <= float(mix_lam) <= 1.0:
             raise bad("mix_lam must be a number in [0, 1] when mix_index is set")
     if mix_bbox is not None and (mix_index is None or not isinstance(mix_bbox, (list, tuple, torch.Tensor))
-                                 or len(mix_bbox) != 4 or not all(_is_integer(v) for v in mix_bbox)):
+                                 or len(mix_bbox) != 4 or not all(_is_scalar_integer(v) for v in mix_bbox)):
         raise bad("mix_bbox must be 4 integers, set together with mix_index")
     return BatchRecord(coords.float(), flip.bool(), None if mix_index is None else mix_index.long(),
                        None if mix_lam is None else float(mix_lam),

@@ -36,7 +36,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def _is_finite_json_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
@@ -48,7 +48,7 @@ def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]
         if not _is_int(value):
             return f"must be an integer, found {value!r:.60}"
     elif f.kind == "number":
-        if not _is_number(value):
+        if not _is_finite_json_number(value):
             return f"must be a finite number, found {value!r:.60}"
         if f.positive and f.lo is not None and value <= f.lo:
             return f"must be above {f.lo}, found {value}"
@@ -62,7 +62,7 @@ def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]
         if not isinstance(value, list):
             return f"must be a list, found {type(value).__name__}"
     elif f.kind == "floats3":
-        if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
+        if not (isinstance(value, list) and len(value) == 3 and all(_is_finite_json_number(v) for v in value)):
             return f"must be 3 finite numbers, found {value!r:.60}"
         if f.positive and not all(v > 0 for v in value):
             return f"must be 3 positive numbers (a zero would divide the pixels by zero), found {value!r:.60}"
