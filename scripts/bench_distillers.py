@@ -7,7 +7,7 @@ the study's front-end (Vanilla, hard labels, the full training split, as bench_m
 its teachers, in the same --work folder), then every row trains R20 on the full split with the
 front-end's optimizer and schedule (SGD lr 0.1, weight decay 5e-4, MultiStepLR scaled to the
 epochs, 32 px crops of scale 0.5-1, no mixing): vanilla (hard labels), KD (--teacher resnet56
---loss-type kd: CE 0.1 + KL 0.9 at T 4, RepDistiller's -r 0.1 -a 0.9) and each --distiller (its
+--loss-type kd: 0.1 CE + 0.9 T^2 KL at T 4, RepDistiller's -r 0.1 -a 0.9) and each --distiller (its
 RepDistiller defaults: CE plus beta x its loss; AB and FT with their init stage scaled to the
 epochs as RepDistiller's 30 of 240). Mean +- std over seeds; the gap is taken per seed (same seed's
 vanilla), then averaged.
