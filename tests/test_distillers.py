@@ -265,6 +265,29 @@ def test_trained_parts_are_optimized_and_resumed_exactly(demo_data, teacher, tmp
                                                      "--resume", "auto")))
 
 
+@pytest.mark.parametrize("name", sorted(set(DISTILLERS) - {"vid"}))  # vid: the test above
+def test_every_distiller_resumes_exactly(name, demo_data, teacher, tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "lock_dir", lambda *a, **k: None)
+    init = ["--distill-init-epochs", 1] if DISTILLERS[name].init_epochs else []
+    run = lambda out, *extra: main(get_args_parser().parse_args(train_args(  # noqa: E731
+        demo_data, teacher, out, "--distiller", name, "--lr-schedule", "step", "--lr-step-size", 100, *init, *extra)))
+    run(tmp_path / "whole")
+    run(tmp_path / "half", "--epochs", 1)
+    run(tmp_path / "half", "--resume", "auto")
+    a, b = (torch.load(tmp_path / r / "checkpoint.pth", weights_only=True) for r in ("whole", "half"))
+    for part in ("model", "distiller"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+@pytest.mark.slow  # a torchrun launch per method; CRD and AB (their own test below) run in CI
+@pytest.mark.parametrize("name", sorted(set(DISTILLERS) - {"crd", "ab"}))
+def test_every_distiller_runs_on_two_ranks(name, demo_data, teacher, tmp_path):
+    init = ["--distill-init-epochs", 1] if DISTILLERS[name].init_epochs else []
+    proc = run_script(TRAIN, *train_args(demo_data, teacher, tmp_path / "ranks", "--distiller", name, *init), nproc=2)
+    assert "on 2 ranks" in proc.stdout
+    assert torch.load(tmp_path / "ranks" / "checkpoint.pth", weights_only=True)["epoch"] == 2
+
+
 def test_a_distiller_with_trained_parts_runs_on_two_ranks(demo_data, teacher, tmp_path):
     """CRD on two gloo ranks: its embeddings train under DDP, and every rank applies every rank's
     memory updates (rank 0's saved banks hold all 20 images' updates, not only its own 10)."""
