@@ -159,9 +159,14 @@ def main(args: argparse.Namespace) -> None:
     jobs, cells = build_jobs(args)
     times = run_jobs(jobs, args.jobs, args.threads)
     table = markdown(args, cells)
-    with open(os.path.join(args.work, "distillers.json"), "w") as f:
-        json.dump({"job_seconds": times, "wall_s": time.time() - start,
-                   "top1": {r: [read_result(p)["top1"] for p in cells[r]] for r in args.rows}}, f, indent=1)
+    summary = os.path.join(args.work, "distillers.json")
+    timing = {"job_seconds": times, "wall_s": time.time() - start}
+    if not times and os.path.isfile(summary):  # every run cached: keep the timing of the run that made them
+        with open(summary) as f:
+            timing = {k: v for k, v in json.load(f).items() if k in timing}
+    with open(summary, "w") as f:
+        json.dump({**timing, "top1": {r: [read_result(p)["top1"] for p in cells[r]] for r in args.rows}}, f,
+                  indent=1)
     print("\n" + table + "\n")
     if args.write_readme:
         command = ".venv/bin/python scripts/bench_distillers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
