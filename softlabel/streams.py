@@ -22,7 +22,7 @@ class Stream(IntEnum):
     TRAIN_EPOCH = 3        # trainer: (seed, epoch) -> the torch seed every epoch restarts from
     LABEL_KEEP = 4         # relabel --label-keep: (seed, epoch) -> which of the epoch's steps get labels
     RANDOM_SUBSET = 5      # score_distilled.py: (subset seed, real class) -> the random real images of a class
-    DISTILL_INIT = 6       # trainer, a distiller's init stage: (seed, init epoch) -> its torch seed and sample order
+    DISTILL_INIT = 6       # trainer, a distiller's init stage: (seed, init epoch) -> its sample order and crops
     PER_IMAGE_CROPS = 20   # per-image generation: (seed, image) -> that image's crops and flips
     PER_IMAGE_ORDER = 21   # per-image training: (seed, epoch) -> image order
     PER_IMAGE_CYCLE = 22   # per-image training: (seed, image, cycle) -> order of its stored crops

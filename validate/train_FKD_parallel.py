@@ -572,9 +572,15 @@ def distill_init(cfg: TrainConfig, distill: DistillRun, student: nn.Module, teac
     init_stage(distill, cfg, student, teachers, epochs, info, mean, std,
                lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
-        checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), student, optimizer, scheduler, scaler,
-                        0, cfg, SECRETS, mean, std, index.classes,
-                        {"distiller": checkpoint.unwrap(distill.distiller).state_dict()})
+        save_checkpoint(cfg, student, optimizer, scheduler, scaler, 0, mean, std, index.classes, distill)
+
+
+def save_checkpoint(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int, mean: list[float],
+                    std: list[float], classes: list[str], distill: Optional[DistillRun]) -> None:
+    """--output-dir/checkpoint.pth after ``epoch`` epochs (0: after a distiller's init stage)."""
+    checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), model, optimizer, scheduler, scaler, epoch,
+                    cfg, SECRETS, mean, std, classes,
+                    {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else None)
 
 
 def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
@@ -697,9 +703,8 @@ def main(args: argparse.Namespace) -> None:
         if info.is_main and ((epoch + 1) % cfg.eval_interval == 0 or last):
             result = log_epoch(cfg, step, epoch, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
         if info.is_main and ((epoch + 1) % cfg.save_interval == 0 or last):
-            checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), model, optimizer, scheduler, scaler,
-                            epoch + 1, cfg, SECRETS, mean, std, train_index.classes,
-                            {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else None)
+            save_checkpoint(cfg, model, optimizer, scheduler, scaler, epoch + 1, mean, std, train_index.classes,
+                            distill)
     bar.close()
     end = time.time()
     if info.is_main:
