@@ -107,7 +107,7 @@ def test_vid_is_a_gaussian_negative_log_likelihood_with_trained_variance():
         d.stages[0].regressor[-1].weight.zero_()  # predicted mean 0
     var = 5.0  # softplus(log_scale) + eps at initialization
     want = float(np.mean(0.5 * (np.asarray(t.stages[0]) ** 2 / var + math.log(var))))
-    assert float(d(s, t)) == pytest.approx(want, rel=1e-5)
+    assert float(d(s, t).detach()) == pytest.approx(want, rel=1e-5)
     assert {n for n, _ in d.named_parameters()} >= {"stages.0.log_scale"}
 
 
@@ -205,6 +205,26 @@ def test_pre_activations_are_taken_by_hooks():
     flat = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Sigmoid())
     with pytest.raises(UserError, match="no ReLU"):
         FeatureTap([flat], preact=True)
+
+
+def test_distilling_steps_take_no_features_for_a_method_with_no_loss_after_its_init_stage():
+    """AB adds nothing once its init stage is over: the steps then run without its hooks (which
+    clone every stage's pre-activation on torchvision models); other methods keep theirs."""
+    from validate.distillation import DistillRun, distilling
+    student, teacher = models.create_model("resnet20", 10), models.create_model("resnet32", 10)
+    for name, kept in (("ab", False), ("at", True)):
+        taps = [FeatureTap(stage_modules(m, None), DISTILLERS[name].preact) for m in (student, teacher)]
+        with torch.no_grad():
+            student(torch.zeros(2, 3, 32, 32))
+            teacher(torch.zeros(2, 3, 32, 32))
+        fs, ft = taps[0].take(), taps[1].take()
+        run = DistillRun(DISTILLERS[name](fs, ft, num_samples=4, targets=torch.zeros(4, dtype=torch.long)),
+                         *taps, 1.0)
+        assert (distilling(run) is run) == kept
+        with torch.no_grad():
+            student(torch.zeros(2, 3, 32, 32))
+        assert all(o is not None for o in taps[0].outputs) == kept
+    assert distilling(None) is None
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from softlabel import replay
+from softlabel import checkpoint, replay
 from softlabel.distill import DISTILLERS, FeatureTap, stage_modules
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
@@ -71,6 +71,29 @@ def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, de
     return DistillRun(distiller, student_tap, teacher_tap, weight)
 
 
+def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """Mean of the ranks' gradients, in one all-reduce of them all flattened (one per parameter
+    would be a collective for every tensor of the model)."""
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+        offset += p.grad.numel()
+
+
+def distilling(run: Optional[DistillRun]) -> Optional[DistillRun]:
+    """The run the distilling steps use. None for a method whose loss after its init stage is nil
+    (AB): its hooks are removed, so that no step takes (on in-place ReLUs, clones) every stage's
+    features for nothing. The run itself stays, for the checkpoint of its init parts."""
+    if run is None or checkpoint.unwrap(run.distiller).distills:
+        return run
+    run.student_tap.remove()
+    run.teacher_tap.remove()
+    return None
+
+
 def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: Ensemble, epochs: Iterator,
                info: DistInfo, mean: list[float], std: list[float], log: Callable[[str], None]) -> list[float]:
     """RepDistiller's ``init``: before distilling, train the method's init parts (AB: its
@@ -103,10 +126,7 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if info.distributed:
-                for p in params:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= info.world_size
+                _average_gradients([p for p in params if p.grad is not None], info.world_size)
             optimizer.step()
             total += loss.detach() * batch["batch_size"] / info.world_size
             seen += batch["batch_size"]

@@ -74,7 +74,7 @@ from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_paths
 from validate.config import TrainConfig, check_flags, resolve
-from validate.distillation import DistillRun, build_distiller, init_stage
+from validate.distillation import DistillRun, build_distiller, distilling, init_stage
 from validate.losses import LOSSES, keep_topk
 from validate.metrics import classification_metrics
 from validate.schedules import SCHEDULES
@@ -689,7 +689,7 @@ def main(args: argparse.Namespace) -> None:
         for note in store_notes(cfg, store):
             print(f"note: {note}", flush=True)
 
-    step = Step(cfg, model, optimizer, scaler, teachers, mean, std, amp, info, distill)
+    step = Step(cfg, model, optimizer, scaler, teachers, mean, std, amp, info, distilling(distill))
     bar = tracking.progress(images_per_epoch * (cfg.epochs - first_epoch), "train",
                             disable=cfg.no_progress or not info.is_main)
     student.train()

@@ -28,7 +28,7 @@ def boundary_loss(s: torch.Tensor, t: torch.Tensor, margin: float = MARGIN) -> t
 
 class ActivationBoundaries(Distiller):
     name, weight, source = "ab", 1.0, "Heo et al. 2019; RepDistiller abound, --init_epochs 30, -b 1 (no loss after init)"
-    preact, init_epochs, init_trains_student = True, 30, True
+    preact, init_epochs, init_trains_student, distills = True, 30, True, False
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__(student, teacher, **context)

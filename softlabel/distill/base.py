@@ -39,6 +39,8 @@ class Distiller(nn.Module):
     # A stage of its own before distilling (RepDistiller's ``init``, --init_epochs 30): AB and FT.
     init_epochs = 0
     init_trains_student = False
+    # False: the loss after the init stage is nil (AB), so distilling steps need no features
+    distills = True
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__()
