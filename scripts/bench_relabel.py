@@ -8,11 +8,17 @@ and in two torchrun processes. Steady state excludes each run's start-up (import
 loading, the first batch), which is reported on its own. The teacher's weights are random:
 speed does not depend on them, and nothing is downloaded.
 
-    .venv/bin/python scripts/bench_relabel.py            # prints a Markdown table
+--imagenet-shape measures the same rows at ImageNet shape instead: bench_loader.py's seeded
+synthetic set (1000 classes x 1 textured 224 px JPEG), a 1000-class resnet18 teacher, 224 px
+crops, batch 50, 1 epoch.
+
+    .venv/bin/python scripts/bench_relabel.py                    # prints a Markdown table
+    .venv/bin/python scripts/bench_relabel.py --imagenet-shape   # ~10 min on 2 cores
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -71,7 +77,7 @@ def relabel_run(data: str, teacher_path: str, store: str, workers: int, nproc: i
     cmd += [os.path.join(ROOT, "relabel", "generate_soft_label.py"), "--data", data, "--teacher-path", teacher_path,
             "--fkd-path", store, "--epochs", str(args.epochs), "-b", str(args.batch_size), "--input-size",
             str(args.input_size), "--mix-type", "cutmix", "--use-fp16", "-j", str(workers),
-            "--print-freq", "1000"]
+            "--print-freq", "1000"] + args.relabel_flags
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     if nproc > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // nproc))
@@ -86,25 +92,41 @@ def relabel_run(data: str, teacher_path: str, store: str, workers: int, nproc: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("-b", "--batch-size", type=int, default=20)
-    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--imagenet-shape", action="store_true",
+                   help="1000 classes of 224 px JPEGs, 224 px crops, batch 50, 1 epoch (default: the demo's)")
+    p.add_argument("--epochs", type=int, default=None, help="default: 2 (--imagenet-shape: 1)")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="default: 20 (--imagenet-shape: 50)")
+    p.add_argument("--input-size", type=int, default=None, help="default: 64 (--imagenet-shape: 224)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported (default: 3)")
     p.add_argument("--work-dir", default=None, help="where to put the demo data and stores (default: a temp dir)")
     args = p.parse_args()
+    defaults = (1, 50, 224) if args.imagenet_shape else (2, 20, 64)
+    for name, value in zip(("epochs", "batch_size", "input_size"), defaults):
+        setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_relabel_")
-    data = os.path.join(work, "data")
-    if not os.path.isdir(os.path.join(data, "train")):
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data,
-                        "--ipc", "1"], check=True, capture_output=True)
+    if args.imagenet_shape:
+        from bench_loader import CLASSES, make_set  # the loader benchmark's synthetic ImageNet-shaped set
+        train, classes, images = make_set(os.path.join(work, "jpeg_ipc1"), 1, "jpeg"), CLASSES, "224 px JPEGs"
+        # its folders are named like WNIDs but are not ImageNet's: folder i is class i
+        class_map = os.path.join(work, "class_map.json")
+        with open(class_map, "w") as f:
+            folders = sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+            json.dump({name: i for i, name in enumerate(folders)}, f)
+        args.relabel_flags = ["--class-map", class_map]
+    else:
+        data = os.path.join(work, "data")
+        if not os.path.isdir(os.path.join(data, "train")):
+            subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data,
+                            "--ipc", "1"], check=True, capture_output=True)
+        train, classes, images = os.path.join(data, "train"), 10, "32 px demo PNGs"
+        args.relabel_flags = []
     torch.manual_seed(0)
-    teacher = create_model("resnet18", 10).eval()
-    teacher_path = os.path.join(work, "resnet18_random.pth")
-    torch.save({"model": teacher.state_dict(), "arch": "resnet18", "num_classes": 10}, teacher_path)
-    train = os.path.join(data, "train")
+    teacher = create_model("resnet18", classes).eval()
+    teacher_path = os.path.join(work, f"resnet18_random_{classes}.pth")
+    torch.save({"model": teacher.state_dict(), "arch": "resnet18", "num_classes": classes}, teacher_path)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; resnet18 "
-          f"teacher, {args.input_size} px crops of the 32 px demo PNGs, batch {args.batch_size}, cutmix, fp16, "
+          f"teacher, {args.input_size} px crops of the {images}, batch {args.batch_size}, cutmix, fp16, "
           f"{args.epochs} epochs of {train}; {args.repeats} interleaved repeats, medians", flush=True)
     inputs = decoded_batches(train, args)
     configs = (("relabel, -j 0", 0, 1), ("relabel, -j 2", 2, 1), ("relabel, 2 processes (torchrun), -j 0", 0, 2))

@@ -1,0 +1,195 @@
+"""The trainer's store path against the same step on tensors in memory, on the GPU, with a
+profile of where a step's time goes (the image path issue, part 3), measured in one run.
+
+Two settings:
+  demo      resnet18 student, 64 px crops of the demo's 32 px PNGs, batch 20, AdamW, KL: the
+            setting of bench_train.py (the store relabelled here by a random resnet18 teacher);
+  imagenet  resnet18 student, bf16, channels_last, batch 256, 224 px crops of bench_loader.py's
+            seeded synthetic 1000-class set (IPC 1 JPEGs, packed by scripts/pack_images.py), SGD,
+            KL on a top-5 store.
+For each: (a) the step alone on resident tensors (forward under the same autocast and memory
+format, KL to resident targets, backward, the same optimizer): the bound; (b) the real trainer
+on the store (a subprocess), in steady state (its first step excluded). (b)/(a) is the cost of
+the data path; the goal at ImageNet shape is <= 1.10. With --profile DIR, each setting is also
+trained in this process under torch.profiler: the top operations by self CPU time and by device
+time go to DIR/profile_<setting>.txt, a Chrome trace to DIR/trace_<setting>.json.gz (time the main
+process spent waiting for its loader workers shows as the DataLoader's __next__).
+
+Runs on a CPU too, slowly (to check the script): --steps 8 --settings demo.
+
+    python scripts/bench_gpu_step.py --work /tmp/gpu_step --profile "$OUT"
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import torch
+import torch.nn.functional as F
+
+from softlabel import packed_images
+from softlabel.data import scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.models import create_model
+
+STEADY = re.compile(r"then ([\d.]+) img/s")
+PY = sys.executable
+SETTINGS = {
+    # name: (batch, crop px, classes, trainer flags beyond the store's)
+    "demo": (20, 64, 10, []),
+    "imagenet": (256, 224, 1000, ["--amp", "bf16", "--channels-last", "--sgd", "-T", "1"]),  # T: the fill's
+}
+
+
+def in_memory_bound(setting: str, steps: int, device: torch.device) -> float:
+    """Images/s of the trainer's step on tensors already on the device."""
+    batch, size, classes, flags = SETTINGS[setting]
+    torch.manual_seed(0)
+    model = create_model("resnet18", classes).train().to(device)
+    channels_last = "--channels-last" in flags
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4) if "--sgd" in flags
+           else torch.optim.AdamW(model.parameters(), lr=1e-3))
+    amp = torch.bfloat16 if "bf16" in flags else None
+    x = torch.randn(batch, 3, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.randn(batch, classes, device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x).float()
+        F.kl_div(F.log_softmax(logits, 1), F.softmax(t, 1), reduction="batchmean").backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps - 1):
+        step()
+    sync()
+    return (steps - 1) * batch / (time.perf_counter() - start)
+
+
+def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
+    """The trainer's data flags for a setting (the set, packed where ImageNet-shaped, and a store
+    holding at least ``steps`` steps), and its steps per epoch."""
+    batch, size, classes, _ = SETTINGS[setting]
+    if setting == "demo":
+        data = os.path.join(work, "demo")
+        if not os.path.isdir(os.path.join(data, "train")):
+            subprocess.run([PY, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data, "--ipc", "1"],
+                           check=True, capture_output=True)
+        train = os.path.join(data, "train")
+        per_epoch = -(-len(scan_image_folder(train, "--data")) // batch)
+        epochs = -(-steps // per_epoch)
+        store = os.path.join(work, f"store_demo_e{epochs}")
+        if not os.path.isdir(store):
+            teacher = os.path.join(work, "resnet18_teacher.pth")
+            torch.manual_seed(1)
+            torch.save({"model": create_model("resnet18", classes).state_dict(), "arch": "resnet18",
+                        "num_classes": classes}, teacher)
+            subprocess.run([PY, os.path.join(ROOT, "relabel", "generate_soft_label.py"), "--data", train,
+                            "--teacher-path", teacher, "--fkd-path", store, "--epochs", str(epochs), "-b", str(batch),
+                            "--input-size", str(size), "--print-freq", "1000"], check=True, capture_output=True)
+        return ["--train-dir", train, "--fkd-path", store], per_epoch
+    from bench_loader import make_set, make_store  # the loader benchmark's synthetic set and top-5 store
+    data = make_set(os.path.join(work, "jpeg_ipc1"), 1, "jpeg")
+    packed = os.path.join(work, "jpeg_ipc1_packed")
+    if not packed_images.is_packed(packed):
+        packed_images.pack(scan_image_folder(data, "DIR"), packed)
+    per_epoch = -(-len(scan_image_folder(data, "--data")) // batch)
+    epochs = -(-steps // per_epoch)
+    store = make_store(os.path.join(work, f"store_imagenet_b{batch}_e{epochs}"), data, batch, epochs)
+    return ["--train-dir", packed, "--fkd-path", store], per_epoch
+
+
+def trainer_args(setting: str, data_flags: list[str], per_epoch: int, steps: int, workers: int, out: str
+                 ) -> list[str]:
+    return ["--model", "resnet18", "--loss-type", "kl", "--epochs", str(-(-steps // per_epoch)), "-j", str(workers),
+            "--no-progress", "--eval-interval", "100000", "--save-interval", "100000", "--wandb-mode", "disabled",
+            "--output-dir", out, *data_flags, *SETTINGS[setting][3]]
+
+
+def trainer_rate(args: list[str]) -> float:
+    shutil.rmtree(args[args.index("--output-dir") + 1], ignore_errors=True)  # a finished run would be kept
+    proc = subprocess.run([PY, os.path.join(ROOT, "validate", "train_FKD_parallel.py"), *args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"trainer failed:\n{proc.stderr[-2000:]}")
+    m = STEADY.search(proc.stdout)
+    if not m:
+        raise UserError(f"no steady-state figure in the trainer's output:\n{proc.stdout[-2000:]}")
+    return float(m.group(1))
+
+
+def profile(setting: str, args: list[str], out_dir: str, device: torch.device) -> None:
+    from validate.train_FKD_parallel import get_args_parser, main
+    shutil.rmtree(args[args.index("--output-dir") + 1], ignore_errors=True)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        main(get_args_parser().parse_args(args))
+    table = prof.key_averages()
+    with open(os.path.join(out_dir, f"profile_{setting}.txt"), "w") as f:
+        f.write(f"{setting}: {' '.join(args)}\n\nby self CPU time:\n")
+        f.write(table.table(sort_by="self_cpu_time_total", row_limit=25))
+        if device.type == "cuda":
+            f.write("\n\nby self device time:\n" + table.table(sort_by="self_cuda_time_total", row_limit=25))
+    prof.export_chrome_trace(os.path.join(out_dir, f"trace_{setting}.json.gz"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", required=True, help="where the sets, packs and stores are kept between runs")
+    p.add_argument("--settings", default="demo,imagenet", help="default: demo,imagenet")
+    p.add_argument("--steps", type=int, default=60, help="steps per measurement (default: 60)")
+    p.add_argument("-j", "--workers", type=int, default=8, help="the trainer's loader processes (default: 8)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians (default: 3)")
+    p.add_argument("--profile", metavar="DIR", default=None, help="also profile each setting into DIR")
+    p.add_argument("--profile-steps", type=int, default=12, help="steps of the profiled runs (default: 12)")
+    args = p.parse_args()
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    if any(s not in SETTINGS for s in settings):
+        raise UserError(f"--settings: choose from {', '.join(SETTINGS)}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    os.makedirs(args.work, exist_ok=True)
+    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
+          f"{os.cpu_count()} cores; -j {args.workers}, {args.steps} steps, {args.repeats} repeats", flush=True)
+    prepared = {s: prepare(s, args.work, max(args.steps, args.profile_steps)) for s in settings}
+    rates: dict[tuple[str, str], list[float]] = {}
+    for rep in range(args.repeats):
+        for s in settings:
+            rates.setdefault((s, "a"), []).append(in_memory_bound(s, args.steps, device))
+            run = trainer_args(s, *prepared[s], args.steps, args.workers, os.path.join(args.work, f"run_{s}"))
+            rates.setdefault((s, "b"), []).append(trainer_rate(run))
+        print(f"  repeat {rep + 1}: " + ", ".join(f"{s} ({k}) {v[-1]:.0f}" for (s, k), v in rates.items()), flush=True)
+    print("\n| setting | (a) in memory, img/s | (b) trainer from the store, img/s | (b) time / (a) |")
+    print("|---|---|---|---|")
+    for s in settings:
+        a, b = statistics.median(rates[s, "a"]), statistics.median(rates[s, "b"])
+        print(f"| {s} | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        for s in settings:
+            with contextlib.redirect_stdout(sys.stderr):
+                profile(s, trainer_args(s, *prepared[s], args.profile_steps, args.workers,
+                                        os.path.join(args.work, f"profile_{s}")), args.profile, device)
+        print(f"\nprofiles in {args.profile}")
+
+
+if __name__ == "__main__":
+    run_main(main)
