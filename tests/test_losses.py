@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, run_script, train_in_process
 
 from validate.losses import LOSSES, keep_topk
 from validate.metrics import classification_metrics, expected_calibration_error
@@ -209,9 +209,9 @@ def test_the_trainer_reports_every_loss_type_as_its_formula(cutmix_store, demo_d
     for loss in sorted(LOSSES):
         out = tmp_path / loss
         topk = 3 if loss in ("kl", "wsld") else None
-        run_script(train, "--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
-                   "--model", "mlpnet", "--loss-type", loss, "--epochs", 1, "--adamw-lr", 0, "--no-progress",
-                   "--output-dir", out, *(["--keep-topk", topk] if topk else []))
+        train_in_process("--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path",
+                         cutmix_store, "--model", "mlpnet", "--loss-type", loss, "--epochs", 1, "--adamw-lr", 0,
+                         "--no-progress", "--output-dir", out, *(["--keep-topk", topk] if topk else []))
         result = json.loads((out / "results.json").read_text())
         assert result["labels"] == f"soft ({loss})" and result["steps"] == 3, loss
         assert {"top1", "top5", "nll", "ece"} <= set(result)
