@@ -7,8 +7,8 @@ Two settings:
   imagenet  resnet18 student, bf16, channels_last, batch 256, 224 px crops of bench_loader.py's
             seeded synthetic 1000-class set (IPC 1 JPEGs, packed by scripts/pack_images.py), SGD,
             KL on a top-5 store.
-For each: (a) the step alone on resident tensors (forward under the same autocast and memory
-format, KL to resident targets, backward, the same optimizer): the bound; (b) the real trainer
+For each: (a) the step alone on resident tensors (bench_train.py's bound: forward under the same
+autocast and memory format, KL to resident targets, backward, the same optimizer); (b) the real trainer
 on the store (a subprocess), in steady state (its first step excluded). (b)/(a) is the cost of
 the data path; the goal at ImageNet shape is <= 1.10. With --profile DIR, each setting is also
 trained in this process under torch.profiler: the top operations by self CPU time and by device
@@ -29,12 +29,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
-import torch.nn.functional as F
+from bench_train import in_memory_bound as train_bound
 
 from softlabel import packed_images
 from softlabel.data import scan_image_folder
@@ -50,37 +49,13 @@ SETTINGS = {
 }
 
 
-def in_memory_bound(setting: str, steps: int, device: torch.device) -> float:
-    """Images/s of the trainer's step on tensors already on the device."""
+def in_memory_bound(setting: str, steps: int) -> float:
+    """Images/s of the trainer's step on tensors already on the device (bench_train.py's bound,
+    with this setting's autocast, memory format, optimizer and temperature)."""
     batch, size, classes, flags = SETTINGS[setting]
-    torch.manual_seed(0)
-    model = create_model("resnet18", classes).train().to(device)
-    channels_last = "--channels-last" in flags
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4) if "--sgd" in flags
-           else torch.optim.AdamW(model.parameters(), lr=1e-3))
-    amp = torch.bfloat16 if "bf16" in flags else None
-    x = torch.randn(batch, 3, size, size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    t = torch.randn(batch, classes, device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x).float()
-        F.kl_div(F.log_softmax(logits, 1), F.softmax(t, 1), reduction="batchmean").backward()
-        opt.step()
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps - 1):
-        step()
-    sync()
-    return (steps - 1) * batch / (time.perf_counter() - start)
+    return train_bound(steps, batch, size, classes, amp=torch.bfloat16 if "bf16" in flags else None,
+                       channels_last="--channels-last" in flags, sgd="--sgd" in flags,
+                       temperature=float(flags[flags.index("-T") + 1]) if "-T" in flags else 3.0)
 
 
 def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
@@ -173,7 +148,7 @@ def main() -> None:
     rates: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.repeats):
         for s in settings:
-            rates.setdefault((s, "a"), []).append(in_memory_bound(s, args.steps, device))
+            rates.setdefault((s, "a"), []).append(in_memory_bound(s, args.steps))
             run = trainer_args(s, *prepared[s], args.steps, args.workers, os.path.join(args.work, f"run_{s}"))
             rates.setdefault((s, "b"), []).append(trainer_rate(run))
         print(f"  repeat {rep + 1}: " + ", ".join(f"{s} ({k}) {v[-1]:.0f}" for (s, k), v in rates.items()), flush=True)
