@@ -6,7 +6,8 @@ forward pass alone on the very same batches, already decoded, normalized, mixed 
 memory. The relabel runs are the real script (subprocesses), with -j 0 and -j 2, in one process
 and in two torchrun processes. Steady state excludes each run's start-up (imports, teacher
 loading, the first batch), which is reported on its own. The teacher's weights are random:
-speed does not depend on them, and nothing is downloaded.
+speed does not depend on them, and nothing is downloaded. Everything runs on the CPU, the bound
+and relabel alike (CUDA is hidden from relabel): this measures the CPU path, even on a GPU machine.
 
 --imagenet-shape measures the same rows at ImageNet shape instead: bench_loader.py's seeded
 synthetic set (1000 classes x 1 textured 224 px JPEG), a 1000-class resnet18 teacher, 224 px
