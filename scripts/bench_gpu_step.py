@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,13 +33,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 from bench_train import in_memory_bound as train_bound
+from bench_train import trainer_rate
 
 from softlabel import packed_images
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.models import create_model
 
-STEADY = re.compile(r"then ([\d.]+) img/s")
 PY = sys.executable
 SETTINGS = {
     # name: (batch, crop px, classes, trainer flags beyond the store's)
@@ -93,26 +92,15 @@ def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
 
 def trainer_args(setting: str, data_flags: list[str], per_epoch: int, steps: int, workers: int, out: str
                  ) -> list[str]:
+    # bench_train.trainer_rate adds --no-progress and no evaluation or checkpoint before the end
     return ["--model", "resnet18", "--loss-type", "kl", "--epochs", str(-(-steps // per_epoch)), "-j", str(workers),
-            "--no-progress", "--eval-interval", "100000", "--save-interval", "100000", "--wandb-mode", "disabled",
             "--output-dir", out, *data_flags, *SETTINGS[setting][3]]
-
-
-def trainer_rate(args: list[str]) -> float:
-    shutil.rmtree(args[args.index("--output-dir") + 1], ignore_errors=True)  # a finished run would be kept
-    proc = subprocess.run([PY, os.path.join(ROOT, "validate", "train_FKD_parallel.py"), *args],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"trainer failed:\n{proc.stderr[-2000:]}")
-    m = STEADY.search(proc.stdout)
-    if not m:
-        raise UserError(f"no steady-state figure in the trainer's output:\n{proc.stdout[-2000:]}")
-    return float(m.group(1))
 
 
 def profile(setting: str, args: list[str], out_dir: str, device: torch.device) -> None:
     from validate.train_FKD_parallel import get_args_parser, main
     shutil.rmtree(args[args.index("--output-dir") + 1], ignore_errors=True)
+    args = [*args, "--no-progress", "--eval-interval", "1000", "--save-interval", "1000"]
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
