@@ -26,21 +26,16 @@ import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import torch
+from bench_train import demo_images, demo_store, trainer_rate
 from bench_train import in_memory_bound as train_bound
-from bench_train import trainer_rate
 
-from softlabel import packed_images
+from softlabel import packed_images, replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.models import create_model
 
-PY = sys.executable
 SETTINGS = {
     # name: (batch, crop px, classes, trainer flags beyond the store's)
     "demo": (20, 64, 10, []),
@@ -60,31 +55,18 @@ def in_memory_bound(setting: str, steps: int) -> float:
 def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
     """The trainer's data flags for a setting (the set, packed where ImageNet-shaped, and a store
     holding at least ``steps`` steps), and its steps per epoch."""
-    batch, size, classes, _ = SETTINGS[setting]
-    if setting == "demo":
-        data = os.path.join(work, "demo")
-        if not os.path.isdir(os.path.join(data, "train")):
-            subprocess.run([PY, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data, "--ipc", "1"],
-                           check=True, capture_output=True)
-        train = os.path.join(data, "train")
-        per_epoch = -(-len(scan_image_folder(train, "--data")) // batch)
-        epochs = -(-steps // per_epoch)
-        store = os.path.join(work, f"store_demo_e{epochs}")
-        if not os.path.isdir(store):
-            teacher = os.path.join(work, "resnet18_teacher.pth")
-            torch.manual_seed(1)
-            torch.save({"model": create_model("resnet18", classes).state_dict(), "arch": "resnet18",
-                        "num_classes": classes}, teacher)
-            subprocess.run([PY, os.path.join(ROOT, "relabel", "generate_soft_label.py"), "--data", train,
-                            "--teacher-path", teacher, "--fkd-path", store, "--epochs", str(epochs), "-b", str(batch),
-                            "--input-size", str(size), "--print-freq", "1000"], check=True, capture_output=True)
+    batch = SETTINGS[setting][0]
+    if setting == "demo":  # bench_train.py's images, teacher and store (batch 20, 64 px)
+        per_epoch = replay.batches_per_epoch(len(scan_image_folder(demo_images(work), "--data")), batch)
+        train, _, store = demo_store(work, -(-steps // per_epoch))
         return ["--train-dir", train, "--fkd-path", store], per_epoch
     from bench_loader import make_set, make_store  # the loader benchmark's synthetic set and top-5 store
     data = make_set(os.path.join(work, "jpeg_ipc1"), 1, "jpeg")
+    index = scan_image_folder(data, "--data")
     packed = os.path.join(work, "jpeg_ipc1_packed")
     if not packed_images.is_packed(packed):
-        packed_images.pack(scan_image_folder(data, "DIR"), packed)
-    per_epoch = -(-len(scan_image_folder(data, "--data")) // batch)
+        packed_images.pack(index, packed)
+    per_epoch = replay.batches_per_epoch(len(index), batch)
     epochs = -(-steps // per_epoch)
     store = make_store(os.path.join(work, f"store_imagenet_b{batch}_e{epochs}"), data, batch, epochs)
     return ["--train-dir", packed, "--fkd-path", store], per_epoch

@@ -111,8 +111,7 @@ def main() -> None:
         # its folders are named like WNIDs but are not ImageNet's: folder i is class i
         class_map = os.path.join(work, "class_map.json")
         with open(class_map, "w") as f:
-            folders = sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
-            json.dump({name: i for i, name in enumerate(folders)}, f)
+            json.dump({name: i for i, name in enumerate(scan_image_folder(train, "--data").classes)}, f)
         args.relabel_flags = ["--class-map", class_map]
     else:
         data = os.path.join(work, "data")

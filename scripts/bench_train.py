@@ -73,8 +73,7 @@ def trainer_rate(args: list[str]) -> float:
     shutil.rmtree(out, ignore_errors=True)  # each repeat is a new run (the trainer keeps a finished one)
     cmd = [PY, os.path.join(ROOT, "validate", "train_FKD_parallel.py"), *args, "--no-progress",
            "--eval-interval", "1000", "--save-interval", "1000"]
-    # on the device the bound runs on (CUDA was once hidden here: the H200 table compared the
-    # trainer on the CPU with the bound on the GPU, see docs/validate.md)
+    # CUDA left visible: the trainer must run on the device the bound runs on
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"trainer failed:\n{proc.stderr[-2000:]}")
@@ -84,25 +83,37 @@ def trainer_rate(args: list[str]) -> float:
     return float(m.group(1))
 
 
+def demo_images(work: str) -> str:
+    """The demo's training images (IPC1), made once in ``work``."""
+    data = os.path.join(work, "data")
+    if not os.path.isdir(os.path.join(data, "train")):
+        subprocess.run([PY, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data, "--ipc", "1"],
+                       check=True, capture_output=True)
+    return os.path.join(data, "train")
+
+
+def demo_store(work: str, epochs: int) -> tuple[str, str, str]:
+    """The demo's training images, a random resnet18 teacher, and a store of ``epochs`` epochs
+    relabelled by it (64 px crops, batch 20), made once in ``work``."""
+    train = demo_images(work)
+    torch.manual_seed(1)
+    teacher = os.path.join(work, "resnet18_teacher.pth")
+    torch.save({"model": create_model("resnet18", 10).state_dict(), "arch": "resnet18", "num_classes": 10}, teacher)
+    store = os.path.join(work, "store" if epochs == 1 else f"store_e{epochs}")
+    if not os.path.isdir(os.path.join(store, "epoch_0")):
+        subprocess.run([PY, os.path.join(ROOT, "relabel", "generate_soft_label.py"), "--data", train, "--teacher-path",
+                        teacher, "--fkd-path", store, "--epochs", str(epochs), "-b", "20", "--input-size", "64",
+                        "--print-freq", "1000"], check=True, capture_output=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    return train, teacher, store
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--work-dir", default=None)
     args = p.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_train_")
-    data = os.path.join(work, "data")
-    if not os.path.isdir(os.path.join(data, "train")):
-        subprocess.run([PY, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", data, "--ipc", "1"],
-                       check=True, capture_output=True)
-    train = os.path.join(data, "train")
-    torch.manual_seed(1)
-    teacher = os.path.join(work, "resnet18_teacher.pth")
-    torch.save({"model": create_model("resnet18", 10).state_dict(), "arch": "resnet18", "num_classes": 10}, teacher)
-    store = os.path.join(work, "store")
-    if not os.path.isdir(os.path.join(store, "epoch_0")):
-        subprocess.run([PY, os.path.join(ROOT, "relabel", "generate_soft_label.py"), "--data", train, "--teacher-path",
-                        teacher, "--fkd-path", store, "--epochs", "1", "-b", "20", "--input-size", "64",
-                        "--print-freq", "1000"], check=True, capture_output=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    train, teacher, store = demo_store(work, 1)
     common = ["--train-dir", train, "--model", "resnet18", "--loss-type", "kl", "--epochs", "1"]
     runs = {
         "(a) in-memory tensors": lambda j: in_memory_bound(68, 20, 64),
