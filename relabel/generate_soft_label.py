@@ -30,12 +30,13 @@ from softlabel.ensemble import ENSEMBLES, RESCALING
 from softlabel.errors import UserError, run_main
 from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
+from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import batch as store
 from softlabel.stores import create_store
 from softlabel.stores.schema import MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED
-from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_paths
+from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_names, weight_paths
 
 
 @dataclass
@@ -90,6 +91,7 @@ def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--teacher-source", choices=SOURCES, default=None,
                    help="library of the architecture and published weights (default: torchvision if "
                         "it knows the name, else timm; private: --teacher-path files only)")
+    g.add_argument("--teacher-weights", metavar="NAME[,NAME]", default=None, help=WEIGHTS_HELP)
     g.add_argument("--candidate-number", type=int, default=None, metavar="N",
                    help="keep the first N teachers of the list (default: all)")
     g.add_argument("--ensemble", choices=sorted(ENSEMBLES), default="mean",
@@ -130,8 +132,7 @@ def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
                    help="keep decoded images in memory up to MB in all (split among -j workers): every "
                         "epoch revisits them (default: 1024; 0: decode every time)")
-    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="autocast of the teachers' forward (default auto: bf16 on CUDA, off on CPU)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="off", help=precision.RELABEL_AMP_HELP)
     g.add_argument("--skip-bad-images", action="store_true",
                    help="decode every image first and leave out (and list) those that cannot be read, "
                         "instead of stopping at the first; pass it to the trainer too")
@@ -181,9 +182,10 @@ def check_args(args: argparse.Namespace) -> None:
     files.refuse_output_inside(args.fkd_path, "--fkd-path", [("--data", args.data), ("--val-dir", args.val_dir)])
 
 
-def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[list[Optional[str]], list[Optional[str]]]:
-    """(architectures, weight files) of the teachers, from --teachers/-a, the preset and
-    --candidate-number; a file list must give one file per teacher."""
+def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
+                  ) -> tuple[list[Optional[str]], list[Optional[str]], list[Optional[str]]]:
+    """(architectures, weight files, published-weights names) of the teachers, from --teachers/-a,
+    the preset, --candidate-number and --teacher-weights; a file list must give one file per teacher."""
     if args.teachers:
         archs: list[Optional[str]] = list(split_list(args.teachers))
     elif preset:
@@ -198,7 +200,8 @@ def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]) -> tuple[l
             raise UserError(f"--candidate-number {args.candidate_number}: between 1 and {len(archs)} "
                             f"(the teachers: {', '.join(str(a) for a in archs)})")
         archs = archs[:args.candidate_number]
-    return archs, weight_paths(args.teacher_path, archs)
+    paths = weight_paths(args.teacher_path, archs)
+    return archs, paths, weight_names(args.teacher_weights, archs, paths)
 
 
 def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
@@ -321,11 +324,11 @@ def report(args, total: Accuracy, todo: list, images_todo: int, num_images: int,
 def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
-    archs, paths = teacher_specs(args, preset)
+    archs, paths, weights = teacher_specs(args, preset)
     info = distributed.setup(args.device)
     args.workers = loader_workers(args.workers, info.device.type == "cuda")
     index, skipped = scan_images(args.data, "--data", args.skip_bad_images, info.is_main, "relabel")
-    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source)
+    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source, weights)
     class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, args.class_map)
     amp = precision.amp_dtype(args.amp, info.device)
     ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)

@@ -35,7 +35,7 @@ from softlabel.precision import AMP_CHOICES
 from softlabel.stores import create_store, per_image
 from softlabel.stores.schema import MAX_CROPS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED
-from softlabel.teachers import Ensemble, Teacher, load_teachers
+from softlabel.teachers import Ensemble, Teacher, load_teachers, weight_names
 
 SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": "timm", "private": "private"}
 DEFAULT_SCALE = (0.08, 0.936)  # FKD_SLG's RandomResizedCrop scale
@@ -84,8 +84,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="teacher weights file (default: published weights from the local cache)")
     g.add_argument("--teacher_source", "--teacher-source", dest="teacher_source", default=None,
                    choices=sorted(SOURCE_NAMES),
-                   help="pytorch (= torchvision), timm, or private (--teacher-path) (default: torchvision if "
-                        "it knows -a, else timm)")
+                   help="pytorch (= torchvision), timm, or private (--teacher-path) (default: published "
+                        "weights from timm when timm knows -a, as FKD_SLG's --teacher_source timm, else "
+                        "torchvision; with --teacher-path, torchvision's architecture unless timm's is asked)")
+    g.add_argument("--teacher_weights", "--teacher-weights", dest="teacher_weights", default=None, metavar="NAME",
+                   help="published weights by name: torchvision's (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT = "
+                        "torchvision's current best) or a timm pretrained tag (a1_in1k: the teacher becomes "
+                        "ARCH.a1_in1k) (default: what FKD_SLG's pretrained=True loads: IMAGENET1K_V1 for "
+                        "torchvision, timm's default tag); a file goes to --teacher-path")
     g.add_argument("--num-classes", type=int, default=None, help="teacher outputs (default: the checkpoint's)")
     g.add_argument("--class-map", metavar="FILE", default=None,
                    help="JSON {class folder: teacher class index} (default: folder order; ImageNet WNIDs "
@@ -107,8 +113,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--workers", type=int, default=None, metavar="N",
                    help="loading worker processes (default: 4 on GPU, 0 on CPU)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="autocast of the teacher's forward (default auto: bf16 on CUDA, off on CPU)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="off", help=precision.RELABEL_AMP_HELP)
     add_replaced_flags(p, LABELLING_REPLACED)
     return p
 
@@ -175,6 +180,18 @@ def settle_crops(args: argparse.Namespace, index: FolderIndex) -> Optional[dict]
     return ref
 
 
+def teacher_source(args: argparse.Namespace) -> Optional[str]:
+    """The library of the teacher: --teacher_source, else for published weights timm when it knows
+    -a (FKD_SLG's default --teacher_source timm loads timm.create_model(arch, pretrained=True)),
+    else whichever library knows -a."""
+    if args.teacher_source:
+        return SOURCE_NAMES[args.teacher_source]
+    if args.teacher_path:
+        return None
+    import timm
+    return "timm" if timm.is_model(args.arch or "resnet18") else None
+
+
 def build_manifest(args, index: FolderIndex, teacher: Teacher, class_index: list[int], class_mapping: str) -> dict:
     """Content settings only (no paths, workers or versions): a rerun with other settings is
     refused, and concurrent runs write byte-identical manifests."""
@@ -212,8 +229,8 @@ def main() -> None:
     args.workers = loader_workers(args.workers, info.device.type == "cuda")
     index = scan_image_folder(train_dir, "DIR")
     per_image.check_unique_names(index, "DIR")
-    source = SOURCE_NAMES[args.teacher_source] if args.teacher_source else None
-    (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, source)
+    (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
+                               weight_names(args.teacher_weights, [args.arch], [args.teacher_path]))
     class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
     ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
 

@@ -2,6 +2,8 @@
 # PRISM's ImageNet-1k relabel command for a ResNet-101 student, flag for flag as in
 # relabel/relabel_r101.sh of PRISM (Brian-Moser/prism)
 # (teachers resnet101, mobilenet_v2, alexnet, shufflenet_v2_x0_5; primary-weighted ensemble; the cluster's srun wrapper left out).
+# Teachers as PRISM's pretrained=True: torchvision's IMAGENET1K_V1 weights, run in float32
+# (--teacher-weights and --amp to choose otherwise; see docs/relabel.md).
 # Point it at your data with the variables, and pass anything else on:
 #   DATA=/data/syn_data/full_r101_10 FKD_PATH=/data/FKD_prism_r101 bash relabel/relabel_r101.sh
 #   GPUS=8 bash relabel/relabel_r101.sh              # one process per GPU through torchrun

@@ -2,6 +2,8 @@
 # PRISM's ImageNet-1k relabel command for a ResNet-18 student, flag for flag as in
 # relabel/README.md of PRISM (../shared/seeds/000) and its relabel_r18.sh
 # (teachers resnet18, mobilenet_v2, alexnet, shufflenet_v2_x0_5; normmean ensemble; the cluster's srun wrapper left out).
+# Teachers as PRISM's pretrained=True: torchvision's IMAGENET1K_V1 weights, run in float32
+# (--teacher-weights and --amp to choose otherwise; see docs/relabel.md).
 # Point it at your data with the variables, and pass anything else on:
 #   DATA=/data/syn_data/full_r18_10 FKD_PATH=/data/FKD_prism_r18 bash relabel/relabel_r18.sh
 #   GPUS=8 bash relabel/relabel_r18.sh              # one process per GPU through torchrun

@@ -3,6 +3,8 @@
     python scripts/fkd_info.py STORE                      # summary: format, sizes, labels, teachers
     python scripts/fkd_info.py STORE --check              # load and validate every batch file
     python scripts/fkd_info.py STORE --verify-teacher democnn --teacher-path T.pth --data DIR
+    python scripts/fkd_info.py STORE --verify-weights     # the hub cache's teacher files against the store's sha256
+    python scripts/fkd_info.py STORE --verify-weights A.pth,B.pth   # these files, one per teacher
     python scripts/fkd_info.py UPSTREAM_STORE --verify-teacher resnet18 --data DIR \
         --input-size 224 --fkd_seed 42                    # an SRe2L / G-VBSM / PRISM store (no manifest)
 
@@ -17,7 +19,7 @@ logits. The error of a sample is max |stored - recomputed| over its stored class
 the largest |recomputed| logit among them. Tolerance: 2e-2 where the arithmetic can be
 reproduced (float32, or the store's bf16/fp16 autocast on a GPU). Float16 storage alone rounds
 by at most 2^-11 (5e-4) of that scale; the rest covers float32 on another device: a GPU's TF32
-convolutions against a CPU gave up to 1.2e-2. A store labelled under autocast (relabel's default
+convolutions against a CPU gave up to 1.2e-2. A store labelled under autocast (relabel's --amp
 on CUDA) checked in float32, on a CPU: 0.25 (bf16 against float32 gave up to 0.15 with a
 random-init ResNet-18). A wrong teacher, wrong images or a wrong seed give errors near 1 or
 more. Argmax agreement must be 100%, up to near-ties (two classes within twice the tolerance).
@@ -59,6 +61,12 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--verify-teacher", metavar="ARCH[,ARCH]", default=None,
                    help="recompute --sample stored batches with this teacher (an ensemble: several, as the "
                         "store was made) and compare with the stored logits; fails unless they agree")
+
+    g.add_argument("--verify-weights", metavar="FILE[,FILE]", nargs="?", const="", default=None,
+                   help="compare the sha256 of each teacher's weight file with the store's record: the files "
+                        "given, one per teacher (an empty item, or none given: the published weights the store "
+                        "names, from the torch hub / Hugging Face cache); one line per teacher, fails on a "
+                        "difference or a file it cannot find")
 
     g = p.add_argument_group("teacher (--verify-teacher)")
     g.add_argument("--teacher-path", metavar="P[,P]", default=None,
@@ -153,7 +161,8 @@ def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
         rows.append(("teacher", "not recorded"))
     for n, t in enumerate(m.get("teachers") or []):
         rows.append((f"teacher {n}" if len(m["teachers"]) > 1 else "teacher",
-                     f"{t.get('arch')} ({t.get('source')}, sha256 {str(t.get('weights_sha256'))[:12]}, "
+                     f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
+                     f"sha256 {str(t.get('weights_sha256'))[:12]}, "
                      f"{t.get('num_classes')} classes, mean {fmt_floats(t.get('mean'))}, "
                      f"std {fmt_floats(t.get('std'))})"))
     if m.get("ensemble"):
@@ -225,8 +234,8 @@ def per_image_info(root: str, args: argparse.Namespace) -> None:
                        + (f", temperature {m['temperature']:g})" if ours else ", inferred from the arrays)")),
         ("crops", f"{m['input_size']}px, scale {fmt_floats([m['min_scale_crops'], m['max_scale_crops']])}, fkd seed "
                   f"{m['fkd_seed']}" if ours else f"{m['input_size']}px (--input-size), scale and seed not recorded"),
-        ("teacher", f"{t.get('arch')} ({t.get('source')}, sha256 {str(t.get('weights_sha256'))[:12]})" if ours
-         else "not recorded"),
+        ("teacher", f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
+                    f"sha256 {str(t.get('weights_sha256'))[:12]})" if ours else "not recorded"),
         ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}" if ours else str(m["args"]["data"])),
     ])
     if args.check:  # every file through the store's own validator
@@ -243,6 +252,8 @@ def per_image_info(root: str, args: argparse.Namespace) -> None:
                 per_image.read_file(path, m)
             checked = len(paths)
         print(f"ok: {checked} files checked", flush=True)
+    if args.verify_weights is not None:
+        verify_weights(root, [t] if ours else [], args.verify_weights)
     if args.verify_teacher is not None:
         verify_per_image(store, index, args)
 
@@ -256,8 +267,9 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
     m = store.manifest
     if m["label_type"] == "hard":
         raise UserError(f"--verify-teacher: STORE {store.path} holds hard labels (classes only): nothing to compare")
-    teacher = load_teacher(args.verify_teacher, args.teacher_path, m["num_classes"], args.teacher_source)
     recorded = m.get("teacher") or {}
+    teacher = load_teacher(args.verify_teacher, args.teacher_path, m["num_classes"], args.teacher_source,
+                           weights=recorded_weights(recorded, args.verify_teacher, args.teacher_path))
     if recorded.get("mean"):
         teacher.mean, teacher.std = list(recorded["mean"]), list(recorded["std"])
     ens = Ensemble([teacher], "mean", 0.5, torch.device(args.device or "cpu"))
@@ -346,7 +358,9 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
     if recorded and len(recorded) != len(archs):
         raise UserError(f"--verify-teacher {args.verify_teacher}: the store was labelled by {len(recorded)} "
                         f"teacher(s) ({', '.join(str(t.get('arch')) for t in recorded)}); name them all, in order")
-    teachers = load_teachers(archs, paths, None, args.teacher_source)
+    teachers = load_teachers(archs, paths, None, args.teacher_source,
+                             [recorded_weights(rec, a, p)
+                              for rec, a, p in zip(recorded or [{}] * len(archs), archs, paths)])
     if teachers[0].num_classes != int(manifest["num_classes"]):
         raise UserError(f"--verify-teacher {args.verify_teacher}: the teacher has {teachers[0].num_classes} "
                         f"outputs, the store {manifest['num_classes']} classes")
@@ -409,6 +423,69 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
     print(f"ok: the teacher reproduces the stored labels ({n} samples)", flush=True)
 
 
+# ----------------------------------------------------------------------------- teacher weight files
+
+def weights_name(t: dict) -> str:
+    """A teacher entry's weights for a summary: the published weights' name, or a file."""
+    if t.get("weights"):
+        return str(t["weights"])
+    return "a weight file" if t.get("source") == "private" else "weights name not recorded"
+
+
+def recorded_weights(rec: dict, arch: Optional[str], path: Optional[str]) -> Optional[str]:
+    """The published weights a store names for a teacher re-run as ``arch`` without a file."""
+    if path or not rec.get("weights") or rec.get("source") == "private" or rec.get("arch") != arch:
+        return None
+    return rec["weights"] if rec.get("source") == "torchvision" else None  # timm: the arch holds the tag
+
+
+def cached_weights_file(rec: dict) -> str:
+    """The cache file of the published weights a teacher entry names (stores that record no
+    name were labelled with torchvision's DEFAULT, what relabel loaded then)."""
+    from softlabel import models
+    arch = str(rec.get("arch"))
+    if rec.get("source") == "torchvision":
+        return models.torchvision_cached_weights(arch, rec.get("weights") or "DEFAULT")[0]
+    if rec.get("source") == "timm":
+        return models.timm_cached_weights(arch)
+    raise UserError(f"teacher {arch} was loaded from a file; pass it to --verify-weights")
+
+
+def verify_weights(root: str, recorded: list, given: str) -> None:
+    """One line per teacher: does its weight file's sha256 match the store's record? Fails
+    (after every line) on a difference or a file it cannot find."""
+    from softlabel.teachers import file_sha256
+    recorded = [t for t in recorded if isinstance(t, dict)]
+    if not any(t.get("weights_sha256") for t in recorded):
+        raise UserError(f"--verify-weights: STORE {root} records no teacher weights sha256 (an upstream store?)")
+    files = [f.strip() for f in given.split(",")] if given else [""] * len(recorded)
+    if len(files) != len(recorded):
+        raise UserError(f"--verify-weights gives {len(files)} files for the store's {len(recorded)} teachers "
+                        f"({', '.join(str(t.get('arch')) for t in recorded)}); one per teacher, in order (an empty "
+                        f"item: the cache's file)")
+    bad = 0
+    for n, (rec, path) in enumerate(zip(recorded, files)):
+        name = f"teacher {n} {rec.get('arch')} ({weights_name(rec)})"
+        try:
+            path = path or cached_weights_file(rec)
+            if not os.path.isfile(path):
+                raise UserError(f"no file {path}")
+        except UserError as exc:
+            print(f"{name}: NOT CHECKED: {str(exc).removeprefix('error: ')}", flush=True)
+            bad += 1
+            continue
+        digest, want = file_sha256(path), rec.get("weights_sha256")
+        if digest == want:
+            print(f"{name}: same file: {path} has the recorded sha256 {digest[:16]}", flush=True)
+        else:
+            print(f"{name}: DIFFERENT file: {path} has sha256 {digest[:16]}, the store records {str(want)[:16]}",
+                  flush=True)
+            bad += 1
+    if bad:
+        raise UserError(f"--verify-weights: {bad} of {len(recorded)} teacher file(s) are not the ones STORE {root} "
+                        f"was labelled with (or could not be found)")
+
+
 # ----------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -450,6 +527,9 @@ def main() -> None:
             manifest = dict(open_store(root, index, flag="STORE", data_arg="--data", request=request,
                                        need_pixels=False).manifest)
         print(f"ok: {check_store(root, manifest)}", flush=True)
+
+    if args.verify_weights is not None:
+        verify_weights(root, (manifest or {}).get("teachers") or [], args.verify_weights)
 
     if args.verify_teacher is not None:
         if kind == "ours":

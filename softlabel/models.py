@@ -114,31 +114,78 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, fl
     model.load_state_dict(state)
 
 
-def torchvision_cached_weights(name: str) -> tuple[str, list[float], list[float]]:
-    """Path of torchvision's published weights for ``name`` in the torch hub cache, and their
-    normalization. Never downloads: a missing file is a one-line error saying what to do."""
+# What upstream loads: PRISM, SRe2L, G-VBSM, EDC, FKD_SLG (--teacher_source pytorch) and WSLD build
+# their torchvision teachers with ``pretrained=True``, which torchvision maps to IMAGENET1K_V1.
+UPSTREAM_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"
+WEIGHTS_HELP = ("published weights by name, one for all teachers or A,B,C one per teacher (an empty item: the "
+                "default): a torchvision weight name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT = torchvision's "
+                "current best) or a timm pretrained tag (a1_in1k: the teacher becomes ARCH.a1_in1k) (default: "
+                "IMAGENET1K_V1, what upstream's pretrained=True loads; timm: its default tag); weight files "
+                "go to --teacher-path")
+
+
+def torchvision_weights(name: str, weights: Optional[str] = None, flag: str = "--teacher-weights"):
+    """torchvision's weight enum member for ``name``: ``weights`` (a member name, or DEFAULT),
+    else IMAGENET1K_V1 where published (upstream's pretrained=True), else torchvision's DEFAULT."""
     import torchvision.models
     try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
+        enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError):
         raise UserError(f"torchvision publishes no weights for '{name}'; pass --teacher-path FILE") from None
+    if weights is None:
+        weights = UPSTREAM_TORCHVISION_WEIGHTS if UPSTREAM_TORCHVISION_WEIGHTS in enum.__members__ else "DEFAULT"
+    if weights not in enum.__members__:
+        raise UserError(f"{flag} {weights}: torchvision's '{name}' has weights "
+                        f"{', '.join(enum.__members__)} (a file: --teacher-path)")
+    return enum[weights]
+
+
+def torchvision_cached_weights(name: str, weights: Optional[str] = None
+                               ) -> tuple[str, list[float], list[float], str]:
+    """Path of torchvision's published weights ``weights`` (see ``torchvision_weights``) for
+    ``name`` in the torch hub cache, their normalization and their name (DEFAULT resolved).
+    Never downloads: a missing file is a one-line error saying what to do."""
+    w = torchvision_weights(name, weights)
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    path = os.path.join(cache, os.path.basename(weights.url))
+    path = os.path.join(cache, os.path.basename(w.url))
     if not os.path.isfile(path):
-        raise UserError(f"no weights for teacher '{name}' (torchvision): pass --teacher-path FILE, or "
-                        f"place {os.path.basename(weights.url)} (from {weights.url}) in {cache} "
-                        f"(TORCH_HOME); nothing is downloaded")
-    tf = weights.transforms()
-    return path, list(tf.mean), list(tf.std)
+        raise UserError(f"no weights for teacher '{name}' (torchvision {w.name}): pass --teacher-path FILE, "
+                        f"or place {os.path.basename(w.url)} (from {w.url}) in {cache} (TORCH_HOME), or "
+                        f"choose other weights with --teacher-weights; nothing is downloaded")
+    tf = w.transforms()
+    return path, list(tf.mean), list(tf.std), w.name
+
+
+def timm_name(name: str, tag: Optional[str]) -> str:
+    """``name`` with timm pretrained tag ``tag`` (ARCH.TAG); a name that has a tag keeps it unless
+    ``tag`` contradicts it."""
+    if not tag:
+        return name
+    arch, _, own = name.partition(".")
+    if own and own != tag:
+        raise UserError(f"--teacher-weights {tag}: teacher '{name}' already names timm tag '{own}'")
+    return f"{arch}.{tag}"
+
+
+def timm_tag(name: str) -> Optional[str]:
+    """The pretrained tag timm resolves ``name`` to (its default tag when ``name`` has none)."""
+    import timm.models
+    cfg = timm.models.get_pretrained_cfg(name)
+    return getattr(cfg, "tag", None) if cfg is not None else None
 
 
 def timm_cached_weights(name: str) -> str:
     """Path of timm's published weights for ``name`` in the local Hugging Face cache (or the
     torch hub cache for old url-only weights). Never downloads."""
     import timm.models
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not have
+        cfg = None
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise UserError(f"timm publishes no weights for '{name}'; pass --teacher-path FILE")
+        tags = timm.list_pretrained(name.partition(".")[0] + ".*")[:8]
+        raise UserError(f"timm publishes no weights for '{name}'" + (f" (it has {', '.join(tags)})" if tags else "")
+                        + "; pass --teacher-path FILE")
     if cfg.hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
         from huggingface_hub.constants import HF_HUB_CACHE

@@ -7,6 +7,12 @@ import torch
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 _DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Relabelling runs its teachers in float32 unless asked, as upstream (PRISM, SRe2L, FKD_SLG run
+# them in float32; --use-fp16 rounds the stored logits only). docs/relabel.md measures what
+# bf16/fp16 change.
+RELABEL_AMP_HELP = ("autocast of the teachers' forward: off (float32, as upstream), bf16, fp16, or auto (bf16 on "
+                    "CUDA, fp16 where the GPU has no bf16, off on CPU) (default: off; --use-fp16 only rounds "
+                    "the stored labels)")
 _NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

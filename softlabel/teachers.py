@@ -11,6 +11,7 @@ Nothing is ever downloaded. Each teacher keeps its own input normalization.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -34,11 +35,13 @@ class Teacher:
     builder: str                # which library builds the architecture: local, torchvision, timm
     weights_sha256: str
     meta: dict[str, Any] = field(default_factory=dict)  # what a checkpoint says about itself
+    weights: Optional[str] = None  # published weights' name (torchvision IMAGENET1K_V1, a timm tag); None: a file
 
     def describe(self) -> dict[str, Any]:
         """The teacher's identity for a store manifest (no paths: a moved file is the same
-        teacher, a changed file is not)."""
-        return {"arch": self.arch, "source": self.source, "builder": self.builder,
+        teacher, a changed file is not). Manifests written before ``weights`` was recorded
+        lack it: readers use .get."""
+        return {"arch": self.arch, "source": self.source, "builder": self.builder, "weights": self.weights,
                 "weights_sha256": self.weights_sha256, "num_classes": self.num_classes,
                 "mean": self.mean, "std": self.std}
 
@@ -52,17 +55,23 @@ def file_sha256(path: str) -> str:
 
 
 def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional[int] = None,
-                 source: Optional[str] = None, flag: str = "--teacher-path") -> Teacher:
+                 source: Optional[str] = None, flag: str = "--teacher-path",
+                 weights: Optional[str] = None) -> Teacher:
     """A frozen teacher in eval mode.
 
     With ``path``: the file's weights; a checkpoint written by our trainer also names its
     architecture, class count and normalization, used unless flags say otherwise (a
     contradiction is an error). ``source`` 'torchvision'/'timm' then picks the library that
     builds ``arch``. Without ``path``: the published weights of ``source`` (default: the
-    library that knows ``arch``, torchvision first), from the local cache only.
+    library that knows ``arch``, torchvision first), from the local cache only: ``weights``
+    names them (see ``models.torchvision_weights``; for timm, a pretrained tag).
     """
     if source not in (None,) + SOURCES:
         raise UserError(f"--teacher-source {source}: expected one of {', '.join(SOURCES)}")
+    if path and weights:
+        raise UserError(f"--teacher-weights {weights} names published weights, but teacher '{arch or path}' "
+                        f"has {flag} {path}; leave its --teacher-weights item empty")
+    published = None
     if path:
         state, meta = models.read_weights_file(path, flag)
         if arch and meta.get("arch") and arch != meta["arch"]:
@@ -90,9 +99,11 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
         if builder == "local":
             raise UserError(f"teacher '{arch}' has no published weights: pass {flag} FILE")
         if builder == "torchvision":
-            wpath, mean, std = models.torchvision_cached_weights(arch)
+            wpath, mean, std, published = models.torchvision_cached_weights(arch, weights)
         else:
+            arch = models.timm_name(arch, weights)
             wpath, mean, std = models.timm_cached_weights(arch), None, None
+            published = models.timm_tag(arch)
         state, _ = models.read_weights_file(wpath, "cached weights")
         if builder == "torchvision":
             model = models.create_model(arch, _classes_in_state(state, wpath), builder)
@@ -108,7 +119,7 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(arch, model, [float(v) for v in mean], [float(v) for v in std], int(num_classes),
-                   weights_from, builder, digest, meta)
+                   weights_from, builder, digest, meta, published)
 
 
 def split_list(value: Optional[str]) -> list[str]:
@@ -129,9 +140,30 @@ def weight_paths(paths: Optional[str], archs: Sequence[Optional[str]], flag: str
     return list(given)
 
 
+def weight_names(value: Optional[str], archs: Sequence[Optional[str]], paths: Sequence[Optional[str]],
+                 flag: str = "--teacher-weights") -> list[Optional[str]]:
+    """One published-weights name per teacher from a flag: one value for every teacher that has
+    no weight file, or a comma list with one item per teacher (an empty item: the default)."""
+    if not value:
+        return [None] * len(archs)
+    given = [v.strip() or None for v in value.split(",")]
+    files = [v for v in given if v and (os.sep in v or v.endswith((".pth", ".pt", ".tar", ".bin", ".safetensors")))]
+    if files:
+        raise UserError(f"{flag} {files[0]}: takes weight names (IMAGENET1K_V1, DEFAULT, a timm tag); pass a "
+                        f"file with --teacher-path")
+    if len(given) == 1:
+        return [None if p else given[0] for p in paths]
+    if len(given) != len(archs):
+        raise UserError(f"{flag} gives {len(given)} names for {len(archs)} teachers "
+                        f"({', '.join(str(a) for a in archs)}); give one for all, or one per teacher")
+    return given
+
+
 def load_teachers(archs: Sequence[Optional[str]], paths: Sequence[Optional[str]],
-                  num_classes: Optional[int] = None, source: Optional[str] = None) -> list[Teacher]:
-    teachers = [load_teacher(a, p, num_classes, source) for a, p in zip(archs, paths)]
+                  num_classes: Optional[int] = None, source: Optional[str] = None,
+                  weights: Optional[Sequence[Optional[str]]] = None) -> list[Teacher]:
+    weights = weights or [None] * len(archs)
+    teachers = [load_teacher(a, p, num_classes, source, weights=w) for a, p, w in zip(archs, paths, weights)]
     widths = {t.num_classes for t in teachers}
     if len(widths) > 1:
         raise UserError("teachers disagree on the number of classes: " +

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, relabel, run_script, script_env
+from conftest import ROOT, assert_user_error, relabel, run_script, script_env
 
 from softlabel import classmap
 from softlabel.ensemble import combine
 from softlabel.errors import UserError
 from softlabel.models import create_model
+from softlabel.teachers import file_sha256
 
 # ----------------------------------------------------------------------------- ensemble rules
 
@@ -60,13 +62,13 @@ def test_one_teacher_is_passed_through_unless_the_rule_rescales():
 
 # ----------------------------------------------------------------------------- weight caches
 
-def fake_torchvision_cache(torch_home: Path, names: list[str]) -> None:
-    """Random weights under the file names torchvision's published weights have."""
+def fake_torchvision_cache(torch_home: Path, names: list[str], weights: str = "IMAGENET1K_V1") -> None:
+    """Random weights under the file names of torchvision's published weights ``weights``."""
     import torchvision.models
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        url = torchvision.models.get_model_weights(name)[weights].url
         torch.manual_seed(0)
         torch.save(create_model(name, 1000, "torchvision").state_dict(), folder / os.path.basename(url))
 
@@ -86,7 +88,7 @@ def fake_timm_cache(hf_home: Path, name: str) -> None:
               str(base / "snapshots" / commit / "model.safetensors"))
 
 
-def test_preset_with_published_torchvision_weights(demo_data, tmp_path):
+def test_preset_with_published_torchvision_weights(demo_data, tmp_path, monkeypatch, capsys):
     """The r18 preset, its first two teachers, weights from a (fake) torch hub cache."""
     fake_torchvision_cache(tmp_path / "torch", ["resnet18", "mobilenet_v2"])
     env = script_env(TORCH_HOME=str(tmp_path / "torch"))
@@ -100,6 +102,89 @@ def test_preset_with_published_torchvision_weights(demo_data, tmp_path):
     assert m["num_classes"] == 1000 and m["class_mapping"] == "identity"
     assert m["teachers"][0]["mean"] == [0.485, 0.456, 0.406]  # from torchvision's weights metadata
     assert "normmean" in proc.stdout
+    # Upstream's pretrained=True weights (IMAGENET1K_V1: mobilenet_v2's is not torchvision's DEFAULT,
+    # and only V1 files are in the cache), in float32 (no autocast), each file's sha256 recorded.
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    files = [cache / "resnet18-f37072fd.pth", cache / "mobilenet_v2-b0353104.pth"]
+    assert [t["weights"] for t in m["teachers"]] == ["IMAGENET1K_V1", "IMAGENET1K_V1"]
+    assert [t["weights_sha256"] for t in m["teachers"]] == [file_sha256(str(f)) for f in files]
+    assert m["amp"] is None and m["args"]["amp"] == "off"
+
+    # fkd_info shows them, and --verify-weights compares the files with the record
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    info = fkd_info_in_process(monkeypatch, capsys, store, "--verify-weights")
+    assert "resnet18 (torchvision, IMAGENET1K_V1, sha256" in info and info.count(": same file:") == 2
+    torch.manual_seed(1)
+    torch.save(create_model("mobilenet_v2", 1000, "torchvision").state_dict(), tmp_path / "other.pth")
+    with pytest.raises(UserError, match="1 of 2 teacher file"):
+        fkd_info_in_process(monkeypatch, capsys, store, "--verify-weights", f",{tmp_path / 'other.pth'}")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("): ")[1].split(":")[0] for line in lines if re.match(r"teacher \d \S+ \(", line)] == \
+        ["same file", "DIFFERENT file"]
+    os.replace(tmp_path / "other.pth", files[1])  # the cache's file changed since the store was made
+    with pytest.raises(UserError, match="1 of 2 teacher file"):
+        fkd_info_in_process(monkeypatch, capsys, store, "--verify-weights")
+    assert "teacher 1 mobilenet_v2 (IMAGENET1K_V1): DIFFERENT file" in capsys.readouterr().out
+
+
+def fkd_info_in_process(monkeypatch, capsys, *args) -> str:
+    """scripts/fkd_info.py's main() on these arguments in this process; its output."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fkd_info", ROOT / "scripts" / "fkd_info.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["fkd_info.py", *map(str, args)])
+    module.main()
+    return capsys.readouterr().out
+
+
+def test_published_weights_by_name_and_their_defaults(tmp_path, monkeypatch):
+    """Every preset teacher defaults to IMAGENET1K_V1 (upstream's pretrained=True), whatever
+    torchvision's DEFAULT; --teacher-weights names others; a file is --teacher-path's."""
+    import torchvision.models
+    from relabel.generate_soft_label import get_args_parser, teacher_specs
+    from relabel.generate_soft_label_fkd import get_parser as fkd_parser
+    from relabel.generate_soft_label_fkd import teacher_source
+    from relabel.generate_soft_label_r50 import PRESET
+    from softlabel.models import torchvision_weights
+    from softlabel.teachers import load_teacher, weight_names
+    for arch in ("resnet18", "resnet50", "resnet101", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5", "resnet34"):
+        assert torchvision_weights(arch).name == "IMAGENET1K_V1", arch
+    assert torchvision.models.get_model_weights("resnet50").DEFAULT.name == "IMAGENET1K_V2"  # why it matters
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"'resnet50' \(torchvision IMAGENET1K_V1\).*resnet50-0676ba61\.pth"):
+        load_teacher("resnet50", None)
+    with pytest.raises(UserError, match=r"IMAGENET1K_V2.*resnet50-11ad3fa6\.pth"):
+        load_teacher("resnet50", None, weights="DEFAULT")
+    args = get_args_parser(PRESET).parse_args(["--teacher-weights", "IMAGENET1K_V2,,", "--candidate-number", "3"])
+    assert teacher_specs(args, PRESET)[2] == ["IMAGENET1K_V2", None, None]
+    assert weight_names("DEFAULT", ["a", "b"], [None, "b.pth"]) == ["DEFAULT", None]  # one for all: not the file's
+    for bad, needle in (("IMAGENET1K_V1,IMAGENET1K_V1", "2 names for 3 teachers"), ("w/x.pth", "--teacher-path")):
+        with pytest.raises(UserError, match=needle):
+            weight_names(bad, ["a", "b", "c"], [None] * 3)
+    with pytest.raises(UserError, match="has weights IMAGENET1K_V1, DEFAULT"):
+        torchvision_weights("resnet18", "IMAGENET1K_V2")
+    with pytest.raises(UserError, match="leave its --teacher-weights item empty"):
+        load_teacher("resnet18", "t.pth", weights="IMAGENET1K_V1")
+    from softlabel.models import timm_name, timm_tag
+    assert timm_name("resnet50", "a1_in1k") == "resnet50.a1_in1k" and timm_tag("resnet50") == "a1_in1k"
+    with pytest.raises(UserError, match="already names timm tag 'a1_in1k'"):
+        timm_name("resnet50.a1_in1k", "a2_in1k")
+    # FKD_SLG: --teacher_source timm by default (timm.create_model(arch, pretrained=True))
+    parse = fkd_parser().parse_args
+    assert teacher_source(parse(["D", "-a", "resnet50"])) == "timm"
+    assert teacher_source(parse(["D", "-a", "mobilenet_v2"])) is None  # timm has no such name: torchvision
+    assert teacher_source(parse(["D", "-a", "resnet50", "--teacher_source", "pytorch"])) == "torchvision"
+    assert teacher_source(parse(["D", "-a", "resnet50", "--teacher-path", "t.pth"])) is None
+
+
+def test_older_manifests_without_weight_names_still_match():
+    from softlabel.stores.schema import as_recorded_teachers
+    old = {"teachers": [{"arch": "resnet18", "weights_sha256": "ab"}], "teacher": {"arch": "r", "weights_sha256": "c"}}
+    new = {"teachers": [{"arch": "resnet18", "weights": "IMAGENET1K_V1", "weights_sha256": "ab"}],
+           "teacher": {"arch": "r", "weights": None, "weights_sha256": "c"}}
+    assert as_recorded_teachers(new, old) == old
+    assert as_recorded_teachers(new, new) == new
 
 
 def test_timm_teacher_from_the_hugging_face_cache(demo_data, tmp_path):

@@ -16,6 +16,7 @@ from relabel import generate_soft_label_r18, generate_soft_label_r50, generate_s
 from relabel.generate_soft_label import get_args_parser as relabel_parser
 from relabel.generate_soft_label import teacher_specs
 from softlabel.ensemble import combine
+from softlabel.precision import amp_dtype
 from validate.config import lr_schedule_of
 from validate.schedules import SCHEDULES
 from validate.train_FKD_parallel import get_args_parser as train_parser
@@ -76,6 +77,9 @@ def test_relabel_presets_default_to_the_upstream_command_and_the_scripts_say_it(
         assert given.candidate_number == 4 and teacher_specs(given, PRESETS[arch]) == family
     assert defaults["batch_size"] == (100 if arch == "101" else 50)
     assert defaults["min_scale_crops"] == 0.25 and defaults["workers"] == 8
+    # float32 teachers, as upstream's (its --use-fp16 rounds the stored labels only), on a GPU too
+    assert defaults["amp"] == "off" and amp_dtype(defaults["amp"], torch.device("cuda")) is None
+    assert defaults["teacher_weights"] is None  # IMAGENET1K_V1 each, as upstream's pretrained=True: test_teachers.py
 
 
 @pytest.mark.parametrize("arch", ["18", "50", "101"])

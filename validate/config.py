@@ -84,6 +84,7 @@ class TrainConfig:
     teacher: Optional[str]
     teacher_path: Optional[str]
     teacher_source: Optional[str]
+    teacher_weights: Optional[str]     # published weights' names (None: IMAGENET1K_V1 / timm's default tag)
     distiller: Optional[str]           # softlabel/distill: a feature loss with the online teacher
     distill_weight: Optional[float]    # its weight (None: the method's default)
     feat_layers: Optional[str]         # module names of the student's stages (None: layer1, layer2, ...)
@@ -126,6 +127,8 @@ def check_flags(args: argparse.Namespace) -> None:
             raise UserError("--softlabel_path is FKD's per-image store; with --fkd-layout batch use --fkd-path")
     layout = layout_of(args)
     has_store = bool(args.fkd_path or args.softlabel_path)
+    if getattr(args, "teacher_weights", None) and not args.teacher:
+        raise UserError("--teacher-weights names an online teacher's published weights: give --teacher ARCH")
     if has_store and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
     if args.distiller and (not args.teacher or len(split_list(args.teacher)) != 1):
@@ -213,7 +216,8 @@ def label_source_of(store: Optional[Store], args: argparse.Namespace) -> str:
     if args.teacher:
         paths = split_list(args.teacher_path)
         weights = ",".join(file_sha256(p)[:16] if os.path.isfile(p) else "?" for p in paths) or "published"
-        return f"online {args.teacher} ({weights})"
+        named = getattr(args, "teacher_weights", None)
+        return f"online {args.teacher} ({weights}" + (f" {named}" if named and not paths else "") + ")"
     return "hard labels"
 
 

@@ -66,13 +66,14 @@ from softlabel.distill import DISTILLERS, Features
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
+from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import Store
 from softlabel.stores import batch as batch_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
-from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_paths
+from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_names, weight_paths
 from validate.config import TrainConfig, check_flags, resolve
 from validate.distillation import DistillRun, build_distiller, distilling, init_stage
 from validate.losses import LOSSES, keep_topk
@@ -204,6 +205,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run this teacher on every augmented batch; the loss is --loss-type")
     g.add_argument("--teacher-path", type=str, default=None, metavar="P[,P]", help="its weights")
     g.add_argument("--teacher-source", choices=SOURCES, default=None, help="as in relabel")
+    g.add_argument("--teacher-weights", metavar="NAME[,NAME]", default=None, help=WEIGHTS_HELP)
     g.add_argument("--distiller", choices=sorted(DISTILLERS), default=None,
                    help="add a feature-based distiller's loss (the label-optimization study's baselines, "
                         "RepDistiller's definitions); --loss-type then defaults to ce (its -a 0)")
@@ -361,8 +363,10 @@ def online_teachers(cfg: TrainConfig, device: torch.device) -> Optional[Ensemble
     if not cfg.teacher:
         return None
     archs = split_list(cfg.teacher)
-    return Ensemble(load_teachers(archs, weight_paths(cfg.teacher_path, archs), cfg.num_classes, cfg.teacher_source),
-                    "mean", 0.5, device)
+    paths = weight_paths(cfg.teacher_path, archs)
+    # float32 teachers (no autocast), as WSLD's, whatever the student's --amp
+    return Ensemble(load_teachers(archs, paths, cfg.num_classes, cfg.teacher_source,
+                                  weight_names(cfg.teacher_weights, archs, paths)), "mean", 0.5, device)
 
 
 def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: Optional[torch.Tensor],

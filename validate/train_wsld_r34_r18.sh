@@ -9,8 +9,10 @@
 #   batch 256, RandomResizedCrop 224 (scale 0.08-1) + flip, no label smoothing imagenet_train_cfg.py
 # Differences: WSLD reads ImageNet from LMDB (ours: the image folders); its batch 256 is split by
 # DataParallel over 8 GPUs (ours: -b 256 across the torchrun ranks, the same global batch).
-# The teacher's weights come from the torch hub cache ($TORCH_HOME/hub/checkpoints); nothing is
-# downloaded. Seed's table: teacher 73.19, student alone 69.75, WSLD 71.6 (top-1, 8 x V100).
+# The teacher: WSLD's models/ResNet.py loads resnet34-333f7ec4.pth (torchvision's first ResNet-34
+# file); ours loads torchvision's IMAGENET1K_V1 ResNet-34, resnet34-b627a593.pth, from the torch
+# hub cache ($TORCH_HOME/hub/checkpoints; nothing is downloaded), in float32 as WSLD's. For the
+# older file itself: --teacher-path /path/to/resnet34-333f7ec4.pth. Seed's table: teacher 73.19, student alone 69.75, WSLD 71.6 (top-1, 8 x V100).
 #   TRAIN_DIR=/data/imagenet/train VAL_DIR=/data/imagenet/val GPUS=8 bash validate/train_wsld_r34_r18.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +24,7 @@ PY=python; [ -x .venv/bin/python ] && PY=.venv/bin/python
 if [ "$GPUS" -gt 1 ]; then RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$GPUS"); else RUN=("$PY"); fi
 
 "${RUN[@]}" validate/train_FKD_parallel.py \
-    --teacher resnet34 --teacher-source torchvision \
+    --teacher resnet34 --teacher-source torchvision --teacher-weights IMAGENET1K_V1 \
     --model resnet18 \
     --loss-type wsld -T 2 --alpha 2.5 \
     --sgd -lr 0.1 --momentum 0.9 --nesterov --weight-decay 1e-4 --weight-decay-norms \

@@ -217,7 +217,7 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
-    return files.first_clash(CONTENT_KEYS, old, new)
+    return files.first_clash(CONTENT_KEYS, old, schema.as_recorded_teachers(new, old))
 
 
 def prepare_store(root: str, manifest: dict, flag: str = "--save_path") -> None:

@@ -138,6 +138,22 @@ PER_IMAGE = {**COMMON, "input_size": SIZE, "fkd_seed": Field("int", nullable=Tru
              "top_k": Field("int", 1, MAX_CLASSES)}
 
 
+def as_recorded_teachers(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict:
+    """``new`` with its teacher entries' ``weights`` (the published weights' name) left out where
+    ``old``'s entries lack it: stores written before the name was recorded still resume, the
+    teacher's identity being its weights_sha256."""
+    out = dict(new)
+    for key in ("teachers", "teacher"):   # batch stores: a list; per-image stores: one teacher
+        mine, theirs = new.get(key), old.get(key)
+        lists = isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs)
+        pairs = (list(zip(mine, theirs)) if lists
+                 else [(mine, theirs)] if isinstance(mine, dict) and isinstance(theirs, dict) else [])
+        if pairs and any("weights" in m and "weights" not in t for m, t in pairs if isinstance(t, dict)):
+            stripped = [{k: v for k, v in m.items() if k != "weights"} for m, _ in pairs]
+            out[key] = stripped if isinstance(mine, list) else stripped[0]
+    return out
+
+
 def check_batch_counts(manifest: Mapping[str, Any], where: str) -> None:
     """The counts of a batch store agree with each other and bound the files a reader visits."""
     n, b = manifest["num_samples"], manifest["batch_size"]
