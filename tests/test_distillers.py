@@ -123,7 +123,7 @@ def test_crd_contrasts_against_memory_banks_of_other_classes():
     d = DISTILLERS["crd"](s, t, num_samples=40, targets=targets)
     index = torch.tensor([0, 5, 10, 15, 20, 25, 30, 35])
     neg = d.negatives(index)
-    assert neg.shape == (8, 39) and not bool((targets[neg] == targets[index][:, None]).any())  # other classes only
+    assert neg.shape == (8, 16384) and not bool((targets[neg] == targets[index][:, None]).any())  # other classes only
     before = d.memory_s.clone()
     loss = d(s, t, index)
     assert torch.isfinite(loss) and float(d.z[0]) > 0 and float(d.z[1]) > 0  # constants fixed at the first step
@@ -134,6 +134,31 @@ def test_crd_contrasts_against_memory_banks_of_other_classes():
     assert torch.equal(d.memory_s[untouched], before[untouched])
     loss.backward()
     assert d.embed_s.weight.grad is not None and d.embed_t.weight.grad is not None
+
+
+def test_crd_draws_negatives_as_repdistiller():
+    """RepDistiller's CIFAR100InstanceSample: K negatives from the other classes' samples, distinct
+    where that pool holds at least K, with replacement only where it holds fewer; the draw follows
+    torch's generator (reseeded every epoch by the trainer)."""
+    targets = torch.tensor([2, 0, 1, 1, 3, 0, 2, 2, 1, 0, 3, 1, 2, 0, 1, 1])  # unbalanced, unsorted
+    s = feats((4, 3, 2, 2), seed=14)
+    d = DISTILLERS["crd"](s, s, num_samples=16, targets=targets)
+    index = torch.tensor([0, 1, 2, 4])
+    pools = [int((targets != targets[i]).sum()) for i in index]  # 11, 12, 10, 14
+    for k, distinct in ((10, True), (13, None), (15, False)):
+        d.k = k
+        torch.manual_seed(0)
+        neg = d.negatives(index)
+        torch.manual_seed(0)
+        assert torch.equal(neg, d.negatives(index))  # the seeded generator decides
+        assert neg.shape == (4, k) and not bool((targets[neg] == targets[index][:, None]).any())
+        for row, pool in zip(neg, pools):
+            assert (len(set(row.tolist())) == k) == (pool >= k)  # repeats exactly where the pool is short
+        if distinct:  # every other-class sample can be drawn
+            hits = torch.cat([d.negatives(index) for _ in range(30)])
+            assert set(hits[0::4].flatten().tolist()) == set(torch.nonzero(targets != 2).flatten().tolist())
+    with pytest.raises(ValueError, match="only one"):
+        DISTILLERS["crd"](s, s, num_samples=4, targets=torch.zeros(4, dtype=torch.long))
 
 
 def test_features_come_from_forward_hooks_at_the_stages():
