@@ -330,7 +330,7 @@ def test_every_distiller_trains_end_to_end(name, demo_data, teacher, tmp_path, m
     main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "run", "--distiller", name, *init)))
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert "distiller" in ckpt and ckpt["args"]["distiller"] == name
-    assert ckpt["args"]["loss_type"] == ("kd" if name == "kdss" else "ce")  # SSKD's 0.1 CE + 0.9 KD; RepDistiller's -a 0
+    assert ckpt["args"]["loss_type"] == DISTILLERS[name].loss_type == ("kd" if name == "kdss" else "ce")
     assert ckpt["args"]["distill_init_epochs"] == (3 if init else 0)
     assert (tmp_path / "run" / "results.json").is_file()
 
