@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -188,12 +188,16 @@ class Ensemble:
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, partners: Optional[torch.Tensor], mix_lam,
-                 mix_bbox) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                 mix_bbox, views: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """uint8 pixels (and their mix partners' pixels, or None) -> the combined logits and
-        each teacher's, float32 on the device; each teacher sees its own normalization."""
+        each teacher's, float32 on the device; each teacher sees its own normalization.
+        ``views``: a distiller's expansion of the normalized, mixed batch (KDSS: rotated copies)."""
         outputs = []
         for t in self.teachers:
             x = replay.slice_inputs(pixels, partners, t.mean, t.std, mix_lam, mix_bbox)
+            if views is not None:
+                x = views(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):

@@ -123,7 +123,7 @@ def test_crd_contrasts_against_memory_banks_of_other_classes():
     d = DISTILLERS["crd"](s, t, num_samples=40, targets=targets)
     index = torch.tensor([0, 5, 10, 15, 20, 25, 30, 35])
     neg = d.negatives(index)
-    assert neg.shape == (8, 39) and not bool((targets[neg] == targets[index][:, None]).any())  # other classes only
+    assert neg.shape == (8, 16384) and not bool((targets[neg] == targets[index][:, None]).any())  # other classes only
     before = d.memory_s.clone()
     loss = d(s, t, index)
     assert torch.isfinite(loss) and float(d.z[0]) > 0 and float(d.z[1]) > 0  # constants fixed at the first step
@@ -134,6 +134,31 @@ def test_crd_contrasts_against_memory_banks_of_other_classes():
     assert torch.equal(d.memory_s[untouched], before[untouched])
     loss.backward()
     assert d.embed_s.weight.grad is not None and d.embed_t.weight.grad is not None
+
+
+def test_crd_draws_negatives_as_repdistiller():
+    """RepDistiller's CIFAR100InstanceSample: K negatives from the other classes' samples, distinct
+    where that pool holds at least K, with replacement only where it holds fewer; the draw follows
+    torch's generator (reseeded every epoch by the trainer)."""
+    targets = torch.tensor([2, 0, 1, 1, 3, 0, 2, 2, 1, 0, 3, 1, 2, 0, 1, 1])  # unbalanced, unsorted
+    s = feats((4, 3, 2, 2), seed=14)
+    d = DISTILLERS["crd"](s, s, num_samples=16, targets=targets)
+    index = torch.tensor([0, 1, 2, 4])
+    pools = [int((targets != targets[i]).sum()) for i in index]  # 11, 12, 10, 14
+    for k, distinct in ((10, True), (13, None), (15, False)):
+        d.k = k
+        torch.manual_seed(0)
+        neg = d.negatives(index)
+        torch.manual_seed(0)
+        assert torch.equal(neg, d.negatives(index))  # the seeded generator decides
+        assert neg.shape == (4, k) and not bool((targets[neg] == targets[index][:, None]).any())
+        for row, pool in zip(neg, pools):
+            assert (len(set(row.tolist())) == k) == (pool >= k)  # repeats exactly where the pool is short
+        if distinct:  # every other-class sample can be drawn
+            hits = torch.cat([d.negatives(index) for _ in range(30)])
+            assert set(hits[0::4].flatten().tolist()) == set(torch.nonzero(targets != 2).flatten().tolist())
+    with pytest.raises(ValueError, match="only one"):
+        DISTILLERS["crd"](s, s, num_samples=4, targets=torch.zeros(4, dtype=torch.long))
 
 
 def test_features_come_from_forward_hooks_at_the_stages():
@@ -187,6 +212,50 @@ def test_factor_transfer_by_hand():
         assert float(d(s, t)) == pytest.approx(float(np.abs(fa - fb).mean()), rel=1e-5)
     assert d.init_parts() == [d.paraphraser]
     assert d.init_lr("resnet20", 0.05) == 0.01 and d.init_lr("resnet18", 0.05) == 0.05  # RepDistiller's rule
+
+
+def test_kdss_by_hand():
+    """SSKD's losses: the rotated copies' cosine similarities to the originals (self-supervision
+    heads), KL at T 0.5 over the rows the teacher's filter keeps, plus KD at T 4 on the copies."""
+    from softlabel.distill import kdss
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    r = kdss.rotations(x)
+    assert r.shape == (8, 3, 2, 2) and torch.equal(r[:2], x)
+    assert torch.equal(r[2:4], torch.from_numpy(np.rot90(x.numpy(), 1, axes=(2, 3)).copy()))  # as SSKD's np.rot90
+    n = 3
+    s, t = feats((4 * n, 5, 2, 2), seed=22), feats((4 * n, 6, 1, 1), seed=23)
+    s.logits, t.logits = torch.randn(4 * n, 4, generator=torch.Generator().manual_seed(24)), \
+        torch.randn(4 * n, 4, generator=torch.Generator().manual_seed(25))
+    targets = torch.tensor([0, 1, 2, 3, 1, 2])
+    d = DISTILLERS["kdss"](s, t, num_samples=6, targets=targets)
+    assert d.init_parts() == [d.teacher_head] and d.views == 4 and d.init_epochs == 60
+    index = torch.tensor([4, 0, 3])
+
+    def sims(head, f):
+        with torch.no_grad():
+            rep = np.asarray(head(f.mean(dim=(2, 3))), dtype=np.float64)
+        rep /= np.linalg.norm(rep, axis=1, keepdims=True)
+        return rep[n:] @ rep[:n].T  # (3n, n): copy against original
+
+    def kl(a, b, rows, temp):
+        pa = np.exp(a / temp) / np.exp(a / temp).sum(1, keepdims=True)
+        pb = np.exp(b / temp) / np.exp(b / temp).sum(1, keepdims=True)
+        return sum((pb[i] * np.log(pb[i] / pa[i])).sum() for i in rows) / len(rows) * temp ** 2
+
+    def keep(scores, target, ratio):
+        rank = np.array([(row > row[c]).sum() for row, c in zip(scores, target)])
+        wrong = int((rank > 0).sum())
+        return sorted(np.argsort(rank, kind="stable")[:len(rank) - wrong + int(wrong * ratio)])
+    ss_s, ss_t = sims(d.student_head, s.stages[-1]), sims(d.teacher_head, t.stages[-1])
+    orig = np.tile(np.arange(n), 3)
+    want = 10 * kl(ss_s, ss_t, keep(ss_t, orig, 0.75), 0.5)
+    ls, lt = np.asarray(s.logits[n:], dtype=np.float64), np.asarray(t.logits[n:], dtype=np.float64)
+    want += 2.7 * kl(ls, lt, range(3 * n), 4.0)  # ratio 1.0: every copy
+    assert float(d(s, t, index).detach()) == pytest.approx(want, rel=1e-4)
+    rank = torch.tensor([0, 2, 0, 1, 3])
+    assert kdss.kept(rank, 0.75).tolist() == [0, 1, 2, 3] and kdss.kept(rank, 0.0).tolist() == [0, 2]
+    ce = float(torch.nn.functional.cross_entropy(torch.from_numpy(ss_t), torch.from_numpy(orig)))
+    assert float(d.init_loss(None, t).detach()) == pytest.approx(ce, rel=1e-5)  # find each copy's original
 
 
 def test_pre_activations_are_taken_by_hooks():
@@ -260,7 +329,8 @@ def test_every_distiller_trains_end_to_end(name, demo_data, teacher, tmp_path, m
     init = ["--distill-init-epochs", 3] if DISTILLERS[name].init_epochs else []  # default 30: RepDistiller's
     main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "run", "--distiller", name, *init)))
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
-    assert "distiller" in ckpt and ckpt["args"]["distiller"] == name and ckpt["args"]["loss_type"] == "ce"
+    assert "distiller" in ckpt and ckpt["args"]["distiller"] == name
+    assert ckpt["args"]["loss_type"] == DISTILLERS[name].loss_type == ("kd" if name == "kdss" else "ce")
     assert ckpt["args"]["distill_init_epochs"] == (3 if init else 0)
     assert (tmp_path / "run" / "results.json").is_file()
 
@@ -349,8 +419,9 @@ def test_activation_boundaries_init_stage_on_two_ranks(demo_data, teacher, tmp_p
 def test_distiller_flags_that_cannot_work_are_one_line(demo_data, teacher, tmp_path):
     for extra, needle in ((["--distiller", "at", "--teacher", "resnet32,resnet32"], "one"),
                           (["--distill-weight", 5], "apply to --distiller"),
-                          (["--distiller", "fitnet", "--distill-init-epochs", 3], "init stage: ab, ft"),
-                          (["--distiller", "ab", "--distill-init-lr", 0], "positive")):
+                          (["--distiller", "fitnet", "--distill-init-epochs", 3], "init stage: ab, ft, kdss"),
+                          (["--distiller", "ab", "--distill-init-lr", 0], "positive"),
+                          (["--distiller", "kdss", "--distill-init-epochs", 0], "self-supervision head")):
         args = train_args(demo_data, teacher, tmp_path / "x", *map(str, extra))
         with pytest.raises(UserError, match=needle):
             main(get_args_parser().parse_args(args))

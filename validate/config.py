@@ -142,6 +142,10 @@ def check_flags(args: argparse.Namespace) -> None:
                             + ", ".join(k for k, v in sorted(DISTILLERS.items()) if v.init_epochs))
         if args.distill_init_lr is not None and not args.distill_init_lr > 0:
             raise UserError(f"--distill-init-lr must be positive, got {args.distill_init_lr}")
+        if args.distill_init_epochs is not None and args.distill_init_epochs < 1 and \
+                DISTILLERS[args.distiller].init_required:
+            raise UserError(f"--distill-init-epochs {args.distill_init_epochs}: --distiller {args.distiller} needs "
+                            f"its init stage (it trains the teacher's self-supervision head); give 1 or more")
     if args.soft_label_type and layout != "per-image":
         raise UserError("--soft_label_type applies to FKD per-image stores (--softlabel_path or "
                         "--fkd-layout per-image)")
@@ -192,8 +196,10 @@ def check_ranges(values: dict) -> None:
 
 def loss_type_of(args: argparse.Namespace) -> str:
     """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else the
-    cross-entropy alone beside a --distiller (RepDistiller's -a 0), else kl."""
-    return args.loss_type or ("soft_ce" if args.softlabel_path else "ce" if args.distiller else "kl")
+    cross-entropy alone beside a --distiller (RepDistiller's -a 0; kdss: kd, SSKD's 0.1 CE + 0.9 KD
+    at T 4), else kl."""
+    return args.loss_type or ("soft_ce" if args.softlabel_path else DISTILLERS[args.distiller].loss_type
+                              if args.distiller else "kl")
 
 
 def temperature_of(args: argparse.Namespace, loss_type: str) -> float:

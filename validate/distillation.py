@@ -1,5 +1,5 @@
 """The trainer's --distiller at work: building one from a probe forward of both networks, and the
-init stage of the methods that train parts of their own before distilling (AB, FT)."""
+init stage of the methods that train parts of their own before distilling (AB, FT, KDSS)."""
 from __future__ import annotations
 
 import math
@@ -97,7 +97,8 @@ def distilling(run: Optional[DistillRun]) -> Optional[DistillRun]:
 def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: Ensemble, epochs: Iterator,
                info: DistInfo, mean: list[float], std: list[float], log: Callable[[str], None]) -> list[float]:
     """RepDistiller's ``init``: before distilling, train the method's init parts (AB: its
-    connectors and the student; FT: its paraphraser) on the method's init loss alone, with SGD at
+    connectors and the student; FT: its paraphraser; KDSS: the teacher's self-supervision head, on
+    the teacher's views) on the method's init loss alone, with SGD at
     the init learning rate, the run's momentum and weight decay, for --distill-init-epochs epochs
     of the run's crops and flips (no mixing; each rank's batch whole). Gradients are averaged
     over ranks by hand, the student not being under DDP yet. Returns each epoch's mean loss."""
@@ -115,7 +116,7 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
         total, seen = torch.zeros((), device=info.device), 0
         for batch in batches:
             pixels = batch["pixels"].to(info.device, non_blocking=True)
-            teachers(pixels, None, None, None)
+            teachers(pixels, None, None, None, d.expand if d.views > 1 else None)
             teacher_features = run.teacher_tap.take().detached()
             student_features = None
             if d.init_trains_student:

@@ -208,7 +208,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-weights", metavar="NAME[,NAME]", default=None, help=WEIGHTS_HELP)
     g.add_argument("--distiller", choices=sorted(DISTILLERS), default=None,
                    help="add a feature-based distiller's loss (the label-optimization study's baselines, "
-                        "RepDistiller's definitions); --loss-type then defaults to ce (its -a 0)")
+                        "RepDistiller's definitions; kdss: SSKD's); --loss-type then defaults to ce (its -a 0; "
+                        "kdss: kd, SSKD's 0.1 CE + 0.9 KD at T 4)")
     g.add_argument("--distill-weight", type=float, default=None, metavar="BETA",
                    help="weight of the distiller's loss (default: the method's, RepDistiller's -b: " + ", ".join(
                        f"{k} {v.weight:g}" for k, v in sorted(DISTILLERS.items())) + ")")
@@ -217,12 +218,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-feat-layers", default=None, metavar="NAME[,NAME]",
                    help="the teacher's (default: --feat-layers, else layer1, layer2, ...)")
     g.add_argument("--distill-init-epochs", type=int, default=None, metavar="N",
-                   help="ab, ft: epochs of the init stage that trains their parts before distilling (default: "
-                        "RepDistiller's --init_epochs, " + ", ".join(
+                   help="ab, ft, kdss: epochs of the init stage that trains their parts before distilling "
+                        "(default: RepDistiller's --init_epochs, SSKD's --t-epoch for kdss: " + ", ".join(
                             f"{k} {v.init_epochs}" for k, v in sorted(DISTILLERS.items()) if v.init_epochs) + ")")
     g.add_argument("--distill-init-lr", type=float, default=None, metavar="LR",
                    help="SGD learning rate of the init stage (default: RepDistiller's: ft 0.01 for CIFAR ResNet/WRN "
-                        "students, else --lr)")
+                        "students, else --lr; kdss 0.05, SSKD's --t-lr)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", type=str, default="./save", help="checkpoint and metrics directory")
@@ -395,16 +396,27 @@ class Step:
     distill: Optional[DistillRun] = None
 
 
-def targets_of(step: Step, batch: dict, pixels: torch.Tensor, partners: Optional[torch.Tensor]
-               ) -> Optional[torch.Tensor]:
-    """The soft targets of a batch: stored, or the online teachers' on the same pixels (None: hard labels)."""
+def targets_of(step: Step, batch: dict, pixels: torch.Tensor, partners: Optional[torch.Tensor],
+               views: Optional[Callable] = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The soft targets of a batch: stored, or the online teachers' on the same pixels (None: hard
+    labels); and with a distiller's ``views`` (KDSS), the teacher's logits on every view."""
+    seen = None
     if step.teachers is not None:
-        soft, _ = step.teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"])
+        soft, outputs = step.teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"], views)
+        if views is not None:
+            seen, soft = outputs[0].clone(), soft[:len(pixels)]
     else:
         soft = batch["soft_label"].to(step.info.device, non_blocking=True) if "soft_label" in batch else None
     if soft is not None and step.cfg.keep_topk:
         soft = keep_topk(soft.float(), step.cfg.keep_topk)
-    return soft
+    return soft, seen
+
+
+def view_rows(part: slice, batch: int, views: int) -> slice | torch.Tensor:
+    """The rows of a micro-batch in a view-major batch of ``views`` views."""
+    if views == 1:
+        return part
+    return torch.cat([torch.arange(part.start, part.stop) + v * batch for v in range(views)])
 
 
 def train_step(step: Step, batch: dict) -> torch.Tensor:
@@ -415,7 +427,9 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
     partners = None if batch["partners"] is None else batch["partners"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     inputs = replay.slice_inputs(pixels, partners, step.mean, step.std, batch["mix_lam"], batch["mix_bbox"])
-    soft = targets_of(step, batch, pixels, partners)
+    method = checkpoint.unwrap(step.distill.distiller) if step.distill else None
+    views = method.views if method is not None else 1
+    soft, teacher_logits = targets_of(step, batch, pixels, partners, method.expand if views > 1 else None)
     teacher_features = step.distill.teacher_tap.take().detached() if step.distill else None
     if cfg.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -433,7 +447,11 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
                         stack.enter_context(m.no_sync())
             stack.enter_context(torch.autocast(device.type, dtype=step.amp or torch.float32,
                                                enabled=step.amp is not None))
-            logits = step.model(inputs[part]).float()
+            if views > 1:  # the distiller's views ride along; the run's loss takes the batch itself
+                every_view = step.model(method.expand(inputs[part])).float()
+                logits = every_view[:part.stop - part.start]
+            else:
+                logits = step.model(inputs[part]).float()
             if soft is not None:
                 loss = LOSSES[cfg.loss_type](logits, soft[part], target[part], temperature=cfg.temperature,
                                              ce_weight=cfg.ce_weight, alpha=cfg.alpha)
@@ -444,10 +462,13 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
                 loss = mixed_cross_entropy(logits, target[part], None if partner is None else partner.to(device)[part],
                                            batch["mix_lam"], cfg.label_smoothing)
             if step.distill is not None:
-                mine = Features([f[part] for f in teacher_features.stages])
+                rows = view_rows(part, len(target), views)
+                mine = Features([f[rows] for f in teacher_features.stages],
+                                teacher_logits[rows] if views > 1 else None)
+                theirs = step.distill.student_tap.take()
+                theirs.logits = every_view if views > 1 else None
                 where = batch["index"].to(device)[part] if "index" in batch else None
-                loss = loss + step.distill.weight * step.distill.distiller(step.distill.student_tap.take(), mine,
-                                                                         where).float()
+                loss = loss + step.distill.weight * step.distill.distiller(theirs, mine, where).float()
             loss = loss * ((part.stop - part.start) * share)
             (step.scaler.scale(loss) if step.scaler else loss).backward()
         total += loss.detach()

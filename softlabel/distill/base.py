@@ -13,6 +13,7 @@ class Features:
     """A network's features on one batch: the output of each stage (CIFAR ResNets: layer1..3;
     ResNets: layer1..4) and the penultimate embedding (the last stage, globally average-pooled)."""
     stages: list[torch.Tensor]
+    logits: Optional[torch.Tensor] = None  # the network's outputs, given to a method with ``views`` > 1
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -21,7 +22,8 @@ class Features:
 
     def detached(self) -> "Features":
         # clone: a teacher run under inference_mode gives inference tensors, which autograd refuses
-        return Features([f.detach().clone() for f in self.stages])
+        return Features([f.detach().clone() for f in self.stages],
+                        None if self.logits is None else self.logits.detach().clone())
 
 
 class Distiller(nn.Module):
@@ -41,9 +43,18 @@ class Distiller(nn.Module):
     init_trains_student = False
     # False: the loss after the init stage is nil (AB), so distilling steps need no features
     distills = True
+    init_required = False  # True: --distill-init-epochs 0 is refused (KDSS: its teacher head must learn)
+    # > 1: both networks see ``expand(batch)``, the batch and views of it (KDSS: rotated copies),
+    # view-major; the run's loss takes the first view, the method gets every view's features and logits
+    views = 1
+    loss_type = "ce"  # the trainer's --loss-type beside this method (RepDistiller's -a 0)
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__()
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch and its views, view-major (only with ``views`` > 1)."""
+        return x
 
     def init_parts(self) -> list[nn.Module]:
         """The parts trained only in the init stage: frozen (not optimized) while distilling."""
