@@ -7,8 +7,11 @@
 #   SGD lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4 on every parameter   train_with_distillation.py
 #   lr x 0.1 every 30 epochs; epochs 0..100 (its loop runs to epochs + 1)      adjust_learning_rate, imagenet_train_cfg.py
 #   batch 256, RandomResizedCrop 224 (scale 0.08-1) + flip, no label smoothing imagenet_train_cfg.py
+#   the teacher labels in train mode: batch norm on each batch's statistics,   train_with_distillation.py
+#   its running statistics updated (and restored on resume)                    (t_net.train(), train_state_dict)
 # Differences: WSLD reads ImageNet from LMDB (ours: the image folders); its batch 256 is split by
-# DataParallel over 8 GPUs (ours: -b 256 across the torchrun ranks, the same global batch).
+# DataParallel over 8 GPUs (ours: -b 256 across the torchrun ranks, the same global batch; the
+# teacher's batch norm sees each GPU's 32 images in both).
 # The teacher's weights come from the torch hub cache ($TORCH_HOME/hub/checkpoints); nothing is
 # downloaded. Seed's table: teacher 73.19, student alone 69.75, WSLD 71.6 (top-1, 8 x V100).
 #   TRAIN_DIR=/data/imagenet/train VAL_DIR=/data/imagenet/val GPUS=8 bash validate/train_wsld_r34_r18.sh
@@ -22,7 +25,7 @@ PY=python; [ -x .venv/bin/python ] && PY=.venv/bin/python
 if [ "$GPUS" -gt 1 ]; then RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$GPUS"); else RUN=("$PY"); fi
 
 "${RUN[@]}" validate/train_FKD_parallel.py \
-    --teacher resnet34 --teacher-source torchvision \
+    --teacher resnet34 --teacher-source torchvision --teacher-mode train \
     --model resnet18 \
     --loss-type wsld -T 2 --alpha 2.5 \
     --sgd -lr 0.1 --momentum 0.9 --nesterov --weight-decay 1e-4 --weight-decay-norms \
