@@ -105,7 +105,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop scale (default: 0.08)")
     p.add_argument("--mix-type", default="cutmix", choices=["none", "mixup", "cutmix"], help="(default: cutmix)")
     p.add_argument("--recipe", default="", help="more trainer flags, the same for every arm (quoted)")
-    p.add_argument("--relabel-args", default="", help="more relabel flags, the same for both sets (quoted)")
+    p.add_argument("--relabel-args", default="",
+                   help="more relabel flags, the same for both sets (quoted; --protocol fixed, which relabels)")
     p.add_argument("--protocol", choices=["fixed", "ddranking"], default="fixed",
                    help="fixed (default): one learning rate, last epoch, one random subset, stored labels; "
                         "ddranking: the package's learning-rate search, best of the validations every 20 "
