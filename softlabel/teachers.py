@@ -186,6 +186,32 @@ class Ensemble:
             if self.channels_last:
                 t.model.to(memory_format=torch.channels_last)
 
+    def set_mode(self, mode: str) -> None:
+        """"eval" (default): batch norm on the running statistics the teacher was trained with.
+        "train", as train_with_distillation.py of bellymonster/Weighted-Soft-Label-Distillation
+        (WSLD) labels: the whole teacher in train mode, so batch norm normalizes by each batch's
+        statistics and updates its running ones (dropout, where a teacher has it, is on too). The
+        weights stay frozen either way."""
+        for t in self.teachers:
+            t.model.train(mode == "train")
+
+    def buffers(self) -> list[dict[str, torch.Tensor]]:
+        """Each teacher's buffers (batch norm's running statistics), for a checkpoint: in train
+        mode they change as the run goes."""
+        return [{k: v.detach().cpu().clone() for k, v in t.model.named_buffers()} for t in self.teachers]
+
+    def load_buffers(self, saved: list[dict[str, torch.Tensor]]) -> None:
+        """Buffers saved by ``buffers``; a KeyError or ValueError when they do not fit."""
+        if not isinstance(saved, list) or len(saved) != len(self.teachers):
+            raise ValueError("teacher_buffers: not one entry per teacher")
+        for t, state in zip(self.teachers, saved):
+            own = dict(t.model.named_buffers())
+            if set(own) != set(state):
+                raise KeyError("teacher_buffers: other buffer names than this teacher's")
+            with torch.no_grad():
+                for name, buf in own.items():
+                    buf.copy_(state[name])
+
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, partners: Optional[torch.Tensor], mix_lam,
                  mix_bbox, views: Optional[Callable[[torch.Tensor], torch.Tensor]] = None

@@ -142,5 +142,6 @@ def test_wsld_script_trains_with_wslds_optimizer_schedule_and_loss(demo_data, tm
     assert [round(g["lr"], 8) for g in groups] == [0.001] * len(groups)  # 0.1 x 0.1 x 0.1 after 2 steps of 1 epoch
     args = ckpt["args"]
     assert (args["loss_type"], args["temperature"], args["alpha"], args["teacher"]) == ("wsld", 2.0, 2.5, "resnet34")
+    assert args["teacher_mode"] == "train" and ckpt["teacher_buffers"]  # WSLD's t_net.train()
     assert json.loads((tmp_path / "run" / "results.json").read_text())["labels"] == \
         "online KD from resnet34 (wsld)"

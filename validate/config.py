@@ -85,6 +85,7 @@ class TrainConfig:
     teacher_path: Optional[str]
     teacher_source: Optional[str]
     teacher_weights: Optional[str]     # published weights' names (None: IMAGENET1K_V1 / timm's default tag)
+    teacher_mode: str                  # eval, or train (WSLD's: batch norm on batch statistics)
     distiller: Optional[str]           # softlabel/distill: a feature loss with the online teacher
     distill_weight: Optional[float]    # its weight (None: the method's default)
     feat_layers: Optional[str]         # module names of the student's stages (None: layer1, layer2, ...)
@@ -131,6 +132,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError("--teacher-weights names an online teacher's published weights: give --teacher ARCH")
     if has_store and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
+    if getattr(args, "teacher_mode", "eval") != "eval" and not args.teacher:
+        raise UserError(f"--teacher-mode {args.teacher_mode} applies to an online --teacher")
     if args.distiller and (not args.teacher or len(split_list(args.teacher)) != 1):
         raise UserError(f"--distiller {args.distiller} compares the student's features with one teacher's: "
                         f"give --teacher ARCH (one) and --teacher-path")

@@ -88,7 +88,7 @@ RESUME_MUST_MATCH = ("label_source", "model", "num_classes", "batch_size", "grad
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
                      "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
                      "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed", "distiller", "distill_weight",
-                     "feat_layers", "teacher_feat_layers", "distill_init_epochs", "distill_init_lr")
+                     "feat_layers", "teacher_feat_layers", "distill_init_epochs", "distill_init_lr", "teacher_mode")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -206,6 +206,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-path", type=str, default=None, metavar="P[,P]", help="its weights")
     g.add_argument("--teacher-source", choices=SOURCES, default=None, help="as in relabel")
     g.add_argument("--teacher-weights", metavar="NAME[,NAME]", default=None, help=WEIGHTS_HELP)
+    g.add_argument("--teacher-mode", choices=["eval", "train"], default="eval",
+                   help="eval (default): the teacher's batch norm uses its running statistics; train: "
+                        "WSLD's (train_with_distillation.py), batch norm on each batch's statistics, "
+                        "its running statistics updated and kept in the checkpoint")
     g.add_argument("--distiller", choices=sorted(DISTILLERS), default=None,
                    help="add a feature-based distiller's loss (the label-optimization study's baselines, "
                         "RepDistiller's definitions; kdss: SSKD's); --loss-type then defaults to ce (its -a 0; "
@@ -555,7 +559,7 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
 
 
 def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, info: DistInfo,
-           distiller: Optional[nn.Module] = None) -> tuple[int, bool]:
+           distiller: Optional[nn.Module] = None, teachers: Optional[Ensemble] = None) -> tuple[int, bool]:
     """(first epoch, resumed?): a checkpoint's state restored, or the schedule moved to --start-epoch."""
     files.ensure_dir(cfg.output_dir, "--output-dir")
     if info.is_main:
@@ -573,6 +577,8 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
             student.load_state_dict(ckpt["model"])
             if distiller is not None:
                 distiller.load_state_dict(ckpt["distiller"])
+            if teachers is not None and cfg.teacher_mode == "train":  # running statistics it updated
+                teachers.load_buffers(ckpt["teacher_buffers"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             if scaler is not None and ckpt.get("scaler"):
@@ -597,15 +603,19 @@ def distill_init(cfg: TrainConfig, distill: DistillRun, student: nn.Module, teac
     init_stage(distill, cfg, student, teachers, epochs, info, mean, std,
                lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
-        save_checkpoint(cfg, student, optimizer, scheduler, scaler, 0, mean, std, index.classes, distill)
+        save_checkpoint(cfg, student, optimizer, scheduler, scaler, 0, mean, std, index.classes, distill, teachers)
 
 
 def save_checkpoint(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int, mean: list[float],
-                    std: list[float], classes: list[str], distill: Optional[DistillRun]) -> None:
-    """--output-dir/checkpoint.pth after ``epoch`` epochs (0: after a distiller's init stage)."""
+                    std: list[float], classes: list[str], distill: Optional[DistillRun],
+                    teachers: Optional[Ensemble] = None) -> None:
+    """--output-dir/checkpoint.pth after ``epoch`` epochs (0: after a distiller's init stage); with
+    --teacher-mode train also the teachers' running statistics, which that mode updates."""
+    extra = {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else {}
+    if teachers is not None and cfg.teacher_mode == "train":
+        extra["teacher_buffers"] = teachers.buffers()
     checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), model, optimizer, scheduler, scaler, epoch,
-                    cfg, SECRETS, mean, std, classes,
-                    {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else None)
+                    cfg, SECRETS, mean, std, classes, extra)
 
 
 def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
@@ -678,8 +688,10 @@ def main(args: argparse.Namespace) -> None:
     optimizer, scheduler = build_optimizer(trained, cfg)
     amp = precision.amp_dtype(cfg.amp, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
+    if teachers is not None:  # after the distiller's probe forward, which must not touch running statistics
+        teachers.set_mode(cfg.teacher_mode)
     first_epoch, resumed = resume(cfg, student, optimizer, scheduler, scaler, info,
-                                  distill.distiller if distill else None)
+                                  distill.distiller if distill else None, teachers)
 
     if distill is not None and cfg.distill_init_epochs and not resumed:
         distill_init(cfg, distill, student, teachers, train_index, info, mean, std, optimizer, scheduler, scaler)
@@ -729,7 +741,7 @@ def main(args: argparse.Namespace) -> None:
             result = log_epoch(cfg, step, epoch, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
         if info.is_main and ((epoch + 1) % cfg.save_interval == 0 or last):
             save_checkpoint(cfg, model, optimizer, scheduler, scaler, epoch + 1, mean, std, train_index.classes,
-                            distill)
+                            distill, teachers)
     bar.close()
     end = time.time()
     if info.is_main:

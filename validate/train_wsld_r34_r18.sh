@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WSLD's ImageNet-1k recipe (Zhou et al., ICLR 2021; ../shared/seeds/003): a ResNet-18 student
+# WSLD's ImageNet-1k recipe (Zhou et al., ICLR 2021; its README): a ResNet-18 student
 # trained from scratch with online weighted soft-label distillation from torchvision's ResNet-34,
 # every value read from WSLD's source (bellymonster/Weighted-Soft-Label-Distillation):
 #   teacher resnet34 (torchvision, pretrained), student resnet18     train_with_distillation.py
@@ -7,8 +7,11 @@
 #   SGD lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4 on every parameter   train_with_distillation.py
 #   lr x 0.1 every 30 epochs; epochs 0..100 (its loop runs to epochs + 1)      adjust_learning_rate, imagenet_train_cfg.py
 #   batch 256, RandomResizedCrop 224 (scale 0.08-1) + flip, no label smoothing imagenet_train_cfg.py
+#   the teacher labels in train mode: batch norm on each batch's statistics,   train_with_distillation.py
+#   its running statistics updated (and restored on resume)                    (t_net.train(), train_state_dict)
 # Differences: WSLD reads ImageNet from LMDB (ours: the image folders); its batch 256 is split by
-# DataParallel over 8 GPUs (ours: -b 256 across the torchrun ranks, the same global batch).
+# DataParallel over 8 GPUs (ours: -b 256 across the torchrun ranks, the same global batch; the
+# teacher's batch norm sees each GPU's 32 images in both).
 # The teacher: WSLD's models/ResNet.py loads resnet34-333f7ec4.pth (torchvision's first ResNet-34
 # file); ours loads torchvision's IMAGENET1K_V1 ResNet-34, resnet34-b627a593.pth, from the torch
 # hub cache ($TORCH_HOME/hub/checkpoints; nothing is downloaded), in float32 as WSLD's. For the
@@ -24,7 +27,7 @@ PY=python; [ -x .venv/bin/python ] && PY=.venv/bin/python
 if [ "$GPUS" -gt 1 ]; then RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$GPUS"); else RUN=("$PY"); fi
 
 "${RUN[@]}" validate/train_FKD_parallel.py \
-    --teacher resnet34 --teacher-source torchvision --teacher-weights IMAGENET1K_V1 \
+    --teacher resnet34 --teacher-source torchvision --teacher-weights IMAGENET1K_V1 --teacher-mode train \
     --model resnet18 \
     --loss-type wsld -T 2 --alpha 2.5 \
     --sgd -lr 0.1 --momentum 0.9 --nesterov --weight-decay 1e-4 --weight-decay-norms \
