@@ -6,6 +6,7 @@ A packed folder ``OUT`` holds::
     pixels.u8     every image's RGB pixels, height x width x 3 uint8, one after another, in
                   ImageFolder order
     images.json   format, version, classes, per image [relative path, class, height, width],
+                  each file's size, a SHA-256 of the pixels and a content digest (see _identity),
                   the source folder's fingerprint, and the pixel file's size
 
 The pixels are those ``data.load_rgb`` gives for each file (the loader relabel and the trainer
