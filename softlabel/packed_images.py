@@ -76,7 +76,7 @@ def read(root: str, flag: str) -> dict[str, Any]:
     index = files.read_json(where, "packed image index")
     if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
         raise UserError(f"{flag} {root}: {INDEX} is not a packed image index of version {VERSION} "
-                        f"(made by scripts/pack_images.py)")
+                        f"(made by scripts/pack_images.py)" + _older(index))
     classes, samples = index.get("classes"), index.get("samples")
     _check_rows(classes, samples, f"packed image index {where}", lmdb_rows=False)
     rows = samples
@@ -116,9 +116,15 @@ def _check_identity(index: dict, where: str) -> tuple[str, str]:
         raise UserError(f"{where}: no file_sizes (one per sample) or data_sha256; pack the folder again")
     fingerprint, content = _identity(index["classes"], rows, sizes, data)
     if (fingerprint, content) != (index.get("fingerprint"), index.get("content")):
-        raise UserError(f"{where}: its samples do not give the {'fingerprint' if fingerprint != index.get('fingerprint') else 'content digest'} "
-                        f"it records (changed after packing: an image left out, a shape edited?); pack the folder again")
+        what = "fingerprint" if fingerprint != index.get("fingerprint") else "content digest"
+        raise UserError(f"{where}: its samples do not give the {what} it records (changed after packing: an "
+                        f"image left out, a shape edited?); pack the folder again")
     return fingerprint, content
+
+
+def _older(index: Any) -> str:
+    older = isinstance(index, dict) and index.get("format") == FORMAT and index.get("version") == 1
+    return "; version 1 (no content digest) is no longer read: pack the folder again" if older else ""
 
 
 def pack(folder, out: str, threads: int = 8, progress=None) -> int:
@@ -255,7 +261,7 @@ def read_lmdb(root: str, flag: str) -> dict[str, Any]:
             if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION \
                     or index.get("kind") != "lmdb":
                 raise UserError(f"{flag} {root}: its {LMDB_INDEX_KEY.decode()} is not a packed image index of "
-                                f"version {VERSION}")
+                                f"version {VERSION}" + _older(index))
             classes, samples = index.get("classes"), index.get("samples")
             _check_rows(classes, samples, f"packed image index in {root}", lmdb_rows=True)
             fingerprint, content = _check_identity(index, f"packed image index in {root}")
@@ -281,7 +287,8 @@ def read_lmdb(root: str, flag: str) -> dict[str, Any]:
     target = {c: n for n, c in enumerate(classes)}
     from softlabel.data import fingerprint_of
     return {"classes": classes, "samples": [(os.path.join(root, c, f), target[c]) for c, f, _ in rows],
-            "fingerprint": fingerprint_of((f"{c}/{f}", sizes[k], target[c]) for c, f, k in rows), "content": None, "pixels": LmdbImages(root, [k for _, _, k in rows], True), "source": "wsld"}
+            "fingerprint": fingerprint_of((f"{c}/{f}", sizes[k], target[c]) for c, f, k in rows), "content": None,
+            "pixels": LmdbImages(root, [k for _, _, k in rows], True), "source": "wsld"}
 
 
 def _check_rows(classes: Any, samples: Any, where: str, lmdb_rows: bool) -> None:
