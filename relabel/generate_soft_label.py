@@ -241,6 +241,7 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
         "std": teachers[0].std,
         "amp": precision.dtype_name(amp),
         "dataset_fingerprint": index.fingerprint(),
+        **({"images_digest": index.content_digest} if index.content_digest else {}),  # from a pack only
         "versions": provenance.library_versions(),
     }
 

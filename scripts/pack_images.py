@@ -52,6 +52,7 @@ def main() -> None:
     if packed_images.is_packed(args.out) or packed_images.is_lmdb(args.out):
         raise UserError(f"OUT {args.out} holds a packed folder already; remove it or choose another OUT")
     files.lock_dir(args.out, "OUT", "another pack_images.py is writing this folder")
+    files.remove_stale_tmp(args.out)  # what a killed run left
     start = time.time()
     bar = tracking.progress(len(index), "pack", disable=args.no_progress)
     if args.format == "lmdb":

@@ -31,6 +31,7 @@ class FolderIndex:
     samples: list[tuple[str, int]]  # (absolute path, class index)
     pixels: Optional[Any] = None    # a packed folder's pixels (packed_images.py): images come from there
     packed_fingerprint: Optional[str] = None  # ... and its fingerprint is the source folder's
+    content_digest: Optional[str] = None      # ... and what it holds (packed_images._identity)
     # a packed folder's path -> position among its pixels (of the whole pack, also in a subset)
     position: Optional[dict[str, int]] = field(default=None, repr=False, compare=False)
 
@@ -48,7 +49,7 @@ class FolderIndex:
     def subset(self, samples: list[tuple[str, int]]) -> "FolderIndex":
         """The same folder with fewer samples (the packed pixels still found by path)."""
         whole = None if self.pixels is None else self.position or {p: n for n, (p, _) in enumerate(self.samples)}
-        return FolderIndex(self.root, self.classes, samples, self.pixels, None, whole)
+        return FolderIndex(self.root, self.classes, samples, self.pixels, None, None, whole)
 
     @property
     def targets(self) -> list[int]:
@@ -62,11 +63,16 @@ class FolderIndex:
         """
         if self.packed_fingerprint is not None:
             return self.packed_fingerprint
-        h = hashlib.sha256()
-        for path, target in self.samples:
-            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-            h.update(f"{rel}\t{os.path.getsize(path)}\t{target}\n".encode())
-        return h.hexdigest()
+        return fingerprint_of((os.path.relpath(path, self.root).replace(os.sep, "/"), os.path.getsize(path), target)
+                              for path, target in self.samples)
+
+
+def fingerprint_of(entries) -> str:
+    """The dataset fingerprint of (relative path, file size, class) entries, in dataset order."""
+    h = hashlib.sha256()
+    for rel, size, target in entries:
+        h.update(f"{rel}\t{size}\t{target}\n".encode())
+    return h.hexdigest()
 
 
 def scan_image_folder(root: str, flag: str) -> FolderIndex:
@@ -79,13 +85,57 @@ def scan_image_folder(root: str, flag: str) -> FolderIndex:
         read = packed_images.read if packed_images.is_packed(root) else packed_images.read_lmdb
         packed = read(os.path.abspath(root), flag)
         return FolderIndex(os.path.abspath(root), packed["classes"], packed["samples"], packed["pixels"],
-                           packed["fingerprint"])
+                           packed["fingerprint"], packed["content"])
     try:
         classes, class_to_idx = find_classes(root)
-        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+        skipped: list[str] = []
+        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS) if not _has_dir_links(root) \
+            else _list_without_loops(root, classes, class_to_idx, skipped)
     except FileNotFoundError as exc:
         raise UserError(f"{flag} {root}: {str(exc).splitlines()[0]}") from None
+    if skipped:
+        print(f"note: {flag} {root}: skipped {len(skipped)} symbolic links to folders inside the tree or "
+              f"around the link (they would list its images again): " + ", ".join(skipped[:5])
+              + (" ..." if len(skipped) > 5 else ""), file=sys.stderr, flush=True)
     return FolderIndex(os.path.abspath(root), classes, samples)
+
+
+def _has_dir_links(root: str) -> bool:
+    """Whether a folder below a class folder is a symbolic link (the common tree has none, and is
+    listed by torchvision's own ``make_dataset``)."""
+    for top, dirs, _ in os.walk(root):
+        if any(os.path.islink(os.path.join(top, d)) for d in dirs):
+            return True
+    return False
+
+
+def _list_without_loops(root: str, classes: list[str], class_to_idx: dict[str, int],
+                        skipped: list[str]) -> list[tuple[str, int]]:
+    """``make_dataset``'s listing (the same order: classes, then folders, then files, by name),
+    following links to folders as it does, except a link to a folder inside the tree or to one it
+    is in (``0/loop -> ..``), which it would follow until the path grew too long; those are added
+    to ``skipped``."""
+    inside = os.path.realpath(root)
+    samples = []
+    for name in classes:
+        walked = []
+        for top, dirs, fnames in os.walk(os.path.join(root, name), followlinks=True):
+            here = os.path.realpath(top)
+            for d in list(dirs):
+                path = os.path.join(top, d)
+                real = os.path.realpath(path)
+                if os.path.islink(path) and any(a == b or a.startswith(b + os.sep)
+                                                for a, b in ((real, inside), (here, real))):
+                    dirs.remove(d)
+                    skipped.append(os.path.relpath(path, root))
+            walked.append((top, fnames))
+        for top, fnames in sorted(walked):
+            samples += [(os.path.join(top, f), class_to_idx[name]) for f in sorted(fnames)
+                        if f.lower().endswith(IMG_EXTENSIONS)]
+    if not samples or len({t for _, t in samples}) < len(classes):
+        make_dataset(root, {c: class_to_idx[c] for c in classes if c not in {classes[t] for _, t in samples}},
+                     extensions=IMG_EXTENSIONS)  # raises its own error naming the empty classes
+    return samples
 
 
 def _readable(path: str) -> bool:

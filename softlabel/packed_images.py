@@ -6,6 +6,7 @@ A packed folder ``OUT`` holds::
     pixels.u8     every image's RGB pixels, height x width x 3 uint8, one after another, in
                   ImageFolder order
     images.json   format, version, classes, per image [relative path, class, height, width],
+                  each file's size, a SHA-256 of the pixels and a content digest (see _identity),
                   the source folder's fingerprint, and the pixel file's size
 
 The pixels are those ``data.load_rgb`` gives for each file (the loader relabel and the trainer
@@ -25,6 +26,7 @@ here and there), WSLD's own label numbers ignored (they follow ``os.listdir`` or
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +38,7 @@ from PIL import Image
 from softlabel import files
 from softlabel.errors import UserError
 
-FORMAT, VERSION = "softlabel-packed-images", 1
+FORMAT, VERSION = "softlabel-packed-images", 2  # 2: file sizes and a content digest
 INDEX, PIXELS = "images.json", "pixels.u8"
 MAX_SIDE = 65535
 
@@ -74,7 +76,7 @@ def read(root: str, flag: str) -> dict[str, Any]:
     index = files.read_json(where, "packed image index")
     if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
         raise UserError(f"{flag} {root}: {INDEX} is not a packed image index of version {VERSION} "
-                        f"(made by scripts/pack_images.py)")
+                        f"(made by scripts/pack_images.py)" + _older(index))
     classes, samples = index.get("classes"), index.get("samples")
     _check_rows(classes, samples, f"packed image index {where}", lmdb_rows=False)
     rows = samples
@@ -86,10 +88,43 @@ def read(root: str, flag: str) -> dict[str, Any]:
     if size != pixels.nbytes or index.get("pixel_bytes") != size:
         raise UserError(f"{flag} {root}: {PIXELS} holds {size} bytes, its index describes {pixels.nbytes} "
                         f"(truncated, or not the file this index was written with)")
-    if not isinstance(index.get("fingerprint"), str):
-        raise UserError(f"packed image index {where}: no fingerprint of the folder it was packed from")
+    fingerprint, content = _check_identity(index, f"packed image index {where}")
     return {"classes": classes, "samples": [(os.path.join(root, *rel.split("/")), t) for rel, t, _, _ in rows],
-            "fingerprint": index["fingerprint"], "pixels": pixels, "source": index.get("source")}
+            "fingerprint": fingerprint, "content": content, "pixels": pixels, "source": index.get("source")}
+
+
+def _identity(classes: list, rows: list, sizes: list, data_sha256: str) -> tuple[str, str]:
+    """A pack's (fingerprint, content digest), from its index alone. The fingerprint is the source
+    folder's (relative paths, file sizes, classes: stores made from either check the same); the
+    content digest adds what the pack hands out (each image's shape, and the SHA-256 of the decoded
+    pixels, or of the files' bytes in an LMDB, taken when packing), so a pack of other images with
+    the same names and sizes, or an index edited after packing, does not pass for the original."""
+    import hashlib
+
+    from softlabel.data import fingerprint_of
+    fingerprint = fingerprint_of((r[0], size, r[1]) for r, size in zip(rows, sizes))
+    listing = json.dumps([classes, rows, sizes], separators=(",", ":"))
+    kind = "pixels" if rows and len(rows[0]) == 4 else "files"  # compared only with a pack of its kind
+    return fingerprint, f"{kind}:" + hashlib.sha256(f"{listing}\n{data_sha256}".encode()).hexdigest()
+
+
+def _check_identity(index: dict, where: str) -> tuple[str, str]:
+    """The fingerprint and content digest of a pack, checked against those its index records."""
+    rows, sizes, data = index["samples"], index.get("file_sizes"), index.get("data_sha256")
+    if not (isinstance(sizes, list) and len(sizes) == len(rows) and isinstance(data, str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes)):
+        raise UserError(f"{where}: no file_sizes (one per sample) or data_sha256; pack the folder again")
+    fingerprint, content = _identity(index["classes"], rows, sizes, data)
+    if (fingerprint, content) != (index.get("fingerprint"), index.get("content")):
+        what = "fingerprint" if fingerprint != index.get("fingerprint") else "content digest"
+        raise UserError(f"{where}: its samples do not give the {what} it records (changed after packing: an "
+                        f"image left out, a shape edited?); pack the folder again")
+    return fingerprint, content
+
+
+def _older(index: Any) -> str:
+    older = isinstance(index, dict) and index.get("format") == FORMAT and index.get("version") == 1
+    return "; version 1 (no content digest) is no longer read: pack the folder again" if older else ""
 
 
 def pack(folder, out: str, threads: int = 8, progress=None) -> int:
@@ -98,10 +133,12 @@ def pack(folder, out: str, threads: int = 8, progress=None) -> int:
     a complete pack."""
     from softlabel.data import load_rgb
     files.ensure_dir(out, "OUT")
+    import hashlib
     rows: list[list] = []
     tmp = os.path.join(out, f"{files.TMP_PREFIX}{os.getpid()}-{PIXELS}")
-    total = 0
-    with open(tmp, "wb") as f, ThreadPoolExecutor(max_workers=threads) as pool:
+    total, digest = 0, hashlib.sha256()
+    with _cleaned_on_failure(tmp, os.path.join(out, PIXELS)), open(tmp, "wb") as f, \
+            ThreadPoolExecutor(max_workers=threads) as pool:
         paths = [p for p, _ in folder.samples]
         for n, img in enumerate(pool.map(load_rgb, paths)):  # in order: pool.map keeps it
             pixels = np.asarray(img, dtype=np.uint8)
@@ -109,6 +146,7 @@ def pack(folder, out: str, threads: int = 8, progress=None) -> int:
                 raise UserError(f"{paths[n]}: {img.size[0]}x{img.size[1]} pixels, over the {MAX_SIDE} a side "
                                 f"a packed folder holds")
             f.write(pixels.tobytes())
+            digest.update(pixels.tobytes())
             total += pixels.nbytes
             rel = os.path.relpath(paths[n], folder.root).replace(os.sep, "/")
             rows.append([rel, folder.samples[n][1], img.height, img.width])
@@ -118,9 +156,12 @@ def pack(folder, out: str, threads: int = 8, progress=None) -> int:
         os.fsync(f.fileno())
     os.chmod(tmp, files.FILE_MODE)
     os.replace(tmp, os.path.join(out, PIXELS))
+    sizes = [os.path.getsize(p) for p in paths]
+    fingerprint, content = _identity(folder.classes, rows, sizes, digest.hexdigest())
     files.atomic_write_json(os.path.join(out, INDEX), {
-        "format": FORMAT, "version": VERSION, "classes": folder.classes, "samples": rows,
-        "fingerprint": folder.fingerprint(), "pixel_bytes": total, "source": folder.root})
+        "format": FORMAT, "version": VERSION, "classes": folder.classes, "samples": rows, "file_sizes": sizes,
+        "fingerprint": fingerprint, "data_sha256": digest.hexdigest(), "content": content,
+        "pixel_bytes": total, "source": folder.root})
     return total
 
 
@@ -133,22 +174,42 @@ def is_lmdb(root: str) -> bool:
     return os.path.isfile(os.path.join(root, "data.mdb"))
 
 
-_ENVS: dict[tuple[str, int], Any] = {}  # LMDB allows one environment per file and process
+_ENVS: dict[str, Any] = {}  # this process's open environments (LMDB allows one per file and process)
+
+
+def _close_before_fork() -> None:
+    """No environment crosses a fork: LMDB forbids using one in a child, and the lmdb package
+    refuses to open a file its parent held open ("already open in this process"). Each process
+    (a loader worker, and the parent again afterwards) opens its own on its next read."""
+    while _ENVS:
+        _ENVS.popitem()[1].close()
+
+
+os.register_at_fork(before=_close_before_fork)
 
 
 def _open_lmdb(root: str, flag: str):
-    """The read-only environment of ``root`` in this process (opened once; a forked loader worker
-    opens its own, as LMDB requires)."""
+    """The read-only environment of ``root`` in this process, opened on first use, its data file
+    checked to hold every page the environment says it has."""
     try:
         import lmdb
     except ImportError:
         raise UserError(f"{flag} {root}: an LMDB folder needs the lmdb package (pip install lmdb)") from None
-    key = (os.path.realpath(root), os.getpid())
+    key = os.path.realpath(root)
     if key not in _ENVS:
+        data = os.path.join(root, "data.mdb")
         try:
-            _ENVS[key] = lmdb.open(root, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048)
+            env = lmdb.open(root, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048)
         except lmdb.Error as exc:
-            raise UserError(f"{flag} {root}: cannot open the LMDB ({exc})") from None
+            raise UserError(f"{flag} {data}: cannot open the LMDB ({exc})") from None
+        # A data file shorter than its last page (an interrupted copy) would be mapped all the same
+        # and kill the process with SIGBUS on the first read past its end.
+        need, size = (env.info()["last_pgno"] + 1) * env.stat()["psize"], os.path.getsize(data)
+        if size < need:
+            env.close()
+            raise UserError(f"{flag} {data}: {size} bytes, its LMDB pages need {need} (truncated, e.g. an "
+                            f"interrupted copy); copy or pack it again")
+        _ENVS[key] = env
     return _ENVS[key]
 
 
@@ -189,7 +250,6 @@ class LmdbImages:
 
 def read_lmdb(root: str, flag: str) -> dict[str, Any]:
     """The index of an LMDB pack: ours (its stored index) or WSLD's (built from its keys)."""
-    import hashlib
     env = _open_lmdb(root, flag)
     with env.begin() as txn:
         raw = txn.get(LMDB_INDEX_KEY)
@@ -201,12 +261,13 @@ def read_lmdb(root: str, flag: str) -> dict[str, Any]:
             if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION \
                     or index.get("kind") != "lmdb":
                 raise UserError(f"{flag} {root}: its {LMDB_INDEX_KEY.decode()} is not a packed image index of "
-                                f"version {VERSION}")
+                                f"version {VERSION}" + _older(index))
             classes, samples = index.get("classes"), index.get("samples")
             _check_rows(classes, samples, f"packed image index in {root}", lmdb_rows=True)
+            fingerprint, content = _check_identity(index, f"packed image index in {root}")
             return {"classes": classes, "samples": [(os.path.join(root, *rel.split("/")), t) for rel, t in samples],
-                    "fingerprint": index.get("fingerprint"), "pixels": LmdbImages(root, [r.encode() for r, _ in samples],
-                                                                                  False), "source": index.get("source")}
+                    "fingerprint": fingerprint, "content": content,
+                    "pixels": LmdbImages(root, [r.encode() for r, _ in samples], False), "source": index.get("source")}
         sizes = {bytes(k): len(v) for k, v in txn.cursor()}
         keys = list(sizes)
         first = txn.get(keys[0]) if keys else None
@@ -224,11 +285,10 @@ def read_lmdb(root: str, flag: str) -> dict[str, Any]:
     rows.sort(key=lambda r: (r[0], r[1]))  # ImageFolder's order: classes, then files, by name
     classes = sorted({r[0] for r in rows})
     target = {c: n for n, c in enumerate(classes)}
-    h = hashlib.sha256()
-    for c, f, k in rows:
-        h.update(f"{c}/{f}\t{sizes[k]}\t{target[c]}\n".encode())
+    from softlabel.data import fingerprint_of
     return {"classes": classes, "samples": [(os.path.join(root, c, f), target[c]) for c, f, _ in rows],
-            "fingerprint": h.hexdigest(), "pixels": LmdbImages(root, [k for _, _, k in rows], True), "source": "wsld"}
+            "fingerprint": fingerprint_of((f"{c}/{f}", sizes[k], target[c]) for c, f, k in rows), "content": None,
+            "pixels": LmdbImages(root, [k for _, _, k in rows], True), "source": "wsld"}
 
 
 def _check_rows(classes: Any, samples: Any, where: str, lmdb_rows: bool) -> None:
@@ -253,24 +313,64 @@ def pack_lmdb(folder, out: str, progress=None) -> int:
         raise UserError("--format lmdb needs the lmdb package (pip install lmdb)") from None
     paths = [p for p, _ in folder.samples]
     total = sum(os.path.getsize(p) for p in paths)
-    env = lmdb.open(out, map_size=int(total * 1.2) + (64 << 20), meminit=False)
-    rows, done = [], 0
-    txn = env.begin(write=True)
-    for n, (path, target) in enumerate(folder.samples):
-        rel = os.path.relpath(path, folder.root).replace(os.sep, "/")
-        with open(path, "rb") as f:
-            txn.put(rel.encode(), f.read())
-        rows.append([rel, target])
-        done += 1
-        if done % 1000 == 0:
-            txn.commit()
-            txn = env.begin(write=True)
-        if progress is not None:
-            progress.update(1)
-    txn.put(LMDB_INDEX_KEY, json.dumps({"format": FORMAT, "version": VERSION, "kind": "lmdb",
-                                        "classes": folder.classes, "samples": rows,
-                                        "fingerprint": folder.fingerprint(), "source": folder.root}).encode())
-    txn.commit()  # the index last: an LMDB without it is an unfinished pack
-    env.sync()
-    env.close()
+    # Written under a temporary name (no lock file: the folder's lock keeps other writers out) and
+    # renamed last, so data.mdb only ever names a finished pack.
+    tmp = os.path.join(out, f"{files.TMP_PREFIX}{os.getpid()}-data.mdb")
+    with _cleaned_on_failure(tmp, os.path.join(out, "data.mdb")):
+        env = lmdb.open(tmp, subdir=False, lock=False, map_size=int(total * 1.2) + (64 << 20), meminit=False)
+        try:
+            _fill_lmdb(env, folder, progress)
+            env.sync()
+        finally:
+            env.close()
+        os.chmod(tmp, files.FILE_MODE)
+        os.replace(tmp, os.path.join(out, "data.mdb"))
     return total
+
+
+def _fill_lmdb(env, folder, progress) -> None:
+    import hashlib
+    rows, sizes, done, digest = [], [], 0, hashlib.sha256()
+    txn = env.begin(write=True)
+    try:
+        for path, target in folder.samples:
+            rel = os.path.relpath(path, folder.root).replace(os.sep, "/")
+            with open(path, "rb") as f:
+                data = f.read()
+            txn.put(rel.encode(), data)
+            digest.update(data)
+            rows.append([rel, target])
+            sizes.append(len(data))
+            done += 1
+            if done % 1000 == 0:
+                txn.commit()
+                txn = env.begin(write=True)
+            if progress is not None:
+                progress.update(1)
+        fingerprint, content = _identity(folder.classes, rows, sizes, digest.hexdigest())
+        txn.put(LMDB_INDEX_KEY, json.dumps({"format": FORMAT, "version": VERSION, "kind": "lmdb",
+                                            "classes": folder.classes, "samples": rows, "file_sizes": sizes,
+                                            "fingerprint": fingerprint, "data_sha256": digest.hexdigest(),
+                                            "content": content, "source": folder.root}).encode())
+    except BaseException:
+        txn.abort()
+        raise
+    txn.commit()  # the index last: an LMDB without it is an unfinished pack
+
+
+@contextlib.contextmanager
+def _cleaned_on_failure(tmp: str, final: str):
+    """A failed write (a full disk, a quota, a file-size limit) removes its temporary file and
+    is one line naming the file it was writing."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        lmdb_error = type(exc).__module__.startswith("lmdb")  # lmdb's errors wrap the OS's
+        if isinstance(exc, OSError) or lmdb_error:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(": ")[-1]
+            raise UserError(f"cannot write {final}: {reason}; nothing partial was left") from None
+        raise

@@ -136,6 +136,113 @@ def test_non_rgb_images_are_converted(demo_data, teacher_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+# ----------------------------------------------------------------------------- packed folders, LMDB, links
+
+PACK = "scripts/pack_images.py"
+
+
+def pack(*args) -> None:
+    """pack_images.py's main() in this process (the packs below are tiny)."""
+    import importlib.util
+    import sys
+    from unittest import mock
+    spec = importlib.util.spec_from_file_location("pack_images", Path(__file__).parents[1] / PACK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with mock.patch.object(sys, "argv", [PACK, *map(str, args), "--no-progress"]):
+        module.main()
+
+
+def test_a_truncated_lmdb_is_named_not_a_bus_error(demo_data, teacher_ckpt, tmp_path):
+    lm = tmp_path / "lmdb"
+    pack(demo_data / "ipc2", lm, "--format", "lmdb")
+    data = lm / "data.mdb"
+    data.write_bytes(data.read_bytes()[:3 * 4096])  # an interrupted copy: the first pages only
+    from conftest import train_in_process
+
+    from softlabel.errors import UserError
+    with pytest.raises(UserError, match=f"--train-dir {data}: .*truncated"):
+        train_in_process("--train-dir", lm, "--model", "mlpnet", "--output-dir", tmp_path / "run", "-j", 2)
+    proc = relabel(lm, teacher_ckpt, tmp_path / "s", "--epochs", 1, "-j", 2, check=False)
+    assert_user_error(proc, str(data), "truncated")
+
+
+def bmp_folder(demo_data: Path, root: Path) -> Path:
+    """The IPC2 images as BMP files: a file's size depends on its shape only, so images can be
+    regenerated with the same names and sizes."""
+    for rel, img in digits(demo_data).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.convert("RGB").save((root / rel).with_suffix(".bmp"))
+    return root
+
+
+def test_a_pack_that_does_not_hold_the_stores_images_is_refused(demo_data, teacher_ckpt, tmp_path):
+    import json
+
+    from conftest import train_in_process
+
+    from softlabel.errors import UserError
+    folder = bmp_folder(demo_data, tmp_path / "bmp")
+    pack(folder, tmp_path / "p1")
+    pack(folder, tmp_path / "p1_lmdb", "--format", "lmdb")
+    labels = tmp_path / "s"
+    relabel(tmp_path / "p1", teacher_ckpt, labels, "--epochs", 1, "-b", 10, "--input-size", 16, "-j", 0)
+    assert store.read_manifest(str(labels))["images_digest"]
+    # the folder regenerated: other pixels in one image, the same names and file sizes
+    first = sorted(folder.rglob("*.bmp"))[0]
+    size = first.stat().st_size
+    Image.fromarray(255 - np.asarray(Image.open(first))).save(first)
+    assert first.stat().st_size == size
+    pack(folder, tmp_path / "p2")
+    # one image fewer, and an image's shape changed, in copies of the original pack's index
+    for name, edit in (("fewer", "fewer"), ("shape", "shape")):
+        shutil.copytree(tmp_path / "p1", tmp_path / name)
+        index = json.loads((tmp_path / name / "images.json").read_text())
+        if edit == "fewer":
+            h, w = index["samples"].pop()[2:]
+            index["file_sizes"].pop()
+            index["pixel_bytes"] -= h * w * 3
+            (tmp_path / name / "pixels.u8").write_bytes((tmp_path / name / "pixels.u8").read_bytes()[:-h * w * 3])
+        else:
+            index["samples"][0][2:] = [16, 64]  # as many pixels, another shape
+        (tmp_path / name / "images.json").write_text(json.dumps(index))
+    base = ["--fkd-path", labels, "--model", "mlpnet", "-j", 0, "--no-progress"]
+    for name, needle in (("p2", "other image contents"), ("fewer", "changed after packing"),
+                         ("shape", "changed after packing")):
+        with pytest.raises(UserError, match=needle):
+            train_in_process("--train-dir", tmp_path / name, *base, "--output-dir", tmp_path / f"run_{name}")
+    proc = relabel(tmp_path / "p2", teacher_ckpt, labels, "--epochs", 2, "-b", 10, "--input-size", 16, "-j", 0,
+                   check=False)
+    assert_user_error(proc, "--data", "other image contents")
+    # the original pack and its LMDB twin (a digest of other things: not compared) still train from it
+    for n, source in enumerate((tmp_path / "p1", tmp_path / "p1_lmdb")):
+        train_in_process("--train-dir", source, *base, "--epochs", 1, "--output-dir", tmp_path / f"ok{n}")
+
+
+def test_a_link_back_into_the_folder_lists_each_image_once(demo_data, teacher_ckpt, tmp_path, capsys):
+    from conftest import train_in_process
+
+    from softlabel.data import scan_image_folder
+    data = tmp_path / "data"
+    shutil.copytree(demo_data / "ipc2", data)
+    (data / "0" / "loop").symlink_to("..")
+    outside = tmp_path / "outside"
+    shutil.copytree(demo_data / "ipc2" / "1", outside / "more")
+    (data / "2" / "outside").symlink_to(outside)  # a link out of the tree: followed, as torchvision does
+    (outside / "more" / "again").symlink_to(outside)  # ... but not round a loop out there
+    proc = relabel(data, teacher_ckpt, tmp_path / "s", "--epochs", 1, "-b", 8, "--input-size", 16, "-j", 0)
+    assert "22 images" in proc.stdout, proc.stdout
+    notes = [line for line in proc.stderr.splitlines() if "symbolic links" in line]
+    assert len(notes) == 1 and "0/loop" in notes[0] and "2/outside/more/again" in notes[0], proc.stderr
+    assert len(list((tmp_path / "s").rglob("batch_*.tar"))) == 3
+    index = scan_image_folder(str(data), "--train-dir")
+    assert sorted(p for p, t in index.samples if "outside" in p) == sorted(
+        str(data / "2" / "outside" / "more" / f.name) for f in (outside / "more").glob("*.png"))
+    train_in_process("--train-dir", data, "--fkd-path", tmp_path / "s", "--model", "mlpnet", "-j", 0,
+                     "--no-progress", "--output-dir", tmp_path / "run")
+    assert "symbolic links" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- outputs
 
 def test_output_paths_that_cannot_be_created(demo_data, teacher_ckpt, tmp_path):

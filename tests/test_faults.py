@@ -113,6 +113,24 @@ def test_full_disk_during_a_write_leaves_no_partial_file(demo_data, teacher_ckpt
     assert store_content(out) == store_content(cutmix_store)
 
 
+@pytest.mark.parametrize("fmt", ["pixels", "lmdb"])
+def test_pack_images_on_a_full_disk_leaves_nothing_and_reruns(fmt, demo_data, tmp_path):
+    """A write past the file-size limit fails in the real write (Python's for pixels, LMDB's own C
+    code for an LMDB) as on a full disk: one line, no temporary file, and a rerun packs."""
+    out = tmp_path / "packed"
+    args = [sys.executable, str(ROOT / "scripts/pack_images.py"), demo_data / "ipc2", out, "--format", fmt,
+            "--no-progress"]
+    proc = subprocess.run([str(a) for a in args], cwd=ROOT, env=script_env(), capture_output=True, text=True,
+                          timeout=600, preexec_fn=file_size_limit(16000))  # the pack needs 53-62 kB
+    assert_user_error(proc, "cannot write", str(out), "nothing partial was left")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    from test_bad_inputs import pack
+
+    from softlabel.data import scan_image_folder
+    pack(demo_data / "ipc2", out, "--format", fmt)  # the rerun, in this process
+    assert len(scan_image_folder(str(out), "--data")) == 20
+
+
 # ----------------------------------------------------------------------------- FKD per-image generation
 
 def test_fkd_generation_killed_then_rerun(demo_data, teacher_ckpt, tmp_path):

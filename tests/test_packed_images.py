@@ -67,7 +67,7 @@ def test_stores_and_training_are_the_same_from_the_pack(packed, packed_lmdb, dem
                                                         tmp_path):
     for name, source in (("pixels", packed), ("lmdb", packed_lmdb)):
         store = tmp_path / f"store_{name}"
-        relabel(source, teacher_ckpt, store, *STORE_ARGS)
+        relabel(source, teacher_ckpt, store, *STORE_ARGS, *(("-j", 2) if name == "lmdb" else ()))  # workers open it
         assert tree_bytes(store) == tree_bytes(cutmix_store) | {"manifest.json": (store / "manifest.json").read_bytes()}
     base = ["--model", "mlpnet", "--epochs", 2, "--no-progress", "--seed", 0]
     runs = {}
@@ -76,11 +76,14 @@ def test_stores_and_training_are_the_same_from_the_pack(packed, packed_lmdb, dem
                                    ("hard_folder", demo_data / "ipc2", ["--input-size", 24, "-b", 8, "-j", 0]),
                                    ("hard_pack", packed, ["--input-size", 24, "-b", 8, "-j", 0,
                                                           "--val-dir", packed]),
+                                   ("store_lmdb", packed_lmdb, ["--fkd-path", cutmix_store, "-j", 2,
+                                                                "--val-dir", packed_lmdb]),  # workers open it
                                    ("hard_lmdb", packed_lmdb, ["--input-size", 24, "-b", 8, "-j", 0])):
         runs[name] = tmp_path / name
         train_in_process("--train-dir", train_dir, *base, *extra, "--output-dir", runs[name])
     weights = {k: torch.load(v / "checkpoint.pth", weights_only=True)["model"] for k, v in runs.items()}
-    for a, b in (("store_folder", "store_pack"), ("hard_folder", "hard_pack"), ("hard_folder", "hard_lmdb")):
+    for a, b in (("store_folder", "store_pack"), ("store_folder", "store_lmdb"), ("hard_folder", "hard_pack"),
+                 ("hard_folder", "hard_lmdb")):
         assert all(torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
     assert json.loads((runs["hard_pack"] / "results.json").read_text())["top1"] >= 0
 
@@ -97,7 +100,7 @@ def test_wsld_lmdb_files_are_read_as_an_image_folder(demo_data, tmp_path):
         Image.open(a).convert("RGB").save(jpeg, "JPEG", quality=90)
         assert np.array_equal(np.asarray(Image.open(jpeg).convert("RGB")), np.asarray(lm.load(b)))
     train_in_process("--train-dir", tmp_path / "wsld", "--model", "mlpnet", "--epochs", 1, "--input-size", 24,
-                     "-b", 8, "-j", 0, "--no-progress", "--output-dir", tmp_path / "run")
+                     "-b", 8, "-j", 2, "--no-progress", "--output-dir", tmp_path / "run")  # workers open it
     # an LMDB of ours left unfinished (no index) is not mistaken for WSLD's
     import lmdb
     env = lmdb.open(str(tmp_path / "unfinished"), map_size=1 << 20)
@@ -127,12 +130,12 @@ def damage(root: Path, how: str) -> None:
     elif how == "side":
         index["samples"][0][2] = 0
     elif how == "version":
-        index["version"] = 7
+        index["version"] = 1
     (root / "images.json").write_text(json.dumps(index))
 
 
 @pytest.mark.parametrize("how,needle", [("truncated", "truncated"), ("path", "plain path"), ("class", "known class"),
-                                        ("side", "sides in"), ("version", "not a packed image index")])
+                                        ("side", "sides in"), ("version", "version 1 .* pack the folder again")])
 def test_a_damaged_pack_is_one_line(packed, tmp_path, how, needle):
     root = tmp_path / "p"
     shutil.copytree(packed, root)

@@ -140,6 +140,20 @@ def check_images(store: Store, index: FolderIndex, skip_bad_images: bool, flag: 
         made_from = (m.get("args") or {}).get("data")
         raise UserError(f"{flag} {index.root}: not the images {store.where} was made from (file names or "
                         f"sizes differ" + (f"; it was made from {made_from})" if made_from else ")"))
+    check_digest(m.get("images_digest"), index.content_digest, flag, store.where)
+
+
+def check_digest(recorded, content: Optional[str], data: str, where: str) -> None:
+    """A store made from a packed folder records the pack's content digest; another pack of its
+    kind (pixels, or files in an LMDB), of other images with the same names and sizes, is refused.
+    (A folder, or a pack of the other kind, has no comparable digest: only the fingerprint is
+    checked.)"""
+    if recorded is not None and not isinstance(recorded, str):
+        raise UserError(f"{where}: images_digest must be a string")
+    same_kind = recorded and content and recorded.split(":")[0] == content.split(":")[0]
+    if same_kind and recorded != content:
+        raise UserError(f"{data}: not the images {where} was made from (a pack of other image contents, or of "
+                        f"other shapes, with the same file names and sizes)")
 
 
 def same_path(a: str, b: str) -> bool:

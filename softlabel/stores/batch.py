@@ -45,7 +45,7 @@ from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.stores import packed, schema
-from softlabel.stores.base import Request, Store
+from softlabel.stores.base import Request, Store, check_digest
 
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
 PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)
@@ -433,7 +433,11 @@ def check_compatible(root: str, manifest: dict, flag: str = "--fkd-path") -> dic
     if clash:
         raise UserError(f"{flag} {root}: the store was made with other settings ({clash}); "
                         f"use a new {flag} or the original settings")
-    return manifest if manifest["epochs"] > old["epochs"] else old
+    check_digest(old.get("images_digest"), manifest.get("images_digest"),
+                 f"--data {(manifest.get('args') or {}).get('data')}", f"{flag} {root}")
+    if manifest["epochs"] <= old["epochs"]:
+        return old
+    return {**manifest, "images_digest": old["images_digest"]} if old.get("images_digest") else manifest
 
 
 def lock(root: str, flag: str = "--fkd-path") -> None:
