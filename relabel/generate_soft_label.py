@@ -49,7 +49,7 @@ class Preset:
     batch_size: int
 
 
-# PRISM's relabel command, as its relabel/README.md gives it for r18 (../shared/seeds/000) and its
+# PRISM's relabel command, as its relabel/README.md gives it for r18 (Brian-Moser/prism) and its
 # relabel_r18.sh, relabel_r50.sh, relabel_r101.sh state it (r101 alone with -b 100: Preset.batch_size).
 # Its --candidate-number 4 is every teacher of the family: a preset keeps all of its list (or of
 # --teachers, when given) unless --candidate-number says fewer.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PRISM's ImageNet-1k relabel command for a ResNet-18 student, flag for flag as in
-# relabel/README.md of PRISM (../shared/seeds/000) and its relabel_r18.sh
+# relabel/README.md of PRISM (Brian-Moser/prism) and its relabel_r18.sh
 # (teachers resnet18, mobilenet_v2, alexnet, shufflenet_v2_x0_5; normmean ensemble; the cluster's srun wrapper left out).
 # Teachers as PRISM's pretrained=True: torchvision's IMAGENET1K_V1 weights, run in float32
 # (--teacher-weights and --amp to choose otherwise; see docs/relabel.md).

@@ -1,6 +1,6 @@
 """The label-optimization study's distillation baselines on the demo: accuracy gap over vanilla.
 
-The seed's table (../shared/seeds/004, CIFAR-100): student resnet20 (R20), teacher resnet56 (R56),
+The study's table (its README, qwer343/id_8285; CIFAR-100): student resnet20 (R20), teacher resnet56 (R56),
 "acc. gap" = the distilled student's top-1 minus the vanilla student's, for KD and ten feature
 distillers. Here, in miniature on the demo data (10 classes): R56 is trained by our trainer through
 the study's front-end (Vanilla, hard labels, the full training split, as bench_methods.py trains

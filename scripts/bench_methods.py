@@ -333,7 +333,7 @@ def markdown(args, summary: dict) -> str:
     return "\n".join(rows) + "\n\n" + note
 
 
-# Only orderings the seed's table shows (../shared/seeds/004, student R20): (claim, a, b, metric,
+# Only orderings the seed's table shows (the study's README, student R20): (claim, a, b, metric,
 # sign, the seed's a, the seed's b); the claim holds when sign * (a - b) > 0.
 ORDERINGS = [
     ("SL beats vanilla (top-1)", "sl", "vanilla", "top1", 1, "69.17", "67.66"),

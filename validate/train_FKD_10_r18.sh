@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PRISM's ImageNet-1k training command for a ResNet-18 student on the IPC10 store of
 # relabel/relabel_r18.sh, flag for flag as in
-# validate/README.md of PRISM (../shared/seeds/002) and its train_FKD_10_r18.sh,
+# validate/README.md of PRISM (Brian-Moser/prism) and its train_FKD_10_r18.sh,
 # plus --resume auto (a killed run continues where it stopped when the script is run again).
 # Point it at your data with the variables, and pass anything else on:
 #   TRAIN_DIR=/data/syn_data/full_r18 VAL_DIR=/data/imagenet/val FKD_PATH=/data/FKD_prism_r18 bash validate/train_FKD_10_r18.sh
