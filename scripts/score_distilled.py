@@ -83,6 +83,7 @@ from softlabel.errors import UserError, run_main
 from softlabel.stores import open_store
 from softlabel.stores.batch import manifest_path
 from softlabel.streams import Stream
+from softlabel.teachers import file_sha256
 
 ARMS = ("syn_soft", "rand_soft", "syn_hard", "full_hard", "syn_noaug", "rand_noaug")
 LR_SEARCH = (0.001, 0.005, 0.01, 0.05, 0.1)  # ddranking 0.2.0's lr_list
@@ -198,13 +199,50 @@ def train(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: 
     return checked_result(results, "results.json")
 
 
+def is_percent(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 100
+
+
 def checked_result(path: str, what: str) -> dict:
-    """A run's results.json, with the validation top-1 the scores need."""
+    """A run's results.json, with the validation top-1 the scores need (and its ECE, when it has one)."""
     result = files.read_json(path, what)
     top1 = result.get("top1") if isinstance(result, dict) else None
-    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
+    if not is_percent(top1):
         raise UserError(f"{what} {path}: no validation top-1 (was the run given --val-dir?)")
+    if result.get("ece") is not None and not is_percent(result["ece"]):
+        raise UserError(f"{what} {path}: its ece is not a percentage ({result['ece']!r})")
     return result
+
+
+# What the arms' runs under --out depend on; a rerun continues them only with the same values.
+ARM_SETTINGS = ("syn", "real_train", "val", "teacher", "model", "epochs", "batch_size", "input_size",
+                "min_scale_crops", "mix_type", "recipe", "relabel_args", "protocol", "subset_seed", "syn_lr")
+
+
+def arm_settings(args: argparse.Namespace) -> dict:
+    settings = {k: getattr(args, k) for k in ARM_SETTINGS}
+    for k in ("syn", "real_train", "val"):
+        settings[k] = os.path.abspath(settings[k])
+    if not os.path.isfile(args.teacher_path):
+        raise UserError(f"--teacher-path {args.teacher_path}: no such file")
+    settings["teacher_sha256"] = file_sha256(args.teacher_path)
+    return settings
+
+
+def check_same_settings(args: argparse.Namespace) -> None:
+    """The first run records its settings in --out; a rerun with others is refused before any
+    work (its arms would mix runs of two settings), naming what differs."""
+    path = os.path.join(args.out, "settings.json")
+    want = arm_settings(args)
+    if not os.path.isfile(path):
+        files.atomic_write_json(path, want)
+        return
+    have = files.read_json(path, "--out settings")
+    changed = [k for k in want if not isinstance(have, dict) or have.get(k) != want[k]]
+    if changed:
+        what = ", ".join(f"{k} {have.get(k)!r} -> {want[k]!r}" if isinstance(have, dict) else k for k in changed)
+        raise UserError(f"--out {args.out} holds the runs of other settings ({what}); give another --out, "
+                        f"or remove it to start again")
 
 
 def given_full_hard(args: argparse.Namespace) -> dict:
@@ -429,9 +467,13 @@ def ddranking_table(d: dict[str, dict], w: float, gamma: float, lrs: Optional[di
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"--seeds {text}: integers separated by commas") from None
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise UserError(f"--seeds {text}: seed {twice[0]} given twice (each seed is one evaluation)")
+    return seeds
 
 
 def main() -> None:
@@ -450,6 +492,7 @@ def main() -> None:
                                                    ("--val", args.val)])
     files.ensure_dir(args.out, "--out")
     files.lock_dir(args.out, "--out", "another score_distilled.py is writing here")
+    check_same_settings(args)
     syn, real = scan_image_folder(args.syn, "--syn"), scan_image_folder(args.real_train, "--real-train")
     lrs = None
     if args.protocol == "ddranking":

@@ -89,6 +89,13 @@ def test_a_toy_run_writes_every_arm_and_a_rerun_skips_them(demo_data, teacher_ck
     score.main()
     assert "train:" not in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+    # a rerun with another student (or teacher, epochs, subset seed...) would mix two settings' runs
+    scores_before = (out / "scores.json").read_bytes()
+    monkeypatch.setattr(sys, "argv", [a if a != "mlpnet" else "democnn_small" for a in argv])
+    with pytest.raises(UserError, match="--out .* other settings .*model 'mlpnet' -> 'democnn_small'"):
+        score.main()
+    assert (out / "scores.json").read_bytes() == scores_before
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
 
 
 def test_a_run_without_validation_accuracy_is_one_line(tmp_path):
@@ -224,3 +231,14 @@ def test_protocol_flags_refused_in_one_line(flags, message, tmp_path, monkeypatc
                                       "--teacher", "t", "--teacher-path", "p", "--out", str(tmp_path), *flags])
     with pytest.raises(UserError, match=message):
         score.main()
+
+
+def test_seeds_and_run_results_that_cannot_be_scored_are_one_line(tmp_path):
+    score = score_module()
+    with pytest.raises(UserError, match="--seeds a: integers"):
+        score.parse_seeds("a")
+    with pytest.raises(UserError, match="--seeds 0,1,0: seed 0 given twice"):
+        score.parse_seeds("0,1,0")
+    (tmp_path / "results.json").write_text(json.dumps({"top1": 50.0, "ece": "high"}))
+    with pytest.raises(UserError, match="results.json .* ece is not a percentage"):
+        score.checked_result(str(tmp_path / "results.json"), "results.json")
