@@ -52,6 +52,9 @@ ResNet-18-BN, 46.4 for Tiny-ImageNet). The teacher labels online each augmented 
 trainer's --teacher in eval mode: the package's soft_label_mode M); hard arms get crops but no
 mixing (its use_aug_for_hard false). The learning rate searched is SGD's -lr when --recipe has
 --sgd, else --adamw-lr. Runs in OUT/ddranking/evalI/ARM/lrLR; a rerun skips finished ones.
+A rerun into the same --out continues its runs only with the same settings (OUT/settings.json:
+the sets, teacher file, student, epochs, batch, crops, mix, recipe, protocol, subset seed); other
+settings are refused before any work. --w, --gamma and more --seeds may change.
 What our trainer does otherwise, and why:
   - optimizer, schedule, loss, temperature and batch come from --recipe and -b (the package's from
     its config; its "cosine" is a LambdaLR that ends at half the learning rate, its "step" needs a
