@@ -53,7 +53,8 @@ trainer's --teacher in eval mode: the package's soft_label_mode M); hard arms ge
 mixing (its use_aug_for_hard false). The learning rate searched is SGD's -lr when --recipe has
 --sgd, else --adamw-lr. Runs in OUT/ddranking/evalI/ARM/lrLR; a rerun skips finished ones.
 A rerun into the same --out continues its runs only with the same settings (OUT/settings.json:
-the sets, teacher file, student, epochs, batch, crops, mix, recipe, protocol, subset seed); other
+the sets, teacher file, student, epochs, batch, crops, mix, recipe, relabel flags, subset seed,
+--syn-lr; the two protocols keep their runs apart and may share it); other
 settings are refused before any work. --w, --gamma and more --seeds may change.
 What our trainer does otherwise, and why:
   - optimizer, schedule, loss, temperature and batch come from --recipe and -b (the package's from
@@ -219,7 +220,7 @@ def checked_result(path: str, what: str) -> dict:
 
 # What the arms' runs under --out depend on; a rerun continues them only with the same values.
 ARM_SETTINGS = ("syn", "real_train", "val", "teacher", "model", "epochs", "batch_size", "input_size",
-                "min_scale_crops", "mix_type", "recipe", "relabel_args", "protocol", "subset_seed", "syn_lr")
+                "min_scale_crops", "mix_type", "recipe", "relabel_args", "subset_seed", "syn_lr")
 
 
 def arm_settings(args: argparse.Namespace) -> dict:
