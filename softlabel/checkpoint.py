@@ -99,7 +99,10 @@ def read_for_resume(path: str, config: Any, must_match: tuple[str, ...]) -> dict
             flag = "--" + key.replace("_", "-")
             raise UserError(f"--resume {path}: the checkpoint was trained with {flag} {saved[key]}, this run "
                             f"has {now.get(key)}; it could not continue exactly")
-    if ckpt.get("epoch", 0) >= config.epochs:
-        raise UserError(f"--resume {path}: the checkpoint already finished epoch {ckpt['epoch']} of --epochs "
+    passes = len(config.passes) if hasattr(config, "passes") else config.epochs  # train_FKD.py's count: passes
+    if ckpt.get("epoch", 0) >= passes:
+        raise UserError(f"--resume {path}: the checkpoint already finished all {passes} passes of --epochs "
+                        f"{config.epochs}" if passes != config.epochs else
+                        f"--resume {path}: the checkpoint already finished epoch {ckpt['epoch']} of --epochs "
                         f"{config.epochs}")
     return ckpt

@@ -17,7 +17,9 @@ REPLACED_FLAGS = {
     "gpu": (int, "taken as --device cuda:N"),
     "gpu_id": (str, "select GPUs with CUDA_VISIBLE_DEVICES and torchrun --nproc_per_node"),
     "seed": (int, "every random choice derives from --fkd-seed"),
+    "print_freq": (int, "progress is the bar (--no-progress hides it) and one line per evaluation (--eval-interval)"),
 }
+SHORT_FLAGS = {"print_freq": "-p"}  # upstream's short spellings of replaced flags
 
 
 # The upstream flags both relabel scripts (batch and per-image) replace.
@@ -35,11 +37,12 @@ def add_replaced_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) 
     g = parser.add_argument_group("upstream flags (accepted so old scripts run; replaced as noted)")
     for name in names:
         kind, note = REPLACED_FLAGS[name]
-        flag = "--" + name.replace("_", "-")
+        flags = [SHORT_FLAGS[name]] if name in SHORT_FLAGS else []
+        flags.append("--" + name.replace("_", "-"))
         if kind == "store_true":
-            g.add_argument(flag, action="store_true", help=note)
+            g.add_argument(*flags, action="store_true", help=note)
         else:
-            g.add_argument(flag, type=kind, default=None, help=note)
+            g.add_argument(*flags, type=kind, default=None, help=note)
 
 
 def note_replaced_flags(args: argparse.Namespace, names: tuple[str, ...]) -> None:

@@ -26,6 +26,7 @@ class Stream(IntEnum):
     PER_IMAGE_CROPS = 20   # per-image generation: (seed, image) -> that image's crops and flips
     PER_IMAGE_ORDER = 21   # per-image training: (seed, epoch) -> image order
     PER_IMAGE_CYCLE = 22   # per-image training: (seed, image, cycle) -> order of its stored crops
+    PER_IMAGE_MIX = 23     # per-image training, --mixup_cutmix: (seed, pass, step, rank) -> online mix
 
 
 def rng(seed: int, stream: Stream, *key: int) -> np.random.Generator:

@@ -21,9 +21,23 @@ from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.stores.schema import MAX_INPUT_SIZE
 from softlabel.teachers import file_sha256, split_list
 from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
+from validate.schedules import fkd_passes
 
 HARD_LABEL_DEFAULTS = {"batch_size": 1024, "epochs": 300, "input_size": 224, "min_scale_crops": 0.08,
                        "max_scale_crops": 1.0}
+# What a run takes when the flags are not given. "fkd" (the default with --softlabel_path): FKD's
+# train_FKD.py (szq0214/FKD, FKD/train_FKD.py): its argparse defaults -a resnet50, --lr 0.1,
+# --momentum 0.9, --wd 1e-4, and torch.optim.SGD(model.parameters(), ...), so decay on every
+# parameter. "ours": PRISM's trainer's (validate/train_FKD_parallel.py of Brian-Moser/prism).
+RECIPES = {
+    "fkd": {"model": "resnet50", "sgd": True, "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+            "weight_decay_norms": True},
+    "ours": {"model": "resnet18", "sgd": False, "learning_rate": 1.024, "momentum": 0.875, "weight_decay": 3e-5,
+             "weight_decay_norms": False},
+}
+# train_FKD.py's --epochs 300, -b 1024 (crops per step: it loads ceil(b / --num_crops) images) and,
+# without --cos, adjust_learning_rate's x0.1 at each of --schedule 120 240.
+FKD_EPOCHS, FKD_CROPS_PER_STEP, FKD_MILESTONES = 300, 1024, (120, 240)
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,9 @@ class TrainConfig:
     mix_type: str
     mixup: float
     cutmix: float
+    mixup_cutmix: bool                 # FKD's --mixup_cutmix: online mixup or cutmix of per-image crops and labels
+    mixup_cutmix_prob: float
+    mixup_switch_prob: float
     fkd_seed: Optional[int]
     # model
     model: str
@@ -53,6 +70,7 @@ class TrainConfig:
     channels_last: bool
     compile: bool
     # optimization
+    recipe: str                        # fkd: train_FKD.py's defaults and epoch loop (RECIPES, fkd_passes); ours
     batch_size: int                    # global: all ranks together
     gradient_accumulation_steps: int
     epochs: int
@@ -108,6 +126,19 @@ class TrainConfig:
     def per_image(self) -> bool:
         return self.fkd_path is not None and self.fkd_layout == "per-image"
 
+    @property
+    def passes(self) -> list[tuple[int, int]]:
+        """(first epoch, crops per image) of each pass over the images: train_FKD.py's loop with
+        --recipe fkd (a pass of N crops counts as N epochs, the last ones single-crop), else one
+        pass per epoch."""
+        if self.recipe == "fkd":
+            return fkd_passes(self.epochs, self.num_crops)
+        return [(e, self.num_crops or 1) for e in range(self.epochs)]
+
+    def first_pass(self) -> int:
+        """The pass --start-epoch starts: the first that begins at or after it."""
+        return next((p for p, (first, _) in enumerate(self.passes) if first >= self.start_epoch), len(self.passes))
+
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -115,7 +146,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 def check_flags(args: argparse.Namespace) -> None:
     """What the flags alone can tell, before any file is read."""
     if not args.train_dir:
-        raise UserError("--train-dir DIR is required")
+        raise UserError("--train-dir DIR is required (or train_FKD.py's DATA, a folder holding train/ and val/)")
     check_ranges(vars(args))
     files.refuse_output_inside(args.output_dir, "--output-dir", [
         ("--train-dir", args.train_dir), ("--val-dir", args.val_dir), ("--fkd-path", args.fkd_path),
@@ -130,6 +161,7 @@ def check_flags(args: argparse.Namespace) -> None:
     has_store = bool(args.fkd_path or args.softlabel_path)
     if getattr(args, "teacher_weights", None) and not args.teacher:
         raise UserError("--teacher-weights names an online teacher's published weights: give --teacher ARCH")
+    check_recipe_flags(args, layout)
     if has_store and args.teacher:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
     if getattr(args, "teacher_mode", "eval") != "eval" and not args.teacher:
@@ -162,10 +194,17 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.kd_t2 and loss_type_of(args) != "kl":
         raise UserError(f"--kd-t2 applies to --loss-type kl (kd, wsld and dist already scale by T^2), "
                         f"not {loss_type_of(args)}")
-    if args.cos and args.lr_schedule not in (None, "prism-cos"):
-        raise UserError(f"--cos is PRISM's --lr-schedule prism-cos; it contradicts --lr-schedule {args.lr_schedule}")
-    if (args.lr_milestones is not None) != (lr_schedule_of(args) == "multistep"):
-        raise UserError("--lr-milestones and --lr-schedule multistep go together: give both or neither")
+    cos = cos_schedule(args)
+    if args.cos and args.lr_schedule not in (None, cos):
+        raise UserError(f"--cos is {'train_FKD.py' if cos == 'cosine' else 'PRISM'}'s --lr-schedule {cos}; it "
+                        f"contradicts --lr-schedule {args.lr_schedule}")
+    if args.lr_milestones is not None and args.schedule is not None:
+        raise UserError("--lr-milestones and --schedule (train_FKD.py's spelling) both set the milestones; give one")
+    multistep = lr_schedule_of(args) == "multistep"
+    if args.lr_milestones is not None and not multistep:
+        raise UserError("--lr-milestones applies to --lr-schedule multistep")
+    if multistep and args.lr_milestones is None and args.schedule is None and recipe_of(args) != "fkd":
+        raise UserError("--lr-schedule multistep needs --lr-milestones E[,E]")
     if args.keep_topk and loss_type_of(args) not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
                         f"not --loss-type {loss_type_of(args)}")
@@ -197,6 +236,60 @@ def check_ranges(values: dict) -> None:
         raise UserError(f"--warmup-epochs {values['warmup_epochs']} must be fewer than --epochs {epochs}")
 
 
+def check_recipe_flags(args: argparse.Namespace, layout: str) -> None:
+    if recipe_of(args) == "fkd" and layout != "per-image":
+        raise UserError("--recipe fkd is train_FKD.py's recipe for FKD's per-image labels: give --softlabel_path DIR")
+    if args.mixup_cutmix and layout != "per-image":
+        raise UserError("--mixup_cutmix mixes FKD's per-image crops and labels online (train_FKD.py); a batch "
+                        "store holds its mix, and hard labels mix with --mix-type")
+    if args.sgd and args.optimizer == "adamw":
+        raise UserError("--sgd contradicts --optimizer adamw")
+    if args.schedule is not None and lr_schedule_of(args) != "multistep":
+        if not (args.cos and recipe_of(args) == "fkd" and not args.lr_schedule):
+            raise UserError("--schedule (train_FKD.py's milestones) applies to --lr-schedule multistep")
+        print("note: --schedule is not used with --cos (train_FKD.py's cosine ignores it too)", flush=True)
+    for flag, key in (("--mixup_cutmix_prob", "mixup_cutmix_prob"), ("--mixup_switch_prob", "mixup_switch_prob")):
+        if not 0 <= getattr(args, key) <= 1:
+            raise UserError(f"{flag} must be in [0, 1], got {getattr(args, key)}")
+
+
+def data_folder(args: argparse.Namespace) -> None:
+    """train_FKD.py's positional DATA (a folder holding train/ and val/) as --train-dir DATA/train
+    and, when DATA/val exists, --val-dir DATA/val."""
+    if not args.data:
+        return
+    if args.train_dir or args.val_dir:
+        raise UserError(f"DATA {args.data} (train_FKD.py's folder of train/ and val/) and --train-dir/--val-dir "
+                        f"name the images twice; give one")
+    train, val = os.path.join(args.data, "train"), os.path.join(args.data, "val")
+    if not os.path.isdir(train):
+        raise UserError(f"DATA {args.data}: no train/ folder in it (train_FKD.py's DATA holds train/ and val/)")
+    args.train_dir, args.val_dir = train, val if os.path.isdir(val) else None
+    if not args.softlabel_path and not args.evaluate:
+        raise UserError(f"DATA {args.data}: train_FKD.py trains from FKD's labels; give --softlabel_path DIR "
+                        f"(its default ./soft_label is not assumed), or --train-dir for hard labels")
+
+
+def recipe_of(args: argparse.Namespace) -> str:
+    """--recipe, else fkd with FKD's --softlabel_path (train_FKD.py's flag brings its recipe), else ours."""
+    return args.recipe or ("fkd" if args.softlabel_path else "ours")
+
+
+def cos_schedule(args: argparse.Namespace) -> str:
+    """What --cos means: train_FKD.py's cosine under --recipe fkd, else PRISM's."""
+    return "cosine" if recipe_of(args) == "fkd" else "prism-cos"
+
+
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """The optimizer's settings: the flags given, else the recipe's (RECIPES)."""
+    defaults = RECIPES[recipe_of(args)]
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()
+              if k != "sgd"}
+    values["sgd"] = True if args.sgd else (args.optimizer == "sgd") if args.optimizer else defaults["sgd"]
+    values["recipe"] = recipe_of(args)
+    return values
+
+
 def loss_type_of(args: argparse.Namespace) -> str:
     """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else the
     cross-entropy alone beside a --distiller (RepDistiller's -a 0; kdss: kd, SSKD's 0.1 CE + 0.9 KD
@@ -213,8 +306,22 @@ def temperature_of(args: argparse.Namespace, loss_type: str) -> float:
 
 
 def lr_schedule_of(args: argparse.Namespace) -> str:
-    """--lr-schedule, else PRISM's --cos (prism-cos), else linear, as PRISM's trainer."""
-    return args.lr_schedule or ("prism-cos" if args.cos else "linear")
+    """--lr-schedule; else --recipe fkd: cosine with --cos, else multistep (train_FKD.py's
+    adjust_learning_rate); else PRISM's: prism-cos with --cos, else linear."""
+    if args.lr_schedule:
+        return args.lr_schedule
+    if recipe_of(args) == "fkd":
+        return "cosine" if args.cos else "multistep"
+    return "prism-cos" if args.cos else "linear"
+
+
+def lr_milestones_of(args: argparse.Namespace) -> tuple[int, ...]:
+    """--lr-milestones, or train_FKD.py's --schedule E E ..., else its 120 240 under --recipe fkd."""
+    if args.schedule is not None:
+        return milestones_of(",".join(str(e) for e in args.schedule)) if args.schedule else ()
+    if args.lr_milestones is None and recipe_of(args) == "fkd" and lr_schedule_of(args) == "multistep":
+        return FKD_MILESTONES
+    return milestones_of(args.lr_milestones)
 
 
 def label_source_of(store: Optional[Store], args: argparse.Namespace) -> str:
@@ -254,7 +361,8 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
     values = {k: getattr(args, k, None) for k in FIELDS}
     values["workers"] = workers
     values["lr_schedule"] = lr_schedule_of(args)
-    values["lr_milestones"] = milestones_of(args.lr_milestones)
+    values["lr_milestones"] = lr_milestones_of(args)
+    values.update(recipe_settings(args))
     values["fkd_path"] = args.fkd_path or args.softlabel_path
     values["fkd_layout"] = layout_of(args)
     store = None
@@ -287,15 +395,21 @@ def from_store(store: Store, args: argparse.Namespace, info: DistInfo) -> dict:
                 "fkd_seed": s.fkd_seed, "num_classes": s.num_classes, "mix_type": s.mix_type}
     if s.layout == "batch":
         return {**recorded, "batch_size": s.batch_size, "epochs": args.epochs or s.epochs}
-    if args.epochs is None:
+    fkd = recipe_of(args) == "fkd"
+    if args.epochs is None and not fkd:
         raise UserError(f"--epochs is required with --fkd-layout per-image (every epoch uses --num-crops of "
                         f"the {s.num_crops} crops {store.where} holds per image)")
+    epochs = args.epochs or FKD_EPOCHS
     num_crops = args.num_crops or DEFAULT_CROPS_PER_STEP
-    used = (args.epochs - args.start_epoch) * num_crops
+    # train_FKD.py: a pass of N crops counts as N epochs, so every epoch uses one crop of each image
+    used = (epochs - args.start_epoch) * (1 if fkd else num_crops)
     if used > s.num_crops and info.is_main:
-        print(f"note: {args.epochs - args.start_epoch} epochs x --num-crops {num_crops} use {used} crops "
-              f"per image; the store holds {s.num_crops}, so crops repeat", flush=True)
-    return {**recorded, "num_crops": num_crops, "batch_size": args.batch_size or math.ceil(1024 / num_crops)}
+        print(f"note: {epochs - args.start_epoch} epochs{'' if fkd else f' x --num-crops {num_crops}'} use {used} "
+              f"crops per image; the store holds {s.num_crops}, so crops repeat", flush=True)
+    # train_FKD.py's -b counts crops: it loads ceil(b / --num_crops) images per step
+    batch = math.ceil((args.batch_size or FKD_CROPS_PER_STEP) / num_crops) if fkd else (
+        args.batch_size or math.ceil(1024 / num_crops))
+    return {**recorded, "num_crops": num_crops, "batch_size": batch, "epochs": epochs}
 
 
 def hard_label_settings(args: argparse.Namespace, num_folders: int) -> dict:
@@ -308,11 +422,17 @@ def hard_label_settings(args: argparse.Namespace, num_folders: int) -> dict:
     return values
 
 
+def pass_batch(config: TrainConfig, crops: int) -> tuple[int, int]:
+    """(images, crops of each) of a per-image step in a pass of ``crops`` crops per image:
+    train_FKD.py's single-crop passes load --num_crops times the images, so a step keeps its size."""
+    return config.batch_size * config.num_crops // crops, crops
+
+
 def check_batch_shares(config: TrainConfig, num_images: int, store: Optional[Store], world: int) -> None:
     """Every rank needs a share of every batch, the smallest (an epoch's last) included."""
     if config.per_image:
-        last = replay.batches_per_epoch(num_images, config.batch_size) - 1
-        smallest = replay.batch_len(num_images, config.batch_size, last) * config.num_crops
+        smallest = min(replay.batch_len(num_images, images, replay.batches_per_epoch(num_images, images) - 1) * crops
+                       for images, crops in {pass_batch(config, crops) for _, crops in config.passes})
     elif store is not None:
         s = store.settings
         smallest = min(s.batch_size, replay.batch_len(s.num_samples, s.batch_size, s.batches_per_epoch - 1))

@@ -10,6 +10,9 @@
 - ``multistep``: gamma ** (milestones passed), torch's ``MultiStepLR`` stepped once per epoch, the
   label-optimization study's schedule (main.py: milestones 60,120,160,200 with gamma 0.1 on CIFAR,
   0.2 on STL-10).
+
+``fkd_passes`` is train_FKD.py's epoch loop (szq0214/FKD, FKD/train_FKD.py): one pass over the
+images with N crops of each counts as N epochs, and the last epochs are single-crop passes.
 """
 from __future__ import annotations
 
@@ -37,6 +40,20 @@ def step(epoch: int, epochs: int, size: int = 30, gamma: float = 0.1) -> float:
 
 def multistep(epoch: int, epochs: int, milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
     return gamma ** sum(epoch >= m for m in milestones)
+
+
+def fkd_passes(epochs: int, num_crops: int) -> list[tuple[int, int]]:
+    """(first epoch, crops per image) of every pass of train_FKD.py's loop
+    ``for epoch in range(start, epochs, num_crops)``: a pass shows each image ``num_crops``
+    times and counts as that many epochs; the pass that reaches ``epochs - num_crops`` is
+    replaced by one single-crop pass per remaining epoch ("fine-grained evaluation at last a
+    few epochs"). Its learning rate is that of its first epoch."""
+    passes: list[tuple[int, int]] = []
+    for first in range(0, epochs, num_crops):
+        if first >= epochs - num_crops:
+            return passes + [(e, 1) for e in range(first, epochs)]
+        passes.append((first, num_crops))
+    return passes
 
 
 SCHEDULES: dict[str, Callable[..., float]] = {"linear": linear, "prism-cos": prism_cos, "cosine": cosine,

@@ -73,20 +73,21 @@ from softlabel.stores import batch as batch_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
-from softlabel.teachers import SOURCES, Ensemble, load_teachers, split_list, weight_names, weight_paths
-from validate.config import TrainConfig, check_flags, resolve
+from softlabel.teachers import SOURCES, Ensemble, load_teacher, load_teachers, split_list, weight_names, weight_paths
+from validate.config import TrainConfig, check_flags, data_folder, pass_batch, resolve
 from validate.distillation import DistillRun, build_distiller, distilling, init_stage
 from validate.losses import LOSSES, keep_topk
 from validate.metrics import classification_metrics
 from validate.schedules import SCHEDULES
 
-TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "gpu_id")
+TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id",
+                    "print_freq")
 SECRETS = ("wandb_api_key",)
 # Settings a resumed run must share with its checkpoint, or it could not continue exactly.
 RESUME_MUST_MATCH = ("label_source", "model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
-                     "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
+                     "recipe", "mixup", "cutmix", "mixup_cutmix", "mixup_cutmix_prob", "mixup_switch_prob", "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
                      "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed", "distiller", "distill_weight",
                      "feat_layers", "teacher_feat_layers", "distill_init_epochs", "distill_init_lr", "teacher_mode")
 
@@ -95,6 +96,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="FKD-style student training from stored soft labels "
                                             "(or hard labels, or online distillation)")
     g = p.add_argument_group("data")
+    g.add_argument("data", nargs="?", default=None, metavar="DATA",
+                   help="train_FKD.py's positional folder holding train/ and val/: --train-dir DATA/train "
+                        "--val-dir DATA/val")
     g.add_argument("--train-dir", type=str, default=None, help="training images (ImageFolder)")
     g.add_argument("--val-dir", type=str, default=None, help="validation images (ImageFolder)")
     g.add_argument("--fkd-path", type=str, default=None,
@@ -103,9 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="batch: a store of relabel/generate_soft_label.py, one file per step (default); "
                         "per-image: an FKD store of relabel/generate_soft_label_fkd.py, one file per image")
     g.add_argument("--softlabel_path", default=None, metavar="DIR",
-                   help="FKD's train_FKD.py flag: --fkd-path DIR --fkd-layout per-image, and FKD's defaults "
-                        "(--loss-type soft_ce -T 1); DIR is our per-image store or FKD's own files "
-                        "(DIR/<split>/<class>/<image>.tar, as FKD_SLG writes them)")
+                   help="FKD's train_FKD.py flag: --fkd-path DIR --fkd-layout per-image with train_FKD.py's "
+                        "recipe (--recipe fkd) and loss (--loss-type soft_ce -T 1); DIR is our per-image store or "
+                        "FKD's own files (DIR/<split>/<class>/<image>.tar, as FKD_SLG writes them)")
     g.add_argument("--soft_label_type", default=None, metavar="TYPE",
                    help="FKD's flag: the label type the per-image store must hold (the store's manifest says "
                         "which it holds; a different one is refused, not reinterpreted)")
@@ -132,15 +136,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-pct", type=float, default=0.875,
                    help="validation: resize to input-size/crop-pct, center-crop (default: 0.875)")
     add_mix_type(g, None, "default: the store's; hard labels: none (online mix)")
-    g.add_argument("--mixup", type=float, default=0.8, help="hard labels: mixup alpha (default: 0.8)")
-    g.add_argument("--cutmix", type=float, default=1.0, help="hard labels: cutmix alpha (default: 1.0)")
+    g.add_argument("--mixup", type=float, default=0.8,
+                   help="hard labels and --mixup_cutmix: mixup alpha (default: 0.8)")
+    g.add_argument("--cutmix", type=float, default=1.0,
+                   help="hard labels and --mixup_cutmix: cutmix alpha (default: 1.0)")
+    g.add_argument("--mixup_cutmix", "--mixup-cutmix", dest="mixup_cutmix", action="store_true",
+                   help="per-image labels: mix each step's crops and their labels online, as train_FKD.py's "
+                        "--mixup_cutmix (mixup or cutmix within each rank's share of the step)")
+    g.add_argument("--mixup_cutmix_prob", "--mixup-cutmix-prob", dest="mixup_cutmix_prob", type=float, default=1.0,
+                   help="--mixup_cutmix: probability that a step is mixed (default: 1.0, as FKD)")
+    g.add_argument("--mixup_switch_prob", "--mixup-switch-prob", dest="mixup_switch_prob", type=float, default=0.5,
+                   help="--mixup_cutmix: probability of mixup rather than cutmix (default: 0.5, as FKD)")
     g.add_argument("--fkd-seed", "--fkd_seed", dest="fkd_seed", type=int, default=None,
                    help="seed the store was made with (default: the store's; a different value is refused)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", type=str, default="resnet18",
-                   help="student: ours (democnn, ...), torchvision or timm name (default: resnet18)")
-    g.add_argument("--num-classes", type=int, default=None,
+    g.add_argument("--model", "-a", "--arch", dest="model", type=str, default=None,
+                   help="student: ours (democnn, ...), torchvision or timm name (default: resnet18; --recipe fkd: "
+                        "resnet50, as train_FKD.py's -a)")
+    g.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, default=None,
                    help="default: the store's; FKD's own files: 1000 (as FKD); hard labels: the number of "
                         "class folders")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
@@ -155,8 +169,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=None,
                    help="default: the epochs the store holds; hard labels: 300")
     g.add_argument("--start-epoch", type=int, default=0, help="begin at this epoch (schedule and store)")
+    g.add_argument("--recipe", choices=["fkd", "ours"], default=None,
+                   help="fkd (the default with --softlabel_path): train_FKD.py's: SGD lr 0.1 momentum 0.9 wd 1e-4 "
+                        "on every parameter, --epochs 300 counted as train_FKD.py counts them (a pass with "
+                        "--num-crops N crops of every image is N epochs; the last epochs single-crop), -b crops per "
+                        "step (default 1024), --cos its cosine; ours (the default otherwise): AdamW, -b images, "
+                        "one pass per epoch, --cos PRISM's")
     g.add_argument("--cos", action="store_true",
-                   help="PRISM's cosine schedule (= --lr-schedule prism-cos, as upstream's --cos; default: linear)")
+                   help="cosine schedule as upstream's --cos: PRISM's (= --lr-schedule prism-cos; default: linear), "
+                        "with --recipe fkd train_FKD.py's (= --lr-schedule cosine; default: multistep 120,240)")
+    g.add_argument("--schedule", nargs="*", type=int, default=None, metavar="E",
+                   help="train_FKD.py's spelling of --lr-milestones (x0.1 at each; --recipe fkd default: 120 240)")
     g.add_argument("--lr-schedule", choices=sorted(SCHEDULES), default=None,
                    help="per-epoch learning-rate factor: linear (1 - e/E, PRISM's and SRe2L's default), prism-cos "
                         "(PRISM's --cos: 0.5 (1 + cos(pi e / 2.5E)) up to 5E/6, then linear to 0), cosine "
@@ -170,14 +193,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-gamma", type=float, default=0.1,
                    help="--lr-schedule step or multistep: the factor (default: 0.1)")
     g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs (default: 0)")
-    g.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
-    g.add_argument("-lr", "--learning-rate", type=float, default=1.024, help="SGD learning rate")
-    g.add_argument("--momentum", type=float, default=0.875, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=3e-5, help="SGD weight decay")
+    g.add_argument("--sgd", action="store_true", help="SGD instead of AdamW (= --optimizer sgd)")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default=None,
+                   help="default: adamw; --recipe fkd: sgd")
+    g.add_argument("-lr", "--lr", "--learning-rate", dest="learning_rate", type=float, default=None,
+                   help="SGD learning rate (default: 1.024; --recipe fkd: 0.1)")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: 0.875; --recipe fkd: 0.9)")
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
+                   help="SGD weight decay (default: 3e-5; --recipe fkd: 1e-4)")
     g.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum (as WSLD's trainer)")
-    g.add_argument("--weight-decay-norms", action="store_true",
-                   help="decay norms and biases too (as WSLD's trainer; default: only conv and linear weights, "
-                        "as PRISM's)")
+    g.add_argument("--weight-decay-norms", action=argparse.BooleanOptionalAction, default=None,
+                   help="decay norms and biases too (as WSLD's trainer and --recipe fkd; default otherwise: only "
+                        "conv and linear weights, as PRISM's)")
     g.add_argument("--adamw-lr", type=float, default=0.001, help="AdamW learning rate")
     g.add_argument("--adamw-weight-decay", type=float, default=0.01,
                    help="AdamW weight decay (never on norms and biases)")
@@ -230,13 +257,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "students, else --lr; kdss 0.05, SSKD's --t-lr)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--output-dir", type=str, default="./save", help="checkpoint and metrics directory")
+    g.add_argument("--output-dir", "--save_checkpoint_path", dest="output_dir", type=str, default="./save",
+                   help="checkpoint and metrics directory (train_FKD.py's --save_checkpoint_path)")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation and of hard-label augmentation")
     g.add_argument("--eval-interval", type=int, default=10, help="evaluate every N epochs and at the end")
     g.add_argument("--save-interval", type=int, default=1,
                    help="write checkpoint.pth every N epochs and at the end (default: 1)")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue from a checkpoint; auto: --output-dir/checkpoint.pth if there is one")
+                   help="continue from a checkpoint; auto: --output-dir/checkpoint.pth if there is one; with -e: "
+                        "the weights to evaluate")
+    g.add_argument("-e", "--evaluate", action="store_true",
+                   help="as train_FKD.py's -e: evaluate --resume's weights (ours or train_FKD.py's checkpoint) on "
+                        "--val-dir (DATA/val) and stop")
+    g.add_argument("--pretrained", action="store_true",
+                   help="train_FKD.py's: start from torchvision's published weights; refused (not offered)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--wandb-mode", default="disabled", choices=["online", "offline", "disabled"],
                    help="wandb logging (default: disabled); online reads the key from WANDB_API_KEY")
@@ -262,19 +296,39 @@ def store_epochs(cfg: TrainConfig, store: Store, index: FolderIndex, first_epoch
     """(epoch, batches) from a store through one loader for the whole run, so workers start once
     rather than once per epoch. Each rank gets its slice of every step. Per-image stores draw each
     step's images and stored crops from (--seed, epoch)."""
+    passes = cfg.passes
     if cfg.per_image:
-        per_epoch = replay.batches_per_epoch(len(index), cfg.batch_size)
+        steps = [replay.batches_per_epoch(len(index), pass_batch(cfg, crops)[0]) for _, crops in passes]
         targets = torch.tensor(class_index_of(store.manifest, index.classes))[torch.tensor(index.targets)]
         options = {"seed": cfg.seed, "images_per_step": cfg.batch_size, "crops_per_epoch": cfg.num_crops,
                    "targets": targets}
+        if cfg.recipe == "fkd":
+            options["passes"] = passes
     else:
-        per_epoch, options = store.settings.batches_per_epoch, {}
-    dataset = store.dataset(index, replay.epoch_jobs(first_epoch, cfg.epochs, per_epoch),
-                            cache_bytes(cfg.cache_images, cfg.workers), info.rank, info.world_size, **options)
+        steps, options = [store.settings.batches_per_epoch] * len(passes), {}
+    jobs = [(p, b) for p in range(first_epoch, len(passes)) for b in range(steps[p])]
+    dataset = store.dataset(index, jobs, cache_bytes(cfg.cache_images, cfg.workers), info.rank, info.world_size,
+                            **options)
     batches = iter(batch_loader(dataset, cfg.workers, pin, background=pin, yield_cpu=not pin))
-    for epoch in range(first_epoch, cfg.epochs):
-        epoch_batches = (next(batches) for _ in range(per_epoch))
+    for epoch in range(first_epoch, len(passes)):
+        epoch_batches = (next(batches) for _ in range(steps[epoch]))
+        if cfg.mixup_cutmix:
+            epoch_batches = (mix_per_image(cfg, item, info.rank) for item in epoch_batches)
         yield epoch, (epoch_batches if cfg.per_image else each_sample_once(epoch_batches, store, epoch))
+
+
+def mix_per_image(cfg: TrainConfig, item: dict, rank: int) -> dict:
+    """train_FKD.py's --mixup_cutmix (utils_FKD.py's mixup_cutmix): with --mixup_cutmix_prob the
+    step is mixed, by mixup with --mixup_switch_prob else cutmix, each crop with a partner of the
+    same batch; the labels mix as probabilities, lambda p + (1 - lambda) p_partner."""
+    rng = streams.rng(cfg.seed, Stream.PER_IMAGE_MIX, item["epoch"], item["batch"], rank)
+    if not rng.random() < cfg.mixup_cutmix_prob:
+        return item
+    kind = "mixup" if rng.random() < cfg.mixup_switch_prob else "cutmix"
+    index, lam, bbox = replay.sample_mix(rng, kind, len(item["target"]), cfg.input_size, cfg.mixup, cfg.cutmix)
+    probs = item["soft_label"].exp()
+    mixed = (lam * probs + (1.0 - lam) * probs[index]).log()
+    return {**item, "soft_label": mixed, "partners": item["pixels"][index], "mix_lam": lam, "mix_bbox": bbox}
 
 
 def each_sample_once(batches: Iterator[dict], store: Store, epoch: int) -> Iterator[dict]:
@@ -361,7 +415,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
         optimizer = torch.optim.AdamW(param_groups(model, cfg.adamw_weight_decay, cfg.weight_decay_norms),
                                       lr=cfg.adamw_lr)
     epochs, warmup, schedule = cfg.epochs, cfg.warmup_epochs, schedule_of(cfg)
-    return optimizer, LambdaLR(optimizer, lambda e: lr_factor(e, epochs, warmup, schedule))  # stepped per epoch
+    # stepped once per pass (an epoch, or train_FKD.py's pass of --num-crops epochs) at its first epoch
+    firsts = [first for first, _ in cfg.passes] + [epochs]
+    return optimizer, LambdaLR(optimizer, lambda p: lr_factor(firsts[min(p, len(firsts) - 1)], epochs, warmup,
+                                                               schedule))
 
 
 def online_teachers(cfg: TrainConfig, device: torch.device) -> Optional[Ensemble]:
@@ -590,9 +647,10 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
         return ckpt["epoch"], True
     if cfg.resume and info.is_main:
         print(f"train: --resume {cfg.resume}: no checkpoint in {cfg.output_dir}, starting afresh", flush=True)
-    for _ in range(cfg.start_epoch):  # the schedule starts where the run starts
+    first = cfg.first_pass()
+    for _ in range(first):  # the schedule starts where the run starts
         scheduler.step()
-    return cfg.start_epoch, False
+    return first, False
 
 
 def distill_init(cfg: TrainConfig, distill: DistillRun, student: nn.Module, teachers: Ensemble, index: FolderIndex,
@@ -637,10 +695,14 @@ def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
 
 
 def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tuple[str, int, str]:
-    """(labels, images per epoch, batch) as the log and results.json name them; per-image counts are crops."""
+    """(labels, images per epoch, batch) as the log and results.json name them; per-image counts are crops
+    (per pass: --num-crops of every image)."""
     if cfg.per_image:
-        return (f"soft ({cfg.loss_type}, FKD {store.manifest['label_type']})", len(index) * cfg.num_crops,
-                f"{cfg.batch_size} images x {cfg.num_crops} crops")
+        batch = f"{cfg.batch_size} images x {cfg.num_crops} crops"
+        if cfg.recipe == "fkd":
+            batch += (f", train_FKD.py's epochs: {sum(c > 1 for _, c in cfg.passes)} passes of {cfg.num_crops}, "
+                      f"{sum(c == 1 for _, c in cfg.passes)} single-crop")
+        return (f"soft ({cfg.loss_type}, FKD {store.manifest['label_type']})", len(index) * cfg.num_crops, batch)
     if store is not None:
         return f"soft ({cfg.loss_type})", store.settings.num_samples, f"{cfg.batch_size}"
     labels = (f"online KD from {cfg.teacher} ({cfg.loss_type})" if cfg.teacher else
@@ -650,17 +712,43 @@ def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tu
 
 def log_epoch(cfg: TrainConfig, step: Step, epoch: int, n_steps: int, train_loss: float, started: float,
               val_loader: Optional[DataLoader], metrics_path: str, tracker, bar) -> dict:
-    row = {"epoch": epoch + 1, "step": n_steps, "train_loss": train_loss,
+    """``epoch``: the epochs done (train_FKD.py's count with --recipe fkd)."""
+    row = {"epoch": epoch, "step": n_steps, "train_loss": train_loss,
            "lr": step.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 2)}
     if val_loader is not None:
         row.update(evaluate(checkpoint.unwrap(step.model), val_loader, step.info.device, cfg.channels_last, step.amp))
     with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
     tracker.log(row, n_steps)
-    bar.write(f"epoch {epoch + 1}: train loss {train_loss:.4f}"
+    bar.write(f"epoch {epoch}: train loss {train_loss:.4f}"
               + (" | val top-1 {top1:.2f}% top-5 {top5:.2f}% nll {nll:.3f} ece {ece:.2f}%".format(**row)
                  if "top1" in row else ""))
     return row
+
+
+def crossed(done: int, before: int, interval: int) -> bool:
+    """Whether the epochs ``before`` .. ``done`` reached a multiple of ``interval``."""
+    return done // interval > before // interval
+
+
+def evaluate_only(args: argparse.Namespace) -> None:
+    """train_FKD.py's -e: top-1/top-5 of --resume's weights on the validation images."""
+    if not args.resume or args.resume == "auto":
+        raise UserError("-e/--evaluate evaluates --resume FILE (a checkpoint of ours or of train_FKD.py); give it")
+    if not args.val_dir:
+        raise UserError("-e/--evaluate needs the validation images: DATA with a val/ folder, or --val-dir")
+    meta = models.read_weights_file(args.resume, "--resume")[1]
+    arch = args.model or (None if meta.get("arch") else "resnet50")  # train_FKD.py's -a default
+    teacher = load_teacher(arch, args.resume, args.num_classes, flag="--resume")
+    device = distributed.setup(args.device).device
+    index, bad = drop_unreadable(scan_image_folder(args.val_dir, "--val-dir"))
+    if bad:
+        raise UserError(f"--val-dir {args.val_dir}: {len(bad)} images cannot be read (first: {bad[0]})")
+    loader = DataLoader(IndexedImageFolder(index, eval_transform(args.input_size or 224, args.crop_pct, teacher.mean,
+                                                                 teacher.std)),
+                        batch_size=256, shuffle=False, num_workers=loader_workers(args.workers, device.type == "cuda"))
+    metrics = evaluate(teacher.model.to(device), loader, device, False, None)
+    print(" * Acc@1 {top1:.3f} Acc@5 {top5:.3f}".format(**metrics), flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -670,6 +758,13 @@ def main(args: argparse.Namespace) -> None:
     if args.wandb_api_key:  # this process only; never logged or saved (SECRETS)
         os.environ["WANDB_API_KEY"] = args.wandb_api_key
         sys.argv = [a if a != args.wandb_api_key else "***" for a in sys.argv]
+    if args.pretrained:
+        raise UserError("--pretrained (train_FKD.py: start from torchvision's published weights) is not offered; "
+                        "students start from scratch")
+    data_folder(args)
+    if args.evaluate:
+        evaluate_only(args)
+        return
     check_flags(args)
     info = distributed.setup(args.device)
     # the same images relabel left out with --skip-bad-images, so the same fingerprint
@@ -719,15 +814,19 @@ def main(args: argparse.Namespace) -> None:
     epochs = (store_epochs(cfg, store, train_index, first_epoch, info, pin) if store is not None
               else hard_label_epochs(cfg, train_index, range(first_epoch, cfg.epochs), info, pin))
     labels, images_per_epoch, batch_desc = describe(cfg, store, train_index)
+    passes = cfg.passes
+    done = passes[first_epoch][0] if first_epoch < len(passes) else cfg.epochs
     if info.is_main:
-        print(f"train: {cfg.model} on {len(train_index)} images, {labels} labels, epochs {first_epoch}.."
+        print(f"train: {cfg.model} on {len(train_index)} images, {labels} labels, epochs {done}.."
               f"{cfg.epochs}, batch {batch_desc}" + (f" on {info.world_size} ranks" if info.distributed else "")
               + f", input {cfg.input_size}px, device {info.device}", flush=True)
         for note in store_notes(cfg, store):
             print(f"note: {note}", flush=True)
 
     step = Step(cfg, model, optimizer, scaler, teachers, mean, std, amp, info, distilling(distill))
-    bar = tracking.progress(images_per_epoch * (cfg.epochs - first_epoch), "train",
+    total = (len(train_index) * sum(crops for _, crops in passes[first_epoch:]) if cfg.per_image
+             else images_per_epoch * (len(passes) - first_epoch))
+    bar = tracking.progress(total, "train",
                             disable=cfg.no_progress or not info.is_main)
     student.train()
     started, speed, n_steps, result = time.time(), Throughput(), 0, {}
@@ -735,11 +834,13 @@ def main(args: argparse.Namespace) -> None:
         train_loss, steps = train_one_epoch(step, epoch, batches, bar, speed)
         n_steps += steps
         scheduler.step()
-        bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}", refresh=False)
-        last = epoch + 1 == cfg.epochs
-        if info.is_main and ((epoch + 1) % cfg.eval_interval == 0 or last):
-            result = log_epoch(cfg, step, epoch, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
-        if info.is_main and ((epoch + 1) % cfg.save_interval == 0 or last):
+        first, crops = passes[epoch]
+        done = first + (crops if cfg.recipe == "fkd" else 1)  # epochs done; a pass may count as several
+        bar.set_postfix(epoch=done, loss=f"{train_loss:.4f}", refresh=False)
+        last = epoch + 1 == len(passes)
+        if info.is_main and (crossed(done, first, cfg.eval_interval) or last):
+            result = log_epoch(cfg, step, done, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
+        if info.is_main and (crossed(done, first, cfg.save_interval) or last):
             save_checkpoint(cfg, model, optimizer, scheduler, scaler, epoch + 1, mean, std, train_index.classes,
                             distill, teachers)
     bar.close()

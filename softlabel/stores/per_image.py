@@ -296,13 +296,20 @@ class PerImageSteps(Dataset):
     order (from (seed, epoch)), ``per_epoch`` stored crops of each (``crops_for``), image by
     image; rank ``rank`` gets its contiguous slice of those crops (``slice_bounds``), and
     only the images and label files the slice needs are read. ``soft_label`` holds
-    log-probabilities (``log_probs``) of the recovered labels; no mixing."""
+    log-probabilities (``log_probs``) of the recovered labels; no mixing.
+
+    ``passes`` (train_FKD.py's epoch loop): job epoch p is a pass (first epoch, crops); a pass
+    of ``per_epoch`` crops takes crop positions first .. first + per_epoch - 1, a single-crop
+    pass position first with ``per_epoch`` times the images per step, so every epoch of
+    train_FKD.py's count uses one crop of each image."""
 
     def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]], seed: int,
                  images_per_step: int, per_epoch: int, targets: torch.Tensor, cache_bytes: int = 0,
-                 rank: int = 0, world: int = 1, read: Optional[Callable[[int], tuple]] = None):
+                 rank: int = 0, world: int = 1, read: Optional[Callable[[int], tuple]] = None,
+                 passes: Optional[Sequence[tuple[int, int]]] = None):
         self.root, self.index, self.manifest, self.jobs, self.seed = root, index, manifest, jobs, seed
         self.images_per_step, self.per_epoch, self.targets = images_per_step, per_epoch, targets
+        self.passes = passes
         self.rank, self.world = rank, world
         self.cache = ImageCache(cache_bytes, index)
         self.num_crops, self.num_classes = int(manifest["num_crops"]), int(manifest["num_classes"])
@@ -314,13 +321,21 @@ class PerImageSteps(Dataset):
     def __len__(self) -> int:
         return len(self.jobs)
 
+    def plan(self, epoch: int) -> tuple[int, int, int]:
+        """(crop sequence epoch, crops per image, images per step) of job epoch ``epoch``."""
+        if self.passes is None:
+            return epoch, self.per_epoch, self.images_per_step
+        first, crops = self.passes[epoch]
+        return first // crops, crops, self.images_per_step * self.per_epoch // crops
+
     def step_crops(self, epoch: int, step: int) -> list[tuple[int, int]]:
         """(image, stored crop) pairs of the whole step, over all ranks."""
         if self._order[0] != epoch:
             self._order = (epoch, epoch_order(self.seed, epoch, len(self.index)))
-        images = self._order[1][step * self.images_per_step:(step + 1) * self.images_per_step]
+        crop_epoch, crops, per_step = self.plan(epoch)
+        images = self._order[1][step * per_step:(step + 1) * per_step]
         return [(int(i), c) for i in images
-                for c in crops_for(self.seed, int(i), epoch, self.per_epoch, self.num_crops)]
+                for c in crops_for(self.seed, int(i), crop_epoch, crops, self.num_crops)]
 
     def __getitem__(self, n: int) -> dict[str, Any]:
         epoch, step = self.jobs[n]
@@ -394,9 +409,10 @@ class PerImageStore(Store):
 
     def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
                 world: int = 1, seed: int = 0, images_per_step: int = 1,
-                crops_per_epoch: int = DEFAULT_CROPS_PER_STEP, targets: Optional[torch.Tensor] = None) -> Dataset:
+                crops_per_epoch: int = DEFAULT_CROPS_PER_STEP, targets: Optional[torch.Tensor] = None,
+                passes: Optional[Sequence[tuple[int, int]]] = None) -> Dataset:
         return PerImageSteps(self.path, index, dict(self.manifest), jobs, seed, images_per_step, crops_per_epoch,
-                             targets, cache_bytes, rank, world, self.reader(index))
+                             targets, cache_bytes, rank, world, self.reader(index), passes)
 
     def read_labels(self, index: FolderIndex, i: int) -> tuple:
         """Image i's (coords (K, 4), flips (K,), classes (K, k), values (K, k) | None), validated."""
