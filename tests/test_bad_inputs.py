@@ -6,15 +6,17 @@ their own file stay there: the store inspector, per-image and upstream stores, c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import STORE_ARGS, assert_user_error, relabel, run_script, script_env, tree_bytes
+from conftest import STORE_ARGS, assert_user_error, relabel, run_script, script_env, train_in_process, tree_bytes
 from PIL import Image
 
+from softlabel.errors import UserError
 from softlabel.stores import batch as store
 
 TRAIN = "validate/train_FKD_parallel.py"
@@ -445,13 +447,64 @@ def test_devices_this_machine_lacks_are_one_line_errors(device, needle, cutmix_s
                       f"--device {device}", needle)
 
 
-def test_a_diverging_run_stops_before_its_checkpoint(store_copy, demo_data, tmp_path):
-    """A learning rate that blows the weights up makes the losses NaN: the trainer stops at the
-    first epoch's end, names it, and writes no checkpoint of it (an earlier one would stay). (A
-    store whose normalization divides by zero no longer gets this far: the schema refuses it.)"""
+def poison_weights_after(monkeypatch, steps: int) -> None:
+    """The trainer's weights turn NaN after its first ``steps`` steps, as a diverging run's do."""
+    import validate.train_FKD_parallel as trainer
+    real_step, done = trainer.train_step, []
+
+    def poisoned(step, batch):
+        loss = real_step(step, batch)
+        done.append(1)
+        if len(done) == steps:
+            with torch.no_grad():
+                next(step.model.parameters()).fill_(float("nan"))
+        return loss
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+
+
+def test_a_diverging_run_stops_before_its_checkpoint(store_copy, demo_data, tmp_path, monkeypatch):
+    """Weights that blow up make the losses NaN: the trainer stops at the epoch's end, names it,
+    and writes no checkpoint of it (an earlier one would stay). (A store whose normalization
+    divides by zero no longer gets this far: the schema refuses it.)"""
+    poison_weights_after(monkeypatch, 1)
     out = tmp_path / "run"
-    assert_user_error(train("--fkd-path", store_copy, "--train-dir", demo_data / "ipc2", "--output-dir", out,
-                            "--model", "democnn_small", "--sgd", "-lr", 1e30), "epoch 1", "training loss is")
+    with pytest.raises(UserError, match="epoch 1: the training loss is nan"):
+        train_in_process("--fkd-path", store_copy, "--train-dir", demo_data / "ipc2", "--output-dir", out,
+                         "--model", "democnn_small", "--no-progress")
+    assert not (out / "checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--sgd", "--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
+    (["--sgd", "-lr", "-1"], "-lr/--lr must be in (0, 100], got -1"),
+    (["--adamw-lr", "inf"], "--adamw-lr must be in (0, 100], got inf"),
+    (["--weight-decay", "-0.1", "--sgd"], "--weight-decay must be in [0, 1]"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+])
+def test_optimizer_numbers_that_cannot_train_are_refused_before_anything_is_written(flags, needle, demo_data,
+                                                                                   tmp_path):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        train_in_process("--train-dir", demo_data / "ipc1", "--model", "democnn_small", "--epochs", 1,
+                         "--output-dir", tmp_path / "run", *flags)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("weight", ["-1000", "1e30", "nan"])
+def test_distill_weights_that_cannot_train_are_refused(weight, demo_data, teacher_ckpt, tmp_path):
+    with pytest.raises(UserError, match=re.escape(f"--distill-weight must be in [0, 10000], got {float(weight)}")):
+        train_in_process("--train-dir", demo_data / "ipc1", "--model", "democnn_small", "--epochs", 1,
+                         "--teacher", "democnn", "--teacher-path", teacher_ckpt, "--distiller", "at",
+                         "--distill-weight", weight, "--output-dir", tmp_path / "run")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(demo_data, tmp_path, monkeypatch):
+    """An epoch's loss is taken before its last update: that update alone can make the weights
+    NaN with a finite loss. The checkpoint is checked itself, whatever the loss said."""
+    poison_weights_after(monkeypatch, 1)  # one step per epoch: the loss stays finite
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="epoch 1: the student's .* is not finite"):
+        train_in_process("--train-dir", demo_data / "ipc1", "--model", "democnn_small", "--epochs", 1, "-b", 10,
+                         "--output-dir", out, "--no-progress")
     assert not (out / "checkpoint.pth").exists()
 
 

@@ -210,8 +210,28 @@ def check_flags(args: argparse.Namespace) -> None:
                         f"not --loss-type {loss_type_of(args)}")
 
 
+# Optimizer and loss numbers: finite, and where training means something (flag, key, test, range).
+NUMBER_RANGES = (
+    ("-lr/--lr", "learning_rate", lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("--adamw-lr", "adamw_lr", lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("--distill-init-lr", "distill_init_lr", lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("--momentum", "momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("--weight-decay", "weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("--adamw-weight-decay", "adamw_weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("--ce-weight", "ce_weight", lambda v: 0 <= v <= 1e4, "in [0, 10000]"),
+    ("--alpha", "alpha", lambda v: 0 <= v <= 1e4, "in [0, 10000]"),
+    ("--distill-weight", "distill_weight", lambda v: 0 <= v <= 1e4, "in [0, 10000]"),
+    ("--label-smoothing", "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("--lr-gamma", "lr_gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+)
+
+
 def check_ranges(values: dict) -> None:
-    """Counts and sizes in range (flags as given, and again once resolved)."""
+    """Counts, sizes and optimizer/loss numbers in range (flags as given, and again once resolved)."""
+    for flag, key, ok, where in NUMBER_RANGES:
+        v = values.get(key)
+        if v is not None and not (math.isfinite(v) and ok(v)):
+            raise UserError(f"{flag} must be {where}, got {v}")
     for flag, key in (("-b/--batch-size", "batch_size"), ("--epochs", "epochs"), ("--input-size", "input_size"),
                       ("--eval-interval", "eval_interval"), ("--save-interval", "save_interval"),
                       ("--num-classes", "num_classes"), ("--gradient-accumulation-steps", "gradient_accumulation_steps"),

@@ -669,6 +669,11 @@ def save_checkpoint(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, sc
                     teachers: Optional[Ensemble] = None) -> None:
     """--output-dir/checkpoint.pth after ``epoch`` epochs (0: after a distiller's init stage); with
     --teacher-mode train also the teachers' running statistics, which that mode updates."""
+    for what, part in (("student", model), ("distiller", distill.distiller if distill else None)):
+        for name, value in (checkpoint.unwrap(part).state_dict().items() if part is not None else ()):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise UserError(f"epoch {epoch}: the {what}'s {name} is not finite (training diverged: lower the "
+                                f"learning rate); this checkpoint is not written, the last one written stays good")
     extra = {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else {}
     if teachers is not None and cfg.teacher_mode == "train":
         extra["teacher_buffers"] = teachers.buffers()
