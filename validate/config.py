@@ -281,16 +281,17 @@ def recipe_settings(args: argparse.Namespace) -> dict:
 
 
 def loss_type_of(args: argparse.Namespace) -> str:
-    """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else the
-    cross-entropy alone beside a --distiller (RepDistiller's -a 0), else kl."""
-    return args.loss_type or ("soft_ce" if args.softlabel_path else "ce" if args.distiller else "kl")
+    """--loss-type, else FKD's soft cross-entropy with --softlabel_path or --recipe fkd (train_FKD.py),
+    else the cross-entropy alone beside a --distiller (RepDistiller's -a 0), else kl."""
+    fkd = args.softlabel_path or args.recipe == "fkd"
+    return args.loss_type or ("soft_ce" if fkd else "ce" if args.distiller else "kl")
 
 
 def temperature_of(args: argparse.Namespace, loss_type: str) -> float:
-    """-T, else FKD's --temp 1.0 with --softlabel_path, else the loss's default (3; wsld 2; kd 4)."""
+    """-T, else FKD's --temp 1.0 with --softlabel_path or --recipe fkd, else the loss's default (3; wsld 2; kd 4)."""
     if args.temperature:
         return args.temperature
-    return 1.0 if args.softlabel_path else DEFAULT_TEMPERATURE.get(loss_type, 3.0)
+    return 1.0 if args.softlabel_path or args.recipe == "fkd" else DEFAULT_TEMPERATURE.get(loss_type, 3.0)
 
 
 def lr_schedule_of(args: argparse.Namespace) -> str:
