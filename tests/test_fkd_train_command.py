@@ -17,6 +17,7 @@ from conftest import ROOT, train_in_process
 from test_fkd_upstream_files import CLASSES, SIZE, write_fkd_files
 from test_upstream_commands import script_command
 
+from softlabel import files
 from softlabel.cli import note_replaced_flags
 from softlabel.data import scan_image_folder
 from softlabel.distributed import DistInfo
@@ -151,6 +152,31 @@ def test_fkd_readme_command_trains_and_evaluates(fkd_data, tmp_path, capsys):
     train_in_process("-a", "democnn_small", "-e", "--resume", out / "checkpoint.pth", data, "-j", 0,
                      "--input-size", SIZE)
     assert f" * Acc@1 {rows[-1]['top1']:.3f}" in capsys.readouterr().out
+    # killed after its first pass, resumed: the same weights, and a run of another recipe is refused
+    import validate.train_FKD_parallel as trainer
+    cut, passes = tmp_path / "cut", []
+    real = trainer.train_one_epoch
+
+    def stop_at_second_pass(*a):
+        passes.append(a[1])
+        if len(passes) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+    flags = (*command, "--num_crops", 2, "--epochs", 5, "--num_classes", CLASSES, "--input-size", SIZE,
+             "--save_checkpoint_path", cut, "-j", 0, "--no-progress")
+    trainer.train_one_epoch = stop_at_second_pass
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_in_process(*flags)
+    finally:
+        trainer.train_one_epoch = real
+    files._locks.pop().close()  # as the OS does when the killed run's process ends
+    with pytest.raises(UserError, match="--recipe fkd"):
+        train_in_process(*flags, "--resume", "auto", "--recipe", "ours", "-b", 4)  # the same 4 images per step
+    files._locks.pop().close()
+    train_in_process(*flags, "--resume", "auto")
+    resumed = torch.load(cut / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], ckpt["model"][k]) for k in resumed)
     mixed = tmp_path / "mixed"
     train_in_process(*command, "--num_crops", 2, "--epochs", 2, "--num_classes", CLASSES, "--input-size", SIZE,
                      "--save_checkpoint_path", mixed, "-j", 0, "--no-progress", "--mixup_cutmix")

@@ -264,14 +264,15 @@ def test_trainer_trains_from_a_per_image_store(stores, demo_data, tmp_path):
 
 def test_fkd_flag_spellings_train_the_same_student(stores, demo_data, tmp_path):
     """FKD's train_FKD.py spellings (--softlabel_path, --soft_label_type, --num_crops, --temp) run
-    the same training as ours; a label type the store does not hold is refused."""
+    the same training as ours when --recipe ours keeps our recipe (--softlabel_path alone brings
+    train_FKD.py's: tests/test_fkd_train_command.py); a label type the store does not hold is refused."""
     common = ("--train-dir", demo_data / "ipc1", "-b", 4, "--epochs", 1, "--model", "democnn_small",
               "--loss-type", "soft_ce", "-j", 0, "--no-progress", "--device", "cpu")
     path = stores["marginal_smoothing_k5"]
     in_process("validate.train_FKD_parallel", *common, "--fkd-path", path, "--fkd-layout", "per-image",
                "--num-crops", 2, "-T", 1, "--output-dir", tmp_path / "ours")
     in_process("validate.train_FKD_parallel", *common, "--softlabel_path", path, "--soft_label_type",
-               "marginal_smoothing_k5", "--num_crops", 2, "--temp", 1, "--output-dir", tmp_path / "fkd")
+               "marginal_smoothing_k5", "--num_crops", 2, "--temp", 1, "--recipe", "ours", "--output-dir", tmp_path / "fkd")
     ours, theirs = (torch.load(tmp_path / d / "checkpoint.pth", weights_only=True)["model"] for d in ("ours", "fkd"))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     with pytest.raises(UserError, match="--soft_label_type hard: the FKD store .* holds marginal_smoothing_k5"):

@@ -311,18 +311,19 @@ def recipe_settings(args: argparse.Namespace) -> dict:
 
 
 def loss_type_of(args: argparse.Namespace) -> str:
-    """--loss-type, else FKD's soft cross-entropy with --softlabel_path (train_FKD.py), else the
-    cross-entropy alone beside a --distiller (RepDistiller's -a 0; kdss: kd, SSKD's 0.1 CE + 0.9 KD
-    at T 4), else kl."""
-    return args.loss_type or ("soft_ce" if args.softlabel_path else DISTILLERS[args.distiller].loss_type
-                              if args.distiller else "kl")
+    """--loss-type, else FKD's soft cross-entropy with --softlabel_path or --recipe fkd (train_FKD.py),
+    else the cross-entropy alone beside a --distiller (RepDistiller's -a 0; kdss: kd, SSKD's 0.1 CE +
+    0.9 KD at T 4), else kl."""
+    fkd = args.softlabel_path or args.recipe == "fkd"
+    return args.loss_type or ("soft_ce" if fkd else DISTILLERS[args.distiller].loss_type if args.distiller
+                              else "kl")
 
 
 def temperature_of(args: argparse.Namespace, loss_type: str) -> float:
-    """-T, else FKD's --temp 1.0 with --softlabel_path, else the loss's default (3; wsld 2; kd 4)."""
+    """-T, else FKD's --temp 1.0 with --softlabel_path or --recipe fkd, else the loss's default (3; wsld 2; kd 4)."""
     if args.temperature:
         return args.temperature
-    return 1.0 if args.softlabel_path else DEFAULT_TEMPERATURE.get(loss_type, 3.0)
+    return 1.0 if args.softlabel_path or args.recipe == "fkd" else DEFAULT_TEMPERATURE.get(loss_type, 3.0)
 
 
 def lr_schedule_of(args: argparse.Namespace) -> str:

@@ -10,7 +10,11 @@ flips and mix the teacher labelled (softlabel/replay.py) and fits the stored log
 Per-image FKD mode (``--fkd-layout per-image``): ``--fkd-path`` is a store of
 relabel/generate_soft_label_fkd.py (one file per image, many labelled crops each); every step
 takes -b images and ``--num-crops`` of each image's stored crops, re-rendered exactly, with
-the recovered FKD labels as log-probabilities (softlabel/stores/per_image.py).
+the recovered FKD labels as log-probabilities (softlabel/stores/per_image.py). FKD's own command
+runs as written, with train_FKD.py's recipe (--recipe fkd, the default with --softlabel_path):
+
+    python validate/train_FKD_parallel.py -a resnet50 --lr 0.1 --num_crops 4 -b 1024 --cos --temp 1.0 \
+        --softlabel_path FKD_LABELS DATA        # DATA holds train/ and val/
 
 Hard-label mode (no ``--fkd-path``): online RandomResizedCrop, flip, optional mix and label
 smoothing; it trains teachers and baselines. With ``--teacher`` the teacher runs every step on
@@ -84,10 +88,10 @@ TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "
                     "print_freq")
 SECRETS = ("wandb_api_key",)
 # Settings a resumed run must share with its checkpoint, or it could not continue exactly.
-RESUME_MUST_MATCH = ("label_source", "model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
+RESUME_MUST_MATCH = ("label_source", "recipe", "model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
                      "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
                      "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
-                     "recipe", "mixup", "cutmix", "mixup_cutmix", "mixup_cutmix_prob", "mixup_switch_prob", "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
+                     "mixup", "cutmix", "mixup_cutmix", "mixup_cutmix_prob", "mixup_switch_prob", "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
                      "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed", "distiller", "distill_weight",
                      "feat_layers", "teacher_feat_layers", "distill_init_epochs", "distill_init_lr", "teacher_mode")
 
@@ -163,11 +167,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", type=int, default=None,
                    help="global batch (all ranks together); default: the store's batch size; hard labels: "
-                        "1024; per-image: images per step (default: 1024 / --num-crops)")
+                        "1024; per-image: images per step (default: 1024 / --num-crops); --recipe fkd: crops per "
+                        "step, as train_FKD.py (default: 1024, i.e. 1024 / --num-crops images)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="split each batch into this many micro-batches, one optimizer step (default: 1)")
     g.add_argument("--epochs", type=int, default=None,
-                   help="default: the epochs the store holds; hard labels: 300")
+                   help="default: the epochs the store holds; hard labels: 300; --recipe fkd: 300, counted as "
+                        "train_FKD.py counts them (a pass of --num-crops crops is that many epochs)")
     g.add_argument("--start-epoch", type=int, default=0, help="begin at this epoch (schedule and store)")
     g.add_argument("--recipe", choices=["fkd", "ours"], default=None,
                    help="fkd (the default with --softlabel_path): train_FKD.py's: SGD lr 0.1 momentum 0.9 wd 1e-4 "
