@@ -476,8 +476,8 @@ def test_a_diverging_run_stops_before_its_checkpoint(store_copy, demo_data, tmp_
 
 @pytest.mark.parametrize("flags, needle", [
     (["--sgd", "--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
-    (["--sgd", "-lr", "-1"], "-lr/--lr must be in (0, 100], got -1"),
-    (["--adamw-lr", "inf"], "--adamw-lr must be in (0, 100], got inf"),
+    (["--sgd", "-lr", "-1"], "-lr/--lr must be in [0, 100], got -1"),
+    (["--adamw-lr", "inf"], "--adamw-lr must be in [0, 100], got inf"),
     (["--weight-decay", "-0.1", "--sgd"], "--weight-decay must be in [0, 1]"),
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
 ])

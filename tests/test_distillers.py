@@ -420,7 +420,7 @@ def test_distiller_flags_that_cannot_work_are_one_line(demo_data, teacher, tmp_p
     for extra, needle in ((["--distiller", "at", "--teacher", "resnet32,resnet32"], "one"),
                           (["--distill-weight", 5], "apply to --distiller"),
                           (["--distiller", "fitnet", "--distill-init-epochs", 3], "init stage: ab, ft, kdss"),
-                          (["--distiller", "ab", "--distill-init-lr", 0], "positive"),
+                          (["--distiller", "ab", "--distill-init-lr", 0], "--distill-init-lr must be in"),
                           (["--distiller", "kdss", "--distill-init-epochs", 0], "self-supervision head")):
         args = train_args(demo_data, teacher, tmp_path / "x", *map(str, extra))
         with pytest.raises(UserError, match=needle):

@@ -175,8 +175,6 @@ def check_flags(args: argparse.Namespace) -> None:
         if not args.distiller or not DISTILLERS[args.distiller].init_epochs:
             raise UserError("--distill-init-epochs / --distill-init-lr apply to a --distiller with an init stage: "
                             + ", ".join(k for k, v in sorted(DISTILLERS.items()) if v.init_epochs))
-        if args.distill_init_lr is not None and not args.distill_init_lr > 0:
-            raise UserError(f"--distill-init-lr must be positive, got {args.distill_init_lr}")
         if args.distill_init_epochs is not None and args.distill_init_epochs < 1 and \
                 DISTILLERS[args.distiller].init_required:
             raise UserError(f"--distill-init-epochs {args.distill_init_epochs}: --distiller {args.distiller} needs "
@@ -212,8 +210,8 @@ def check_flags(args: argparse.Namespace) -> None:
 
 # Optimizer and loss numbers: finite, and where training means something (flag, key, test, range).
 NUMBER_RANGES = (
-    ("-lr/--lr", "learning_rate", lambda v: 0 < v <= 100, "in (0, 100]"),
-    ("--adamw-lr", "adamw_lr", lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("-lr/--lr", "learning_rate", lambda v: 0 <= v <= 100, "in [0, 100]"),  # 0: the weights stay put
+    ("--adamw-lr", "adamw_lr", lambda v: 0 <= v <= 100, "in [0, 100]"),
     ("--distill-init-lr", "distill_init_lr", lambda v: 0 < v <= 100, "in (0, 100]"),
     ("--momentum", "momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("--weight-decay", "weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
