@@ -9,10 +9,7 @@ Everything else is the generic relabel/generate_soft_label.py (see its --help).
     python relabel/generate_soft_label_r18.py --data DISTILLED --fkd-path STORE --candidate-number 4
 """
 
-from relabel.generate_soft_label import Preset, get_args_parser, main
-from softlabel.errors import run_main
-
-PRESET = Preset("r18", ["resnet18", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5"], "normmean", 50)
+from softlabel.commands.relabel import cli
 
 if __name__ == "__main__":
-    run_main(lambda: main(get_args_parser(PRESET).parse_args(), PRESET))
+    cli("r18")

@@ -41,8 +41,8 @@ from bench_methods import (
 
 from softlabel.distill import DISTILLERS
 from softlabel.errors import UserError, run_main
-from validate.label_optimization import MILESTONES
-from validate.label_optimization import STUDY_EPOCHS as STUDY_LR_EPOCHS
+from softlabel.commands.label_optimization import MILESTONES
+from softlabel.commands.label_optimization import STUDY_EPOCHS as STUDY_LR_EPOCHS
 
 TRAINER = "validate/train_FKD_parallel.py"
 MARK_START, MARK_END = "<!-- bench_distillers:start -->", "<!-- bench_distillers:end -->"

@@ -80,7 +80,7 @@ def trainer_args(setting: str, data_flags: list[str], per_epoch: int, steps: int
 
 
 def profile(setting: str, args: list[str], out_dir: str, device: torch.device) -> None:
-    from validate.train_FKD_parallel import get_args_parser, main
+    from softlabel.commands.train import get_args_parser, main
     shutil.rmtree(args[args.index("--output-dir") + 1], ignore_errors=True)
     args = [*args, "--no-progress", "--eval-interval", "1000", "--save-interval", "1000"]
     activities = [torch.profiler.ProfilerActivity.CPU]

@@ -62,7 +62,7 @@ STUDY = ("--lr", "0.1", "--wd", "5e-4")
 
 
 def recipe_table() -> str:
-    from validate.label_optimization import METHODS
+    from softlabel.commands.label_optimization import METHODS
     lines = []
     for r in RECIPES:
         m = METHODS[r.method.lower()]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root if it is missing, install requirements.txt (plus any
 # extra packages given as arguments) into it, and the project itself in editable mode, so that
-# every script imports `softlabel`, `relabel` and `validate` without touching sys.path. Skips
+# every script imports `softlabel` without touching sys.path. Skips
 # pip when nothing changed since the last successful install.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

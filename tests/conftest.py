@@ -41,7 +41,7 @@ def run_script(script: str, *args, check: bool = True, timeout: int = 600,
 def train_in_process(*args) -> None:
     """The trainer's main() on these flags in this process: what the CLI runs, without the start-up
     of a new interpreter (each run's --output-dir must be its own: a run holds its folder's lock)."""
-    from validate.train_FKD_parallel import get_args_parser, main
+    from softlabel.commands.train import get_args_parser, main
     os.environ["WANDB_MODE"] = "disabled"
     main(get_args_parser().parse_args([str(a) for a in args]))
 

@@ -449,7 +449,7 @@ def test_devices_this_machine_lacks_are_one_line_errors(device, needle, cutmix_s
 
 def poison_weights_after(monkeypatch, steps: int) -> None:
     """The trainer's weights turn NaN after its first ``steps`` steps, as a diverging run's do."""
-    import validate.train_FKD_parallel as trainer
+    import softlabel.commands.train as trainer
     real_step, done = trainer.train_step, []
 
     def poisoned(step, batch):

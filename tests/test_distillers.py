@@ -14,7 +14,7 @@ from conftest import run_script
 from softlabel import files, models
 from softlabel.distill import DISTILLERS, Features, FeatureTap, stage_modules
 from softlabel.errors import UserError
-from validate.train_FKD_parallel import get_args_parser, main
+from softlabel.commands.train import get_args_parser, main
 
 TRAIN = "validate/train_FKD_parallel.py"
 
@@ -279,7 +279,7 @@ def test_pre_activations_are_taken_by_hooks():
 def test_distilling_steps_take_no_features_for_a_method_with_no_loss_after_its_init_stage():
     """AB adds nothing once its init stage is over: the steps then run without its hooks (which
     clone every stage's pre-activation on torchvision models); other methods keep theirs."""
-    from validate.distillation import DistillRun, distilling
+    from softlabel.training.distillation import DistillRun, distilling
     student, teacher = models.create_model("resnet20", 10), models.create_model("resnet32", 10)
     for name, kept in (("ab", False), ("at", True)):
         taps = [FeatureTap(stage_modules(m, None), DISTILLERS[name].preact) for m in (student, teacher)]
@@ -383,7 +383,7 @@ def test_init_stage_trains_its_parts_then_freezes_them_and_resumes_after_it(demo
                                                                            monkeypatch):
     """FT: the paraphraser trains in the init stage only; a run stopped right after the init stage
     (its checkpoint at epoch 0) resumes to the uninterrupted run's weights."""
-    import validate.train_FKD_parallel as trainer
+    import softlabel.commands.train as trainer
     monkeypatch.setattr(files, "lock_dir", lambda *a, **k: None)
     args = lambda out, *extra: train_args(demo_data, teacher, out, "--distiller", "ft",  # noqa: E731
                                           "--distill-init-epochs", 2, *extra)

@@ -15,9 +15,9 @@ from test_export_imagefolder import CIFAR10, dump
 
 from softlabel.cifar_resnet import cifar_resnet
 from softlabel.errors import UserError
-from validate import label_optimization as lo
-from validate.losses import LOSSES
-from validate.schedules import multistep
+from softlabel.commands import label_optimization as lo
+from softlabel.training.losses import LOSSES
+from softlabel.training.schedules import multistep
 
 SCRIPT = "validate/label_optimization.py"
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_user_error, run_script, train_in_process
 
-from validate.losses import LOSSES, keep_topk
-from validate.metrics import classification_metrics, expected_calibration_error
+from softlabel.training.losses import LOSSES, keep_topk
+from softlabel.training.metrics import classification_metrics, expected_calibration_error
 
 T = 3.0
 
@@ -120,7 +120,7 @@ def test_kd():
 
 
 def test_kd_defaults():
-    from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
+    from softlabel.training.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
     assert (DEFAULT_TEMPERATURE["kd"], DEFAULT_ALPHA["kd"]) == (4.0, 0.9)
     assert "kd" in PROBABILITY_LOSSES
 

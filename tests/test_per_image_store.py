@@ -17,7 +17,7 @@ from softlabel.data import scan_image_folder
 from softlabel.errors import UserError
 from softlabel.stores import per_image
 from softlabel.teachers import load_teacher
-from validate.losses import kl, soft_ce
+from softlabel.training.losses import kl, soft_ce
 
 GEN = "relabel/generate_soft_label_fkd.py"
 # 10 images (ipc1) x 8 crops, two teacher forwards of 4 crops per image, 24 px crops of 32 px images
@@ -45,7 +45,7 @@ def in_process(module: str, *argv) -> None:
 
 
 def generate_in_process(data, teacher, out, *extra) -> None:
-    in_process("relabel.generate_soft_label_fkd", data, "--teacher-path", teacher, "--save_path", out, *CROPS,
+    in_process("softlabel.commands.relabel_fkd", data, "--teacher-path", teacher, "--save_path", out, *CROPS,
                "--device", "cpu", *extra)
 
 
@@ -188,7 +188,7 @@ def test_reference_path_reuses_the_crops_for_a_second_teacher(stores, demo_data,
                 "num_classes": 10, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, second)
     ref = stores["marginal_smoothing_k10"]
     out = tmp_path / "second"
-    in_process("relabel.generate_soft_label_fkd", demo_data / "ipc1", "--teacher-path", second, "--save_path", out,
+    in_process("softlabel.commands.relabel_fkd", demo_data / "ipc1", "--teacher-path", second, "--save_path", out,
                "--reference_path", ref, "--num_crops", 6, "--num_seg", 3, "--input_size", 16,
                "--label_type", "marginal_renorm", "-j", 0, "--device", "cpu")
     m, m_ref = (json.loads((d / per_image.MANIFEST).read_text()) for d in (out, ref))
@@ -254,7 +254,7 @@ def test_trainer_trains_from_a_per_image_store(stores, demo_data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 6 and "top1" in results
     # a per-image store read as a batch store: told what to pass; more crops than stored: refused
-    train = ("validate.train_FKD_parallel", "--train-dir", demo_data / "ipc1", "--fkd-path", stores["hard"],
+    train = ("softlabel.commands.train", "--train-dir", demo_data / "ipc1", "--fkd-path", stores["hard"],
              "--output-dir", tmp_path / "o", "--device", "cpu")
     with pytest.raises(UserError, match="holds FKD per-image labels; pass --fkd-layout per-image"):
         in_process(*train)
@@ -269,15 +269,15 @@ def test_fkd_flag_spellings_train_the_same_student(stores, demo_data, tmp_path):
     common = ("--train-dir", demo_data / "ipc1", "-b", 4, "--epochs", 1, "--model", "democnn_small",
               "--loss-type", "soft_ce", "-j", 0, "--no-progress", "--device", "cpu")
     path = stores["marginal_smoothing_k5"]
-    in_process("validate.train_FKD_parallel", *common, "--fkd-path", path, "--fkd-layout", "per-image",
+    in_process("softlabel.commands.train", *common, "--fkd-path", path, "--fkd-layout", "per-image",
                "--num-crops", 2, "-T", 1, "--output-dir", tmp_path / "ours")
-    in_process("validate.train_FKD_parallel", *common, "--softlabel_path", path, "--soft_label_type",
+    in_process("softlabel.commands.train", *common, "--softlabel_path", path, "--soft_label_type",
                "marginal_smoothing_k5", "--num_crops", 2, "--temp", 1, "--recipe", "ours", "--output-dir", tmp_path / "fkd")
     ours, theirs = (torch.load(tmp_path / d / "checkpoint.pth", weights_only=True)["model"] for d in ("ours", "fkd"))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     with pytest.raises(UserError, match="--soft_label_type hard: the FKD store .* holds marginal_smoothing_k5"):
-        in_process("validate.train_FKD_parallel", *common, "--softlabel_path", path, "--soft_label_type", "hard",
+        in_process("softlabel.commands.train", *common, "--softlabel_path", path, "--soft_label_type", "hard",
                    "--output-dir", tmp_path / "bad")
     with pytest.raises(UserError, match="--softlabel_path .* and --fkd-path .* name two stores"):
-        in_process("validate.train_FKD_parallel", *common, "--softlabel_path", path, "--fkd-path", stores["hard"],
+        in_process("softlabel.commands.train", *common, "--softlabel_path", path, "--fkd-path", stores["hard"],
                    "--output-dir", tmp_path / "bad")

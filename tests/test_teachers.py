@@ -142,10 +142,11 @@ def test_published_weights_by_name_and_their_defaults(tmp_path, monkeypatch):
     """Every preset teacher defaults to IMAGENET1K_V1 (upstream's pretrained=True), whatever
     torchvision's DEFAULT; --teacher-weights names others; a file is --teacher-path's."""
     import torchvision.models
-    from relabel.generate_soft_label import get_args_parser, teacher_specs
-    from relabel.generate_soft_label_fkd import get_parser as fkd_parser
-    from relabel.generate_soft_label_fkd import teacher_source
-    from relabel.generate_soft_label_r50 import PRESET
+    from softlabel.commands.relabel import get_args_parser, teacher_specs
+    from softlabel.commands.relabel_fkd import get_args_parser as fkd_parser
+    from softlabel.commands.relabel_fkd import teacher_source
+    from softlabel.presets import PRESETS
+    PRESET = PRESETS["r50"]
     from softlabel.models import torchvision_weights
     from softlabel.teachers import load_teacher, weight_names
     for arch in ("resnet18", "resnet50", "resnet101", "mobilenet_v2", "alexnet", "shufflenet_v2_x0_5", "resnet34"):

@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import ROOT
 
-from relabel import generate_soft_label_r18, generate_soft_label_r50, generate_soft_label_r101
-from relabel.generate_soft_label import get_args_parser as relabel_parser
-from relabel.generate_soft_label import teacher_specs
+from softlabel.presets import PRESETS as PRESETS_BY_NAME
+from softlabel.commands.relabel import get_args_parser as relabel_parser
+from softlabel.commands.relabel import teacher_specs
 from softlabel.ensemble import combine
 from softlabel.precision import amp_dtype
-from validate.config import lr_schedule_of
-from validate.schedules import SCHEDULES
-from validate.train_FKD_parallel import get_args_parser as train_parser
+from softlabel.training.config import lr_schedule_of
+from softlabel.training.schedules import SCHEDULES
+from softlabel.commands.train import get_args_parser as train_parser
 
 SEEDS = ROOT.parent / "shared" / "seeds"
 # The commands as the seeds print them (relabel/README.md and validate/README.md of PRISM), used
@@ -37,8 +37,7 @@ UPSTREAM_RELABEL = {"50": SEED_RELABEL_R18.replace("r18", "r50"),
                     "101": SEED_RELABEL_R18.replace("r18", "r101").replace("-b 50", "-b 100")}
 UPSTREAM_TRAIN = {"50": SEED_TRAIN_R18.replace("rn18", "rn50").replace("resnet18", "resnet50").replace("r18", "r50"),
                   "101": SEED_TRAIN_R18.replace("rn18", "rn101").replace("resnet18", "resnet101").replace("r18", "r101")}
-PRESETS = {"18": generate_soft_label_r18.PRESET, "50": generate_soft_label_r50.PRESET,
-           "101": generate_soft_label_r101.PRESET}
+PRESETS = {arch: PRESETS_BY_NAME[f"r{arch}"] for arch in ("18", "50", "101")}
 PATHS = ("data", "fkd_path", "train_dir", "val_dir", "output_dir", "resume")
 
 

@@ -27,7 +27,7 @@ from softlabel.stores import batch as store
 from softlabel.streams import DEFAULT_SEED
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", metavar="SRC", help="store to read (ours, or an upstream one)")
     p.add_argument("dst", metavar="DST", help="store to write (created; resumed if it exists)")
@@ -124,8 +124,7 @@ def convert_fkd_files(args: argparse.Namespace) -> None:
     print(f"convert: wrote {written} of {len(index)} per-image files in {time.time() - start:.1f}s", flush=True)
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(args: argparse.Namespace) -> None:
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     if not 0 < args.topk_fill_temperature <= 1000:
@@ -156,5 +155,10 @@ def main() -> None:
           f"({src_bytes / max(dst_bytes, 1):.1f}x smaller)", flush=True)
 
 
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
+    run_main(lambda: main(get_args_parser().parse_args()))
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -49,7 +49,7 @@ TOLERANCE_UNMATCHED = 0.25  # a store labelled under bf16/fp16 autocast, checked
 DEFAULT_SAMPLE = 4
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("store", metavar="STORE", help="soft-label store: ours (with manifest.json) or an upstream one")
 
@@ -488,8 +488,7 @@ def verify_weights(root: str, recorded: list, given: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(args: argparse.Namespace) -> None:
     if args.sample < 0:
         raise UserError(f"--sample must be >= 0, got {args.sample}")
     if args.tolerance is not None and not args.tolerance > 0:
@@ -544,5 +543,10 @@ def main() -> None:
         verify_teacher(root, manifest, index, args)
 
 
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
+    run_main(lambda: main(get_args_parser().parse_args()))
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -244,5 +244,10 @@ def train(args: argparse.Namespace, train_dir: str, val_dir: str, labels: list[s
          *common] + (["--no-progress"] if args.no_progress else []), "training")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
     run_main(lambda: main(get_args_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -27,7 +27,7 @@ from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dir", metavar="DIR", help="the image folder (ImageFolder layout: one folder per class)")
     p.add_argument("out", metavar="OUT", help="the packed folder to write (pixels.u8 + images.json)")
@@ -39,8 +39,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     index = scan_image_folder(args.dir, "DIR")
@@ -65,5 +64,10 @@ def main() -> None:
           f"{what}) in {time.time() - start:.1f}s; fingerprint {index.fingerprint()[:12]} (the folder's)", flush=True)
 
 
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
+    run_main(lambda: main(get_args_parser().parse_args()))
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -36,17 +35,8 @@ from softlabel.stores import batch as store
 from softlabel.stores import create_store
 from softlabel.stores.schema import MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED
+from softlabel.presets import PRESETS, Preset
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_names, weight_paths
-
-
-@dataclass
-class Preset:
-    """A per-architecture entry point (PRISM): its teacher family, ensemble rule and batch size.
-    Its other defaults are PRISM's relabel command (``PRISM_RELABEL``)."""
-    name: str
-    teachers: list[str]
-    ensemble: str
-    batch_size: int
 
 
 # PRISM's relabel command, as its relabel/README.md gives it for r18 (Brian-Moser/prism) and its
@@ -362,5 +352,11 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     distributed.cleanup(info)
 
 
+def cli(preset_name: Optional[str] = None) -> None:
+    """The console command (or a preset's script): parse sys.argv, run, report a user error as one line."""
+    preset = PRESETS[preset_name] if preset_name else None
+    run_main(lambda: main(get_args_parser(preset).parse_args(), preset))
+
+
 if __name__ == "__main__":
-    run_main(lambda: main(get_args_parser().parse_args()))
+    cli()

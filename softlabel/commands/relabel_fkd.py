@@ -41,7 +41,7 @@ SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": 
 DEFAULT_SCALE = (0.08, 0.936)  # FKD_SLG's RandomResizedCrop scale
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="FKD soft-label generation: per-image files of many crops each")
     p.add_argument("data", metavar="DIR", help="image folder (class sub-folders), or a folder with train/ "
                                                 "(and val/) as upstream")
@@ -220,8 +220,7 @@ def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) 
     return torch.cat(out)
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(args: argparse.Namespace) -> None:
     note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
     train_dir, val_dir = data_dirs(args)
@@ -302,5 +301,10 @@ def main() -> None:
     distributed.cleanup(info)
 
 
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
+    run_main(lambda: main(get_args_parser().parse_args()))
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -95,7 +95,7 @@ TEST_INTERVAL = 20  # its test_interval: validations at epochs 20, 40, ...
 DEFAULT_SEEDS = {"fixed": "0,1,2", "ddranking": "0,1,2,3,4"}  # its num_eval: 5
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--syn", required=True, metavar="DIR", help="the distilled image folder")
     p.add_argument("--real-train", required=True, metavar="DIR", help="the real training set it was distilled from")
@@ -174,7 +174,7 @@ def write_subset(chosen: list[tuple[str, int]], syn: FolderIndex, real_root: str
 # ----------------------------------------------------------------------------- arms
 
 def relabel(args: argparse.Namespace, data: str, store: str, augment: bool) -> None:
-    from relabel.generate_soft_label import get_args_parser, main
+    from softlabel.commands.relabel import get_args_parser, main
     if os.path.isfile(manifest_path(store)):  # begun: relabel resumes it, or it is complete
         index = scan_image_folder(data, "--data")
         if not open_store(store, index).missing(args.epochs, index):
@@ -188,7 +188,7 @@ def relabel(args: argparse.Namespace, data: str, store: str, augment: bool) -> N
 
 
 def train(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: Optional[str]) -> dict:
-    from validate.train_FKD_parallel import get_args_parser, main
+    from softlabel.commands.train import get_args_parser, main
     results = os.path.join(out, "results.json")
     if not os.path.isfile(results):
         flags = ["--train-dir", train_dir, "--val-dir", args.val, "--model", args.model, "--seed", seed,
@@ -312,7 +312,7 @@ def lr_flag(recipe: str) -> str:
 
 def train_ddranking(args: argparse.Namespace, run: Run) -> float:
     """The run's best validation top-1 over epochs 20, 40, ... (the package's best_acc1; 0 with none)."""
-    from validate.train_FKD_parallel import get_args_parser, main
+    from softlabel.commands.train import get_args_parser, main
     if not os.path.isfile(os.path.join(run.out, "results.json")):
         flags = ["--train-dir", run.data, "--val-dir", args.val, "--model", args.model, "--seed", run.seed,
                  "-j", args.workers, "--no-progress", "--output-dir", run.out, "--eval-interval", TEST_INTERVAL,
@@ -480,8 +480,7 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(args: argparse.Namespace) -> None:
     seeds = parse_seeds(args.seeds or DEFAULT_SEEDS[args.protocol])
     if not seeds or not 0 <= args.w <= 1 or not 0 <= args.gamma <= 1 or args.epochs < 1:
         raise UserError("--seeds needs one seed at least; --w and --gamma are in [0, 1]; --epochs at least 1")
@@ -521,5 +520,10 @@ def main() -> None:
     print(text, flush=True)
 
 
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
+    run_main(lambda: main(get_args_parser().parse_args()))
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -78,11 +78,11 @@ from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teacher, load_teachers, split_list, weight_names, weight_paths
-from validate.config import TrainConfig, check_flags, data_folder, pass_batch, resolve
-from validate.distillation import DistillRun, build_distiller, distilling, init_stage
-from validate.losses import LOSSES, keep_topk
-from validate.metrics import classification_metrics
-from validate.schedules import SCHEDULES
+from softlabel.training.config import TrainConfig, check_flags, data_folder, pass_batch, resolve
+from softlabel.training.distillation import DistillRun, build_distiller, distilling, init_stage
+from softlabel.training.losses import LOSSES, keep_topk
+from softlabel.training.metrics import classification_metrics
+from softlabel.training.schedules import SCHEDULES
 
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id",
                     "print_freq")
@@ -868,5 +868,10 @@ def main(args: argparse.Namespace) -> None:
     distributed.cleanup(info)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
     run_main(lambda: main(get_args_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -20,8 +20,8 @@ from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.stores.schema import MAX_INPUT_SIZE
 from softlabel.teachers import file_sha256, split_list
-from validate.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
-from validate.schedules import fkd_passes
+from softlabel.training.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
+from softlabel.training.schedules import fkd_passes
 
 HARD_LABEL_DEFAULTS = {"batch_size": 1024, "epochs": 300, "input_size": 224, "min_scale_crops": 0.08,
                        "max_scale_crops": 1.0}

@@ -15,7 +15,7 @@ from softlabel.distill import DISTILLERS, FeatureTap, stage_modules
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.teachers import Ensemble
-from validate.config import TrainConfig
+from softlabel.training.config import TrainConfig
 
 
 @dataclass

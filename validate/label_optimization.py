@@ -1,0 +1,8 @@
+"""The label-optimization study's ``main.py`` (seed 004), with its own flags, run by our tools.
+
+The code is softlabel/commands/label_optimization.py. See --help."""
+
+from softlabel.commands.label_optimization import cli
+
+if __name__ == "__main__":
+    cli()
