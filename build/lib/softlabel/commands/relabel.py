@@ -1,0 +1,362 @@
+"""Relabel a (distilled) image folder with one teacher or an ensemble: for every epoch and
+batch, sample the crops, flips and mix, run the teachers on exactly those pixels, and store
+the parameters with the combined logits (store format v1, see softlabel/stores/batch.py).
+
+    python relabel/generate_soft_label.py --data DIR --teacher-path T.pth -a democnn \
+        --fkd-path STORE --epochs 300 -b 1024 --input-size 224 --mix-type cutmix --use-fp16
+    python relabel/generate_soft_label.py --data DIR --teachers resnet18,mobilenet_v2 \
+        --ensemble normmean --fkd-path STORE          # published weights, from the local cache
+    torchrun --standalone --nproc_per_node 2 relabel/generate_soft_label.py ...
+
+Every random choice derives from (--fkd-seed, epoch, batch), so the store is the same for any
+-j and any number of processes (torchrun: rank r writes the batches b with b % world == r).
+Rerunning the same command skips finished batch files and writes the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Optional
+
+import torch
+
+from softlabel import classmap, distributed, files, precision, provenance, replay, tracking
+from softlabel.cli import LABELLING_REPLACED, add_mix_type, add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, scan_images
+from softlabel.distributed import DistInfo
+from softlabel.ensemble import ENSEMBLES, RESCALING
+from softlabel.errors import UserError, run_main
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
+from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
+from softlabel.models import WEIGHTS_HELP
+from softlabel.precision import AMP_CHOICES
+from softlabel.stores import batch as store
+from softlabel.stores import create_store
+from softlabel.stores.schema import MAX_INPUT_SIZE
+from softlabel.streams import DEFAULT_SEED
+from softlabel.presets import PRESETS, Preset
+from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_names, weight_paths
+
+
+# PRISM's relabel command, as its relabel/README.md gives it for r18 (Brian-Moser/prism) and its
+# relabel_r18.sh, relabel_r50.sh, relabel_r101.sh state it (r101 alone with -b 100: Preset.batch_size).
+# Its --candidate-number 4 is every teacher of the family: a preset keeps all of its list (or of
+# --teachers, when given) unless --candidate-number says fewer.
+PRISM_RELABEL = {"workers": 8, "epochs": 300, "fkd_seed": 42, "input_size": 224, "min_scale_crops": 0.25,
+                 "max_scale_crops": 1.0, "use_fp16": True, "mode": "fkd_save", "mix_type": "cutmix"}
+
+
+def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
+    title = f"PRISM {preset.name} preset: " if preset else ""
+    p = argparse.ArgumentParser(description=f"{title}soft-label generation (relabel) with crop/flip/mix replay")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", help="image folder to relabel (class sub-folders)")
+    g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
+                   help="data loading worker processes (default: 4 on GPU; 0 on CPU, where loading in "
+                        "the main process between batches is measured fastest; a PRISM preset: 8, as its command); "
+                        "the store does not depend on it")
+    g.add_argument("-b", "--batch-size", default=1024, type=int, metavar="N",
+                   help="images per stored batch = per student step (default: %(default)s)")
+    g.add_argument("--epochs", default=300, type=int, help="epochs of labels to store (default: 300)")
+    g.add_argument("--input-size", default=224, type=int, metavar="S", help="crop size (default: 224)")
+    g.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale (%(default)s)")
+    g.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale (%(default)s)")
+    add_mix_type(g, "none", "batch mix applied after cropping (default: %(default)s; None is accepted as upstream)")
+    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (default: 0.8)")
+    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (default: 1.0)")
+    g.add_argument("--class-map", metavar="FILE", default=None,
+                   help="JSON {class folder: teacher class index} (default: folder order; ImageNet "
+                        "WNID folders map to 1000-class teachers automatically)")
+
+    g = p.add_argument_group("teachers")
+    g.add_argument("-a", "--arch", metavar="ARCH", default=None,
+                   help="teacher architecture: ours, torchvision or timm name (default: what "
+                        "--teacher-path says, else resnet18)" + ("; a preset takes it as its first teacher" if preset else ""))
+    g.add_argument("--teachers", metavar="A,B,C", default=None,
+                   help="several teachers, ensembled with --ensemble (the first is the primary)")
+    g.add_argument("--teacher-path", metavar="P1,P2", default=None,
+                   help="weights, one file per teacher: a state_dict or a checkpoint dict with 'model' "
+                        "(default: published weights from the local cache; nothing is downloaded)")
+    g.add_argument("--teacher-source", choices=SOURCES, default=None,
+                   help="library of the architecture and published weights (default: torchvision if "
+                        "it knows the name, else timm; private: --teacher-path files only)")
+    g.add_argument("--teacher-weights", metavar="NAME[,NAME]", default=None, help=WEIGHTS_HELP)
+    g.add_argument("--candidate-number", type=int, default=None, metavar="N",
+                   help="keep the first N teachers of the list (default: all)")
+    g.add_argument("--ensemble", choices=sorted(ENSEMBLES), default="mean",
+                   help="how teachers' logits combine: mean, normmean (PRISM r18), primary-weighted "
+                        "(PRISM r50/r101) (default: mean)")
+    g.add_argument("--primary-weight", type=float, default=0.5,
+                   help="primary-weighted: weight of the first teacher (default: 0.5)")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="teacher outputs (default: what the checkpoint says, else the number of class folders)")
+    g.add_argument("--temperature", type=float, default=1.0, help="store logits / T (default: 1, raw logits)")
+    g.add_argument("--evaluate", action="store_true",
+                   help="report each teacher's and the ensemble's top-1 on --val-dir, then relabel (PRISM's "
+                        "relabel has no such flag; FKD's generator, and ours, -e/--evaluate only reports, "
+                        "as FKD_SLG does)")
+    g.add_argument("--val-dir", metavar="DIR", default=None, help="validation images for --evaluate")
+    g.add_argument("--crop-pct", type=float, default=0.875,
+                   help="--evaluate: resize to input-size/crop-pct, center-crop (default: 0.875)")
+    g.add_argument("--min-teacher-acc", type=float, default=None, metavar="PCT",
+                   help="stop with an error when the teachers' top-1 on the crops they label is below "
+                        "PCT percent (default: only warn below twice chance)")
+
+    g = p.add_argument_group("store and run")
+    g.add_argument("--fkd-path", default="./FKD_soft_label", type=str, help="store directory")
+    g.add_argument("--use-fp16", dest="use_fp16", action="store_true", help="store logits as float16" + (" (a PRISM preset: on, as its command)" if preset else ""))
+    g.add_argument("--label-format", choices=["full", "topk"], default="full",
+                   help="full: every class's logit; topk: each sample's --topk largest logits (float16) "
+                        "with their classes, and the crops in compact types (default: full)")
+    g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
+    g.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
+    g.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=store.FILL_TEMPERATURE_HELP)
+    g.add_argument("--label-keep", type=float, default=1.0, metavar="FRACTION",
+                   help="label pruning (as LPLD): label only this seeded fraction of each epoch's steps; the "
+                        "trainer cycles the kept steps so a student still trains every step (default: 1, all)")
+    g.add_argument("--mode", default="fkd_save", type=str, help="fkd_save (the only mode of this script)")
+    g.add_argument("--fkd-seed", default=DEFAULT_SEED, type=int, metavar="N",
+                   help=f"seed of every random choice in the store (default: {DEFAULT_SEED})")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--cache-images", type=int, default=1024, metavar="MB",
+                   help="keep decoded images in memory up to MB in all (split among -j workers): every "
+                        "epoch revisits them (default: 1024; 0: decode every time)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="off", help=precision.RELABEL_AMP_HELP)
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="decode every image first and leave out (and list) those that cannot be read, "
+                        "instead of stopping at the first; pass it to the trainer too")
+    g.add_argument("--print-freq", type=int, default=1, metavar="N",
+                   help="print the teachers' top-1 on their crops every N epochs (default: 1)")
+
+    add_replaced_flags(p, LABELLING_REPLACED)
+
+    if preset:  # the PRISM ImageNet-1k command's defaults
+        p.set_defaults(**PRISM_RELABEL, batch_size=preset.batch_size, ensemble=preset.ensemble)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.mode != "fkd_save":
+        raise UserError(f"--mode {args.mode}: this script only writes stores (fkd_save); "
+                        f"train from a store with validate/train_FKD_parallel.py --fkd-path")
+    if args.data is None:
+        raise UserError("--data DIR is required")
+    for flag, value in (("-b/--batch-size", args.batch_size), ("--epochs", args.epochs),
+                        ("--input-size", args.input_size), ("--print-freq", args.print_freq)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.input_size > MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {args.input_size}: at most {MAX_INPUT_SIZE} px")
+    if args.cache_images < 0:
+        raise UserError(f"--cache-images must be >= 0 MB, got {args.cache_images}")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
+    if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
+        raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops "
+                        f"{args.max_scale_crops}: need 0 < min <= max <= 1")
+    if args.temperature <= 0:
+        raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1, got {args.topk}")
+    if not 0 < args.topk_fill_temperature <= 1000:
+        raise UserError(f"--topk-fill-temperature must be in (0, 1000], got {args.topk_fill_temperature}")
+    if not 0 < args.label_keep <= 1:
+        raise UserError(f"--label-keep must be in (0, 1], got {args.label_keep}")
+    if not 0 <= args.primary_weight <= 1:
+        raise UserError(f"--primary-weight must be in [0, 1], got {args.primary_weight}")
+    if args.evaluate and not args.val_dir:
+        raise UserError("--evaluate needs --val-dir DIR")
+    if not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    files.refuse_output_inside(args.fkd_path, "--fkd-path", [("--data", args.data), ("--val-dir", args.val_dir)])
+
+
+def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
+                  ) -> tuple[list[Optional[str]], list[Optional[str]], list[Optional[str]]]:
+    """(architectures, weight files, published-weights names) of the teachers, from --teachers/-a,
+    the preset, --candidate-number and --teacher-weights; a file list must give one file per teacher."""
+    if args.teachers:
+        archs: list[Optional[str]] = list(split_list(args.teachers))
+    elif preset:
+        archs = list(preset.teachers)
+        if args.arch and args.arch != archs[0]:
+            raise UserError(f"-a/--arch {args.arch}: this preset's primary teacher is {archs[0]}; use "
+                            f"generate_soft_label.py --teachers {args.arch},... for another family")
+    else:
+        archs = [args.arch]
+    if args.candidate_number is not None:
+        if not 1 <= args.candidate_number <= len(archs):
+            raise UserError(f"--candidate-number {args.candidate_number}: between 1 and {len(archs)} "
+                            f"(the teachers: {', '.join(str(a) for a in archs)})")
+        archs = archs[:args.candidate_number]
+    paths = weight_paths(args.teacher_path, archs)
+    return archs, paths, weight_names(args.teacher_weights, archs, paths)
+
+
+def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
+                   class_mapping: str, batches: int, amp: Optional[torch.dtype]) -> dict:
+    return {
+        **store.container_of(args.label_format),
+        "label_keep": args.label_keep,
+        "created_by": "relabel/generate_soft_label.py",
+        "args": provenance.args_dict(args),
+        "fkd_seed": args.fkd_seed,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "batches_per_epoch": batches,
+        "num_samples": len(index),
+        "num_classes": teachers[0].num_classes,
+        "class_names": index.classes,
+        "class_to_index": dict(zip(index.classes, class_index)),
+        "class_mapping": class_mapping,
+        "input_size": args.input_size,
+        "min_scale_crops": args.min_scale_crops,
+        "max_scale_crops": args.max_scale_crops,
+        "mix_type": args.mix_type,
+        "mixup": args.mixup if args.mix_type == "mixup" else None,
+        "cutmix": args.cutmix if args.mix_type == "cutmix" else None,
+        "use_fp16": bool(args.use_fp16),
+        "label_dtype": "float16" if args.use_fp16 or args.label_format == "topk" else "float32",
+        "label_format": args.label_format,
+        "topk": args.topk if args.label_format == "topk" else None,
+        "topk_fill": store.fill_setting(args.label_format, args.topk_fill),
+        "topk_fill_temperature": store.fill_setting(args.label_format, args.topk_fill) and args.topk_fill_temperature,
+        "temperature": args.temperature,
+        "teachers": [t.describe() for t in teachers],
+        "ensemble": args.ensemble if len(teachers) > 1 or args.ensemble in RESCALING else None,
+        "primary_weight": args.primary_weight if args.ensemble == "primary-weighted" else None,
+        # The student sees the pixels normalized as the primary teacher wants them.
+        "mean": teachers[0].mean,
+        "std": teachers[0].std,
+        "amp": precision.dtype_name(amp),
+        "dataset_fingerprint": index.fingerprint(),
+        **({"images_digest": index.content_digest} if index.content_digest else {}),  # from a pack only
+        "versions": provenance.library_versions(),
+    }
+
+
+def announce(args, index: FolderIndex, teachers: list[Teacher], class_mapping: str, batches: int, todo: list,
+             mine: int, info: DistInfo) -> None:
+    family = ", ".join(f"{t.arch} ({t.source})" for t in teachers)
+    print(f"relabel: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teachers "
+          f"{family}" + (f", ensemble {args.ensemble}" if len(teachers) > 1 else "")
+          + f"; {args.epochs} epochs x {batches} batches of {args.batch_size}; {len(todo)} batch files "
+          f"to write" + (f", {mine - len(todo)} already done" if mine > len(todo) else "")
+          + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
+
+
+def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writer, num_folders: int,
+                  images_todo: int, info: DistInfo) -> tuple[Accuracy, Optional[float]]:
+    """Label every batch the loader yields and write it; nothing is written before the teachers
+    pass the accuracy check on the first crops. Returns their accuracy and when the first batch was done."""
+    teachers = ens.teachers
+    total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
+    pending: list[tuple[int, int, store.BatchRecord]] = []  # held back until the teachers pass the check
+    checked, first_done = False, None
+    bar = tracking.progress(images_todo, "relabel", disable=not info.is_main)
+    for n, item in enumerate(loader):
+        epoch = item["epoch"]
+        pixels = item["pixels"].to(info.device, non_blocking=True)
+        partners = replay.partners_of(pixels, item["mix_index"])
+        combined, outputs = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
+        for acc in (total, epoch_acc):
+            acc.update(combined, outputs, item["target"], item["mix_index"])
+        logits = (combined / args.temperature).cpu()
+        logits = logits.half() if args.use_fp16 else logits
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError(f"the teachers' logits for epoch {epoch}, batch {item['batch']} are not finite (NaN "
+                            f"weights, or --temperature {args.temperature:g} so small that "
+                            f"{'float16' if args.use_fp16 else 'float32'} overflows); nothing was written for it")
+        pending.append((epoch, item["batch"], store.BatchRecord(
+            item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"], logits,
+            item["index"])))
+        last = n + 1 == len(todo)
+        if not checked and (total.seen >= min(PREFLIGHT_CROPS, images_todo) or last):
+            check_teacher_accuracy(total, teachers, num_folders, args.mix_type != "none",
+                                   args.min_teacher_acc, f"the first {total.seen} crops they label")
+            checked = True
+        if checked:
+            for e, b, rec in pending:
+                writer.write(e, b, rec)
+            pending.clear()
+        first_done = first_done or time.time()
+        bar.update(len(item["index"]))
+        bar.set_postfix(epoch=epoch, top1=f"{total.percent()[0]:.1f}", refresh=False)
+        if last or todo[n + 1][0] != epoch:
+            if info.is_main and ((epoch + 1) % args.print_freq == 0 or epoch + 1 == args.epochs):
+                parts = ", ".join(f"{t.arch} {a:.1f}%" for t, a in zip(teachers, epoch_acc.percent()[1:]))
+                bar.write(f"epoch {epoch}: top-1 on its crops {epoch_acc.percent()[0]:.2f}%"
+                          + (f" ({parts})" if len(teachers) > 1 else "")
+                          + (" [rank 0's batches]" if info.distributed else ""))
+            epoch_acc = Accuracy(len(teachers))
+    bar.close()
+    return total, first_done
+
+
+def report(args, total: Accuracy, todo: list, images_todo: int, num_images: int, started: float,
+           first_done: Optional[float], info: DistInfo) -> None:
+    """The run's summary over all ranks. Steady state: from each rank's first finished batch to the
+    last rank's end, so start-up (imports excluded: this is from main()) is reported on its own."""
+    end = time.time()
+    first_images = len(todo) and replay.batch_len(num_images, args.batch_size, todo[0][1])
+    correct, seen, written, steady_images = distributed.reduce_across(
+        info, float(total.correct[0]), total.seen, len(todo), images_todo - first_images)
+    startup, steady_time = distributed.reduce_across(
+        info, (first_done or end) - started, end - (first_done or end), op="max")
+    if info.is_main:
+        acc = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
+        steady = (f" (start-up to the first batch {startup:.2f}s, then {steady_images / steady_time:.1f} img/s)"
+                  if steady_time > 0 and steady_images > 0 else "")
+        print(f"relabel: wrote {int(written)} batch files to {args.fkd_path} in {end - started:.1f}s{steady}; "
+              f"top-1 on the crops they labelled: {acc}", flush=True)
+
+
+def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
+    note_replaced_flags(args, LABELLING_REPLACED)
+    check_args(args)
+    archs, paths, weights = teacher_specs(args, preset)
+    info = distributed.setup(args.device)
+    args.workers = loader_workers(args.workers, info.device.type == "cuda")
+    index, skipped = scan_images(args.data, "--data", args.skip_bad_images, info.is_main, "relabel")
+    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source, weights)
+    class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, args.class_map)
+    amp = precision.amp_dtype(args.amp, info.device)
+    ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
+    batches = replay.batches_per_epoch(len(index), args.batch_size)
+    if args.evaluate:
+        distributed.on_main_then_all(info, lambda: evaluate_teachers(
+            ens, args.val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
+
+    manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
+    manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
+    writer = create_store(args.fkd_path, manifest, info)
+    kept = replay.kept_steps(args.fkd_seed, args.epochs, batches, args.label_keep)
+    if not kept:
+        raise UserError(f"--label-keep {args.label_keep:g}: keeps no step of {args.epochs} epochs x {batches} "
+                        f"batches; keep at least 1 / {args.epochs * batches:g}")
+    mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
+    todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
+    images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)
+    jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
+                          (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
+                          args.cutmix, class_index, cache_bytes(args.cache_images, args.workers))
+    on_gpu = info.device.type == "cuda"
+    loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
+    if info.is_main:
+        announce(args, index, teachers, class_mapping, batches, todo, len(mine), info)
+    started = time.time()
+    total, first_done = label_batches(args, loader, todo, ens, writer, len(index.classes), images_todo, info)
+    writer.finish()
+    report(args, total, todo, images_todo, len(index), started, first_done, info)
+    distributed.cleanup(info)
+
+
+def cli(preset_name: Optional[str] = None) -> None:
+    """The console command (or a preset's script): parse sys.argv, run, report a user error as one line."""
+    preset = PRESETS[preset_name] if preset_name else None
+    run_main(lambda: main(get_args_parser(preset).parse_args(), preset))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,310 @@
+"""FKD soft-label generation (the per-image layout of szq0214/FKD, FKD_SLG): for every image,
+``--num_crops`` random-resized crops with flips, the teacher's softmax on each, quantized by
+``--label_type``, one file per image under ``--save_path`` (format: softlabel/stores/per_image.py).
+
+    python relabel/generate_soft_label_fkd.py DATA -a resnet50 --teacher_source pytorch \
+        --input_size 224 --num_crops 500 --num_seg 50 --label_type marginal_smoothing_k5 \
+        --save_path FKD_r50_k5
+    python relabel/generate_soft_label_fkd.py DATA --teacher-path T.pth --save_path S2 \
+        --reference_path FKD_r50_k5          # a second teacher on exactly the same crops
+    torchrun --standalone --nproc_per_node 4 relabel/generate_soft_label_fkd.py ...
+
+DATA is an image folder with class sub-folders, or a folder holding ``train/`` (and ``val/``
+for ``--evaluate``), as upstream. Every crop derives from (--fkd_seed, image) only, so the files
+are the same for any -b, -j, number of processes or interruptions: rerunning the command skips
+finished files (resume), and several runs on the same --save_path (or torchrun ranks, which
+split the images) share the work without clashing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from softlabel import classmap, distributed, files, precision, tracking
+from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
+from softlabel.data import FolderIndex, scan_image_folder
+from softlabel.errors import UserError, run_main
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
+from softlabel.loader import batch_loader, loader_workers
+from softlabel.precision import AMP_CHOICES
+from softlabel.stores import create_store, per_image
+from softlabel.stores.schema import MAX_CROPS, MAX_INPUT_SIZE
+from softlabel.streams import DEFAULT_SEED
+from softlabel.teachers import Ensemble, Teacher, load_teachers, weight_names
+
+SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": "timm", "private": "private"}
+DEFAULT_SCALE = (0.08, 0.936)  # FKD_SLG's RandomResizedCrop scale
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="FKD soft-label generation: per-image files of many crops each")
+    p.add_argument("data", metavar="DIR", help="image folder (class sub-folders), or a folder with train/ "
+                                                "(and val/) as upstream")
+    g = p.add_argument_group("crops and labels (FKD flags)")
+    g.add_argument("--num_crops", "--num-crops", dest="num_crops", type=int, default=500, metavar="N",
+                   help="crops labelled per image (default: 500)")
+    g.add_argument("--num_seg", "--num-seg", dest="num_seg", type=int, default=50, metavar="N",
+                   help="crops per teacher forward (FKD: the true batch size); must divide --num_crops "
+                        "unless it is larger (default: 50)")
+    g.add_argument("--label_type", "--label-type", dest="label_type", default="marginal_smoothing_k5", metavar="TYPE",
+                   choices=list(per_image.LABEL_TYPES) + sorted(per_image.LABEL_ALIASES),
+                   help="quantization of each crop's probabilities: hard (top-1 class), smoothing (top-1 "
+                        "class and probability), marginal_smoothing_k5/k10 (top-5/10 classes and "
+                        "probabilities), marginal_renorm (top-5, renormalized when read) "
+                        "(default: marginal_smoothing_k5)")
+    g.add_argument("--use_fp16", "--use-fp16", dest="use_fp16", action="store_true",
+                   help="store the probabilities as float16 (default: float32)")
+    g.add_argument("--temp", "--temperature", dest="temp", type=float, default=1.0, metavar="T",
+                   help="softmax temperature of the stored probabilities (default: 1.0)")
+    g.add_argument("--input_size", "--input-size", dest="input_size", type=int, default=224, metavar="S",
+                   help="crop size the teacher sees (default: 224)")
+    g.add_argument("--min_scale_crops", "--min-scale-crops", dest="min_scale_crops", type=float, default=None, metavar="S",
+                   help=f"RandomResizedCrop min scale (default: {DEFAULT_SCALE[0]}, or the reference's)")
+    g.add_argument("--max_scale_crops", "--max-scale-crops", dest="max_scale_crops", type=float, default=None, metavar="S",
+                   help=f"RandomResizedCrop max scale (default: {DEFAULT_SCALE[1]}, or the reference's)")
+    g.add_argument("--fkd_seed", "--fkd-seed", dest="fkd_seed", type=int, default=None, metavar="N",
+                   help=f"seed of every crop and flip (default: {DEFAULT_SEED}, or the reference's)")
+
+    g = p.add_argument_group("paths")
+    g.add_argument("--save_path", "--save-path", dest="save_path", default="./FKD_soft_label", metavar="DIR",
+                   help="output folder, one <class>/<image>.tar per image (default: ./FKD_soft_label)")
+    g.add_argument("--reference_path", "--reference-path", dest="reference_path", default=None, metavar="DIR",
+                   help="an FKD store of the same images: reuse its crops and flips exactly (teacher "
+                        "ensembles; its seed and scales are taken, --num_crops may be fewer)")
+
+    g = p.add_argument_group("teacher")
+    g.add_argument("-a", "--arch", metavar="ARCH", default=None,
+                   help="teacher architecture (default: what --teacher-path says, else resnet18)")
+    g.add_argument("--teacher_path", "--teacher-path", dest="teacher_path", default=None, metavar="FILE",
+                   help="teacher weights file (default: published weights from the local cache)")
+    g.add_argument("--teacher_source", "--teacher-source", dest="teacher_source", default=None,
+                   choices=sorted(SOURCE_NAMES),
+                   help="pytorch (= torchvision), timm, or private (--teacher-path) (default: published "
+                        "weights from timm when timm knows -a, as FKD_SLG's --teacher_source timm, else "
+                        "torchvision; with --teacher-path, torchvision's architecture unless timm's is asked)")
+    g.add_argument("--teacher_weights", "--teacher-weights", dest="teacher_weights", default=None, metavar="NAME",
+                   help="published weights by name: torchvision's (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT = "
+                        "torchvision's current best) or a timm pretrained tag (a1_in1k: the teacher becomes "
+                        "ARCH.a1_in1k) (default: what FKD_SLG's pretrained=True loads: IMAGENET1K_V1 for "
+                        "torchvision, timm's default tag); a file goes to --teacher-path")
+    g.add_argument("--num-classes", type=int, default=None, help="teacher outputs (default: the checkpoint's)")
+    g.add_argument("--class-map", metavar="FILE", default=None,
+                   help="JSON {class folder: teacher class index} (default: folder order; ImageNet WNIDs "
+                        "map to 1000-class teachers)")
+    g.add_argument("--min-teacher-acc", type=float, default=None, metavar="PCT",
+                   help="stop with an error, before any file is written, when the teacher's top-1 on the "
+                        "first crops it labels is below PCT percent (default: only warn below twice chance)")
+    g.add_argument("-e", "--evaluate", action="store_true",
+                   help="only report the teacher's top-1 on the validation images (--val-dir, else DIR/val), "
+                        "as upstream; nothing is written")
+    g.add_argument("--val-dir", default=None, help="validation folder for --evaluate (default: DIR/val)")
+    g.add_argument("--crop-pct", type=float, default=0.875,
+                   help="--evaluate: resize to input_size/crop-pct, center-crop (default: 0.875)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("-b", "--batch-size", type=int, default=1, metavar="N",
+                   help="images per loading job (default: 1); the files do not depend on it, memory is "
+                        "about N x num_crops x 3 x S^2 bytes per job in flight")
+    g.add_argument("-j", "--workers", type=int, default=None, metavar="N",
+                   help="loading worker processes (default: 4 on GPU, 0 on CPU)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="off", help=precision.RELABEL_AMP_HELP)
+    add_replaced_flags(p, LABELLING_REPLACED)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that needs no file, before any work."""
+    for flag, value in (("--num_crops", args.num_crops), ("--num_seg", args.num_seg),
+                        ("--input_size", args.input_size), ("-b/--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.input_size > MAX_INPUT_SIZE or args.num_crops > MAX_CROPS:
+        raise UserError(f"--input_size {args.input_size} / --num_crops {args.num_crops}: at most {MAX_INPUT_SIZE} px "
+                        f"and {MAX_CROPS} crops")
+    if args.num_crops > args.num_seg and args.num_crops % args.num_seg:
+        raise UserError(f"--num_crops {args.num_crops} is not divisible by --num_seg {args.num_seg} "
+                        f"(crops per teacher forward); pick a divisor, e.g. --num_seg "
+                        f"{max(d for d in range(1, args.num_seg + 1) if args.num_crops % d == 0)}")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
+    if args.temp <= 0:
+        raise UserError(f"--temp must be positive, got {args.temp}")
+    lo = DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops
+    hi = DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops
+    if not 0 < lo <= hi <= 1:
+        raise UserError(f"--min_scale_crops {lo} / --max_scale_crops {hi}: need 0 < min <= max <= 1")
+    if not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    files.refuse_output_inside(args.save_path, "--save_path", [("DATA", args.data)])
+    if args.reference_path and os.path.abspath(args.reference_path) == os.path.abspath(args.save_path):
+        raise UserError(f"--reference_path {args.reference_path} is --save_path; use another --save_path")
+    args.label_type = per_image.normalize_label_type(args.label_type)
+
+
+def data_dirs(args: argparse.Namespace) -> tuple[str, Optional[str]]:
+    """(training images, validation images): DIR/train and DIR/val when DIR has them."""
+    train = os.path.join(args.data, "train")
+    if os.path.isdir(train):
+        val = os.path.join(args.data, "val")
+        return train, args.val_dir or (val if os.path.isdir(val) else None)
+    return args.data, args.val_dir
+
+
+def settle_crops(args: argparse.Namespace, index: FolderIndex) -> Optional[dict]:
+    """Seed and scales: the flags' (or defaults), or those of --reference_path, whose crops are
+    reused; a flag contradicting the reference is an error. Returns the reference manifest."""
+    if not args.reference_path:
+        args.fkd_seed = DEFAULT_SEED if args.fkd_seed is None else args.fkd_seed
+        args.min_scale_crops = DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops
+        args.max_scale_crops = DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops
+        return None
+    ref = per_image.read_manifest(args.reference_path, "--reference_path")
+    where = f"--reference_path {args.reference_path}"
+    if ref["dataset_fingerprint"] != index.fingerprint():
+        raise UserError(f"{where}: made from other images than {index.root} (file names or sizes differ)")
+    if args.num_crops > ref["num_crops"]:
+        raise UserError(f"--num_crops {args.num_crops}: {where} holds only {ref['num_crops']} crops per image")
+    for flag, attr in (("--fkd_seed", "fkd_seed"), ("--min_scale_crops", "min_scale_crops"),
+                       ("--max_scale_crops", "max_scale_crops")):
+        given = getattr(args, attr)
+        if given is not None and given != ref[attr]:
+            raise UserError(f"{flag} {given} contradicts {where}, whose crops were made with {ref[attr]}; "
+                            f"omit {flag}")
+        setattr(args, attr, ref[attr])
+    return ref
+
+
+def teacher_source(args: argparse.Namespace) -> Optional[str]:
+    """The library of the teacher: --teacher_source, else for published weights timm when it knows
+    -a (FKD_SLG's default --teacher_source timm loads timm.create_model(arch, pretrained=True)),
+    else whichever library knows -a."""
+    if args.teacher_source:
+        return SOURCE_NAMES[args.teacher_source]
+    if args.teacher_path:
+        return None
+    import timm
+    return "timm" if timm.is_model(args.arch or "resnet18") else None
+
+
+def build_manifest(args, index: FolderIndex, teacher: Teacher, class_index: list[int], class_mapping: str) -> dict:
+    """Content settings only (no paths, workers or versions): a rerun with other settings is
+    refused, and concurrent runs write byte-identical manifests."""
+    return {
+        "format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
+        "created_by": "relabel/generate_soft_label_fkd.py",
+        "num_crops": args.num_crops, "label_type": args.label_type, "top_k": min(per_image.TOP_K[args.label_type],
+                                                                                 teacher.num_classes),
+        "input_size": args.input_size, "min_scale_crops": args.min_scale_crops,
+        "max_scale_crops": args.max_scale_crops, "temperature": args.temp, "use_fp16": bool(args.use_fp16),
+        "fkd_seed": args.fkd_seed, "teacher": teacher.describe(),
+        "num_samples": len(index), "num_classes": teacher.num_classes, "class_names": index.classes,
+        "class_to_index": dict(zip(index.classes, class_index)), "class_mapping": class_mapping,
+        "mean": teacher.mean, "std": teacher.std, "dataset_fingerprint": index.fingerprint(),
+        "layout": "<class>/<image stem>.tar: [coords (K,4) float32, flip (K,) bool, classes (K,k) int, "
+                  "values (K,k) float | None]",
+    }
+
+
+def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) -> torch.Tensor:
+    """(K, C) float32 probabilities, softmax(logits / temp), one forward per segment of num_seg crops."""
+    out = []
+    for k in range(0, len(pixels), num_seg):
+        logits, _ = ens(pixels[k:k + num_seg].to(ens.device, non_blocking=True), None, None, None)
+        out.append(F.softmax(logits.float() / temp, dim=1).cpu())
+    return torch.cat(out)
+
+
+def main(args: argparse.Namespace) -> None:
+    note_replaced_flags(args, LABELLING_REPLACED)
+    check_args(args)
+    train_dir, val_dir = data_dirs(args)
+    info = distributed.setup(args.device)
+    args.workers = loader_workers(args.workers, info.device.type == "cuda")
+    index = scan_image_folder(train_dir, "DIR")
+    per_image.check_unique_names(index, "DIR")
+    (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
+                               weight_names(args.teacher_weights, [args.arch], [args.teacher_path]))
+    class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
+    ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
+
+    if args.evaluate:  # upstream: test the teacher, write nothing
+        if not val_dir:
+            raise UserError(f"--evaluate needs validation images: DIR/val or --val-dir (DIR is {args.data})")
+        distributed.on_main_then_all(info, lambda: evaluate_teachers(
+            ens, val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
+        distributed.cleanup(info)
+        return
+
+    reference = settle_crops(args, index)
+    manifest = build_manifest(args, index, teacher, class_index, class_mapping)
+    writer = create_store(args.save_path, manifest, info, flag="--save_path", index=index)
+
+    mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
+    todo = [i for i in mine if not writer.exists(i)]
+    jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, args.batch_size), args.fkd_seed, args.num_crops,
+                              args.input_size, (args.min_scale_crops, args.max_scale_crops),
+                              None if reference is None else (args.reference_path, reference))
+    on_gpu = info.device.type == "cuda"
+    loader = batch_loader(jobs, args.workers, pin_memory=False, background=on_gpu, yield_cpu=not on_gpu)
+    if info.is_main:
+        crops = "crops of --reference_path" if reference else f"crops from --fkd_seed {args.fkd_seed}"
+        print(f"fkd: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teacher {teacher.arch} "
+              f"({teacher.source}); {args.num_crops} {crops}, {args.label_type} labels at T={args.temp:g}; "
+              f"{len(todo)} files to write"
+              + (f", {len(mine) - len(todo)} already done" if len(mine) > len(todo) else "")
+              + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
+
+    started = time.time()
+    acc = Accuracy(1)
+    pending: list[tuple] = []  # held back until the teacher passes the accuracy check
+    checked = False
+    written = 0
+    targets = torch.tensor(class_index)[torch.tensor(index.targets)]
+    bar = tracking.progress(len(todo), "fkd", disable=not info.is_main)
+    for chunk in loader:
+        for n, i in enumerate(chunk["image"].tolist()):
+            if writer.exists(i):  # another run on this --save_path finished it meanwhile
+                bar.update(1)
+                continue
+            probs = label_crops(ens, chunk["pixels"][n], args.num_seg, args.temp)
+            acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
+            pending.append((i, chunk["coords"][n], chunk["flip"][n],
+                            *per_image.quantize(probs, args.label_type, args.use_fp16)))
+            bar.update(1)
+            if not checked and acc.seen >= PREFLIGHT_CROPS:
+                check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
+                                       f"the first {acc.seen} crops it labels")
+                checked = True
+            if checked:
+                for entry in pending:
+                    writer.write(*entry)
+                written += len(pending)
+                pending.clear()
+    bar.close()
+    if pending:
+        check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
+                               f"the {acc.seen} crops it labelled")
+        for entry in pending:
+            writer.write(*entry)
+        written += len(pending)
+    correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, written)
+    if info.is_main:
+        top1 = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
+        print(f"fkd: wrote {int(total)} files to {args.save_path} in {time.time() - started:.1f}s; "
+              f"top-1 on the crops it labelled: {top1}", flush=True)
+    distributed.cleanup(info)
+
+
+def cli() -> None:
+    """The console command: parse sys.argv, run, report a user error as one line."""
+    run_main(lambda: main(get_args_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

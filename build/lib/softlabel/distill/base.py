@@ -1,0 +1,81 @@
+"""What every distiller gets and gives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Features:
+    """A network's features on one batch: the output of each stage (CIFAR ResNets: layer1..3;
+    ResNets: layer1..4) and the penultimate embedding (the last stage, globally average-pooled)."""
+    stages: list[torch.Tensor]
+    logits: Optional[torch.Tensor] = None  # the network's outputs, given to a method with ``views`` > 1
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        last = self.stages[-1]
+        return last.mean(dim=(2, 3)) if last.dim() == 4 else last.flatten(1)
+
+    def detached(self) -> "Features":
+        # clone: a teacher run under inference_mode gives inference tensors, which autograd refuses
+        return Features([f.detach().clone() for f in self.stages],
+                        None if self.logits is None else self.logits.detach().clone())
+
+
+class Distiller(nn.Module):
+    """A feature loss between a student and a teacher. ``weight`` is the default factor of the
+    loss (RepDistiller's ``-b`` for the method); trainable parts are submodules, so they are
+    optimized, checkpointed and synchronized across ranks with the student. ``context`` gives
+    what a method may need beyond the features' shapes (``num_samples``, ``targets``: the class of
+    every dataset index); ``forward`` gets the batch's dataset indices."""
+
+    name = ""
+    weight = 1.0
+    source = ""  # the paper, and where the defaults come from
+    broadcast_buffers = True  # under DDP; False: the method keeps its buffers equal across ranks itself
+    preact = False  # features before each stage's last ReLU (AB)
+    # A stage of its own before distilling (RepDistiller's ``init``, --init_epochs 30): AB and FT.
+    init_epochs = 0
+    init_trains_student = False
+    # False: the loss after the init stage is nil (AB), so distilling steps need no features
+    distills = True
+    init_required = False  # True: --distill-init-epochs 0 is refused (KDSS: its teacher head must learn)
+    # > 1: both networks see ``expand(batch)``, the batch and views of it (KDSS: rotated copies),
+    # view-major; the run's loss takes the first view, the method gets every view's features and logits
+    views = 1
+    loss_type = "ce"  # the trainer's --loss-type beside this method (RepDistiller's -a 0)
+
+    def __init__(self, student: Features, teacher: Features, **context):
+        super().__init__()
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch and its views, view-major (only with ``views`` > 1)."""
+        return x
+
+    def init_parts(self) -> list[nn.Module]:
+        """The parts trained only in the init stage: frozen (not optimized) while distilling."""
+        return []
+
+    def init_lr(self, student_arch: str, lr: float) -> float:
+        """The init stage's SGD learning rate (RepDistiller: its --learning_rate)."""
+        return lr
+
+    def init_loss(self, student: Optional[Features], teacher: Features) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no init stage")
+
+    def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def pool_to_match(fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The larger map average-pooled to the smaller's size (AT and VID, as RepDistiller)."""
+    hs, ht = fs.shape[2], ft.shape[2]
+    if hs > ht:
+        fs = nn.functional.adaptive_avg_pool2d(fs, (ht, ht))
+    elif hs < ht:
+        ft = nn.functional.adaptive_avg_pool2d(ft, (hs, hs))
+    return fs, ft

@@ -1,0 +1,68 @@
+"""Factor transfer (Kim et al., NeurIPS 2018): a paraphraser, an autoencoder on the teacher's last
+stage (three 3x3 convolutions down to half the channels, three transposed ones back, LeakyReLU
+0.1, no batch norm), is first trained to reconstruct it (MSE, 30 init epochs; SGD lr 0.01, as
+RepDistiller for its CIFAR ResNet and WRN students). Then a translator (the encoder's shape, with
+batch norm) on the student's last stage is trained so that its factor matches the frozen
+paraphraser's factor of the teacher: mean |phi(f_s) - phi(f_t)| with phi(f) = the L2-normalized
+map mean_c(f^2), as RepDistiller's FactorTransfer (p1 = 2, p2 = 1); weight 200 (its -b)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from softlabel.distill.at import attention
+from softlabel.distill.base import Distiller, Features, pool_to_match
+
+RATE = 0.5  # factor channels per teacher channel (RepDistiller's k)
+# RepDistiller's init stage uses lr 0.01 for these students (helper/pretrain.py), --learning_rate for others
+SMALL_LR_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                     "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+
+
+def _encoder(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in ((c_in, c_in), (c_in, c_out), (c_out, c_out)):
+        layers += [nn.Conv2d(a, b, 3, 1, 1), *([nn.BatchNorm2d(b)] if batch_norm else []), nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers)
+
+
+class Paraphraser(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        factor = int(channels * RATE)
+        self.encoder = _encoder(channels, factor, batch_norm=False)
+        layers: list[nn.Module] = []
+        for a, b in ((factor, factor), (factor, channels), (channels, channels)):
+            layers += [nn.ConvTranspose2d(a, b, 3, 1, 1), nn.LeakyReLU(0.1)]
+        self.decoder = nn.Sequential(*layers)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(f))
+
+
+class FactorTransfer(Distiller):
+    name, weight, source = "ft", 200.0, "Kim et al. 2018; RepDistiller factor, --init_epochs 30, -b 200"
+    init_epochs = 30
+
+    def __init__(self, student: Features, teacher: Features, **context):
+        super().__init__(student, teacher, **context)
+        t_c = teacher.stages[-1].shape[1]
+        self.paraphraser = Paraphraser(t_c)
+        self.translator = _encoder(student.stages[-1].shape[1], int(t_c * RATE), batch_norm=True)
+
+    def init_parts(self) -> list[nn.Module]:
+        return [self.paraphraser]
+
+    def init_lr(self, student_arch: str, lr: float) -> float:
+        return 0.01 if student_arch in SMALL_LR_STUDENTS else lr
+
+    def init_loss(self, student: Optional[Features], teacher: Features) -> torch.Tensor:
+        ft = teacher.stages[-1]
+        return F.mse_loss(self.paraphraser(ft), ft)
+
+    def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        fs, ft = pool_to_match(self.translator(student.stages[-1]), self.paraphraser.encoder(teacher.stages[-1]))
+        return (attention(fs) - attention(ft)).abs().mean()

@@ -1,0 +1,33 @@
+"""User-facing errors: one line naming the file or flag at fault, exit status 2, no traceback."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem with the user's input (a flag, a file, a store) rather than a bug."""
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's ``main``; report a ``UserError`` as one line and exit non-zero."""
+    prog = os.path.basename(sys.argv[0]) or "softlabel"
+    try:
+        main()
+    except UserError as exc:
+        sys.stdout.flush()
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _one_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker comes back wrapped with the worker's
+    traceback; the user needs only its last line, the original message."""
+    if message.startswith("Caught UserError"):
+        message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+    # a file name may hold a newline or other control characters: shown escaped, on one line
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)

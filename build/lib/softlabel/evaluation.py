@@ -1,0 +1,28 @@
+"""The one evaluation loop: a model's logits on every image of a loader."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from softlabel.replay import normalize
+
+
+@torch.no_grad()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device, *,
+            mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+            channels_last: bool = False, amp: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of the whole loader, in its order, on the CPU. With ``mean``/``std`` the
+    loader yields uint8 pixels, normalized here exactly as ToTensor + Normalize would."""
+    logits, targets = [], []
+    for images, target in loader:
+        images = images.to(device, non_blocking=True)
+        if mean is not None:
+            images = normalize(images, mean, std)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits.append(model(images).float().cpu())
+        targets.append(target)
+    return torch.cat(logits), torch.cat(targets)

@@ -1,0 +1,86 @@
+"""The one store interface: ``open_store`` for every reader, ``create_store`` for every writer.
+
+One implementation per format:
+
+- ``stores/batch.py``      our batch store (format v1, full and top-k), one file per step;
+- ``stores/upstream.py``   SRe2L / G-VBSM / PRISM batch stores (read only, no manifest);
+- ``stores/per_image.py``  our per-image store (FKD layout), many labelled crops per image;
+- ``stores/fkd_upstream.py`` the per-image files FKD itself writes (read only, numpy arrays).
+
+``open_store`` finds the format, reads it, and runs every check once: flags that contradict
+what the store records, the images it was made from, the files the run needs. It returns a
+``Store`` whose ``settings`` are resolved and read-only and whose ``dataset`` is the loader
+dataset of a rank. Adding a format means one ``Store`` subclass in its own module, plus its line in
+``detect`` and ``open_store`` below; no script changes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from softlabel.data import FolderIndex
+from softlabel.distributed import DistInfo
+from softlabel.errors import UserError
+from softlabel.stores import batch, fkd_upstream, per_image, upstream
+from softlabel.stores.base import Request, Store, StoreSettings, check_images, check_recorded
+
+__all__ = ["Request", "Store", "StoreSettings", "detect", "open_store", "create_store"]
+
+
+def detect(path: str, flag: str) -> str:
+    """"batch", "upstream", "per-image" or "fkd-upstream"; a folder that is none of them is one error."""
+    if not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: no such directory")
+    if per_image.is_store(path):
+        return "per-image"
+    if os.path.isfile(batch.manifest_path(path)):
+        return "batch"
+    if upstream.is_legacy(path):
+        return "upstream"
+    if fkd_upstream.looks_like(path):
+        return "fkd-upstream"
+    raise UserError(f"{flag} {path}: no {batch.MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store")
+
+
+def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "--fkd-path",
+               request: Request = Request(), layout: Optional[str] = None, skip_bad_images: bool = False,
+               data_arg: str = "--train-dir", epochs: Optional[int] = None, need_pixels: bool = True,
+               interpolation: str = "bilinear") -> Store:
+    """Open the store at ``path`` after every check.
+
+    ``index``: the images the store must have been made from (fingerprint, skipped images);
+    ``data_arg`` names them in errors. ``layout``: the layout the caller expects ("batch" or
+    "per-image"; None: any). ``epochs``: the files of that many epochs must all be there.
+    ``need_pixels``: an upstream store must then be given its crop size (``request.input_size``).
+    ``interpolation``: how FKD's own files are re-rendered (bilinear as its trainer, bicubic as its teacher)."""
+    if layout == "per-image":  # ours, or FKD's own files; else our reader names what is missing
+        fkd = os.path.isdir(path) and not per_image.is_store(path) and fkd_upstream.looks_like(path)
+        kind = "fkd-upstream" if fkd else "per-image"
+    else:
+        kind = detect(path, flag)
+    if layout == "batch" and kind in ("per-image", "fkd-upstream"):
+        raise UserError(f"{flag} {path} holds FKD per-image labels; pass --fkd-layout per-image --epochs N")
+    if kind == "per-image":
+        store: Store = per_image.PerImageStore.open(path, flag)
+    elif kind == "fkd-upstream":
+        store = fkd_upstream.FkdUpstreamStore.open(path, flag, index, request, interpolation)
+    elif kind == "batch":
+        store = batch.BatchStore.open(path, flag)
+    else:
+        store = upstream.UpstreamStore.open(path, flag, index, request, need_pixels)
+    store.check_request(request)
+    check_recorded(request, store.manifest, store.where)
+    if index is not None:
+        check_images(store, index, skip_bad_images, f"{data_arg} {index.root}")
+    if epochs is not None:
+        store.check_complete(epochs, index)
+    return store
+
+
+def create_store(path: str, manifest: dict, info: Optional[DistInfo] = None, *, flag: str = "--fkd-path",
+                 index: Optional[FolderIndex] = None):
+    """The writer of a new store, or of an existing one made with the same content settings
+    (finished or extended). The format is the manifest's."""
+    if manifest.get("format") == per_image.FORMAT:
+        return per_image.create(path, manifest, index, info, flag)
+    return batch.create(path, manifest, info, flag)

@@ -1,0 +1,160 @@
+"""What every store format shares: the resolved settings a reader gets, the flags a user may
+give for settings a store records, and the checks that hold those flags to the store.
+
+A format is one subclass of ``Store`` (``stores/batch.py``, ``stores/upstream.py``,
+``stores/per_image.py``); ``stores.open_store`` picks it and runs every check once, so a
+script makes one call and gets settings it can trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from torch.utils.data import Dataset
+
+from softlabel.data import FolderIndex
+from softlabel.errors import UserError
+
+
+@dataclass(frozen=True)
+class Request:
+    """Flags given for settings a store records; None takes the store's. A flag that
+    contradicts the store is refused (``epochs`` may be fewer than stored)."""
+    input_size: Optional[int] = None
+    min_scale_crops: Optional[float] = None
+    max_scale_crops: Optional[float] = None
+    fkd_seed: Optional[int] = None
+    num_classes: Optional[int] = None
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    mix_type: Optional[str] = None
+    label_type: Optional[str] = None   # per-image: FKD's --soft_label_type
+    num_crops: Optional[int] = None    # per-image: crops used per image and epoch
+
+
+# Request fields every format records, with the flag that sets each.
+RECORDED = {"input_size": "--input-size", "min_scale_crops": "--min-scale-crops",
+            "max_scale_crops": "--max-scale-crops", "fkd_seed": "--fkd-seed", "num_classes": "--num-classes"}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """A store's settings after every check: what the trainer and the tools use."""
+    path: str
+    format: str                       # "batch" (ours), "sre2l", "prism", "per-image", "fkd-upstream"
+    layout: str                       # "batch" (one file per step) or "per-image"
+    fkd_seed: Optional[int]           # None: not recorded (FKD's own files)
+    input_size: Optional[int]         # None: an upstream store opened without --input-size (no pixels)
+    min_scale_crops: Optional[float]
+    max_scale_crops: Optional[float]
+    mix_type: str
+    batch_size: Optional[int]         # images per stored batch (batch layout)
+    epochs: Optional[int]             # epochs stored (batch layout)
+    batches_per_epoch: Optional[int]
+    num_samples: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    label_format: str                 # "full", "topk", or a per-image label type
+    topk: Optional[int]
+    num_crops: Optional[int]          # crops stored per image (per-image layout)
+    label_keep: float = 1.0           # fraction of steps labelled (label pruning; batch layout)
+
+
+VOLATILE = ("epochs", "args", "versions", "created_by", "amp", "converted_from")
+
+
+class Store:
+    """An opened store: its manifest (read-only), its settings and its loader dataset."""
+
+    format = ""
+    layout = "batch"
+
+    def __init__(self, path: str, manifest: dict, flag: str):
+        self.path, self.flag = path, flag
+        self.manifest: Mapping[str, Any] = MappingProxyType(manifest)
+        self.settings = self._settings()
+
+    @property
+    def where(self) -> str:
+        return f"the store {self.flag} {self.path}"
+
+    def _settings(self) -> StoreSettings:
+        m = self.manifest
+        return StoreSettings(
+            path=self.path, format=self.format, layout=self.layout, fkd_seed=m.get("fkd_seed"),
+            input_size=m["input_size"], min_scale_crops=m.get("min_scale_crops"),
+            max_scale_crops=m.get("max_scale_crops"), mix_type=m.get("mix_type") or "none",
+            batch_size=m.get("batch_size"), epochs=m.get("epochs"), batches_per_epoch=m.get("batches_per_epoch"),
+            num_samples=int(m["num_samples"]), num_classes=int(m["num_classes"]),
+            class_names=tuple(m["class_names"]), mean=tuple(m["mean"]), std=tuple(m["std"]),
+            label_format=m.get("label_format") or m.get("label_type"), topk=m.get("topk"),
+            num_crops=m.get("num_crops"), label_keep=float(m.get("label_keep") or 1.0))
+
+    def identity(self) -> str:
+        """What the labels are, not where they lie: a hash of the manifest less what may change
+        without changing a label (epochs appended, run arguments, versions)."""
+        content = {k: v for k, v in self.manifest.items() if k not in VOLATILE}
+        text = json.dumps(content, sort_keys=True, default=str)
+        return f"{self.format} store {hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+    # ---- what a format provides
+    def check_request(self, request: Request) -> None:
+        """Refuse flags that contradict the store (the recorded settings are checked by the caller)."""
+
+    def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
+        """The files the first ``epochs`` epochs need that are not there."""
+        raise NotImplementedError
+
+    def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
+                world: int = 1, **options: Any) -> Dataset:
+        """The loader dataset of rank ``rank``: one item per (epoch, step) of ``jobs``."""
+        raise NotImplementedError
+
+    def check_complete(self, epochs: int, index: Optional[FolderIndex]) -> None:
+        raise NotImplementedError
+
+
+def check_recorded(request: Request, manifest: Mapping[str, Any], where: str) -> None:
+    """A flag given for a setting the store records must agree with it (None: not recorded)."""
+    for attr, flag in RECORDED.items():
+        given, recorded = getattr(request, attr), manifest.get(attr)
+        if given is not None and recorded is not None and given != recorded:
+            raise UserError(f"{flag} {given} does not match {where}, which was made with "
+                            f"{recorded}; omit {flag} to use the store's")
+
+
+def check_images(store: Store, index: FolderIndex, skip_bad_images: bool, flag: str) -> None:
+    """The images are those the store was made from, left out as it left them out."""
+    m = store.manifest
+    if m.get("skipped_images") and not skip_bad_images:
+        raise UserError(f"{store.flag} {store.path} was made with --skip-bad-images (it left out "
+                        f"{len(m['skipped_images'])} unreadable images, first "
+                        f"{m['skipped_images'][0]}); pass --skip-bad-images here too")
+    if m.get("dataset_fingerprint") and index.fingerprint() != m["dataset_fingerprint"]:
+        made_from = (m.get("args") or {}).get("data")
+        raise UserError(f"{flag} {index.root}: not the images {store.where} was made from (file names or "
+                        f"sizes differ" + (f"; it was made from {made_from})" if made_from else ")"))
+    check_digest(m.get("images_digest"), index.content_digest, flag, store.where)
+
+
+def check_digest(recorded, content: Optional[str], data: str, where: str) -> None:
+    """A store made from a packed folder records the pack's content digest; another pack of its
+    kind (pixels, or files in an LMDB), of other images with the same names and sizes, is refused.
+    (A folder, or a pack of the other kind, has no comparable digest: only the fingerprint is
+    checked.)"""
+    if recorded is not None and not isinstance(recorded, str):
+        raise UserError(f"{where}: images_digest must be a string")
+    same_kind = recorded and content and recorded.split(":")[0] == content.split(":")[0]
+    if same_kind and recorded != content:
+        raise UserError(f"{data}: not the images {where} was made from (a pack of other image contents, or of "
+                        f"other shapes, with the same file names and sizes)")
+
+
+def same_path(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)

@@ -1,0 +1,595 @@
+"""Soft-label stores: the one reader/writer, used by relabel, the trainer and the tools.
+
+Our format (v1) is a directory::
+
+    manifest.json                 format version, settings, teachers, classes, fingerprint
+    epoch_{e}/batch_{b}.tar       one training step each
+
+Each batch file is a ``torch.save``d list in the upstream SRe2L/PRISM order, loadable with
+``torch.load(..., weights_only=True)``. With ``label_format`` "full"::
+
+    [coords (B,4) float32, flip (B,) bool, mix_index (B,) int64 | None, mix_lam float | None,
+     mix_bbox [x1, y1, x2, y2] | None, soft_label (B,C) float16/32, index (B,) int64]
+
+With ``label_format`` "topk" (K = manifest ``topk``) the same list in compact types::
+
+    [coords (B,4) uint16 = round(fraction * 65535), flip (B,) bool, mix_index int16 | None,
+     mix_lam, mix_bbox, [values (B,K) float16, classes (B,K) uint8/int16/int32, fill (B,) float16],
+     index int32]
+
+``fill`` (manifest ``topk_fill`` "residual", the default) is one logit per sample for every class
+left out, chosen so that those classes keep the probability mass the teacher gave them together:
+``fill = logsumexp(dropped logits) - log(C - K)``. Without it (``topk_fill`` null, and stores
+written before it existed, whose list holds only [values, classes]) the left-out classes read as
+-inf: probability 0, the top K renormalized, which costs a student far more (docs/stores.md).
+
+The reader also accepts stores made by the upstream repositories, which have no manifest:
+SRe2L / G-VBSM lists of 6 (no index: the sample order is the upstream one, a RandomSampler over
+the ImageFolder driven by one torch.Generator seeded with --fkd_seed and continued across
+epochs) and PRISM lists of 7 (with the index). Their cutmix boxes are numpy scalars, which
+``weights_only`` refuses by default; exactly those numpy types are admitted, nothing else.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from softlabel import distributed, files, replay
+from softlabel.data import FolderIndex
+from softlabel.distributed import DistInfo
+from softlabel.errors import UserError
+from softlabel.stores import packed, schema
+from softlabel.stores.base import Request, Store, check_digest
+
+FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
+PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)
+MANIFEST = "manifest.json"
+COORD_SCALE = packed.COORD_SCALE  # top-k stores (both formats) keep crop fractions as uint16 fixed point
+
+# Manifest settings that change the content of batch files: a rerun on an existing store
+# must agree on all of them (``epochs`` may grow: rerunning with more epochs extends a store).
+CONTENT_KEYS = ("fkd_seed", "batch_size", "num_samples", "num_classes",
+                "input_size", "min_scale_crops", "max_scale_crops", "mix_type", "mixup",
+                "cutmix", "use_fp16", "temperature", "teachers", "ensemble", "primary_weight",
+                "class_to_index", "label_format", "topk", "topk_fill", "dataset_fingerprint",
+                "container", "label_keep", "topk_fill_temperature",
+                "format_version")  # last: a clash names the setting behind it (label_format) first
+
+
+@dataclass
+class BatchRecord:
+    coords: torch.Tensor
+    flip: torch.Tensor
+    mix_index: Optional[torch.Tensor]
+    mix_lam: Optional[float]
+    mix_bbox: Optional[list[int]]
+    soft_label: torch.Tensor   # (B, C) logits; a top-k store's missing classes are its fill or -inf
+    index: torch.Tensor
+    stored: Optional[torch.Tensor] = None  # (B, C) bool: the logits a top-k store holds (None: all)
+
+    def to_list(self) -> list:
+        return [self.coords, self.flip, self.mix_index, self.mix_lam, self.mix_bbox,
+                self.soft_label, self.index]
+
+    @property
+    def mix_type(self) -> str:
+        if self.mix_index is None:
+            return "none"
+        return "cutmix" if self.mix_bbox is not None else "mixup"
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+
+def epoch_dir(root: str, epoch: int) -> str:
+    return os.path.join(root, f"epoch_{epoch}")
+
+
+def batch_path(root: str, epoch: int, batch: int) -> str:
+    return os.path.join(epoch_dir(root, epoch), f"batch_{batch}.tar")
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def smallest_int_dtype(limit: int) -> torch.dtype:
+    """The smallest integer type holding 0..limit-1."""
+    if limit <= 256:
+        return torch.uint8
+    if limit <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+def residual_fill(logits: torch.Tensor, classes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B,) the logit which, given to each class not in ``classes``, keeps their summed
+    probability under a softmax at ``temperature``: T (logsumexp(dropped / T) - log(how many)).
+    Exact at that temperature only (docs/stores.md measures the error at others)."""
+    dropped = logits.float().scatter(1, classes, float("-inf")) / temperature
+    n = logits.shape[1] - classes.shape[1]
+    if n == 0:
+        return torch.full((len(logits),), float("-inf"))
+    return temperature * (torch.logsumexp(dropped, dim=1) - math.log(n))
+
+
+def encode(record: BatchRecord, label_format: str, topk: Optional[int], num_samples: int,
+           fill: bool = False) -> list:
+    """A record as the list written to disk, in the store's label format (``fill``: top-k with
+    the residual fill logit)."""
+    if label_format == "full":
+        return [_own(v) for v in record.to_list()]
+    k = min(int(topk), record.soft_label.shape[1])
+    values, classes = record.soft_label.float().topk(k, dim=1)
+    label = [values.half(), classes.to(smallest_int_dtype(record.soft_label.shape[1]))]
+    if fill:
+        label.append(residual_fill(record.soft_label, classes).half())
+    coords = torch.round(record.coords.double().clamp(0, 1) * COORD_SCALE).to(torch.int32).to(torch.uint16)
+    mix_index = None if record.mix_index is None else record.mix_index.to(smallest_int_dtype(max(len(record), 2)))
+    return [coords, _own(record.flip.bool()), mix_index, record.mix_lam, record.mix_bbox,
+            label, record.index.to(torch.int32 if num_samples < 2 ** 31 else torch.int64)]
+
+
+def _own(value: Any) -> Any:
+    """torch.save writes a view's whole storage: a batch sliced from a larger tensor would
+    carry all of it into the file."""
+    if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > value.nbytes:
+        return value.clone()
+    return value
+
+
+def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_format: str = "full",
+                topk: Optional[int] = None, num_samples: int = 0, fill: bool = False) -> None:
+    files.atomic_torch_save(encode(record, label_format, topk, num_samples, fill), batch_path(root, epoch, batch))
+
+
+TOPK_FILL_HELP = ("residual (default): one more float16 logit per sample, given to every class left out, "
+                  "so that together they keep their probability; none: they get probability 0 (the top K "
+                  "renormalized: much worse students, see docs/stores.md)")
+
+
+def fill_setting(label_format: str, choice: str) -> Optional[str]:
+    """The manifest's ``topk_fill`` for a --topk-fill choice: "residual", or None (no fill)."""
+    return choice if label_format == "topk" and choice != "none" else None
+
+
+FILL_TEMPERATURE_HELP = ("the softmax temperature at which the residual fill keeps the left-out probability "
+                         "exactly: give the student's -T (default: 1; docs/stores.md measures the error elsewhere)")
+
+
+def fill_temperature(manifest: Any) -> float:
+    """The temperature a store's residual fill is exact at (1 for stores made before the choice)."""
+    return float(manifest.get("topk_fill_temperature") or 1.0)
+
+
+def writes_fill(manifest: dict) -> bool:
+    return manifest.get("label_format") == "topk" and manifest.get("topk_fill") == "residual"
+
+
+# ----------------------------------------------------------------------------- reading
+
+class Reader:
+    """Reads any store's batches as ``BatchRecord``s, validated, with full (B, C) logits."""
+
+    def __init__(self, root: str, manifest: dict):
+        self.root, self.manifest = root, manifest
+        self.kind = manifest.get("legacy_kind", "ours")
+        self.num_samples, self.num_classes = int(manifest["num_samples"]), int(manifest["num_classes"])
+        self.packed = manifest.get("container") == "epoch"
+        self._epoch: Optional[packed.EpochFile] = None  # the last epoch file read (memory-mapped)
+        self._order = None
+        if self.kind == "sre2l":  # no sample indices stored: the upstream sampler's order
+            from softlabel.stores.upstream import LegacyOrder
+            self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
+
+    def __getstate__(self) -> dict:  # loader workers open their own maps
+        return {**self.__dict__, "_epoch": None}
+
+    def where(self, epoch: int, batch: int) -> str:
+        """The file (and step) of a batch, as errors name it."""
+        if self.packed:
+            return f"{packed.epoch_path(self.root, epoch)} step {batch}"
+        return batch_path(self.root, epoch, batch)
+
+    def read(self, epoch: int, batch: int) -> BatchRecord:
+        if self.packed:
+            return self._read_packed(epoch, batch)
+        path = batch_path(self.root, epoch, batch)
+        data = files.safe_torch_load(path, "store batch file", allow_numpy=self.kind != "ours")
+        if self.kind == "sre2l":
+            if not isinstance(data, (list, tuple)) or len(data) != 6:
+                raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
+            size = len(data[0]) if hasattr(data[0], "__len__") else 0
+            index = self._order.epoch(epoch)[replay.batch_slice(int(self.manifest["batch_size"]), batch)][:size]
+            data = list(data) + [index]
+        topk = self.manifest.get("label_format") == "topk"
+        stored = None
+        if topk:
+            data, stored = decode_topk(data, path, self.num_classes, writes_fill(self.manifest))
+        return self._checked(data, path, batch, stored)
+
+    def _read_packed(self, epoch: int, batch: int) -> BatchRecord:
+        m = self.manifest
+        if self._epoch is None or self._epoch.epoch != epoch:
+            steps = replay.kept_in_epoch(m["fkd_seed"], epoch, int(m["batches_per_epoch"]), keep_of(m))
+            self._epoch = packed.EpochFile(self.root, epoch, m, steps, lambda s: replay.batch_len(
+                self.num_samples, int(m["batch_size"]), s))
+        where = self.where(epoch, batch)
+        if batch not in self._epoch.row_of:
+            raise UserError(f"store {self.root}: epoch {epoch} step {batch} has no labels (the store keeps "
+                            f"{keep_of(m):g} of its steps)")
+        try:
+            data, stored = packed.decode(*self._epoch.step(batch), self.num_classes)
+        except ValueError as exc:
+            raise UserError(f"store batch file {where}: {exc}") from None
+        return self._checked(data, where, batch, stored)
+
+    def _checked(self, data: Any, where: str, batch: int, stored: Optional[torch.Tensor]) -> BatchRecord:
+        record = parse_record(data, where, self.num_samples, self.num_classes, masked=stored is not None)
+        check_geometry(record, where, self.manifest, batch)
+        record.stored = stored
+        return record
+
+
+def keep_of(manifest: Any) -> float:
+    """The fraction of steps a store labels (``label_keep``; 1 for stores made before pruning)."""
+    return float(manifest.get("label_keep") or 1.0)
+
+
+class EpochSamples:
+    """The samples one epoch has shown so far: a stored batch that repeats one is refused. Each
+    file is checked alone by the reader; this is the part of the validator that needs the epoch."""
+
+    def __init__(self, num_samples: int, epoch: int):
+        self.seen, self.epoch = torch.zeros(num_samples, dtype=torch.bool), epoch
+
+    def add(self, index: torch.Tensor, path: str) -> None:
+        index = index.cpu()
+        if bool(self.seen[index].any()):
+            raise UserError(f"store batch file {path}: sample indices repeat samples already in epoch {self.epoch}")
+        self.seen[index] = True
+
+
+# Crop fractions of a top-k store are rounded to 1/65535: their sum may pass 1 by that much.
+EDGE_SLACK = 2.0 / COORD_SCALE
+
+
+def check_geometry(record: "BatchRecord", path: str, manifest: dict, batch: int) -> None:
+    """What a batch must hold to replay as its teacher saw it: its share of the epoch, each image
+    once, crops of positive area inside the image, the store's mix, a cutmix box inside the crop.
+    The one validator every reader (trainer, tools) goes through."""
+    def bad(why: str) -> UserError:
+        return UserError(f"store batch file {path}: {why}")
+
+    want = replay.batch_len(int(manifest["num_samples"]), int(manifest["batch_size"]), batch)
+    if len(record) != want:
+        raise bad(f"{len(record)} samples, expected {want} (batches of {manifest['batch_size']}, "
+                  f"{manifest['num_samples']} images)")
+    if int(record.index.unique().numel()) != len(record.index):
+        raise bad("a sample index appears twice in the batch")
+    problem = replay.crop_box_problem(record.coords, EDGE_SLACK)
+    if problem:
+        raise bad(problem)
+    mix_type = manifest.get("mix_type")
+    if mix_type and record.mix_type != mix_type:
+        raise bad(f"mix type {record.mix_type}, the store's is {mix_type}")
+    size = manifest.get("input_size")
+    if record.mix_bbox is not None and size:
+        x1, y1, x2, y2 = record.mix_bbox
+        if not (0 <= x1 <= x2 <= size and 0 <= y1 <= y2 <= size):
+            raise bad(f"cutmix box {record.mix_bbox} outside the {size}px crop")
+
+
+def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[list, torch.Tensor]:
+    """A top-k batch as a full record list, and the (B, C) mask of the logits it stores."""
+    n = 3 if fill else 2
+    what = "[values, classes, fill]" if fill else "[values, classes]"
+    if not isinstance(data, (list, tuple)) or len(data) != 7 or not isinstance(data[5], (list, tuple)) \
+            or len(data[5]) != n:
+        raise UserError(f"store batch file {path}: not a top-k batch of this store (a list of 7 with {what}, "
+                        f"as its manifest's topk_fill says)")
+    coords, flip, mix_index, mix_lam, mix_bbox, label, index = data
+    values, classes = label[0], label[1]
+    if not (isinstance(coords, torch.Tensor) and coords.dtype == torch.uint16):
+        raise UserError(f"store batch file {path}: top-k coords must be uint16")
+    if not (isinstance(values, torch.Tensor) and isinstance(classes, torch.Tensor) and values.shape == classes.shape
+            and values.dim() == 2 and values.shape[0] == len(coords)):
+        raise UserError(f"store batch file {path}: top-k values and classes must be two (B, K) tensors")
+    classes = classes.long()
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        raise UserError(f"store batch file {path}: top-k class index out of range for {num_classes} classes")
+    rest = None
+    if fill:
+        rest = label[2]
+        if not (isinstance(rest, torch.Tensor) and rest.shape == (len(values),) and rest.is_floating_point()):
+            raise UserError(f"store batch file {path}: top-k fill must be a ({len(values)},) float tensor")
+    logits, stored = topk_logits(values.float(), classes, rest, num_classes)
+    fractions = coords.to(torch.int32).double() / COORD_SCALE
+    return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
+            logits, index.long()], stored
+
+
+def topk_logits(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torch.Tensor],
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) logits from the top K (the others at ``fill``, or -inf without one) and the mask of
+    the stored ones: the one decoder of every top-k encoding."""
+    if fill is not None:
+        logits = fill.float()[:, None].expand(len(values), num_classes).clone()
+    else:
+        logits = torch.full((len(values), num_classes), float("-inf"))
+    logits.scatter_(1, classes, values.float())
+    return logits, torch.zeros(logits.shape, dtype=torch.bool).scatter_(1, classes, True)
+
+
+def _is_scalar_number(value: Any) -> bool:
+    """A Python, numpy or 0-d torch number (upstream stores keep numpy scalars), not a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.dtype == torch.bool
+    return hasattr(value, "__float__") and not isinstance(value, (bool, str, bytes))
+
+
+def _is_scalar_integer(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return hasattr(value, "__index__") and not isinstance(value, bool)
+
+
+def parse_record(data: Any, path: str, num_samples: int, num_classes: int, masked: bool = False) -> BatchRecord:
+    """Validate a batch record; ``masked``: -inf marks the classes a top-k store left out."""
+    def bad(why: str) -> UserError:
+        return UserError(f"store batch file {path}: {why}")
+
+    if not isinstance(data, (list, tuple)) or len(data) != 7:
+        n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
+        raise bad(f"expected a list of 7 entries (format v1), found {n}")
+    coords, flip, mix_index, mix_lam, mix_bbox, soft_label, index = data
+    if not (isinstance(coords, torch.Tensor) and coords.dim() == 2 and coords.shape[1] == 4
+            and coords.is_floating_point()):
+        raise bad("coords must be a float (B, 4) tensor")
+    b = coords.shape[0]
+    if not (isinstance(flip, torch.Tensor) and flip.shape == (b,)):
+        raise bad(f"flip must be a ({b},) tensor")
+    if not (isinstance(index, torch.Tensor) and index.shape == (b,) and not index.is_floating_point()):
+        raise bad(f"index must be an integer ({b},) tensor")
+    if not (isinstance(soft_label, torch.Tensor) and soft_label.shape == (b, num_classes)
+            and soft_label.is_floating_point()):
+        shape = tuple(soft_label.shape) if isinstance(soft_label, torch.Tensor) else type(soft_label).__name__
+        raise bad(f"soft_label must be a float ({b}, {num_classes}) tensor, found {shape}")
+    if b and (int(index.min()) < 0 or int(index.max()) >= num_samples):
+        raise bad(f"index out of range for a dataset of {num_samples} images")
+    if b and not (float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
+        raise bad("coords outside [0, 1]")
+    finite = torch.isfinite(soft_label)
+    if not bool((finite | (masked & torch.isneginf(soft_label))).all()) or (b and not bool(finite.any(dim=1).all())):
+        raise bad("soft_label holds NaN or infinite values")
+    if mix_index is not None:
+        if not (isinstance(mix_index, torch.Tensor) and mix_index.shape == (b,)):
+            raise bad(f"mix_index must be a ({b},) tensor or None")
+        if b and (int(mix_index.min()) < 0 or int(mix_index.max()) >= b):
+            raise bad("mix_index out of range for the batch")
+        if not _is_scalar_number(mix_lam) or not 0.0 <= float(mix_lam) <= 1.0:
+            raise bad("mix_lam must be a number in [0, 1] when mix_index is set")
+    if mix_bbox is not None and (mix_index is None or not isinstance(mix_bbox, (list, tuple, torch.Tensor))
+                                 or len(mix_bbox) != 4 or not all(_is_scalar_integer(v) for v in mix_bbox)):
+        raise bad("mix_bbox must be 4 integers, set together with mix_index")
+    return BatchRecord(coords.float(), flip.bool(), None if mix_index is None else mix_index.long(),
+                       None if mix_lam is None else float(mix_lam),
+                       None if mix_bbox is None else [int(v) for v in mix_bbox],
+                       soft_label, index.long())
+
+
+# ----------------------------------------------------------------------------- manifest
+
+def manifest_path(root: str) -> str:
+    return os.path.join(root, MANIFEST)
+
+
+def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
+    manifest = files.read_manifest_json(
+        root, MANIFEST, flag, "store manifest",
+        "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
+        {"format_version": (FORMAT_VERSION, PACKED_VERSION)}, ())
+    where = f"store manifest {manifest_path(root)}"
+    manifest.setdefault("topk_fill", None)  # stores written before the fill existed have none
+    manifest.setdefault("container", "batch")  # and before packed epoch files and label pruning
+    manifest.setdefault("label_keep", 1.0)
+    manifest.setdefault("topk_fill_temperature", 1.0 if manifest["topk_fill"] else None)
+    missing = [k for k in CONTENT_KEYS + ("epochs", "batches_per_epoch", "class_names") if k not in manifest]
+    if missing:
+        raise UserError(f"{where}: missing entries {', '.join(missing)}")
+    # Class names are matched against folder names (a name that is a path is never one), and
+    # every count bounds the work a reader does before it acts on it.
+    schema.check(manifest, schema.BATCH, where)
+    schema.check_batch_counts(manifest, where)
+    if (manifest["container"] == "epoch") != (manifest["format_version"] == PACKED_VERSION) or \
+            (manifest["container"] == "epoch" and manifest["label_format"] != "topk"):
+        raise UserError(f"{where}: container {manifest['container']!r} with format_version "
+                        f"{manifest['format_version']} and label_format {manifest['label_format']!r}; epoch files "
+                        f"are format {PACKED_VERSION}, top-k only")
+    if manifest["dataset_fingerprint"] is None and "converted_from" not in manifest:
+        raise UserError(f"{where}: dataset_fingerprint is null, so the images could not be checked against the "
+                        f"store; only a store converted from an upstream one may lack it")
+    return manifest
+
+
+def first_clash(old: dict, new: dict) -> Optional[str]:
+    return files.first_clash(CONTENT_KEYS, old, schema.as_recorded_teachers(new, old))
+
+
+def check_compatible(root: str, manifest: dict, flag: str = "--fkd-path") -> dict:
+    """Read-only check before writing into ``root``: a store already there must have been made
+    with the same content settings. Returns the manifest to write (``epochs`` may only grow)."""
+    if not os.path.exists(manifest_path(root)):
+        if os.path.isdir(root) and any(re.fullmatch(r"epoch_\d+(\.pack|\.parts)?", n) for n in os.listdir(root)):
+            raise UserError(f"{flag} {root}: holds label files but no {MANIFEST} (an upstream store?); "
+                            f"use a new {flag}")
+        return manifest
+    old = read_manifest(root, flag)
+    clash = first_clash(old, manifest)
+    if clash:
+        raise UserError(f"{flag} {root}: the store was made with other settings ({clash}); "
+                        f"use a new {flag} or the original settings")
+    check_digest(old.get("images_digest"), manifest.get("images_digest"),
+                 f"--data {(manifest.get('args') or {}).get('data')}", f"{flag} {root}")
+    if manifest["epochs"] <= old["epochs"]:
+        return old
+    return {**manifest, "images_digest": old["images_digest"]} if old.get("images_digest") else manifest
+
+
+def lock(root: str, flag: str = "--fkd-path") -> None:
+    """Take the store's lock: a second run on the same store is refused instead of mixing its files in."""
+    files.lock_dir(root, flag, f"another run is writing this store; wait for it to finish or use another {flag}")
+
+
+def write_manifest(root: str, manifest: dict, flag: str = "--fkd-path") -> None:
+    files.ensure_dir(root, flag)
+    files.atomic_write_json(manifest_path(root), manifest)
+
+
+# ----------------------------------------------------------------------------- the store interface
+
+class BatchStore(Store):
+    """Our batch store (format v1, full or top-k): one file per student step."""
+
+    format = "batch"
+
+    @classmethod
+    def open(cls, path: str, flag: str = "--fkd-path") -> "BatchStore":
+        return cls(path, read_manifest(path, flag), flag)
+
+    def check_request(self, request: Request) -> None:
+        m, where = self.manifest, self.where
+        if request.batch_size is not None and request.batch_size != m["batch_size"]:
+            raise UserError(f"-b/--batch-size {request.batch_size} does not match {where}, which holds "
+                            f"batches of {m['batch_size']}; omit -b or relabel with -b {request.batch_size}")
+        if request.epochs is not None and request.epochs > m["epochs"]:
+            raise UserError(f"--epochs {request.epochs} is more than the {m['epochs']} epochs {where} "
+                            f"holds; train at most {m['epochs']} epochs or relabel with --epochs {request.epochs}")
+        if request.mix_type is not None and request.mix_type != m["mix_type"]:
+            raise UserError(f"--mix-type {request.mix_type} does not match {where}, which was made with "
+                            f"{m['mix_type']}; the mix is replayed from the store")
+
+    def reader(self) -> Reader:
+        return Reader(self.path, dict(self.manifest))
+
+    def jobs(self, epochs: int) -> list[tuple[int, int]]:
+        """(epoch, step) of every labelled step of the first ``epochs`` epochs (all, unless pruned)."""
+        m = self.manifest
+        return replay.kept_steps(m.get("fkd_seed") or 0, epochs, int(m["batches_per_epoch"]), keep_of(m))
+
+    def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
+        if self.manifest.get("container") == "epoch":
+            return packed.missing_epochs(self.path, epochs)
+        return [batch_path(self.path, e, b) for e, b in self.jobs(epochs)
+                if not os.path.isfile(batch_path(self.path, e, b))]
+
+    def check_complete(self, epochs: int, index: Optional[FolderIndex] = None) -> None:
+        missing = self.missing(epochs)
+        if missing:
+            kind = "epoch" if self.manifest.get("container") == "epoch" else "batch"
+            raise UserError(f"{self.flag} {self.path}: {len(missing)} {kind} files missing for {epochs} epochs "
+                            f"(first: {missing[0]}); rerun the relabel command to finish the store")
+
+    def replayed(self, jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The stored step each student step replays: itself, or in a pruned store the kept steps
+        cycled in order, so that a student still trains every step (as LPLD reuses its labels)."""
+        if keep_of(self.manifest) >= 1.0:
+            return jobs
+        kept, per_epoch = self.jobs(int(self.manifest["epochs"])), int(self.manifest["batches_per_epoch"])
+        return [kept[(e * per_epoch + b) % len(kept)] for e, b in jobs]
+
+    def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
+                world: int = 1, with_stored: bool = False) -> Dataset:
+        from softlabel.loader import StoreBatches
+        return StoreBatches(self.path, index, dict(self.manifest), self.replayed(jobs), cache_bytes, rank, world,
+                            with_stored)
+
+
+def container_of(label_format: str) -> dict:
+    """The manifest entries saying how a new store of ``label_format`` lies on disk: top-k packed
+    one file per epoch (format 2), full labels one upstream-compatible file per step (format 1)."""
+    if label_format == "topk":
+        return {"format_version": PACKED_VERSION, "container": "epoch"}
+    return {"format_version": FORMAT_VERSION, "container": "batch"}
+
+
+class BatchWriter:
+    """Writes the labelled steps of a store created by ``create``, each atomically: a batch file,
+    or a part that ``finish`` (and rank 0 on the way) packs into its epoch file."""
+
+    def __init__(self, path: str, manifest: dict, info: Optional[DistInfo] = None):
+        self.path, self.manifest, self.info = path, manifest, info
+        self.fill = writes_fill(manifest)
+        self.packed = manifest.get("container") == "epoch"
+        self.packs = info is None or info.is_main  # one rank packs, so no two write an epoch file
+        self._unpacked: set[int] = set()
+
+    def kept(self, epoch: int) -> list[int]:
+        m = self.manifest
+        return replay.kept_in_epoch(m["fkd_seed"], epoch, int(m["batches_per_epoch"]), keep_of(m))
+
+    def exists(self, epoch: int, batch: int) -> bool:
+        if self.packed:
+            return os.path.exists(packed.epoch_path(self.path, epoch)) or \
+                os.path.exists(packed.part_path(self.path, epoch, batch))
+        return os.path.exists(batch_path(self.path, epoch, batch))
+
+    def write(self, epoch: int, batch: int, record: BatchRecord) -> None:
+        m = self.manifest
+        if not self.packed:
+            write_batch(self.path, epoch, batch, record, m["label_format"], m["topk"], m["num_samples"], self.fill)
+            return
+        packed.write_part(self.path, epoch, batch, record, m)
+        if self.packs:  # pack the epochs before this one as soon as their parts are all there
+            self._unpacked.add(epoch)
+            for e in sorted(e for e in self._unpacked if e < epoch):
+                if packed.pack_epoch(self.path, e, self.kept(e), m):
+                    self._unpacked.discard(e)
+
+    def finish(self) -> None:
+        """After the last write of every rank: pack every epoch whose parts are all there (those
+        of earlier runs too). A packed store is complete only once this has run."""
+        if not self.packed:
+            return
+        if self.info is not None:
+            distributed.barrier(self.info)
+
+        def pack_all() -> None:
+            for e in range(int(self.manifest["epochs"])):
+                packed.pack_epoch(self.path, e, self.kept(e), self.manifest)
+        if self.info is None:
+            pack_all()
+        else:
+            distributed.on_main_then_all(self.info, pack_all)
+
+
+def create(path: str, manifest: dict, info: Optional[DistInfo] = None, flag: str = "--fkd-path") -> BatchWriter:
+    """Create a store, or reopen one made with the same content settings to finish or extend it.
+    Every rank checks read-only first, so a refusal stops them all at once; then rank 0 takes the
+    lock, checks again under it, writes the manifest, makes the epoch (or parts) folders and
+    removes the temporary files of writers that died."""
+    manifest = check_compatible(path, manifest, flag)
+
+    def prepare() -> None:
+        lock(path, flag)
+        settled = check_compatible(path, manifest, flag)
+        write_manifest(path, settled, flag)
+        for e in range(manifest["epochs"]):
+            if settled.get("container") == "epoch":
+                if os.path.isfile(packed.epoch_path(path, e)):
+                    continue
+                folder = packed.parts_dir(path, e)
+            else:
+                folder = epoch_dir(path, e)
+            files.ensure_dir(folder, flag, inside=path)
+            files.remove_stale_tmp(folder)
+        files.remove_stale_tmp(path)
+    if info is None:
+        prepare()
+    else:
+        distributed.on_main_then_all(info, prepare)
+    return BatchWriter(path, manifest, info)

@@ -1,0 +1,143 @@
+"""Stores made by the upstream repositories (read only): SRe2L / G-VBSM lists of 6 and PRISM
+lists of 7, in our batch layout (``epoch_{e}/batch_{b}.tar``) but without a manifest.
+
+SRe2L / G-VBSM store no sample indices: the order is the upstream one, a RandomSampler over the
+ImageFolder driven by one torch.Generator seeded with --fkd_seed and continued across epochs
+(``LegacyOrder``). PRISM stores the index. Their cutmix boxes are numpy scalars, which
+``weights_only`` refuses by default; exactly those numpy types are admitted, nothing else.
+Such a store records neither its crop size nor its seed: the user's flags say them, and its
+manifest is built here from its files and those flags.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Optional
+
+import torch
+
+from softlabel import files, streams
+from softlabel.data import FolderIndex
+from softlabel.errors import UserError
+from softlabel.stores.base import Request
+from softlabel.stores.batch import BatchStore, batch_path, manifest_path
+
+LEGACY_SEED = streams.DEFAULT_SEED  # upstream --fkd_seed default (42)
+
+
+class LegacyOrder:
+    """The sample order of SRe2L/G-VBSM stores: ``RandomSampler(dataset, generator=g)`` with
+    one ``torch.Generator`` seeded with --fkd_seed, iterated to the end once per epoch, as the
+    upstream relabel and trainer both do. The sampler itself draws it (it advances the
+    generator by more than the one permutation it yields). Epoch e needs the generator state
+    after e earlier epochs; those states (a few KB each), not the permutations, are kept."""
+
+    def __init__(self, seed: int, num_samples: int):
+        from torch.utils.data import RandomSampler
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.sampler = RandomSampler(range(num_samples), generator=self.generator)
+        self.states = [self.generator.get_state()]
+
+    def epoch(self, e: int) -> torch.Tensor:
+        while len(self.states) <= e:
+            self.generator.set_state(self.states[-1])
+            list(self.sampler)
+            self.states.append(self.generator.get_state())
+        self.generator.set_state(self.states[e])
+        return torch.tensor(list(self.sampler), dtype=torch.int64)
+
+
+def is_legacy(root: str) -> bool:
+    return not os.path.exists(manifest_path(root)) and os.path.isfile(batch_path(root, 0, 0))
+
+
+def layout(root: str) -> tuple[int, int, int]:
+    """(epochs, batches per epoch, batch files) of a store from its files alone: the highest
+    epoch_{e} folder holding a batch file and the highest batch_{b}.tar, plus one."""
+    epochs = batches = count = 0
+    for name in os.listdir(root):
+        m = re.fullmatch(r"epoch_(\d+)", name)
+        if not m or not os.path.isdir(os.path.join(root, name)):
+            continue
+        found = [int(b.group(1)) for b in (re.fullmatch(r"batch_(\d+)\.tar", f)
+                                           for f in os.listdir(os.path.join(root, name))) if b]
+        if found:
+            epochs, batches, count = max(epochs, int(m.group(1)) + 1), max(batches, max(found) + 1), count + len(found)
+    return epochs, batches, count
+
+
+def load_upstream(path: str) -> list:
+    data = files.safe_torch_load(path, "store batch file", allow_numpy=True)
+    if not isinstance(data, (list, tuple)) or len(data) not in (6, 7):
+        n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
+        raise UserError(f"store batch file {path}: {n} entries; an upstream store has 6 (SRe2L, G-VBSM) "
+                        f"or 7 (PRISM)")
+    if not (hasattr(data[0], "__len__") and isinstance(data[5], torch.Tensor) and data[5].dim() == 2):
+        raise UserError(f"store batch file {path}: entry 6 is not a (B, C) tensor of soft labels")
+    return list(data)
+
+
+def samples_from_batches(root: str, batches: int, batch_size: int) -> Optional[int]:
+    """An upstream store's image count, from its batches: all full but the last of an epoch."""
+    last = batch_path(root, 0, batches - 1)
+    if not os.path.isfile(last):
+        return None
+    return (batches - 1) * batch_size + len(load_upstream(last)[0])
+
+
+class UpstreamStore(BatchStore):
+    """An SRe2L / G-VBSM / PRISM store, its manifest built from its files and the flags."""
+
+    @classmethod
+    def open(cls, path: str, flag: str, index: Optional[FolderIndex], request: Request,
+             need_pixels: bool = True) -> "UpstreamStore":
+        """With ``index`` (the images it was made from) the sample count and class names are
+        theirs; without (an inspection), counted from the batches and numbered."""
+        if need_pixels and request.input_size is None:
+            raise UserError(f"{flag} {path}: an upstream store does not record its crop size; pass --input-size "
+                            f"(the relabel command's --input-size, 224 for ImageNet)")
+        epochs, batches, _ = layout(path)
+        first_path = batch_path(path, 0, 0)
+        first = load_upstream(first_path)
+        batch_size, num_classes = len(first[0]), int(first[5].shape[1])
+        if index is not None:
+            num_samples, class_names = len(index), list(index.classes)
+            expected = math.ceil(num_samples / batch_size)
+            if batches != expected:
+                raise UserError(f"{flag} {path}: the store has {batches} batches of {batch_size} per epoch, but "
+                                f"the images ({index.root}) are {num_samples} ({expected} batches); not the images "
+                                f"it was made from")
+        else:
+            num_samples = samples_from_batches(path, batches, batch_size) or batches * batch_size
+            class_names = [str(c) for c in range(num_classes)]
+        if len(class_names) > num_classes:
+            raise UserError(f"{flag} {path}: the images have {len(class_names)} class folders, more than the "
+                            f"store's {num_classes} classes")
+        manifest = legacy_manifest(first, class_names, num_samples, request.fkd_seed, request.input_size)
+        manifest["epochs"], manifest["batches_per_epoch"] = epochs, batches
+        if index is not None:
+            # recorded so that a conversion into our format keeps checking the images
+            manifest["args"], manifest["dataset_fingerprint"] = {"data": index.root}, index.fingerprint()
+        store = cls(path, manifest, flag)
+        store.format = manifest["legacy_kind"]
+        return store
+
+
+def legacy_manifest(first: list, class_names: list[str], num_samples: int, fkd_seed: Optional[int],
+                    input_size: Optional[int]) -> dict:
+    """A manifest for an upstream store from its first batch and the user's flags."""
+    kind = "sre2l" if len(first) == 6 else "prism"
+    soft = first[5]
+    mix_type = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
+    return {
+        "format_version": 1, "legacy_kind": kind, "label_format": "full", "topk": None, "topk_fill": None,
+        "fkd_seed": LEGACY_SEED if fkd_seed is None else int(fkd_seed), "batch_size": len(first[0]),
+        "num_samples": num_samples, "num_classes": int(soft.shape[1]), "class_names": class_names,
+        "class_to_index": {c: i for i, c in enumerate(class_names)},
+        "input_size": None if input_size is None else int(input_size),
+        "min_scale_crops": None, "max_scale_crops": None, "mix_type": mix_type, "mixup": None, "cutmix": None,
+        "use_fp16": soft.dtype == torch.float16, "temperature": None, "teachers": [], "ensemble": None,
+        "primary_weight": None, "dataset_fingerprint": None, "args": {},
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],  # upstream normalization
+    }

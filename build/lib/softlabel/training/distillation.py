@@ -1,0 +1,149 @@
+"""The trainer's --distiller at work: building one from a probe forward of both networks, and the
+init stage of the methods that train parts of their own before distilling (AB, FT, KDSS)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from softlabel import checkpoint, replay
+from softlabel.distill import DISTILLERS, FeatureTap, stage_modules
+from softlabel.distributed import DistInfo
+from softlabel.errors import UserError
+from softlabel.teachers import Ensemble
+from softlabel.training.config import TrainConfig
+
+
+@dataclass
+class DistillRun:
+    """A feature distiller at work: its module (wrapped for DDP when it trains parameters), the
+    hooks that tap the student's and the teacher's stages, and its weight."""
+    distiller: nn.Module
+    student_tap: FeatureTap
+    teacher_tap: FeatureTap
+    weight: float
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, device: torch.device,
+                    num_samples: int, targets: list[int]) -> Optional[DistillRun]:
+    """The --distiller, its parts shaped by one probe forward of both networks (no model code is
+    edited: the features come from forward hooks on their stage modules). Parts trained only in
+    an init stage are frozen here, so the distilling optimizer leaves them out."""
+    if not cfg.distiller:
+        return None
+    method = DISTILLERS[cfg.distiller]
+    teacher = teachers.teachers[0].model
+    student_tap = FeatureTap(stage_modules(student, _names(cfg.feat_layers), "--feat-layers"), method.preact)
+    teacher_tap = FeatureTap(stage_modules(teacher, _names(cfg.teacher_feat_layers or cfg.feat_layers),
+                                           "--teacher-feat-layers"), method.preact)
+    probe = torch.zeros(2, 3, cfg.input_size, cfg.input_size, device=device)
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        student(probe)
+        teacher(probe)
+    student.train(was_training)
+    fs, ft = student_tap.take(), teacher_tap.take()
+    if method.preact:
+        for tap, features, flag in ((student_tap, fs, "--feat-layers"), (teacher_tap, ft, "--teacher-feat-layers")):
+            try:
+                tap.check_preact(features)
+            except UserError as exc:
+                raise UserError(f"--distiller {cfg.distiller} ({flag}): {exc}") from None
+    if len(fs.stages) != len(ft.stages):
+        raise UserError(f"--distiller {cfg.distiller}: the student has {len(fs.stages)} stages, the teacher "
+                        f"{len(ft.stages)}; name matching ones with --feat-layers / --teacher-feat-layers")
+    try:
+        distiller = method(fs, ft, num_samples=num_samples, targets=torch.tensor(targets)).to(device)
+    except ValueError as exc:
+        raise UserError(f"--distiller {cfg.distiller}: {exc}") from None
+    for part in distiller.init_parts():
+        part.requires_grad_(False)
+    weight = cfg.distill_weight if cfg.distill_weight is not None else method.weight
+    return DistillRun(distiller, student_tap, teacher_tap, weight)
+
+
+def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """Mean of the ranks' gradients, in one all-reduce of them all flattened (one per parameter
+    would be a collective for every tensor of the model)."""
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+        offset += p.grad.numel()
+
+
+def distilling(run: Optional[DistillRun]) -> Optional[DistillRun]:
+    """The run the distilling steps use. None for a method whose loss after its init stage is nil
+    (AB): its hooks are removed, so that no step takes (on in-place ReLUs, clones) every stage's
+    features for nothing. The run itself stays, for the checkpoint of its init parts."""
+    if run is None or checkpoint.unwrap(run.distiller).distills:
+        return run
+    run.student_tap.remove()
+    run.teacher_tap.remove()
+    return None
+
+
+def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: Ensemble, epochs: Iterator,
+               info: DistInfo, mean: list[float], std: list[float], log: Callable[[str], None]) -> list[float]:
+    """RepDistiller's ``init``: before distilling, train the method's init parts (AB: its
+    connectors and the student; FT: its paraphraser; KDSS: the teacher's self-supervision head, on
+    the teacher's views) on the method's init loss alone, with SGD at
+    the init learning rate, the run's momentum and weight decay, for --distill-init-epochs epochs
+    of the run's crops and flips (no mixing; each rank's batch whole). Gradients are averaged
+    over ranks by hand, the student not being under DDP yet. Returns each epoch's mean loss."""
+    d = run.distiller
+    params = [p for part in d.init_parts() for p in part.parameters()]
+    if d.init_trains_student:
+        params += list(student.parameters())
+    lr = cfg.distill_init_lr if cfg.distill_init_lr is not None else d.init_lr(cfg.model, cfg.learning_rate)
+    for part in d.init_parts():
+        part.requires_grad_(True)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    student.train(d.init_trains_student)
+    losses = []
+    for epoch, batches in epochs:
+        total, seen = torch.zeros((), device=info.device), 0
+        for batch in batches:
+            pixels = batch["pixels"].to(info.device, non_blocking=True)
+            teachers(pixels, None, None, None, d.expand if d.views > 1 else None)
+            teacher_features = run.teacher_tap.take().detached()
+            student_features = None
+            if d.init_trains_student:
+                student(replay.slice_inputs(pixels, None, mean, std, None, None))
+                student_features = run.student_tap.take()
+            share = len(pixels) * info.world_size / batch["batch_size"]  # this rank's part of the global mean
+            loss = d.init_loss(student_features, teacher_features).float() * share
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if info.distributed:
+                _average_gradients([p for p in params if p.grad is not None], info.world_size)
+            optimizer.step()
+            total += loss.detach() * batch["batch_size"] / info.world_size
+            seen += batch["batch_size"]
+        if info.distributed:
+            dist.all_reduce(total)
+        losses.append(float(total) / max(seen, 1))
+        if not math.isfinite(losses[-1]):
+            raise UserError(f"--distiller {cfg.distiller}: its init stage diverged in epoch {epoch + 1} (loss "
+                            f"{losses[-1]}); try a smaller --distill-init-lr")
+        log(f"distill init ({cfg.distiller}) epoch {epoch + 1}/{cfg.distill_init_epochs}: loss {losses[-1]:.4f}")
+    for part in d.init_parts():
+        part.requires_grad_(False)
+    for p in params:
+        p.grad = None
+    if info.distributed and d.init_trains_student:  # batch-norm statistics of rank 0, as DDP would broadcast
+        for b in student.buffers():
+            dist.broadcast(b, 0)
+    student.train()
+    return losses
