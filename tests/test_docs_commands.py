@@ -146,3 +146,17 @@ def test_the_docs_show_commands():
 @pytest.mark.parametrize("where,command", ALL, ids=[where for where, _ in ALL])
 def test_every_flag_the_docs_show_is_accepted(where, command):
     assert not problems(command), f"{where}: {command.strip()}\n" + "\n".join(problems(command))
+
+
+def test_the_loss_table_lists_every_loss_and_keep_topk_its_losses():
+    """docs/validate.md's table has a row for every --loss-type, and its --keep-topk paragraph names
+    exactly the losses the trainer accepts it with."""
+    from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES
+    text = (ROOT / "docs" / "validate.md").read_text()
+    rows = {name for line in text.splitlines() if line.startswith("| `")
+            for name in re.findall(r"`(\w+)`", line.split("|")[1])}
+    assert set(LOSSES) <= rows, set(LOSSES) - rows
+    paragraph = text[text.index("`--keep-topk K`"):].split("\n\n")[0]
+    applies, refused = paragraph.split("refused")
+    assert set(re.findall(r"`(\w+)`", applies)) == set(PROBABILITY_LOSSES)
+    assert set(re.findall(r"`(\w+)`", refused)) == set(LOSSES) - set(PROBABILITY_LOSSES)
