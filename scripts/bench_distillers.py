@@ -47,7 +47,7 @@ from softlabel.commands.label_optimization import STUDY_EPOCHS as STUDY_LR_EPOCH
 TRAINER = "validate/train_FKD_parallel.py"
 MARK_START, MARK_END = "<!-- bench_distillers:start -->", "<!-- bench_distillers:end -->"
 TEACHER = "resnet56"
-# The seed's "acc. gap" column (R20 student, R56 teacher, CIFAR-100), in its order; KDSS is run as
+# The study's README "acc. gap" column (R20 student, R56 teacher, CIFAR-100), in its order; KDSS is run as
 # SSKD, the self-supervised KD method defined for CIFAR (docs/validate.md).
 SEED_GAPS = {"kd": 1.03, "fitnet": 1.97, "at": 2.15, "sp": 1.85, "vid": 2.08, "rkd": 1.85, "pkt": 1.81,
              "ab": 1.86, "ft": 1.89, "crd": 2.05, "kdss": 1.86}

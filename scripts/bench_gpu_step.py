@@ -1,5 +1,5 @@
 """The trainer's store path against the same step on tensors in memory, on the GPU, with a
-profile of where a step's time goes (the image path issue, part 3), measured in one run.
+profile of where a step's time goes, measured in one run.
 
 Two settings:
   demo      resnet18 student, 64 px crops of the demo's 32 px PNGs, batch 20, AdamW, KL: the

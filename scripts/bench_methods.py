@@ -1,6 +1,6 @@
 """Label-enhancement recipes, compared over seeds: top-1 and calibration (ECE) of one student.
 
-The label-optimization study (seed 004; CIFAR-100, ResNet20-110) in miniature, on the demo data:
+The label-optimization study (qwer343/id_8285; CIFAR-100, ResNet20-110) in miniature, on the demo data:
 every run, teachers included, is one command of validate/label_optimization.py -- the study's own
 flags, run by our relabel and trainer with its losses, SGD lr 0.1 / wd 5e-4 and MultiStepLR scaled
 to the epochs. Two data settings: the full training split (as the CIFAR study) and the IPC2
@@ -42,11 +42,11 @@ TEACHERS = {"r32": "resnet32", "r44": "resnet44"}
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    method: str                       # the front-end's --method (the seed table's row)
+    method: str                       # the front-end's --method (the study's table row)
     smart: tuple[str, ...] = ()       # teacher roles; for `random`, the architecture's role only
 
 
-# The seed table's rows, with its teachers: KD from R32, SL / SL-KD from R44, SL-Ens from both.
+# The study's table rows, with its teachers: KD from R32, SL / SL-KD from R44, SL-Ens from both.
 RECIPES = [
     Recipe("vanilla", "Vanilla"),
     Recipe("ls", "LS"),
@@ -57,7 +57,7 @@ RECIPES = [
     Recipe("random", "random", ("r44",)),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
-# The study's optimizer (its seed command): SGD lr 0.1, weight decay 5e-4, momentum 0.9.
+# The study's optimizer (its README's command): SGD lr 0.1, weight decay 5e-4, momentum 0.9.
 STUDY = ("--lr", "0.1", "--wd", "5e-4")
 
 
@@ -333,8 +333,8 @@ def markdown(args, summary: dict) -> str:
     return "\n".join(rows) + "\n\n" + note
 
 
-# Only orderings the seed's table shows (the study's README, student R20): (claim, a, b, metric,
-# sign, the seed's a, the seed's b); the claim holds when sign * (a - b) > 0.
+# Only orderings the study's table shows (its README, student R20): (claim, a, b, metric,
+# sign, the study's a, the study's b); the claim holds when sign * (a - b) > 0.
 ORDERINGS = [
     ("SL beats vanilla (top-1)", "sl", "vanilla", "top1", 1, "69.17", "67.66"),
     ("SL-Ens beats vanilla (top-1)", "sl-ens", "vanilla", "top1", 1, "69.66", "67.66"),
@@ -352,10 +352,10 @@ ORDERINGS = [
 
 
 def orderings(args, summary: dict) -> str:
-    """Which of the seed study's orderings the measured means reproduce; a difference within the
+    """Which of the study's orderings the measured means reproduce; a difference within the
     larger of the two seed standard deviations is called a tie."""
     sets = settings_of(args)
-    rows = ["| ordering (seed study) | seed (R20) | " + " | ".join(s.title for s in sets) + " |",
+    rows = ["| ordering (the study) | the study (R20) | " + " | ".join(s.title for s in sets) + " |",
             "|---|---|" + "---|" * len(sets)]
     for claim, a, b, metric, sign, seed_a, seed_b in ORDERINGS:
         if a not in args.recipes or b not in args.recipes:

@@ -1,6 +1,6 @@
 """Relabel throughput against the teacher-forward-only bound, measured in one run.
 
-Setting (issue 4): a resnet18 teacher, 64 px crops of the 32 px demo PNGs, batch 20, cutmix,
+Setting: a resnet18 teacher, 64 px crops of the 32 px demo PNGs, batch 20, cutmix,
 fp16 labels, the demo's training split (1347 images), 2 epochs. The bound runs the teacher's
 forward pass alone on the very same batches, already decoded, normalized, mixed and resident in
 memory. The relabel runs are the real script (subprocesses), with -j 0 and -j 2, in one process

@@ -1,7 +1,7 @@
 """Training throughput from a store, against the same steps on tensors in memory, and online
 distillation against stored labels, measured in one run.
 
-Setting (issue 5): a resnet18 student, AdamW, KL loss, 64 px crops of the 32 px demo PNGs,
+Setting: a resnet18 student, AdamW, KL loss, 64 px crops of the 32 px demo PNGs,
 batch 20, 2 CPU cores, one epoch of the demo's 1347 training images (68 steps):
 (a) train steps on synthetic tensors already in memory (in this process: the bound);
 (b) the real trainer from a real store (relabelled here by a resnet18 teacher);

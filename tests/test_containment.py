@@ -1,4 +1,4 @@
-"""Writes stay inside their declared output (issue 15, class 1): names read from files never pick
+"""Writes stay inside their declared output: names read from files never pick
 a path, an output inside an input is refused, and a symbolic link inside a store does not lead
 writes or temp-file cleanup out of it. Each case runs the real script and checks the disk."""
 from __future__ import annotations

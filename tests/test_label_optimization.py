@@ -1,4 +1,4 @@
-"""The label-optimization study (seed 004): its losses, schedule and main.py flags, as its source
+"""The label-optimization study (qwer343/id_8285): its losses, schedule and main.py flags, as its source
 (qwer343/id_8285) defines them, run through our relabel and trainer."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A run's output folder belongs to one run (issue 15, class 4): locked while a trainer writes it,
+"""A run's output folder belongs to one run: locked while a trainer writes it,
 never overwritten by another command, and resumed only on the labels it was trained on."""
 from __future__ import annotations
 

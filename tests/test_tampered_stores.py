@@ -1,4 +1,4 @@
-"""Tampered stores (issue 15, classes 2, 5 and 6): one validator for batch geometry, a schema for
+"""Tampered stores: one validator for batch geometry, a schema for
 manifests and bounds on the work a number may ask for. Each variant is refused in one line naming
 the file, by the store interface every reader uses; a few go through the real scripts too."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Smaller things users hit (issue 15, class 7): unreadable validation images found before
+"""Smaller things users hit: unreadable validation images found before
 training, 16-bit images scaled rather than clipped, odd file names on one error line, and files
 that keep the team's umask."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The label-optimization study's ``main.py`` (seed 004), with its own flags, run by our tools.
+"""The label-optimization study's ``main.py`` (qwer343/id_8285), with its own flags, run by our tools.
 
 The code is softlabel/commands/label_optimization.py. See --help."""
 

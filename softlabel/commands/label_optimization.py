@@ -1,4 +1,4 @@
-"""The label-optimization study's ``main.py`` (seed 004), with its own flags, run by our tools.
+"""The label-optimization study's ``main.py`` (qwer343/id_8285), with its own flags, run by our tools.
 
     python validate/label_optimization.py --is_smart_model --smart_model resnet44 \\
         --smart_model_path ./checkpoints/ --student_model resnet20 --dataset cifar100 --data-root ~/data \\
@@ -10,7 +10,7 @@ already holds train/ and val/ class folders); (2) ``relabel/generate_soft_label.
 model(s) labelling every crop of every epoch into a store; (3) ``validate/train_FKD_parallel.py``
 from that store with the study's loss, optimizer and schedule. Every step resumes when rerun.
 
-Methods (the seed's table rows; the source's spellings are accepted too), from the study's source
+Methods (the rows of its README's table; the source's spellings are accepted too), from the study's source
 (qwer343/id_8285: function.py ``loss_fn``/``model_fit``, main.py, opts.py):
 
 - ``Vanilla`` (``scratch`` without a smart model): cross-entropy on the ground truth.
@@ -24,12 +24,12 @@ Methods (the seed's table rows; the source's spellings are accepted too), from t
 - ``SL-Ens``: SL from several smart models (``--smart_model resnet32,resnet44``), mean of logits.
   The source has no ensemble code; mean of logits is our choice.
 - ``random``: SL from a smart model with random weights (seeded by --seed, no checkpoint): our
-  reading of the seed's row (1% top-1, ECE 0 on CIFAR-100: near-uniform labels).
+  reading of its README's row (1% top-1, ECE 0 on CIFAR-100: near-uniform labels).
 - ``SL-Enc``: refused. The released source defines nothing by that name; its only candidate
   (``--isPerturbation``, a noise-fed ``LabelPerturbation`` network) is never built by main.py.
 
 Defaults are the source's opts.py (--lr 1e-3, --wd 1e-4, --T 3, --alpha 0.1, --epochs 200, batch
-128, SGD momentum 0.9); the seed's command passes --lr 0.1 --wd 5e-4. Schedule: main.py's
+128, SGD momentum 0.9); its README's command passes --lr 0.1 --wd 5e-4. Schedule: main.py's
 MultiStepLR, milestones 60,120,160,200 with gamma 0.1 (STL-10: 0.2), weight decay on every
 parameter. What differs from the source, and why, is in docs/recipes.md.
 """

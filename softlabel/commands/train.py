@@ -80,7 +80,7 @@ from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teacher, load_teachers, split_list, weight_names, weight_paths
 from softlabel.training.config import TrainConfig, check_flags, data_folder, pass_batch, resolve
 from softlabel.training.distillation import DistillRun, build_distiller, distilling, init_stage
-from softlabel.training.losses import LOSSES, keep_topk
+from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES, keep_topk
 from softlabel.training.metrics import classification_metrics
 from softlabel.training.schedules import SCHEDULES
 
@@ -230,7 +230,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "lo_kd / lo_sl / lo_sl_gt (default: 0.1, the label-optimization study's --alpha)")
     g.add_argument("--kd-t2", action="store_true", help="kl only: multiply by T^2 (kd, wsld and dist include it)")
     g.add_argument("--keep-topk", type=int, default=None, metavar="K",
-                   help="keep only each sample's top-K teacher logits (the rest masked) before the loss")
+                   help=f"keep only each sample's top-K teacher logits (the rest masked to -inf, probability 0) "
+                        f"before the loss; losses on probabilities only: {', '.join(PROBABILITY_LOSSES)} (refused "
+                        f"for {', '.join(sorted(set(LOSSES) - set(PROBABILITY_LOSSES)))})")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="hard labels: label smoothing")
 
     g = p.add_argument_group("online distillation (no --fkd-path)")
@@ -399,7 +401,7 @@ def param_groups(model: nn.Module, weight_decay: float, norms_too: bool = False)
 
 def lr_factor(epoch: int, epochs: int, warmup: int, schedule: Callable[[int, int], float]) -> float:
     """Per-epoch learning-rate factor: ``warmup`` epochs of linear warm-up, then ``schedule``
-    (validate/schedules.py) over the remaining epochs."""
+    (softlabel/training/schedules.py) over the remaining epochs."""
     if epoch < warmup:
         return (epoch + 1) / warmup
     return schedule(epoch - warmup, max(1, epochs - warmup))

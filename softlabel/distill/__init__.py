@@ -1,4 +1,4 @@
-"""Feature-based distillers, the label-optimization study's baselines (its seed's table): one
+"""Feature-based distillers, the label-optimization study's baselines (its README's table): one
 module per method, each a ``Distiller`` registered by name; the trainer's ``--distiller NAME``
 adds ``weight x`` its loss to the cross-entropy (and an optional logit loss), as RepDistiller's
 ``train_student.py`` does (``-r 1 -a 0 -b WEIGHT``).

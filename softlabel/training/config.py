@@ -76,7 +76,7 @@ class TrainConfig:
     epochs: int
     start_epoch: int
     cos: bool
-    lr_schedule: str                   # validate/schedules.py; --cos: prism-cos
+    lr_schedule: str                   # softlabel/training/schedules.py; --cos: prism-cos
     lr_step_size: int
     lr_milestones: tuple[int, ...]     # --lr-schedule multistep
     lr_gamma: float

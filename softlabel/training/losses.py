@@ -106,7 +106,7 @@ def wsld(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
     return F.cross_entropy(student, targets) + alpha * temperature ** 2 * (weight * soft).mean()
 
 
-# The label-optimization study (seed 004), as its source (qwer343/id_8285, function.py
+# The label-optimization study, as its source (qwer343/id_8285, function.py
 # ``loss_fn``/``model_fit``) computes them; ``validate/label_optimization.py`` maps its methods here.
 
 def lo_kd(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
