@@ -29,8 +29,8 @@ import statistics
 import sys
 
 import torch
-from bench_train import demo_images, demo_store, trainer_rate
-from bench_train import in_memory_bound as train_bound
+from benchlib import demo_images, demo_store, make_set, make_store, trainer_rate
+from benchlib import in_memory_bound as train_bound
 
 from softlabel import packed_images, replay
 from softlabel.data import scan_image_folder
@@ -60,7 +60,6 @@ def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
         per_epoch = replay.batches_per_epoch(len(scan_image_folder(demo_images(work), "--data")), batch)
         train, _, store = demo_store(work, -(-steps // per_epoch))
         return ["--train-dir", train, "--fkd-path", store], per_epoch
-    from bench_loader import make_set, make_store  # the loader benchmark's synthetic set and top-5 store
     data = make_set(os.path.join(work, "jpeg_ipc1"), 1, "jpeg")
     index = scan_image_folder(data, "--data")
     packed = os.path.join(work, "jpeg_ipc1_packed")
@@ -97,7 +96,7 @@ def profile(setting: str, args: list[str], out_dir: str, device: torch.device) -
     prof.export_chrome_trace(os.path.join(out_dir, f"trace_{setting}.json.gz"))
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="where the sets, packs and stores are kept between runs")
     p.add_argument("--settings", default="demo,imagenet", help="default: demo,imagenet")
@@ -106,7 +105,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians (default: 3)")
     p.add_argument("--profile", metavar="DIR", default=None, help="also profile each setting into DIR")
     p.add_argument("--profile-steps", type=int, default=12, help="steps of the profiled runs (default: 12)")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     if any(s not in SETTINGS for s in settings):
         raise UserError(f"--settings: choose from {', '.join(SETTINGS)}")
@@ -137,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

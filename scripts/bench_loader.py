@@ -29,12 +29,9 @@ import statistics
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image
+from benchlib import CLASSES, SIZE, make_set, make_store
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
@@ -42,72 +39,16 @@ from softlabel import packed_images, replay
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes
-from softlabel.stores import batch as store
-from softlabel.stores import create_store, open_store
+from softlabel.stores import open_store
 
-SIZE, CLASSES = 224, 1000
 
 
 # ----------------------------------------------------------------------------- the synthetic set
 
-def textured(rng: np.random.Generator) -> np.ndarray:
-    """A 224 x 224 RGB image with structure at every scale: an upsampled coarse colour field,
-    mid-frequency blobs and pixel noise (a flat or pure-noise image decodes faster or slower
-    than a photograph)."""
-    coarse = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
-    base = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC), np.float32)
-    mid = rng.normal(0, 40, (SIZE // 8, SIZE // 8, 3)).astype(np.float32)
-    mid = np.asarray(Image.fromarray(np.clip(mid + 128, 0, 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR),
-                     np.float32) - 128
-    fine = rng.normal(0, 12, (SIZE, SIZE, 3)).astype(np.float32)
-    return np.clip(base + mid + fine, 0, 255).astype(np.uint8)
 
 
-def make_set(root: str, ipc: int, fmt: str) -> str:
-    """1000 class folders x ``ipc`` images, seeded; kept when already there."""
-    done = os.path.join(root, ".complete")
-    if os.path.isfile(done):
-        return root
-    rng = np.random.default_rng(ipc)
-    for c in range(CLASSES):
-        folder = os.path.join(root, f"n{c:08d}")
-        os.makedirs(folder, exist_ok=True)
-        for i in range(ipc):
-            img = Image.fromarray(textured(rng))
-            if fmt == "jpeg":
-                img.save(os.path.join(folder, f"{i}.jpg"), quality=90)
-            else:
-                img.save(os.path.join(folder, f"{i}.png"))
-    open(done, "w").close()
-    return root
 
 
-def make_store(path: str, data: str, batch: int, epochs: int) -> str:
-    """A packed top-5 store of ``data``'s images: crops and flips sampled as relabel samples
-    them (the same functions; every image is 224 px, so no image is decoded), random logits."""
-    index = scan_image_folder(data, "--data")
-    per_epoch = replay.batches_per_epoch(len(index), batch)
-    names = index.classes
-    manifest = {**store.container_of("topk"), "label_keep": 1.0, "fkd_seed": 42, "batch_size": batch,
-                "epochs": epochs, "batches_per_epoch": per_epoch, "num_samples": len(index), "num_classes": CLASSES,
-                "class_names": names, "class_to_index": {n: i for i, n in enumerate(names)}, "input_size": SIZE,
-                "min_scale_crops": 0.08, "max_scale_crops": 1.0, "mix_type": "none", "mixup": None, "cutmix": None,
-                "use_fp16": True, "label_format": "topk", "topk": 5, "topk_fill": "residual",
-                "topk_fill_temperature": 1.0, "temperature": 1.0, "teachers": [], "ensemble": None,
-                "primary_weight": None, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                "dataset_fingerprint": index.fingerprint(), "created_by": "scripts/bench_loader.py"}
-    writer = create_store(path, manifest, flag="bench")
-    g = torch.Generator().manual_seed(0)
-    for e, b in replay.epoch_jobs(0, epochs, per_epoch):
-        if writer.exists(e, b):
-            continue
-        idx = replay.epoch_order(42, e, len(index))[replay.batch_slice(batch, b)]
-        coords, flips = replay.sample_crops_and_flips(replay.batch_rng(42, e, b), [(SIZE, SIZE)] * len(idx),
-                                                      (0.08, 1.0))
-        writer.write(e, b, store.BatchRecord(coords, flips, None, None, None, torch.randn(len(idx), CLASSES, generator=g),
-                                             torch.from_numpy(idx.astype(np.int64))))
-    writer.finish()
-    return path
 
 
 # ----------------------------------------------------------------------------- the three paths
@@ -175,7 +116,7 @@ KINDS = {"a": "(a) torchvision", "b": "(b) store, folder + cache", "b packed": "
          "c": "(c) relabel, folder + cache", "c packed": "(c) relabel, packed"}
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", default="1,10", help="images per class (default: 1,10)")
     p.add_argument("--batch", default="50,256", help="batch sizes (default: 50,256)")
@@ -187,7 +128,10 @@ def main() -> None:
     p.add_argument("--kinds", default=",".join(KINDS), help=f"paths to measure (default: {','.join(KINDS)})")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_loader"),
                    help="where the synthetic sets, packs and stores are kept between runs")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if any(k not in KINDS for k in kinds) or args.repeats < 1:
@@ -246,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

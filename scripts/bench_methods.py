@@ -20,23 +20,16 @@ import json
 import math
 import os
 import shlex
-import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (ROOT, TEACHERS, Job, data_root, fmt, front_end, mean_std, read_result, run_jobs, settle,
+                      teacher_dir, teacher_run, write_readme)
 
 from softlabel.errors import UserError, run_main
-
-PY = sys.executable
-FRONT_END = "validate/label_optimization.py"
 MARK_START, MARK_END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
 
-# Teachers, by role: trained by the front-end's Vanilla (the study's run_vanilla.bash) on the full split.
-TEACHERS = {"r32": "resnet32", "r44": "resnet44"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +50,6 @@ RECIPES = [
     Recipe("random", "random", ("r44",)),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
-# The study's optimizer (its README's command): SGD lr 0.1, weight decay 5e-4, momentum 0.9.
-STUDY = ("--lr", "0.1", "--wd", "5e-4")
 
 
 def recipe_table() -> str:
@@ -89,18 +80,6 @@ class Setting:
     epochs: int
 
 
-@dataclass
-class Job:
-    name: str
-    argv: list[str]
-    done_file: str
-    cost: float                        # rough work, for the order jobs start in
-    deps: list[str] = field(default_factory=list)
-    log: str = ""
-    marker: Optional[str] = None       # written when the job succeeds (stores)
-
-    def done(self) -> bool:
-        return os.path.isfile(self.marker or self.done_file)
 
 
 def settings_of(args) -> list[Setting]:
@@ -109,41 +88,16 @@ def settings_of(args) -> list[Setting]:
             Setting("ipc2", "IPC2 (20 images)", "ipc2", 20, args.ipc_steps)]
 
 
-def teacher_dir(args, role: str) -> str:
-    return os.path.join(args.work, f"teachers_{args.train_subset}_e{args.teacher_epochs}_b{args.batch}")
 
 
-def teacher_run(args, role: str) -> str:
-    return os.path.join(teacher_dir(args, role), "folder", "Vanilla", TEACHERS[role], f"seed{args.teacher_seed}", "train")
 
 
 def setting_dir(args, s: Setting) -> str:
     return os.path.join(args.work, f"{s.key}_{s.subset}_e{s.epochs}_b{s.batch}_t{args.teacher_epochs}")
 
 
-def data_root(args, s_key: str, subset: str) -> str:
-    """A --dataset folder root for the front-end: train/ -> the setting's images, val/ -> the val split."""
-    root = os.path.join(args.work, "roots", s_key)
-    os.makedirs(root, exist_ok=True)
-    for name, target in (("train", subset), ("val", args.val_subset)):
-        link = os.path.join(root, name)
-        if os.path.islink(link) and os.readlink(link) != os.path.join(args.data_dir, target):
-            os.remove(link)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(args.data_dir, target), link)
-    return root
 
 
-def front_end(args, root: str, student: str, method: str, batch: int, epochs: int, seed: int, out: str,
-              smart: tuple[str, ...] = ()) -> list[str]:
-    argv = [PY, FRONT_END, "--dataset", "folder", "--data-root", root, "--n_class", str(args.num_classes),
-            "--student_model", student, "--method", method, "--batch_size", str(batch), "--epochs", str(epochs),
-            *STUDY, "--seed", str(seed), "--eval-interval", str(epochs), "--result", out, "--no-progress"]
-    if smart:
-        argv += ["--smart_model", ",".join(TEACHERS[t] for t in smart)]
-        if method != "random":
-            argv += ["--smart_model_path", ",".join(os.path.join(teacher_run(args, t), "checkpoint.pth") for t in smart)]
-    return argv
 
 
 def run_of(args, s: Setting, r: Recipe, seed: int) -> str:
@@ -185,74 +139,12 @@ def build_jobs(args) -> tuple[list[Job], dict]:
 
 # ----------------------------------------------------------------------------- running
 
-def run_jobs(jobs: list[Job], workers: int, threads: int) -> dict[str, float]:
-    """Run the jobs not yet done, at most ``workers`` at a time (each with ``threads`` torch
-    threads), a job once its dependencies are done, the ready job on the costliest chain first."""
-    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    # priority: a job's own cost plus the costliest chain of jobs waiting on it (critical path first)
-    rank: dict[str, float] = {}
-
-    def chain(job: Job) -> float:
-        if job.name not in rank:
-            rank[job.name] = job.cost + max((chain(j) for j in jobs if job.name in j.deps), default=0.0)
-        return rank[job.name]
-    pending = {j.name: j for j in jobs if not j.done()}
-    finished = {j.name for j in jobs if j.done()}
-    if pending:
-        print(f"{len(finished)} of {len(jobs)} runs cached; running {len(pending)} ({workers} at a time, "
-              f"{threads} thread(s) each)", flush=True)
-    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
-    times: dict[str, float] = {}
-    failed: list[str] = []
-    while pending or running:
-        ready = sorted((j for j in pending.values() if all(d in finished for d in j.deps)),
-                       key=lambda j: -chain(j))
-        while ready and len(running) < workers and not failed:
-            job = ready.pop(0)
-            del pending[job.name]
-            os.makedirs(os.path.dirname(job.log), exist_ok=True)
-            log = open(job.log, "w")
-            log.write("$ " + " ".join(shlex.quote(a) for a in job.argv) + "\n")
-            log.flush()
-            running[job.name] = (subprocess.Popen(job.argv, cwd=ROOT, env=env, stdout=log,
-                                                  stderr=subprocess.STDOUT), time.time(), log)
-        if not running:
-            if failed:
-                break
-            raise UserError(f"jobs wait for dependencies that never finish: {', '.join(pending)}")
-        time.sleep(0.2)
-        for name, (proc, start, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[name]
-            times[name] = time.time() - start
-            job = next(j for j in jobs if j.name == name)
-            if proc.returncode != 0:
-                failed.append(name)
-                with open(job.log) as f:
-                    tail = f.read()[-1500:]
-                print(f"FAILED {name} (exit {proc.returncode}); log {job.log}:\n{tail}", flush=True)
-                continue
-            if job.marker:
-                with open(job.marker, "w") as f:
-                    f.write("done\n")
-            finished.add(name)
-            print(f"  done {name:28s} {times[name]:7.1f} s  ({len(finished)}/{len(jobs)})", flush=True)
-    if failed:
-        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {os.path.dirname(jobs[0].log)})")
-    return times
 
 
 # ----------------------------------------------------------------------------- tables
 
-def read_result(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 _VAL: dict = {}
@@ -308,9 +200,6 @@ def summarize(args, cells: dict) -> dict:
     return summary
 
 
-def fmt(values: list[float]) -> str:
-    m, s = mean_std(values)
-    return f"{m:.2f} ± {s:.2f}"
 
 
 def markdown(args, summary: dict) -> str:
@@ -405,19 +294,6 @@ def plot(args, summary: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_readme(block: str, readme: str, start: str = MARK_START, end: str = MARK_END) -> bool:
-    """Put ``block`` between the ``start`` and ``end`` markers of ``readme``."""
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
-    if start not in text or end not in text:
-        print(f"{readme}: no {start} ... {end} markers; README left as it is")
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(head + start + "\n" + block.strip() + "\n" + end + tail)
-    print(f"wrote the table into {readme}")
-    return True
 
 
 # ----------------------------------------------------------------------------- main
@@ -451,37 +327,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settle(args: argparse.Namespace) -> None:
-    """Check the flags, apply --quick, make the demo data if needed and count the images."""
-    args.seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-    args.recipes = [v.strip() for v in args.recipes.split(",") if v.strip()]
-    unknown = [r for r in args.recipes if r not in BY_NAME]
-    if unknown:
-        raise UserError(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
-    if not args.seeds or not args.recipes:
-        raise UserError("--seeds and --recipes need at least one entry each")
-    if args.quick and args.write_readme:
-        raise UserError("--quick is a smoke test: its numbers do not belong in the README (drop --write-readme)")
-    args.train_subset, args.val_subset, args.teacher_seed = "train", "val", 0
-    if args.quick:  # every run end to end, at the least cost: start-up dominates
-        args.seeds = args.seeds[:1]
-        args.train_subset, args.teacher_epochs, args.train_epochs, args.ipc_steps, args.batch = "ipc5", 1, 1, 2, 16
-        args.val_subset = "ipc2"
-    args.work = os.path.abspath(args.work)
-    os.makedirs(args.work, exist_ok=True)
-    args.data_dir = os.path.abspath(args.data) if args.data else os.path.join(args.work, "data")
-    if not args.data and not all(os.path.isdir(os.path.join(args.data_dir, d)) for d in ("train", "val", "ipc5")):
-        proc = subprocess.run([PY, "scripts/make_demo_data.py", "--out", args.data_dir, "--ipc", "5"], cwd=ROOT,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"make_demo_data.py failed:\n{proc.stderr[-2000:]}")
-    for sub in (args.train_subset, args.val_subset, "ipc2"):
-        if not os.path.isdir(os.path.join(args.data_dir, sub)):
-            raise UserError(f"--data {args.data_dir}: no {sub}/ folder (make it with scripts/make_demo_data.py)")
-    count = lambda sub: sum(len(fs) for _, _, fs in os.walk(os.path.join(args.data_dir, sub)))  # noqa: E731
-    args.train_images, args.val_images = count(args.train_subset), count(args.val_subset)
-    args.num_classes = len([d for d in os.listdir(os.path.join(args.data_dir, args.train_subset))
-                            if os.path.isdir(os.path.join(args.data_dir, args.train_subset, d))])
 
 
 
@@ -500,11 +345,17 @@ def record_wall_time(args, jobs: list, times: dict, wall: float, table: str, ord
                 whole = json.load(f)
             if whole.get("runs") in (None, names):
                 timing = f": {whole['wall_s'] / 60:.0f} min wall time from scratch, {whole['jobs']} runs at a time"
-        write_readme(f"{table}\n\n{order}\n\n*`{command.strip()}`{timing}.*", args.readme)
+        write_readme(f"{table}\n\n{order}\n\n*`{command.strip()}`{timing}.*", args.readme, MARK_START, MARK_END)
 
 
 def main(args: argparse.Namespace) -> None:
     start = time.time()
+    args.recipes = [v.strip() for v in args.recipes.split(",") if v.strip()]
+    unknown = [r for r in args.recipes if r not in BY_NAME]
+    if unknown:
+        raise UserError(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(BY_NAME)})")
+    if not args.recipes:
+        raise UserError("--recipes needs at least one entry")
     settle(args)
     jobs, cells = build_jobs(args)
     times = run_jobs(jobs, args.jobs, args.threads)

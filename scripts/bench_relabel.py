@@ -29,9 +29,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import torch
+
+from benchlib import ROOT
 
 from softlabel import replay
 from softlabel.data import scan_image_folder
@@ -91,7 +91,7 @@ def relabel_run(data: str, teacher_path: str, store: str, workers: int, nproc: i
     return float(m.group(2)), float(m.group(1))
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--imagenet-shape", action="store_true",
                    help="1000 classes of 224 px JPEGs, 224 px crops, batch 50, 1 epoch (default: the demo's)")
@@ -100,13 +100,16 @@ def main() -> None:
     p.add_argument("--input-size", type=int, default=None, help="default: 64 (--imagenet-shape: 224)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported (default: 3)")
     p.add_argument("--work-dir", default=None, help="where to put the demo data and stores (default: a temp dir)")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     defaults = (1, 50, 224) if args.imagenet_shape else (2, 20, 64)
     for name, value in zip(("epochs", "batch_size", "input_size"), defaults):
         setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_relabel_")
     if args.imagenet_shape:
-        from bench_loader import CLASSES, make_set  # the loader benchmark's synthetic ImageNet-shaped set
+        from benchlib import CLASSES, make_set  # the loader benchmark's synthetic ImageNet-shaped set
         train, classes, images = make_set(os.path.join(work, "jpeg_ipc1"), 1, "jpeg"), CLASSES, "224 px JPEGs"
         # its folders are named like WNIDs but are not ImageNet's: folder i is class i
         class_map = os.path.join(work, "class_map.json")
@@ -155,4 +158,4 @@ def main() -> None:
         print(f"| {label} | {rate:.1f} | {bound / rate:.3f} | {per_repeat} | {startup} |")
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -247,7 +247,7 @@ def pruning_table(demo: Demo, keeps: list[float]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="50,100,1024", help="batch sizes of the size table (default: 50,100,1024)")
     p.add_argument("--k", type=int, default=5, help="top-K of the size and temperature tables (default: 5)")
@@ -262,7 +262,10 @@ def main() -> None:
                    "pruning on the demo (default: all)")
     p.add_argument("--no-topk-students", action="store_true", help="part 3: the TV per T only, no students")
     p.add_argument("--sizes-only", action="store_true", help="parts 1 and 2 only")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     ints = lambda text: [int(v) for v in text.split(",") if v.strip()]  # noqa: E731
     parts = {1, 2} if args.sizes_only else set(ints(args.parts))
     if 1 in parts:
@@ -289,4 +292,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

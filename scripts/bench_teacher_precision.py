@@ -26,7 +26,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRESET_ARCHS = "resnet18,resnet50,resnet101,mobilenet_v2,alexnet,shufflenet_v2_x0_5"
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", default=PRESET_ARCHS, metavar="A,B",
                    help=f"torchvision architectures, random-init (default: the presets' teachers, {PRESET_ARCHS}; "
@@ -93,8 +93,7 @@ def random_init(arch: str, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(args: argparse.Namespace) -> None:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if any(d not in DTYPES for d in dtypes):
         raise UserError(f"--dtypes {args.dtypes}: each of {', '.join(DTYPES)}")
@@ -122,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -31,7 +31,7 @@ def to_image(x: torch.Tensor, mean, std) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("store", metavar="STORE", help="soft-label store (--fkd-path of relabel)")
     p.add_argument("--data", required=True, metavar="DIR", help="the image folder the store was made from")
@@ -40,7 +40,10 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4, help="rows to draw (default: 4)")
     p.add_argument("--topk", type=int, default=3, help="soft labels to list per sample (default: 3)")
     p.add_argument("--out", default="img/fkd_mix.png", help="PNG to write (default: img/fkd_mix.png)")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
 
     manifest = store.read_manifest(args.store)
     index = scan_image_folder(args.data, "--data")
@@ -88,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

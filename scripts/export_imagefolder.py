@@ -132,14 +132,17 @@ def jobs(out: str, classes: list[str], splits: dict) -> Iterator[tuple[str, np.n
             yield os.path.join(out, split, classes[label], f"{n:05d}.png"), pixels
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, choices=sorted(FOLDERS), help="which dataset")
     p.add_argument("--root", required=True, help="torchvision's dataset folder")
     p.add_argument("--out", required=True, help="ImageFolder tree to write (train/ and val/)")
     p.add_argument("--download", action="store_true", help="fetch the dataset into --root first (torchvision)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     if args.download:
         download(args.dataset, args.root)
     elif not os.path.isdir(args.root):
@@ -172,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -65,12 +65,15 @@ def write_split(out: str, name: str, per_class: dict[int, list[int]], images: np
     return n
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--ipc", type=int, default=50, metavar="K",
                    help="largest images-per-class subset to write (default: 50)")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
 
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
     digits = load_digits()
@@ -89,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

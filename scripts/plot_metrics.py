@@ -31,12 +31,15 @@ def read_rows(run: str) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="RUN", help="--output-dir of a run, or its metrics.jsonl")
     p.add_argument("--labels", default=None, help="comma-separated legend names (default: directory names)")
     p.add_argument("--out", default="img/metrics.png", help="PNG to write (default: img/metrics.png)")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     runs = {run: read_rows(run) for run in args.runs}
     names = args.labels.split(",") if args.labels else [os.path.basename(os.path.normpath(r)) for r in runs]
     if len(names) != len(runs):
@@ -63,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -12,11 +12,14 @@ from softlabel.errors import UserError, run_main
 from softlabel.files import read_json
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="OUTPUT_DIR", help="--output-dir of each run")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead")
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     rows = []
     for run in args.runs:
         res = read_json(os.path.join(run, "results.json"), "run results")
@@ -37,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -20,7 +20,11 @@ def bench_module():
     spec = importlib.util.spec_from_file_location("bench_methods", ROOT / "scripts" / "bench_methods.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_methods"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "scripts"))  # as when run: benchlib imports by name
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
     return module
 
 
@@ -79,10 +83,11 @@ def test_recipes_are_documented_and_readme_markers_respected(tmp_path):
     assert "--loss-type lo_kd" in text and "--smart_model resnet32,resnet44" in text
     readme = tmp_path / "README.md"
     readme.write_text("intro\n")
-    assert not bench.write_readme("| table |", str(readme))
+    marks = (bench.MARK_START, bench.MARK_END)
+    assert not bench.write_readme("| table |", str(readme), *marks)
     assert readme.read_text() == "intro\n"
     readme.write_text(f"intro\n{bench.MARK_START}\nold\n{bench.MARK_END}\nrest\n")
-    assert bench.write_readme("| table |", str(readme))
+    assert bench.write_readme("| table |", str(readme), *marks)
     assert readme.read_text() == f"intro\n{bench.MARK_START}\n| table |\n{bench.MARK_END}\nrest\n"
 
 

@@ -59,37 +59,18 @@ def code_block_commands(path) -> list[tuple[str, str]]:
     return found
 
 
-class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-
 def _script_parser(script: str) -> argparse.ArgumentParser:
-    """The parser a script of scripts/ builds in its main(), caught when main() asks it to parse."""
+    """The parser of a tool of scripts/: its get_args_parser(), as torchvision's references name it."""
     name = f"doc_{script.replace('/', '_')[:-3]}"
     spec = importlib.util.spec_from_file_location(name, ROOT / script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
-    sys.path.insert(0, str(ROOT / "scripts"))  # as when run: its siblings import by name
+    sys.path.insert(0, str(ROOT / "scripts"))  # as when run: benchlib imports by name
     try:
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    for name in ("get_args_parser", "get_parser"):
-        if hasattr(module, name):
-            return getattr(module, name)()
-
-    def capture(self, *args, **kwargs):
-        raise _Captured(self)
-    original = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        module.main()
-    except _Captured as caught:
-        return caught.parser
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    raise AssertionError(f"{script}: main() built no parser")
+    return module.get_args_parser()
 
 
 @lru_cache(maxsize=None)
