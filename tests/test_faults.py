@@ -220,3 +220,18 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights
         assert torch.equal(full[k], resumed[k]), k
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "args", "rng"} <= set(ckpt)
+
+
+def test_every_trainer_setting_says_whether_a_resume_must_match_it():
+    """What a resumed run must share with its checkpoint comes from the config itself: a new
+    setting cannot be forgotten, and those that change what is computed are all matched."""
+    import dataclasses
+
+    from softlabel.training.config import RESUME_MUST_MATCH, TrainConfig
+    kinds = {f.name: f.metadata.get("resume") for f in dataclasses.fields(TrainConfig)}
+    assert set(kinds.values()) == {"match", "free"}, kinds
+    assert set(RESUME_MUST_MATCH) == {name for name, kind in kinds.items() if kind == "match"}
+    assert {"label_source", "model", "loss_type", "learning_rate", "mixup", "cutmix", "mix_type", "seed", "amp",
+            "crop_interpolation", "soft_label_type", "distiller", "teacher_mode"} <= set(RESUME_MUST_MATCH)
+    assert {"workers", "output_dir", "resume", "device", "epochs", "eval_interval", "no_progress"}.isdisjoint(
+        RESUME_MUST_MATCH)

@@ -78,7 +78,7 @@ from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teacher, load_teachers, split_list, weight_names, weight_paths
-from softlabel.training.config import TrainConfig, check_flags, data_folder, pass_batch, resolve
+from softlabel.training.config import RESUME_MUST_MATCH, TrainConfig, check_flags, data_folder, pass_batch, resolve
 from softlabel.training.distillation import DistillRun, build_distiller, distilling, init_stage
 from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES, keep_topk
 from softlabel.training.metrics import classification_metrics
@@ -87,13 +87,6 @@ from softlabel.training.schedules import SCHEDULES
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id",
                     "print_freq")
 SECRETS = ("wandb_api_key",)
-# Settings a resumed run must share with its checkpoint, or it could not continue exactly.
-RESUME_MUST_MATCH = ("label_source", "recipe", "model", "num_classes", "batch_size", "gradient_accumulation_steps", "loss_type",
-                     "temperature", "ce_weight", "alpha", "kd_t2", "keep_topk", "label_smoothing", "sgd",
-                     "learning_rate", "momentum", "weight_decay", "adamw_lr", "adamw_weight_decay", "cos",
-                     "mixup", "cutmix", "mixup_cutmix", "mixup_cutmix_prob", "mixup_switch_prob", "lr_schedule", "lr_step_size", "lr_milestones", "lr_gamma", "nesterov", "weight_decay_norms", "warmup_epochs", "amp", "seed", "mix_type", "input_size", "min_scale_crops",
-                     "max_scale_crops", "teacher", "fkd_layout", "num_crops", "fkd_seed", "distiller", "distill_weight",
-                     "feat_layers", "teacher_feat_layers", "distill_init_epochs", "distill_init_lr", "teacher_mode")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

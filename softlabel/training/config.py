@@ -7,8 +7,8 @@ import argparse
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from softlabel import files, replay
 from softlabel.data import FolderIndex
@@ -40,87 +40,97 @@ RECIPES = {
 FKD_EPOCHS, FKD_CROPS_PER_STEP, FKD_MILESTONES = 300, 1024, (120, 240)
 
 
+def match() -> Any:
+    """A setting a resumed run must share with its checkpoint, or it could not continue exactly."""
+    return field(metadata={"resume": "match"})
+
+
+def free() -> Any:
+    """A setting a resumed run may change: where it runs, how fast, what it logs, how long."""
+    return field(metadata={"resume": "free"})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    train_dir: str
-    val_dir: Optional[str]
-    fkd_path: Optional[str]            # a store (None: hard labels or online KD)
-    fkd_layout: str                    # "batch" or "per-image"
-    soft_label_type: Optional[str]
-    num_crops: Optional[int]           # per-image: stored crops of each image per epoch
-    workers: int
-    skip_bad_images: bool
-    cache_images: int
-    input_size: int
-    min_scale_crops: float
-    max_scale_crops: float
-    crop_pct: float
-    crop_interpolation: str            # FKD's own files: bilinear (its trainer) or bicubic (its teacher)
-    mix_type: str
-    mixup: float
-    cutmix: float
-    mixup_cutmix: bool                 # FKD's --mixup_cutmix: online mixup or cutmix of per-image crops and labels
-    mixup_cutmix_prob: float
-    mixup_switch_prob: float
-    fkd_seed: Optional[int]
+    train_dir: str = free()
+    val_dir: Optional[str] = free()
+    fkd_path: Optional[str] = free()       # a store (None: hard labels or online KD)
+    fkd_layout: str = match()              # "batch" or "per-image"
+    soft_label_type: Optional[str] = match()
+    num_crops: Optional[int] = match()     # per-image: stored crops of each image per epoch
+    workers: int = free()
+    skip_bad_images: bool = free()
+    cache_images: int = free()
+    input_size: int = match()
+    min_scale_crops: float = match()
+    max_scale_crops: float = match()
+    crop_pct: float = free()
+    crop_interpolation: str = match()      # FKD's own files: bilinear (its trainer) or bicubic (its teacher)
+    mix_type: str = match()
+    mixup: float = match()
+    cutmix: float = match()
+    mixup_cutmix: bool = match()           # FKD's --mixup_cutmix: online mixup or cutmix of per-image crops and labels
+    mixup_cutmix_prob: float = match()
+    mixup_switch_prob: float = match()
+    fkd_seed: Optional[int] = match()
     # model
-    model: str
-    num_classes: int
-    channels_last: bool
-    compile: bool
+    model: str = match()
+    num_classes: int = match()
+    channels_last: bool = free()
+    compile: bool = free()
     # optimization
-    recipe: str                        # fkd: train_FKD.py's defaults and epoch loop (RECIPES, fkd_passes); ours
-    batch_size: int                    # global: all ranks together
-    gradient_accumulation_steps: int
-    epochs: int
-    start_epoch: int
-    cos: bool
-    lr_schedule: str                   # softlabel/training/schedules.py; --cos: prism-cos
-    lr_step_size: int
-    lr_milestones: tuple[int, ...]     # --lr-schedule multistep
-    lr_gamma: float
-    warmup_epochs: int
-    sgd: bool
-    learning_rate: float
-    momentum: float
-    weight_decay: float
-    nesterov: bool
-    weight_decay_norms: bool
-    adamw_lr: float
-    adamw_weight_decay: float
-    amp: str
+    recipe: str = match()                  # fkd: train_FKD.py's defaults and epoch loop (RECIPES, fkd_passes); ours
+    batch_size: int = match()              # global: all ranks together
+    gradient_accumulation_steps: int = match()
+    epochs: int = free()
+    start_epoch: int = free()
+    cos: bool = match()
+    lr_schedule: str = match()             # softlabel/training/schedules.py; --cos: prism-cos
+    lr_step_size: int = match()
+    lr_milestones: tuple[int, ...] = match()  # --lr-schedule multistep
+    lr_gamma: float = match()
+    warmup_epochs: int = match()
+    sgd: bool = match()
+    learning_rate: float = match()
+    momentum: float = match()
+    weight_decay: float = match()
+    nesterov: bool = match()
+    weight_decay_norms: bool = match()
+    adamw_lr: float = match()
+    adamw_weight_decay: float = match()
+    amp: str = match()
     # loss
-    loss_type: str
-    temperature: float
-    ce_weight: float
-    alpha: float
-    kd_t2: bool
-    keep_topk: Optional[int]
-    label_smoothing: float
+    loss_type: str = match()
+    temperature: float = match()
+    ce_weight: float = match()
+    alpha: float = match()
+    kd_t2: bool = match()
+    keep_topk: Optional[int] = match()
+    label_smoothing: float = match()
     # online distillation
-    teacher: Optional[str]
-    teacher_path: Optional[str]
-    teacher_source: Optional[str]
-    teacher_weights: Optional[str]     # published weights' names (None: IMAGENET1K_V1 / timm's default tag)
-    teacher_mode: str                  # eval, or train (WSLD's: batch norm on batch statistics)
-    distiller: Optional[str]           # softlabel/distill: a feature loss with the online teacher
-    distill_weight: Optional[float]    # its weight (None: the method's default)
-    feat_layers: Optional[str]         # module names of the student's stages (None: layer1, layer2, ...)
-    teacher_feat_layers: Optional[str]
-    distill_init_epochs: int           # AB, FT: epochs of their init stage (resolved: the method's, else 0)
-    distill_init_lr: Optional[float]   # its SGD learning rate (None: the method's)
+    teacher: Optional[str] = match()
+    teacher_path: Optional[str] = free()
+    teacher_source: Optional[str] = free()
+    teacher_weights: Optional[str] = free()  # published weights' names (None: IMAGENET1K_V1 / timm's default tag)
+    teacher_mode: str = match()            # eval, or train (WSLD's: batch norm on batch statistics)
+    distiller: Optional[str] = match()     # softlabel/distill: a feature loss with the online teacher
+    distill_weight: Optional[float] = match()  # its weight (None: the method's default)
+    feat_layers: Optional[str] = match()   # module names of the student's stages (None: layer1, layer2, ...)
+    teacher_feat_layers: Optional[str] = match()
+    distill_init_epochs: int = match()     # AB, FT: epochs of their init stage (resolved: the method's, else 0)
+    distill_init_lr: Optional[float] = match()  # its SGD learning rate (None: the method's)
     # run
-    output_dir: str
-    seed: int
-    eval_interval: int
-    save_interval: int
-    resume: Optional[str]
-    device: Optional[str]
-    wandb_mode: str
-    wandb_project: str
-    no_progress: bool
-    label_source: str                  # what the labels are (hard, a store's identity, an online teacher)
+    output_dir: str = free()
+    seed: int = match()
+    eval_interval: int = free()
+    save_interval: int = free()
+    resume: Optional[str] = free()
+    device: Optional[str] = free()
+    wandb_mode: str = free()
+    wandb_project: str = free()
+    no_progress: bool = free()
+    label_source: str = match()            # what the labels are (hard, a store's identity, an online teacher)
 
     @property
     def per_image(self) -> bool:
@@ -141,6 +151,7 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+RESUME_MUST_MATCH = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"] == "match")
 
 
 def check_flags(args: argparse.Namespace) -> None:
