@@ -25,11 +25,6 @@ CONSOLE = {"softlabel-relabel": "relabel/generate_soft_label.py",
            "softlabel-convert": "scripts/convert_labels.py",
            "softlabel-pack": "scripts/pack_images.py",
            "softlabel-score": "scripts/score_distilled.py"}
-COMMANDS = {"relabel/generate_soft_label.py": "relabel", "relabel/generate_soft_label_fkd.py": "relabel_fkd",
-            "validate/train_FKD_parallel.py": "train", "validate/label_optimization.py": "label_optimization",
-            "scripts/fkd_info.py": "info", "scripts/convert_labels.py": "convert",
-            "scripts/pack_images.py": "pack", "scripts/score_distilled.py": "score"}
-
 
 def parses_flags(command: str) -> bool:
     match = SCRIPT.search(command)
@@ -83,9 +78,9 @@ def parser_of(script: str) -> argparse.ArgumentParser:
         return get_args_parser(PRESETS[preset.group(1)])
     if script.startswith("validate/") and script.endswith(".sh"):
         script = "validate/train_FKD_parallel.py"  # each passes its arguments on to the trainer
-    if script in COMMANDS:
-        module = importlib.import_module(f"softlabel.commands.{COMMANDS[script]}")
-        return module.get_args_parser()
+    command = re.search(r"^from (softlabel\.commands\.\w+) import cli$", (ROOT / script).read_text(), re.M)
+    if command:  # a checkout script over a command of the package
+        return importlib.import_module(command.group(1)).get_args_parser()
     return _script_parser(script)
 
 

@@ -48,7 +48,6 @@ from softlabel import files, models
 from softlabel.errors import UserError, run_main
 from softlabel.teachers import split_list
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = {"cifar10": 32, "cifar100": 32, "stl10": 96, "folder": None}   # name -> image size
 # main.py: MultiStepLR(milestones=[60, 120, 160, 200], gamma=0.1; 0.2 on stl10) over 200 epochs.
 MILESTONES = (60, 120, 160, 200)
@@ -138,9 +137,17 @@ def method_of(args: argparse.Namespace) -> Method:
     return method
 
 
-def run(argv: list[str], what: str) -> None:
-    print("+ " + " ".join(argv[1:]), flush=True)
-    if subprocess.run(argv, cwd=ROOT).returncode != 0:
+# The commands the front end runs, each as its own process (as the study's scripts run main.py);
+# by module, so that an installed package runs them as well as a checkout.
+STEPS = {"export": ("softlabel.commands.export_imagefolder", "scripts/export_imagefolder.py"),
+         "relabel": ("softlabel.commands.relabel", "relabel/generate_soft_label.py"),
+         "train": ("softlabel.commands.train", "validate/train_FKD_parallel.py")}
+
+
+def run(step: str, args: list[str], what: str) -> None:
+    module, script = STEPS[step]
+    print("+ " + " ".join([script, *args]), flush=True)  # what a user of the checkout would type
+    if subprocess.run([sys.executable, "-m", module, *args]).returncode != 0:
         raise UserError(f"{what} failed (its message is above)")
 
 
@@ -155,7 +162,7 @@ def image_folders(args: argparse.Namespace, out: str) -> tuple[str, str]:
     images = os.path.join(out, "images")
     marker = images + ".done"
     if not os.path.isfile(marker):
-        run([sys.executable, "scripts/export_imagefolder.py", "--dataset", args.dataset, "--root", args.data_root,
+        run("export", ["--dataset", args.dataset, "--root", args.data_root,
              "--out", images] + (["--no-progress"] if args.no_progress else []), "export of --data-root")
         files.atomic_write_bytes(marker, b"exported\n")
     return os.path.join(images, "train"), os.path.join(images, "val")
@@ -206,7 +213,7 @@ def main(args: argparse.Namespace) -> None:
     if method.loss:
         store_dir = os.path.join(out, "store")
         paths = smart_weights(args, method, out)
-        run([sys.executable, "relabel/generate_soft_label.py", "--data", train_dir, "--teachers", ",".join(archs),
+        run("relabel", ["--data", train_dir, "--teachers", ",".join(archs),
              "--teacher-path", ",".join(paths), "--ensemble", "mean", "--num-classes", str(args.n_class),
              "--fkd-path", store_dir, "--epochs", str(args.epochs), "-b", str(args.batch_size), *crops,
              "--fkd-seed", str(args.seed), "--print-freq", str(max(1, args.epochs // 10)), *common], "relabel")
@@ -235,7 +242,7 @@ def train(args: argparse.Namespace, train_dir: str, val_dir: str, labels: list[s
     """The trainer with main.py's optimizer and MultiStepLR (milestones scaled to --epochs)."""
     milestones = [m * args.epochs // STUDY_EPOCHS for m in MILESTONES]
     milestones = sorted({m for m in milestones if 0 < m < args.epochs}) or [args.epochs]
-    run([sys.executable, "validate/train_FKD_parallel.py", "--train-dir", train_dir, "--val-dir", val_dir,
+    run("train", ["--train-dir", train_dir, "--val-dir", val_dir,
          "--model", args.student_model, "--num-classes", str(args.n_class), *labels,
          "--sgd", "-lr", str(args.lr), "--momentum", str(args.momentum), "--weight-decay", str(args.weight_decay),
          "--weight-decay-norms", "--lr-schedule", "multistep", "--lr-milestones", ",".join(map(str, milestones)),
