@@ -2,20 +2,19 @@
 plain (non-replayed) transforms used for validation and hard-label training."""
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from softlabel import packed_images
+from softlabel.decode import fingerprint_of, load_rgb, to_rgb  # noqa: F401  (part of this module's interface)
 from softlabel.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,12 +66,6 @@ class FolderIndex:
                               for path, target in self.samples)
 
 
-def fingerprint_of(entries) -> str:
-    """The dataset fingerprint of (relative path, file size, class) entries, in dataset order."""
-    h = hashlib.sha256()
-    for rel, size, target in entries:
-        h.update(f"{rel}\t{size}\t{target}\n".encode())
-    return h.hexdigest()
 
 
 def scan_image_folder(root: str, flag: str) -> FolderIndex:
@@ -177,22 +170,8 @@ def scan_images(root: str, flag: str, skip_bad_images: bool, announce: bool, pro
     return index, skipped
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB of any mode; 16- and 32-bit grey (16-bit PNGs) scaled to 8 bits rather than clipped."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        pixels = np.asarray(img, dtype=np.int64)
-        top = 65535 if img.mode.startswith("I;16") or pixels.max(initial=0) <= 65535 else int(pixels.max())
-        img = Image.fromarray((np.clip(pixels, 0, top) * 255 // max(top, 1)).astype(np.uint8), "L")
-    return img.convert("RGB")
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB (grey, palette and RGBA images are converted, not refused)."""
-    try:
-        with open(path, "rb") as f:
-            return to_rgb(Image.open(f))
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc}); fix or remove it, or pass --skip-bad-images") from None
 
 
 class ImageCache:

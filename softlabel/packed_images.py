@@ -9,7 +9,7 @@ A packed folder ``OUT`` holds::
                   each file's size, a SHA-256 of the pixels and a content digest (see _identity),
                   the source folder's fingerprint, and the pixel file's size
 
-The pixels are those ``data.load_rgb`` gives for each file (the loader relabel and the trainer
+The pixels are those ``decode.load_rgb`` gives for each file (the loader relabel and the trainer
 use), so a crop rendered from a packed folder is the crop rendered from the folder: stores and
 training are identical, and the fingerprint is the folder's, so a store made from one is trained
 with the other. Every process maps the same file: the pages are shared by all workers and ranks
@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from softlabel import files
+from softlabel.decode import fingerprint_of, load_rgb, to_rgb
 from softlabel.errors import UserError
 
 FORMAT, VERSION = "softlabel-packed-images", 2  # 2: file sizes and a content digest
@@ -101,7 +102,6 @@ def _identity(classes: list, rows: list, sizes: list, data_sha256: str) -> tuple
     the same names and sizes, or an index edited after packing, does not pass for the original."""
     import hashlib
 
-    from softlabel.data import fingerprint_of
     fingerprint = fingerprint_of((r[0], size, r[1]) for r, size in zip(rows, sizes))
     listing = json.dumps([classes, rows, sizes], separators=(",", ":"))
     kind = "pixels" if rows and len(rows[0]) == 4 else "files"  # compared only with a pack of its kind
@@ -131,7 +131,6 @@ def pack(folder, out: str, threads: int = 8, progress=None) -> int:
     """Decode every image of ``folder`` (a ``FolderIndex``) once into ``out``; returns the pixel bytes.
     The pixel file is written first and the index last (both atomically): an index present means
     a complete pack."""
-    from softlabel.data import load_rgb
     files.ensure_dir(out, "OUT")
     import hashlib
     rows: list[list] = []
@@ -235,7 +234,6 @@ class LmdbImages:
     def image(self, i: int) -> Image.Image:
         import io
 
-        from softlabel.data import to_rgb
         with _open_lmdb(self.root, "LMDB").begin() as txn:  # this process's environment
             value = txn.get(self.keys[i])
         where = f"{self.root} record {self.keys[i].decode(errors='replace')}"
@@ -285,7 +283,6 @@ def read_lmdb(root: str, flag: str) -> dict[str, Any]:
     rows.sort(key=lambda r: (r[0], r[1]))  # ImageFolder's order: classes, then files, by name
     classes = sorted({r[0] for r in rows})
     target = {c: n for n, c in enumerate(classes)}
-    from softlabel.data import fingerprint_of
     return {"classes": classes, "samples": [(os.path.join(root, c, f), target[c]) for c, f, _ in rows],
             "fingerprint": fingerprint_of((f"{c}/{f}", sizes[k], target[c]) for c, f, k in rows), "content": None,
             "pixels": LmdbImages(root, [k for _, _, k in rows], True), "source": "wsld"}

@@ -145,14 +145,8 @@ PACK = "scripts/pack_images.py"
 
 def pack(*args) -> None:
     """pack_images.py's main() in this process (the packs below are tiny)."""
-    import importlib.util
-    import sys
-    from unittest import mock
-    spec = importlib.util.spec_from_file_location("pack_images", Path(__file__).parents[1] / PACK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with mock.patch.object(sys, "argv", [PACK, *map(str, args), "--no-progress"]):
-        module.main()
+    from softlabel.commands import pack as module
+    module.main(module.get_args_parser().parse_args([*map(str, args), "--no-progress"]))
 
 
 def test_a_truncated_lmdb_is_named_not_a_bus_error(demo_data, teacher_ckpt, tmp_path):

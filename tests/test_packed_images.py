@@ -3,7 +3,6 @@ wherever an image folder is, with the very pixels and fingerprint of the folder,
 training are identical; a damaged pack is one line naming it."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, STORE_ARGS, relabel, run_script, train_in_process, tree_bytes
+from conftest import STORE_ARGS, relabel, run_script, train_in_process, tree_bytes
 
 from softlabel.data import load_rgb, scan_image_folder
 from softlabel.errors import UserError
@@ -146,13 +145,11 @@ def test_a_damaged_pack_is_one_line(packed, tmp_path, how, needle):
 
 
 def test_pack_images_refuses_what_would_overwrite(packed, demo_data, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("pack_images", ROOT / "scripts" / "pack_images.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from softlabel.commands import pack as module
     for argv, needle in (([demo_data / "ipc2", demo_data / "ipc2" / "packed"], "inside"),
                          ([demo_data / "ipc2", packed], "holds a packed folder already"),
                          ([packed, tmp_path / "x"], "DIR .* is a packed folder already")):
         monkeypatch.setattr(sys, "argv", ["pack_images.py", *map(str, argv)])
         with pytest.raises(UserError, match=needle):
-            module.main()
+            module.main(module.get_args_parser().parse_args())
     assert not (demo_data / "ipc2" / "packed").exists() and not (tmp_path / "x").exists()

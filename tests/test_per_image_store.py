@@ -36,10 +36,7 @@ def in_process(module: str, *argv) -> None:
     sys.argv = [module, *map(str, argv)]
     try:
         script = importlib.import_module(module)
-        if hasattr(script, "get_args_parser"):  # torchvision's shape: main(args)
-            script.main(script.get_args_parser().parse_args())
-        else:
-            script.main()
+        script.main(script.get_args_parser().parse_args())
     finally:
         sys.argv = saved
 

@@ -3,24 +3,20 @@ real training set only), DD-Ranking's score arithmetic, and a toy run whose reru
 finished arm."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import sys
 
 import pytest
-from conftest import ROOT
 
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError
 
 
 def score_module():
-    spec = importlib.util.spec_from_file_location("score_distilled", ROOT / "scripts" / "score_distilled.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from softlabel.commands import score
+    return score
 
 
 def test_the_random_subset_matches_the_distilled_set_per_class(demo_data):
@@ -63,7 +59,7 @@ def test_a_toy_run_writes_every_arm_and_a_rerun_skips_them(demo_data, teacher_ck
             "--model", "mlpnet", "--epochs", "2", "-b", "10", "--input-size", "24", "--seeds", "0,1",
             "--out", str(tmp_path / "out")]
     monkeypatch.setattr(sys, "argv", argv)
-    score.main()
+    score.main(score.get_args_parser().parse_args())
     out = tmp_path / "out"
     result = json.loads((out / "scores.json").read_text())
     assert set(result["arms"]) == set(score.ARMS)
@@ -86,14 +82,14 @@ def test_a_toy_run_writes_every_arm_and_a_rerun_skips_them(demo_data, teacher_ck
     capsys.readouterr()
     # the rerun (a fresh process would hold no lock; this one drops it) trains nothing again
     monkeypatch.setattr(score.files, "lock_dir", lambda *a, **k: None)
-    score.main()
+    score.main(score.get_args_parser().parse_args())
     assert "train:" not in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     # a rerun with another student (or teacher, epochs, subset seed...) would mix two settings' runs
     scores_before = (out / "scores.json").read_bytes()
     monkeypatch.setattr(sys, "argv", [a if a != "mlpnet" else "democnn_small" for a in argv])
     with pytest.raises(UserError, match="--out .* other settings .*model 'mlpnet' -> 'democnn_small'"):
-        score.main()
+        score.main(score.get_args_parser().parse_args())
     assert (out / "scores.json").read_bytes() == scores_before
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
 
@@ -196,7 +192,7 @@ def test_a_toy_ddranking_protocol_run(demo_data, teacher_ckpt, tmp_path, monkeyp
             "--model", "mlpnet", "--epochs", "5", "-b", "10", "--input-size", "16", "--seeds", "0",
             "--protocol", "ddranking", "--full-hard-top1", "90", "--out", str(tmp_path / "out")]
     monkeypatch.setattr(sys, "argv", argv)
-    score.main()
+    score.main(score.get_args_parser().parse_args())
     out = tmp_path / "out"
     result = json.loads((out / "scores.json").read_text())
     assert result["protocol"] == "ddranking" and set(result["scores_ddranking"]) >= {"HLR", "IOR", "LRS", "ARS"}
@@ -230,7 +226,7 @@ def test_protocol_flags_refused_in_one_line(flags, message, tmp_path, monkeypatc
     monkeypatch.setattr(sys, "argv", ["score_distilled.py", "--syn", "S", "--real-train", "R", "--val", "V",
                                       "--teacher", "t", "--teacher-path", "p", "--out", str(tmp_path), *flags])
     with pytest.raises(UserError, match=message):
-        score.main()
+        score.main(score.get_args_parser().parse_args())
 
 
 def test_seeds_and_run_results_that_cannot_be_scored_are_one_line(tmp_path):

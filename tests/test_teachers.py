@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, assert_user_error, relabel, run_script, script_env
+from conftest import assert_user_error, relabel, run_script, script_env
 
 from softlabel import classmap
 from softlabel.ensemble import combine
@@ -129,12 +129,8 @@ def test_preset_with_published_torchvision_weights(demo_data, tmp_path, monkeypa
 
 def fkd_info_in_process(monkeypatch, capsys, *args) -> str:
     """scripts/fkd_info.py's main() on these arguments in this process; its output."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("fkd_info", ROOT / "scripts" / "fkd_info.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr("sys.argv", ["fkd_info.py", *map(str, args)])
-    module.main()
+    from softlabel.commands import info
+    info.main(info.get_args_parser().parse_args(list(map(str, args))))
     return capsys.readouterr().out
 
 
