@@ -58,9 +58,9 @@ def free_port() -> int:
 def run_nodes(script: str, *args, audit: Path, root: Path, nodes: int = 2, timeout: int = 300,
               own_folder: Path | None = None, check: bool = True) -> list[subprocess.CompletedProcess]:
     """``nodes`` concurrent torchrun agents of one process each, as on ``nodes`` machines, meeting
-    at a c10d rendezvous; a hang fails the test after ``timeout`` s (both nodes killed). With
-    ``own_folder``, every node but the first sees an empty folder of its own there (a node's own
-    disk rather than a shared one: a tmpfs mounted in a mount namespace of its own)."""
+    at a c10d rendezvous that the first hosts; a hang fails the test after ``timeout`` s (every
+    node killed). With ``own_folder``, every node but the first sees an empty folder of its own
+    there (a node's own disk rather than a shared one: a tmpfs in a mount namespace of its own)."""
     hook = audit / "hook"
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
@@ -71,21 +71,22 @@ def run_nodes(script: str, *args, audit: Path, root: Path, nodes: int = 2, timeo
     for n in range(nodes):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank", str(n),
                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-               "--rdzv-id", f"test-{port}", "--rdzv-conf", "join_timeout=60", str(ROOT / script), *map(str, args)]
+               "--rdzv-id", f"test-{port}", "--rdzv-conf", f"join_timeout=60,is_host={int(n == 0)}",
+               str(ROOT / script), *map(str, args)]
         if own_folder is not None and n > 0:
             cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(own_folder), *cmd]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, start_new_session=True))
-    done = []
+        with open(hook / f"out{n}", "w") as out, open(hook / f"err{n}", "w") as err:  # files: no pipe fills up
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True))
     try:
         for p in procs:
-            out, err = p.communicate(timeout=timeout)
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+            p.wait(timeout=timeout)
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+    done = [subprocess.CompletedProcess(p.args, p.returncode, (hook / f"out{n}").read_text(),
+                                        (hook / f"err{n}").read_text()) for n, p in enumerate(procs)]
     assert not check or all(p.returncode == 0 for p in done), "\n".join(
         f"--- node {n} exited {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}" for n, p in enumerate(done))
     return done
