@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,8 +195,9 @@ def test_trainer_on_two_nodes_ends_as_two_ranks_on_one_node(demo_data, cutmix_st
 
 
 def can_unshare() -> bool:
-    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0 if os.geteuid() == 0 \
-        else False
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
 @pytest.mark.slow
