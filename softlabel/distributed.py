@@ -2,6 +2,7 @@
 (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); gloo on CPU, NCCL on GPU; no hand-picked ports."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -103,6 +104,33 @@ def on_main_then_all(info: DistInfo, fn: Callable[[], R]) -> R | None:
     if message:
         raise UserError(message)
     return result
+
+
+def ranks_not_seeing(info: DistInfo, path: str) -> int:
+    """How many ranks do not read ``path`` as rank 0 does (missing there, or other bytes): a
+    folder on a node's own disk rather than one every node shares. 0 on one process."""
+    if not info.distributed:
+        return 0
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).digest()
+    except OSError:
+        digest = bytes(32)
+    device = info.device if info.device.type == "cuda" else torch.device("cpu")
+    mine = torch.tensor(list(digest), dtype=torch.uint8, device=device)
+    main = mine.clone()
+    dist.broadcast(main, src=0)
+    return int(reduce_across(info, float(not torch.equal(mine, main)))[0])
+
+
+def require_same_start(info: DistInfo, epoch: int, flag: str, folder: str) -> None:
+    """Every rank must start at the same epoch: a rank that finds no checkpoint where rank 0
+    resumes one would otherwise train other steps than the rest (or wait for them forever)."""
+    high, neg_low = reduce_across(info, epoch, -epoch, op="max")
+    if high != -neg_low:
+        raise UserError(f"{flag} {folder}: the ranks resume from different epochs ({int(-neg_low)} to {int(high)}): "
+                        f"a node sees another checkpoint there, or none; with several nodes {flag} must be a "
+                        f"folder every node shares, at the same path")
 
 
 def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:

@@ -67,7 +67,7 @@ from softlabel.data import (
     scan_images,
 )
 from softlabel.distill import DISTILLERS, Features
-from softlabel.distributed import DistInfo, slice_bounds
+from softlabel.distributed import DistInfo, require_same_start, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
 from softlabel.models import WEIGHTS_HELP
@@ -793,6 +793,7 @@ def main(args: argparse.Namespace) -> None:
         teachers.set_mode(cfg.teacher_mode)
     first_epoch, resumed = resume(cfg, student, optimizer, scheduler, scaler, info,
                                   distill.distiller if distill else None, teachers)
+    require_same_start(info, first_epoch, "--output-dir", cfg.output_dir)
 
     if distill is not None and cfg.distill_init_epochs and not resumed:
         distill_init(cfg, distill, student, teachers, train_index, info, mean, std, optimizer, scheduler, scaler)

@@ -1,0 +1,223 @@
+"""Two torchrun nodes of one process each, on this machine (c10d rendezvous on 127.0.0.1, gloo),
+sharing one output folder: relabel writes the store of one process, the trainer ends with the
+weights of a one-node run on as many ranks, and every file of the shared folder is written once,
+by the process of global rank 0 where one process writes (never by "local rank 0" of each node).
+
+Each node's processes log, through a Python audit hook, every file they create, open for writing,
+rename or remove under the output folder, together with their global rank."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, STORE_ARGS, run_script, script_env, train_in_process, tree_bytes
+
+RELABEL, TRAIN = "relabel/generate_soft_label.py", "validate/train_FKD_parallel.py"
+
+# Loaded by every interpreter the test starts (launchers and workers) as `sitecustomize`.
+AUDIT_HOOK = '''
+import os, sys
+_root = os.environ.get("AUDIT_ROOT")
+if _root:
+    _root = os.path.abspath(_root)
+    _log = open(os.path.join(os.environ["AUDIT_LOG"], "%d.log" % os.getpid()), "a", buffering=1)
+    _who = os.environ.get("RANK", "launcher")
+    _writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+    def _hook(event, args):
+        if event == "open":
+            path, changes = args[0], isinstance(args[2], int) and args[2] & _writes
+        elif event == "os.rename":
+            path, changes = args[1], True
+        elif event in ("os.mkdir", "os.remove", "os.rmdir"):
+            path, changes = args[0], True
+        else:
+            return
+        if changes and isinstance(path, (str, os.PathLike)):
+            path = os.path.abspath(os.fspath(path))
+            if path.startswith(_root + os.sep):
+                _log.write("%s\\t%s\\t%s\\n" % (_who, event, os.path.relpath(path, _root)))
+    sys.addaudithook(_hook)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_nodes(script: str, *args, audit: Path, root: Path, nodes: int = 2, timeout: int = 300,
+              own_folder: Path | None = None, check: bool = True) -> list[subprocess.CompletedProcess]:
+    """``nodes`` concurrent torchrun agents of one process each, as on ``nodes`` machines, meeting
+    at a c10d rendezvous that the first hosts; a hang fails the test after ``timeout`` s (every
+    node killed). With ``own_folder``, every node but the first sees an empty folder of its own
+    there (a node's own disk rather than a shared one: a tmpfs in a mount namespace of its own)."""
+    hook = audit / "hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
+    env = script_env(AUDIT_ROOT=str(root), AUDIT_LOG=str(audit),
+                     PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    port = free_port()
+    procs = []
+    for n in range(nodes):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank", str(n),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", f"test-{port}", "--rdzv-conf", f"join_timeout=60,is_host={int(n == 0)}",
+               str(ROOT / script), *map(str, args)]
+        if own_folder is not None and n > 0:
+            cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(own_folder), *cmd]
+        with open(hook / f"out{n}", "w") as out, open(hook / f"err{n}", "w") as err:  # files: no pipe fills up
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True))
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    done = [subprocess.CompletedProcess(p.args, p.returncode, (hook / f"out{n}").read_text(),
+                                        (hook / f"err{n}").read_text()) for n, p in enumerate(procs)]
+    assert not check or all(p.returncode == 0 for p in done), "\n".join(
+        f"--- node {n} exited {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}" for n, p in enumerate(done))
+    return done
+
+
+def writes(audit: Path) -> list[tuple[str, str, str]]:
+    """(global rank, event, path in the output folder) of every change the processes made there."""
+    return [tuple(line.split("\t")) for log in sorted(audit.glob("*.log"))
+            for line in log.read_text().splitlines()]
+
+
+def by_rank(log: list[tuple[str, str, str]], keep=lambda path: True) -> dict[str, set[str]]:
+    ranks: dict[str, set[str]] = {}
+    for rank, _, path in log:
+        if keep(path):
+            ranks.setdefault(path, set()).add(rank)
+    return ranks
+
+
+def assert_written_once(log: list[tuple[str, str, str]], root: Path) -> None:
+    """Every final file was renamed into place (or, for the lock, opened) by one process, once."""
+    renamed = Counter(path for _, event, path in log if event == "os.rename")
+    assert all(n == 1 for n in renamed.values()), renamed.most_common(3)
+    final = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert final - {".lock"} == set(renamed), (final ^ set(renamed))
+    assert by_rank(log, lambda p: p == ".lock") == {".lock": {"0"}}
+    assert {rank for rank, _, _ in log} <= {"0", "1"}  # no write from a launcher
+
+
+def relabel_on_nodes(demo_data, teacher_ckpt, store: Path, audit: Path) -> list[subprocess.CompletedProcess]:
+    return run_nodes(RELABEL, "--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--fkd-path", store,
+                     *STORE_ARGS, audit=audit, root=store)
+
+
+def assert_store_of_one_process(store: Path, one: Path) -> None:
+    """Every file equal to a one-process run's; the manifest differs only in the --fkd-path it records."""
+    assert tree_bytes(store).keys() == tree_bytes(one).keys()
+    assert {k: v for k, v in tree_bytes(store).items() if k != "manifest.json"} == \
+        {k: v for k, v in tree_bytes(one).items() if k != "manifest.json"}
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["args"]["fkd_path"] = str(one)
+    assert manifest == json.loads((one / "manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_relabel_on_two_nodes_writes_the_store_of_one_process_once(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    store, audit = tmp_path / "store", tmp_path / "audit"
+    procs = relabel_on_nodes(demo_data, teacher_ckpt, store, audit)
+    assert sum("wrote 9 batch files" in p.stdout for p in procs) == 1  # the summary from rank 0 only
+    assert_store_of_one_process(store, cutmix_store)
+    log = writes(audit)
+    assert_written_once(log, store)
+    # the manifest and the epoch folders come from global rank 0; both ranks wrote their batches
+    rank0 = by_rank(log, lambda p: p == "manifest.json" or "/" not in p and p.startswith("epoch"))
+    assert "manifest.json" in rank0 and all(ranks == {"0"} for ranks in rank0.values()), rank0
+    assert {r for r, event, p in log if event == "os.rename" and p.startswith("epoch_")} == {"0", "1"}
+
+
+TRAIN_ARGS = ("--model", "mlpnet", "--loss-type", "kl", "-T", 4, "--cos", "--sgd", "-lr", 0.2, "--epochs", 2,
+              "--eval-interval", 1, "--save-interval", 1, "--no-progress")  # no batch norm: see docs/validate.md
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pth", weights_only=True)["model"]
+
+
+def train_on_nodes(demo_data, store: Path, out: Path, audit: Path) -> list[subprocess.CompletedProcess]:
+    return run_nodes(TRAIN, "--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", store,
+                     *TRAIN_ARGS, "--output-dir", out, audit=audit, root=out)
+
+
+def assert_one_writer(log: list[tuple[str, str, str]], out: Path, one: Path) -> None:
+    """The trainer's folder: the files of a one-process run, each write made by global rank 0."""
+    assert {str(p.relative_to(out)) for p in out.rglob("*")} == {str(p.relative_to(one)) for p in one.rglob("*")}
+    assert {rank for rank, _, _ in log} == {"0"}, Counter(log).most_common(5)
+
+
+def test_trainer_on_two_nodes_writes_once_and_trains_as_one_process(demo_data, cutmix_store, tmp_path):
+    out, audit = tmp_path / "nodes", tmp_path / "audit"
+    procs = train_on_nodes(demo_data, cutmix_store, out, audit)
+    assert sum("on 2 ranks" in p.stdout for p in procs) == 1  # rank 0 reports, once
+    train_in_process("--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
+                     *TRAIN_ARGS, "--output-dir", tmp_path / "one")
+    assert_one_writer(writes(audit), out, tmp_path / "one")
+    wa, wb = weights(out), weights(tmp_path / "one")
+    assert wa.keys() == wb.keys()
+    for k in wa:  # the global-batch mean, summed in another order: equal up to float rounding
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_trainer_on_two_nodes_ends_as_two_ranks_on_one_node(demo_data, cutmix_store, tmp_path):
+    """The weights, losses and accuracies of `torchrun --standalone --nproc_per_node 2`, exactly."""
+    out = tmp_path / "nodes"
+    train_on_nodes(demo_data, cutmix_store, out, tmp_path / "audit")
+    run_script(TRAIN, "--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
+               *TRAIN_ARGS, "--output-dir", tmp_path / "ranks", nproc=2)
+    wa, wb = weights(out), weights(tmp_path / "ranks")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def numbers(run: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if not k.endswith("_s")} for row in rows]  # not the timings
+    assert numbers(out) == numbers(tmp_path / "ranks")
+
+
+def can_unshare() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_unshare(), reason="needs root to give a node a folder of its own (unshare -m)")
+def test_a_folder_not_shared_by_the_nodes_is_refused(demo_data, teacher_ckpt, cutmix_store, tmp_path):
+    """A store or an --output-dir on each node's own disk: one line from every node, not a batch
+    file missing in the store or ranks resuming from different epochs."""
+    own = tmp_path / "own"
+    own.mkdir()
+    procs = run_nodes(RELABEL, "--data", demo_data / "ipc2", "--teacher-path", teacher_ckpt, "--fkd-path", own / "s",
+                      *STORE_ARGS, audit=tmp_path / "a1", root=own, own_folder=own, check=False)
+    for p in procs:
+        assert p.returncode != 0 and "do not see the manifest.json rank 0 wrote there" in p.stderr, p.stderr
+    assert not list((own / "s").rglob("*.tar"))  # refused before any batch
+    args = ("--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, *TRAIN_ARGS)
+    # a fresh run trains: only rank 0 writes there (on whichever node the rendezvous made it)
+    run_nodes(TRAIN, *args, "--output-dir", own / "fresh", audit=tmp_path / "a2", root=own, own_folder=own)
+    # a checkpoint that one node sees and the other does not
+    run_script(TRAIN, *args, "--epochs", 1, "--output-dir", own / "run")  # in a process of its own: not its lock
+    procs = run_nodes(TRAIN, *args, "--output-dir", own / "run", "--resume", "auto",
+                      audit=tmp_path / "a3", root=own, own_folder=own, check=False)
+    for p in procs:
+        assert p.returncode != 0 and "the ranks resume from different epochs" in p.stderr, p.stderr
