@@ -16,12 +16,22 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as exc:
+        _close_progress_bars()
         sys.stdout.flush()
         print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _close_progress_bars() -> None:
+    """Close the bars a failed command left open now: closed at exit instead, they would be
+    redrawn after the error, which must be the last line the user sees."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _one_line(message: str) -> str:

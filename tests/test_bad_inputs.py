@@ -508,9 +508,12 @@ def test_teachers_whose_logits_are_not_finite_write_nothing(demo_data, teacher_c
     first = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and v.dim() > 1)
     ckpt["model"][first] = torch.full_like(ckpt["model"][first], float("nan"))
     torch.save(ckpt, broken)
-    for teacher, extra, needle in ((broken, (), "NaN weights"),
-                                   (teacher_ckpt, ("--temperature", 1e-9, "--use-fp16"), "float16 overflows")):
+    for teacher, extra, needles in ((broken, (), ("not finite", "NaN weights")),
+                                    (teacher_ckpt, ("--temperature", 1e-9, "--use-fp16"),
+                                     ("--use-fp16: the teachers' logits", "beyond float16", "drop --use-fp16"))):
         out = tmp_path / f"store_{len(extra)}"
-        assert_user_error(relabel(demo_data / "ipc2", teacher, out, "--epochs", 1, "-b", 8, "--input-size", 24,
-                                  "-j", 0, *extra, check=False), "not finite", needle)
+        proc = relabel(demo_data / "ipc2", teacher, out, "--epochs", 1, "-b", 8, "--input-size", 24, "-j", 0,
+                       *extra, check=False)
+        error = assert_user_error(proc, *needles)
+        assert proc.stderr.strip().splitlines()[-1] == error  # the progress bar is not redrawn after it
         assert not list(out.rglob("batch_*.tar"))

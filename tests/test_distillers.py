@@ -333,6 +333,11 @@ def test_every_distiller_trains_end_to_end(name, demo_data, teacher, tmp_path, m
     assert ckpt["args"]["loss_type"] == DISTILLERS[name].loss_type == ("kd" if name == "kdss" else "ce")
     assert ckpt["args"]["distill_init_epochs"] == (3 if init else 0)
     assert (tmp_path / "run" / "results.json").is_file()
+    if name == "crd":  # 20 images: each class's pool of negatives (18) is short of K = 16384, said once
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+        assert len(warnings) == 1 and "--distiller crd: 16384 negatives per sample, but the other classes hold " \
+            "only 18 samples (for 10 of 10 classes): negatives are drawn from them with replacement, never from " \
+            "the sample's own class" in warnings[0], warnings
 
 
 @pytest.mark.parametrize("name", sorted(DISTILLERS))
@@ -425,3 +430,96 @@ def test_distiller_flags_that_cannot_work_are_one_line(demo_data, teacher, tmp_p
         args = train_args(demo_data, teacher, tmp_path / "x", *map(str, extra))
         with pytest.raises(UserError, match=needle):
             main(get_args_parser().parse_args(args))
+
+
+@pytest.mark.parametrize("name, extra, needles", [
+    ("at", ["--feat-layers", "layer3,fc"], ["the student's fc (--feat-layers) gives a (2, 10) tensor", "at needs a 4-D"]),
+    ("vid", ["--feat-layers", "layer2,layer3", "--teacher-feat-layers", "layer2,fc"],
+     ["the teacher's fc (--teacher-feat-layers) gives a (2, 10) tensor", "vid needs a 4-D"]),
+    ("ft", ["--feat-layers", "layer2,fc"], ["the student's fc", "(2, 10)", "ft needs a 4-D"]),
+    ("fitnet", ["--feat-layers", "layer3"], ["the student's layers layer3 (--feat-layers) are 1 stage", "at least 2"]),
+    ("fitnet", ["--feat-layers", "layer1,fc"], ["the student's fc", "(2, 10)", "fitnet needs a 4-D"]),
+    ("fitnet", ["--feat-layers", "layer1,layer3", "--teacher-feat-layers", "layer3,layer1"],
+     ["the student's layer3 (2, 64, 8, 8) against the teacher's layer1 (2, 16, 32, 32)", "smaller"]),
+    ("ab", ["--feat-layers", "layer3,fc"], ["fc (Linear): no ReLU module"]),
+    ("ab", ["--feat-layers", "layer1,layer3", "--teacher-feat-layers", "layer3,layer1"],
+     ["the student's layer3 (2, 64, 8, 8) against the teacher's layer1"]),
+])
+def test_a_distiller_whose_layers_do_not_give_what_it_needs_is_one_line_at_the_probe(
+        name, extra, needles, demo_data, teacher, tmp_path):
+    """AT, VID and AB need 4-D maps at every stage, FT at its last, FitNet two stages and a map
+    at its hint one that its regressor can map: anything else is refused naming the layer."""
+    args = train_args(demo_data, teacher, tmp_path / "x", "--distiller", name, *extra)
+    with pytest.raises(UserError) as err:
+        main(get_args_parser().parse_args(args))
+    message = str(err.value)
+    assert message.startswith(f"--distiller {name}") and "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+    assert not (tmp_path / "x" / "checkpoint.pth").exists()
+
+
+def test_what_each_distiller_needs_of_its_layers():
+    """Only AT, VID, AB (every stage), FT (the last) and FitNet (the second, of two or more) need
+    4-D maps; the others take any batch-first output, e.g. the logits of a Linear layer."""
+    from softlabel.training.distillation import check_stages
+    flat = feats((2, 16, 8, 8), (2, 10))
+    for name, method in DISTILLERS.items():
+        needs_map = name in ("at", "vid", "ab", "ft", "fitnet")
+        if needs_map:
+            with pytest.raises(UserError, match=f"teacher's fc .* gives a \\(2, 10\\) tensor .* {name} needs a 4-D"):
+                check_stages(name, method, "teacher", flat, ["layer3", "fc"], "--teacher-feat-layers", 2)
+        else:
+            check_stages(name, method, "student", flat, ["layer3", "fc"], "--feat-layers", 2)
+            with pytest.raises(UserError, match="gives a \\(10,\\) tensor .* a tensor with the batch first"):
+                check_stages(name, method, "student", feats((10,)), ["fc"], "--feat-layers", 2)
+
+
+
+@pytest.fixture()
+def loud_teacher(teacher, tmp_path) -> Path:
+    """The teacher with its last block's branch scaled up: layer3 features of mean square ~500."""
+    ckpt = torch.load(teacher, weights_only=True)
+    for k in ("layer3.4.bn2.weight", "layer3.4.bn2.bias"):
+        ckpt["model"][k] = ckpt["model"][k] * 30
+    torch.save(ckpt, tmp_path / "loud.pth")
+    return tmp_path / "loud.pth"
+
+
+def test_factor_transfer_init_stays_finite_on_large_teacher_features(demo_data, loud_teacher, tmp_path, monkeypatch,
+                                                                    capsys):
+    """The paraphraser's MSE steps grow with the square of the teacher features' scale: RepDistiller's
+    lr 0.01 blows up on features of mean square 8 or more (a teacher trained briefly on a few images
+    gives such). The default rate is capped at 0.02 / their mean square."""
+    from softlabel.distill.ft import LR_TIMES_SCALE
+    f = feats((2, 64, 8, 8))
+    d = DISTILLERS["ft"](f, f)
+    assert d.init_lr_limit(f) == pytest.approx(LR_TIMES_SCALE / float(f.stages[0].pow(2).mean()))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    main(get_args_parser().parse_args(train_args(demo_data, loud_teacher, tmp_path / "run", "--distiller", "ft",
+                                                 "--distill-init-epochs", 3, "--epochs", 1)))
+    out = capsys.readouterr().out
+    assert "distill init (ft): lr " in out and "not 0.01" in out
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_factor_transfer_init_at_repdistillers_rate_diverges_on_large_features(demo_data, loud_teacher, tmp_path):
+    """What the cap prevents: --distill-init-lr 0.01 (used as given) on the same features."""
+    with pytest.raises(UserError, match="init stage diverged"):
+        main(get_args_parser().parse_args(train_args(demo_data, loud_teacher, tmp_path / "run", "--distiller", "ft",
+                                                     "--distill-init-epochs", 6, "--epochs", 1,
+                                                     "--distill-init-lr", 0.01)))
+
+
+def test_crd_on_one_class_is_refused(demo_data, teacher, tmp_path):
+    """CRD's negatives come from other classes only: a one-class set has none."""
+    import shutil
+    one = tmp_path / "one"
+    first = sorted(p for p in (demo_data / "ipc2").iterdir() if p.is_dir())[0]
+    shutil.copytree(first, one / first.name)
+    args = train_args(demo_data, teacher, tmp_path / "x", "--distiller", "crd", "--num-classes", 10)
+    args[args.index("--train-dir") + 1] = str(one)
+    with pytest.raises(UserError, match="--distiller crd: CRD draws its negatives from other classes: the "
+                                        "training set has only one"):
+        main(get_args_parser().parse_args(args))

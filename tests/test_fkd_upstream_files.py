@@ -205,3 +205,20 @@ def test_inspector_and_converter_read_fkd_files(demo_data, teacher_ckpt, tmp_pat
                        targets=torch.tensor(index.targets))[0] for s in (a, b)]
     assert torch.equal(items[0]["pixels"], items[1]["pixels"])
     assert torch.equal(items[0]["soft_label"], items[1]["soft_label"])
+
+
+def test_a_file_whose_probabilities_are_all_zero_is_refused_naming_it(demo_data, tmp_path):
+    """No teacher gives a crop all-zero probabilities (its top class has at least 1 / classes): the
+    store refuses such a file by name, before the loss could turn it into NaN."""
+    from conftest import train_in_process
+    save = tmp_path / "zeros"
+    write_fkd_files(demo_data / "ipc1", save, "marginal_smoothing_k5")
+    victim = sorted(save.rglob("*.tar"))[-1]
+    coords, flips, labels = torch.load(victim, weights_only=False)  # our own test file
+    labels[2, 1, :] = 0
+    torch.save([coords, flips, labels], victim)
+    with pytest.raises(UserError, match=f"{victim}: crop 2's probabilities are all zero"):
+        train_in_process("--train-dir", demo_data / "ipc1", "--softlabel_path", save, "--soft_label_type",
+                         "marginal_renorm_k5", "--num-classes", CLASSES, "--input-size", SIZE, "--model",
+                         "democnn_small", "--epochs", 1, "-b", 10, "-j", 0, "--output-dir", tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoint.pth").exists()

@@ -263,11 +263,16 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
         for acc in (total, epoch_acc):
             acc.update(combined, outputs, item["target"], item["mix_index"])
         logits = (combined / args.temperature).cpu()
-        logits = logits.half() if args.use_fp16 else logits
         if not bool(torch.isfinite(logits).all()):
             raise UserError(f"the teachers' logits for epoch {epoch}, batch {item['batch']} are not finite (NaN "
-                            f"weights, or --temperature {args.temperature:g} so small that "
-                            f"{'float16' if args.use_fp16 else 'float32'} overflows); nothing was written for it")
+                            f"weights, or --temperature {args.temperature:g} so small that float32 overflows); "
+                            f"nothing was written for it")
+        if args.use_fp16 and not bool(torch.isfinite(logits.half()).all()):
+            raise UserError(f"--use-fp16: the teachers' logits for epoch {epoch}, batch {item['batch']} reach "
+                            f"{float(logits.abs().max()):.4g}, beyond float16's 65504; drop --use-fp16 to store "
+                            f"them in float32 (or raise --temperature {args.temperature:g}, which changes the "
+                            f"labels); nothing was written for it")
+        logits = logits.half() if args.use_fp16 else logits
         pending.append((epoch, item["batch"], store.BatchRecord(
             item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"], logits,
             item["index"])))

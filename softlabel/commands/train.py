@@ -255,7 +255,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             f"{k} {v.init_epochs}" for k, v in sorted(DISTILLERS.items()) if v.init_epochs) + ")")
     g.add_argument("--distill-init-lr", type=float, default=None, metavar="LR",
                    help="SGD learning rate of the init stage (default: RepDistiller's: ft 0.01 for CIFAR ResNet/WRN "
-                        "students, else --lr; kdss 0.05, SSKD's --t-lr)")
+                        "students, else --lr, at most 0.02 / the mean square of the teacher's features; kdss "
+                        "0.05, SSKD's --t-lr)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", "--save_checkpoint_path", dest="output_dir", type=str, default="./save",

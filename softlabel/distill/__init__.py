@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from softlabel.distill import ab, at, crd, fitnet, ft, kdss, pkt, rkd, sp, vid
 from softlabel.distill.base import Distiller, Features
-from softlabel.distill.features import FeatureTap, stage_modules
+from softlabel.distill.features import FeatureTap, stage_modules, stage_names
 
 DISTILLERS: dict[str, type[Distiller]] = {cls.name: cls for cls in (
     fitnet.FitNet, at.Attention, sp.Similarity, vid.VID, rkd.RKD, pkt.PKT, ab.ActivationBoundaries,
     ft.FactorTransfer, crd.CRD, kdss.KDSS)}
 
-__all__ = ["DISTILLERS", "Distiller", "Features", "FeatureTap", "stage_modules"]
+__all__ = ["DISTILLERS", "Distiller", "Features", "FeatureTap", "stage_modules", "stage_names"]

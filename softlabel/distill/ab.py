@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from softlabel.distill.base import Distiller, Features
-from softlabel.distill.fitnet import regressor
+from softlabel.distill.fitnet import regressor, regressor_problem
 
 MARGIN = 1.0
 
@@ -29,6 +29,11 @@ def boundary_loss(s: torch.Tensor, t: torch.Tensor, margin: float = MARGIN) -> t
 class ActivationBoundaries(Distiller):
     name, weight, source = "ab", 1.0, "Heo et al. 2019; RepDistiller abound, --init_epochs 30, -b 1 (no loss after init)"
     preact, init_epochs, init_trains_student, distills = True, 30, True, False
+    maps = "every"
+
+    @classmethod
+    def stage_problem(cls, i: int, s_shape: torch.Size, t_shape: torch.Size) -> Optional[str]:
+        return None if s_shape[1:3] == t_shape[1:3] else regressor_problem(s_shape, t_shape)
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__(student, teacher, **context)

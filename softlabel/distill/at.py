@@ -17,6 +17,7 @@ def attention(f: torch.Tensor, p: int = 2) -> torch.Tensor:
 
 class Attention(Distiller):
     name, weight, source = "at", 1000.0, "Zagoruyko & Komodakis 2017; RepDistiller -b 1000, p = 2"
+    maps = "every"
 
     def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         total = torch.zeros((), device=student.stages[0].device)

@@ -1,6 +1,7 @@
 """What every distiller gets and gives."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,6 +49,21 @@ class Distiller(nn.Module):
     # view-major; the run's loss takes the first view, the method gets every view's features and logits
     views = 1
     loss_type = "ce"  # the trainer's --loss-type beside this method (RepDistiller's -a 0)
+    # What the tapped stages must give, checked on the probe forward: at least ``min_stages``, and
+    # 4-D feature maps (batch, channels, height, width) at ``maps``: "every", "last" or "second" stage
+    # (the others only need a batch-first tensor: the embedding is a 2-D output's rows as they are)
+    maps = ""
+    min_stages = 1
+
+    @classmethod
+    def map_stages(cls, n: int) -> list[int]:
+        """The indices of the stages that must be 4-D feature maps, of ``n`` stages."""
+        return {"": [], "every": list(range(n)), "last": [n - 1], "second": [1]}[cls.maps]
+
+    @classmethod
+    def stage_problem(cls, i: int, s_shape: torch.Size, t_shape: torch.Size) -> Optional[str]:
+        """Why the student's and the teacher's 4-D maps of stage ``i`` cannot be distilled, if they cannot."""
+        return None
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__()
@@ -56,6 +72,10 @@ class Distiller(nn.Module):
         """The batch and its views, view-major (only with ``views`` > 1)."""
         return x
 
+    def warnings(self) -> list[str]:
+        """What the user should know about this run of the method (printed once, on rank 0)."""
+        return []
+
     def init_parts(self) -> list[nn.Module]:
         """The parts trained only in the init stage: frozen (not optimized) while distilling."""
         return []
@@ -63,6 +83,10 @@ class Distiller(nn.Module):
     def init_lr(self, student_arch: str, lr: float) -> float:
         """The init stage's SGD learning rate (RepDistiller: its --learning_rate)."""
         return lr
+
+    def init_lr_limit(self, teacher: Features) -> float:
+        """The largest init learning rate stable on these (the first batch's) teacher features."""
+        return math.inf
 
     def init_loss(self, student: Optional[Features], teacher: Features) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no init stage")

@@ -82,6 +82,16 @@ class CRD(Distiller):
         self.register_buffer("order", torch.argsort(self.targets, stable=True), persistent=False)
         self.count, self.start = counts.tolist(), (torch.cumsum(counts, 0) - counts).tolist()
 
+    def warnings(self) -> list[str]:
+        pools = [self.num_samples - c for c in self.count if c]  # other classes' samples, per class present
+        short = [p for p in pools if p < self.k]
+        if not short:
+            return []
+        sizes = f"{min(short)}" + (f" to {max(short)}" if max(short) > min(short) else "")
+        return [f"{self.k} negatives per sample, but the other classes hold only {sizes} samples (for {len(short)} "
+                f"of {len(pools)} classes): negatives are drawn from them with replacement, never from the "
+                f"sample's own class (as RepDistiller's CIFAR100InstanceSample)"]
+
     def negatives(self, index: torch.Tensor) -> torch.Tensor:
         """(B, K) dataset indices of other classes than each sample's: K distinct ones where the
         pool of other classes holds at least K samples, else K drawn with replacement (RepDistiller's

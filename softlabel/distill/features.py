@@ -30,14 +30,21 @@ def stage_modules(model: nn.Module, names: Optional[list[str]], flag: str = "--f
     return found
 
 
+def stage_names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    """Each stage module's path in ``model`` (for messages)."""
+    paths = {id(m): n for n, m in getattr(model, "module", model).named_modules()}
+    return [paths.get(id(m), f"stage {i + 1}") for i, m in enumerate(modules)]
+
+
 class FeatureTap:
     """Records the outputs of ``modules`` at every forward of their model. ``preact``: their
     pre-activations instead, the input of the last ReLU module to run inside each stage's last
     block (AB distills which side of zero a neuron is on, which a ReLU's output no longer says);
     ``check_preact`` verifies, on a probe forward, that the stage's output is that ReLU's output."""
 
-    def __init__(self, modules: list[nn.Module], preact: bool = False):
+    def __init__(self, modules: list[nn.Module], preact: bool = False, names: Optional[list[str]] = None):
         self.outputs: list = [None] * len(modules)
+        self.names = names or [f"stage {i + 1}" for i in range(len(modules))]
         self.preact = preact
         self._last_act: list = [None] * len(modules)
         self._stage_out: list = [None] * len(modules)
@@ -48,7 +55,7 @@ class FeatureTap:
                 blocks = list(m.children())
                 acts = [a for a in (blocks[-1] if blocks else m).modules() if isinstance(a, nn.ReLU)]
                 if not acts:
-                    raise UserError(f"{type(m).__name__} stage {i + 1}: no ReLU module in its last block, so its "
+                    raise UserError(f"{self.names[i]} ({type(m).__name__}): no ReLU module in its last block, so its "
                                     f"pre-activation cannot be taken by a hook; name other stages with --feat-layers")
                 self.handles += [a.register_forward_pre_hook(self._pre_hook(i, a.inplace)) for a in acts]
             self.handles.append(m.register_forward_hook(self._hook(i)))
@@ -71,15 +78,17 @@ class FeatureTap:
     def check_preact(self, features: Features) -> None:
         """After a probe forward: each stage's output must be ReLU of the pre-activation taken."""
         for i, (pre, out) in enumerate(zip(features.stages, self._stage_out)):
-            if pre is None or out is None or pre.shape != out.shape or not torch.equal(torch.relu(pre), out):
-                raise UserError(f"stage {i + 1}: its output is not the ReLU of the last ReLU module's input in its "
+            if not (isinstance(pre, torch.Tensor) and isinstance(out, torch.Tensor)) or pre.shape != out.shape \
+                    or not torch.equal(torch.relu(pre), out):
+                raise UserError(f"{self.names[i]}: its output is not the ReLU of the last ReLU module's input in its "
                                 f"last block, so no pre-activation can be taken by hooks; name other stages with "
                                 f"--feat-layers")
         self._probing, self._stage_out = False, [None] * len(self._stage_out)
 
     def take(self) -> Features:
         if any(o is None for o in self.outputs):
-            raise RuntimeError("a stage did not run in the last forward")
+            silent = next(n for n, o in zip(self.names, self.outputs) if o is None)
+            raise RuntimeError(f"{silent} did not run in the last forward")
         features, self.outputs = Features(list(self.outputs)), [None] * len(self.outputs)
         return features
 

@@ -31,6 +31,7 @@ class _Stage(nn.Module):
 
 class VID(Distiller):
     name, weight, source = "vid", 1.0, "Ahn et al. 2019; RepDistiller -b 1"
+    maps = "every"
 
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__(student, teacher, **context)

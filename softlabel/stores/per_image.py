@@ -192,6 +192,11 @@ def check_labels(path: str, coords: Any, flips: Any, classes: Any, values: Any, 
         raise bad(f"values must be a float ({n}, {k}) tensor for label type {label_type}")
     elif not bool(torch.isfinite(values).all()) or float(values.min()) < 0 or float(values.max()) > 1:
         raise bad("values must be probabilities in [0, 1]")
+    else:
+        empty = torch.nonzero(values.float().sum(dim=1) == 0).flatten()
+        if len(empty):  # a teacher's top class has probability >= 1 / classes: such a file is broken
+            raise bad(f"crop {int(empty[0])}'s probabilities are all zero ({len(empty)} of {n} crops); relabel "
+                      f"this image")
     return coords.float(), flips.bool(), classes, values
 
 

@@ -3,6 +3,7 @@ init stage of the methods that train parts of their own before distilling (AB, F
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -11,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from softlabel import checkpoint, replay
-from softlabel.distill import DISTILLERS, FeatureTap, stage_modules
+from softlabel.distill import DISTILLERS, Distiller, Features, FeatureTap, stage_modules, stage_names
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.teachers import Ensemble
@@ -41,9 +42,10 @@ def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, de
         return None
     method = DISTILLERS[cfg.distiller]
     teacher = teachers.teachers[0].model
-    student_tap = FeatureTap(stage_modules(student, _names(cfg.feat_layers), "--feat-layers"), method.preact)
-    teacher_tap = FeatureTap(stage_modules(teacher, _names(cfg.teacher_feat_layers or cfg.feat_layers),
-                                           "--teacher-feat-layers"), method.preact)
+    flags = ("--feat-layers", "--teacher-feat-layers")
+    student_tap = _tap(cfg.distiller, student, _names(cfg.feat_layers), flags[0], method.preact)
+    teacher_tap = _tap(cfg.distiller, teacher, _names(cfg.teacher_feat_layers or cfg.feat_layers), flags[1],
+                       method.preact)
     probe = torch.zeros(2, 3, cfg.input_size, cfg.input_size, device=device)
     was_training = student.training
     student.eval()
@@ -51,9 +53,17 @@ def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, de
         student(probe)
         teacher(probe)
     student.train(was_training)
-    fs, ft = student_tap.take(), teacher_tap.take()
+    taken = []
+    for side, tap, flag in (("student", student_tap, flags[0]), ("teacher", teacher_tap, flags[1])):
+        try:
+            taken.append(tap.take())
+        except RuntimeError as exc:
+            raise UserError(f"--distiller {cfg.distiller} ({flag}): the {side}'s {exc}; name stages its "
+                            f"forward runs") from None
+        check_stages(cfg.distiller, method, side, taken[-1], tap.names, flag, len(probe))
+    fs, ft = taken
     if method.preact:
-        for tap, features, flag in ((student_tap, fs, "--feat-layers"), (teacher_tap, ft, "--teacher-feat-layers")):
+        for tap, features, flag in ((student_tap, fs, flags[0]), (teacher_tap, ft, flags[1])):
             try:
                 tap.check_preact(features)
             except UserError as exc:
@@ -61,14 +71,56 @@ def build_distiller(cfg: TrainConfig, student: nn.Module, teachers: Ensemble, de
     if len(fs.stages) != len(ft.stages):
         raise UserError(f"--distiller {cfg.distiller}: the student has {len(fs.stages)} stages, the teacher "
                         f"{len(ft.stages)}; name matching ones with --feat-layers / --teacher-feat-layers")
+    for i in method.map_stages(len(fs.stages)):
+        problem = method.stage_problem(i, fs.stages[i].shape, ft.stages[i].shape)
+        if problem:
+            raise UserError(f"--distiller {cfg.distiller}: the student's {student_tap.names[i]} "
+                            f"{tuple(fs.stages[i].shape)} against the teacher's {teacher_tap.names[i]} "
+                            f"{tuple(ft.stages[i].shape)}: {problem}; name other layers with --feat-layers / "
+                            f"--teacher-feat-layers")
     try:
         distiller = method(fs, ft, num_samples=num_samples, targets=torch.tensor(targets)).to(device)
     except ValueError as exc:
         raise UserError(f"--distiller {cfg.distiller}: {exc}") from None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        for warning in distiller.warnings():
+            print(f"train: warning: --distiller {cfg.distiller}: {warning}", file=sys.stderr, flush=True)
     for part in distiller.init_parts():
         part.requires_grad_(False)
     weight = cfg.distill_weight if cfg.distill_weight is not None else method.weight
     return DistillRun(distiller, student_tap, teacher_tap, weight)
+
+
+def _tap(name: str, model: nn.Module, layers: Optional[list[str]], flag: str, preact: bool) -> FeatureTap:
+    modules = stage_modules(model, layers, flag)
+    try:
+        return FeatureTap(modules, preact, stage_names(model, modules))
+    except UserError as exc:  # preact: no ReLU whose input a hook can take
+        raise UserError(f"--distiller {name} ({flag}): {exc}") from None
+
+
+MAP = "a 4-D feature map (batch, channels, height, width)"
+
+
+def check_stages(name: str, method: type[Distiller], side: str, features: Features, layers: list[str], flag: str,
+                 batch: int) -> None:
+    """On the probe forward: the tapped layers give what the method needs (enough stages; a
+    batch-first tensor at each, a 4-D map where it convolves or pools), else one line naming the
+    distiller, the layer, what it gave and what is needed."""
+    n = len(features.stages)
+    if n < method.min_stages:
+        raise UserError(f"--distiller {name}: the {side}'s layers {', '.join(layers)} ({flag}) are {n} stage(s); "
+                        f"{name} needs at least {method.min_stages} (it distills stage {method.min_stages}); "
+                        f"name {method.min_stages} or more with {flag}")
+    maps = set(method.map_stages(n))
+    for i, (out, layer) in enumerate(zip(features.stages, layers)):
+        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[0] == batch \
+                and (i not in maps or out.dim() == 4):
+            continue
+        got = f"a {tuple(out.shape)} tensor" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        needs = MAP if i in maps else "a tensor with the batch first, of 2 or more dimensions"
+        raise UserError(f"--distiller {name}: the {side}'s {layer} ({flag}) gives {got} on a probe batch of {batch} "
+                        f"images; {name} needs {needs} there; name other layers with {flag}")
 
 
 def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
@@ -94,6 +146,22 @@ def distilling(run: Optional[DistillRun]) -> Optional[DistillRun]:
     return None
 
 
+def _capped_lr(cfg: TrainConfig, d: nn.Module, teacher: Features, lr: float, optimizer: torch.optim.Optimizer,
+               info: DistInfo, log: Callable[[str], None]) -> float:
+    """The method's default init rate, capped at what its first batch's features allow (the
+    smallest cap over ranks): a method's rate may suit its paper's data and not these."""
+    limit = torch.tensor(d.init_lr_limit(teacher), dtype=torch.float64, device=info.device)
+    if info.distributed:
+        dist.all_reduce(limit, op=dist.ReduceOp.MIN)
+    if float(limit) >= lr:
+        return lr
+    for group in optimizer.param_groups:
+        group["lr"] = float(limit)
+    log(f"distill init ({cfg.distiller}): lr {float(limit):.3g}, not {lr:g}, on teacher features of this scale "
+        f"(--distill-init-lr sets it)")
+    return float(limit)
+
+
 def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: Ensemble, epochs: Iterator,
                info: DistInfo, mean: list[float], std: list[float], log: Callable[[str], None]) -> list[float]:
     """RepDistiller's ``init``: before distilling, train the method's init parts (AB: its
@@ -111,13 +179,15 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
         part.requires_grad_(True)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     student.train(d.init_trains_student)
-    losses = []
+    losses, capped = [], cfg.distill_init_lr is not None  # a rate given is used as given
     for epoch, batches in epochs:
         total, seen = torch.zeros((), device=info.device), 0
         for batch in batches:
             pixels = batch["pixels"].to(info.device, non_blocking=True)
             teachers(pixels, None, None, None, d.expand if d.views > 1 else None)
             teacher_features = run.teacher_tap.take().detached()
+            if not capped:
+                lr, capped = _capped_lr(cfg, d, teacher_features, lr, optimizer, info, log), True
             student_features = None
             if d.init_trains_student:
                 student(replay.slice_inputs(pixels, None, mean, std, None, None))
