@@ -432,18 +432,22 @@ def test_distiller_flags_that_cannot_work_are_one_line(demo_data, teacher, tmp_p
             main(get_args_parser().parse_args(args))
 
 
+SLOW = pytest.mark.slow  # the same check as the case above it, on another distiller or side
+
+
 @pytest.mark.parametrize("name, extra, needles", [
     ("at", ["--feat-layers", "layer3,fc"], ["the student's fc (--feat-layers) gives a (2, 10) tensor", "at needs a 4-D"]),
-    ("vid", ["--feat-layers", "layer2,layer3", "--teacher-feat-layers", "layer2,fc"],
-     ["the teacher's fc (--teacher-feat-layers) gives a (2, 10) tensor", "vid needs a 4-D"]),
-    ("ft", ["--feat-layers", "layer2,fc"], ["the student's fc", "(2, 10)", "ft needs a 4-D"]),
+    pytest.param("vid", ["--feat-layers", "layer2,layer3", "--teacher-feat-layers", "layer2,fc"],
+                 ["the teacher's fc (--teacher-feat-layers) gives a (2, 10) tensor", "vid needs a 4-D"], marks=SLOW),
+    pytest.param("ft", ["--feat-layers", "layer2,fc"], ["the student's fc", "(2, 10)", "ft needs a 4-D"], marks=SLOW),
     ("fitnet", ["--feat-layers", "layer3"], ["the student's layers layer3 (--feat-layers) are 1 stage", "at least 2"]),
-    ("fitnet", ["--feat-layers", "layer1,fc"], ["the student's fc", "(2, 10)", "fitnet needs a 4-D"]),
+    pytest.param("fitnet", ["--feat-layers", "layer1,fc"], ["the student's fc", "(2, 10)", "fitnet needs a 4-D"],
+                 marks=SLOW),
     ("fitnet", ["--feat-layers", "layer1,layer3", "--teacher-feat-layers", "layer3,layer1"],
      ["the student's layer3 (2, 64, 8, 8) against the teacher's layer1 (2, 16, 32, 32)", "smaller"]),
     ("ab", ["--feat-layers", "layer3,fc"], ["fc (Linear): no ReLU module"]),
-    ("ab", ["--feat-layers", "layer1,layer3", "--teacher-feat-layers", "layer3,layer1"],
-     ["the student's layer3 (2, 64, 8, 8) against the teacher's layer1"]),
+    pytest.param("ab", ["--feat-layers", "layer1,layer3", "--teacher-feat-layers", "layer3,layer1"],
+                 ["the student's layer3 (2, 64, 8, 8) against the teacher's layer1"], marks=SLOW),
 ])
 def test_a_distiller_whose_layers_do_not_give_what_it_needs_is_one_line_at_the_probe(
         name, extra, needles, demo_data, teacher, tmp_path):
