@@ -445,33 +445,38 @@ def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: Opt
 # ----------------------------------------------------------------------------- one epoch
 
 @dataclass
-class Step:
-    """What every optimizer step uses besides its batch."""
+class Run:
+    """The run's state, built once in main() and passed whole to every part of the loop: what each
+    step, checkpoint and resume uses besides its batch."""
     cfg: TrainConfig
-    model: nn.Module
+    info: DistInfo
+    index: FolderIndex                 # the training images (their classes go into checkpoints)
+    student: nn.Module                 # the network itself
+    model: nn.Module                   # what runs the forward: the student, or it under DDP / torch.compile
     optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
     scaler: Optional[torch.amp.GradScaler]
     teachers: Optional[Ensemble]
+    distill: Optional[DistillRun]      # the distiller with its trained parts (checkpoints, the init stage)
     mean: list[float]
     std: list[float]
     amp: Optional[torch.dtype]
-    info: DistInfo
-    distill: Optional[DistillRun] = None
+    step_distill: Optional[DistillRun] = None  # what the steps use of it (distilling(): None once nothing is left)
 
 
-def targets_of(step: Step, batch: dict, pixels: torch.Tensor, partners: Optional[torch.Tensor],
+def targets_of(run: Run, batch: dict, pixels: torch.Tensor, partners: Optional[torch.Tensor],
                views: Optional[Callable] = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The soft targets of a batch: stored, or the online teachers' on the same pixels (None: hard
     labels); and with a distiller's ``views`` (KDSS), the teacher's logits on every view."""
     seen = None
-    if step.teachers is not None:
-        soft, outputs = step.teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"], views)
+    if run.teachers is not None:
+        soft, outputs = run.teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"], views)
         if views is not None:
             seen, soft = outputs[0].clone(), soft[:len(pixels)]
     else:
-        soft = batch["soft_label"].to(step.info.device, non_blocking=True) if "soft_label" in batch else None
-    if soft is not None and step.cfg.keep_topk:
-        soft = keep_topk(soft.float(), step.cfg.keep_topk)
+        soft = batch["soft_label"].to(run.info.device, non_blocking=True) if "soft_label" in batch else None
+    if soft is not None and run.cfg.keep_topk:
+        soft = keep_topk(soft.float(), run.cfg.keep_topk)
     return soft, seen
 
 
@@ -482,21 +487,21 @@ def view_rows(part: slice, batch: int, views: int) -> slice | torch.Tensor:
     return torch.cat([torch.arange(part.start, part.stop) + v * batch for v in range(views)])
 
 
-def train_step(step: Step, batch: dict) -> torch.Tensor:
+def train_step(run: Run, batch: dict) -> torch.Tensor:
     """One optimizer step on this rank's slice; the loss is a mean over the *global* batch, so
     ranks and micro-batches recombine exactly to the one-process, one-step result."""
-    cfg, info, device = step.cfg, step.info, step.info.device
+    cfg, info, device = run.cfg, run.info, run.info.device
     pixels = batch["pixels"].to(device, non_blocking=True)
     partners = None if batch["partners"] is None else batch["partners"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
-    inputs = replay.slice_inputs(pixels, partners, step.mean, step.std, batch["mix_lam"], batch["mix_bbox"])
-    method = checkpoint.unwrap(step.distill.distiller) if step.distill else None
+    inputs = replay.slice_inputs(pixels, partners, run.mean, run.std, batch["mix_lam"], batch["mix_bbox"])
+    method = checkpoint.unwrap(run.step_distill.distiller) if run.step_distill else None
     views = method.views if method is not None else 1
-    soft, teacher_logits = targets_of(step, batch, pixels, partners, method.expand if views > 1 else None)
-    teacher_features = step.distill.teacher_tap.take().detached() if step.distill else None
+    soft, teacher_logits = targets_of(run, batch, pixels, partners, method.expand if views > 1 else None)
+    teacher_features = run.step_distill.teacher_tap.take().detached() if run.step_distill else None
     if cfg.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    step.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
     share = info.world_size / batch["batch_size"]    # each sample's weight in the global mean
     parts = [slice(*slice_bounds(len(target), k, cfg.gradient_accumulation_steps))
@@ -505,16 +510,16 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
     for n, part in enumerate(parts):
         with contextlib.ExitStack() as stack:
             if n + 1 < len(parts) and info.distributed:  # gradients are all-reduced once, at the last part
-                for m in (step.model, step.distill and step.distill.distiller):
+                for m in (run.model, run.step_distill and run.step_distill.distiller):
                     if hasattr(m, "no_sync"):
                         stack.enter_context(m.no_sync())
-            stack.enter_context(torch.autocast(device.type, dtype=step.amp or torch.float32,
-                                               enabled=step.amp is not None))
+            stack.enter_context(torch.autocast(device.type, dtype=run.amp or torch.float32,
+                                               enabled=run.amp is not None))
             if views > 1:  # the distiller's views ride along; the run's loss takes the batch itself
-                every_view = step.model(method.expand(inputs[part])).float()
+                every_view = run.model(method.expand(inputs[part])).float()
                 logits = every_view[:part.stop - part.start]
             else:
-                logits = step.model(inputs[part]).float()
+                logits = run.model(inputs[part]).float()
             if soft is not None:
                 loss = LOSSES[cfg.loss_type](logits, soft[part], target[part], temperature=cfg.temperature,
                                              ce_weight=cfg.ce_weight, alpha=cfg.alpha)
@@ -524,22 +529,22 @@ def train_step(step: Step, batch: dict) -> torch.Tensor:
                 partner = batch["partner_target"]
                 loss = mixed_cross_entropy(logits, target[part], None if partner is None else partner.to(device)[part],
                                            batch["mix_lam"], cfg.label_smoothing)
-            if step.distill is not None:
+            if run.step_distill is not None:
                 rows = view_rows(part, len(target), views)
                 mine = Features([f[rows] for f in teacher_features.stages],
                                 teacher_logits[rows] if views > 1 else None)
-                theirs = step.distill.student_tap.take()
+                theirs = run.step_distill.student_tap.take()
                 theirs.logits = every_view if views > 1 else None
                 where = batch["index"].to(device)[part] if "index" in batch else None
-                loss = loss + step.distill.weight * step.distill.distiller(theirs, mine, where).float()
+                loss = loss + run.step_distill.weight * run.step_distill.distiller(theirs, mine, where).float()
             loss = loss * ((part.stop - part.start) * share)
-            (step.scaler.scale(loss) if step.scaler else loss).backward()
+            (run.scaler.scale(loss) if run.scaler else loss).backward()
         total += loss.detach()
-    if step.scaler:
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
     else:
-        step.optimizer.step()
+        run.optimizer.step()
     return total / info.world_size  # this rank's share of the global mean loss
 
 
@@ -563,18 +568,18 @@ class Throughput:
         return self.images / window if window > 0 else 0.0
 
 
-def train_one_epoch(step: Step, epoch: int, batches: Iterator[dict], bar, speed: Throughput) -> tuple[float, int]:
+def train_one_epoch(run: Run, epoch: int, batches: Iterator[dict], bar, speed: Throughput) -> tuple[float, int]:
     """Train on one epoch's batches; returns the epoch's mean loss over all ranks and its steps."""
-    torch.manual_seed(epoch_seed(step.cfg.seed, epoch))  # dropout & co. restart per epoch too
-    loss_sum = torch.zeros((), device=step.info.device)
+    torch.manual_seed(epoch_seed(run.cfg.seed, epoch))  # dropout & co. restart per epoch too
+    loss_sum = torch.zeros((), device=run.info.device)
     seen = steps = 0
     for batch in batches:
         steps += 1
-        loss_sum += train_step(step, batch) * batch["batch_size"]
+        loss_sum += train_step(run, batch) * batch["batch_size"]
         seen += batch["batch_size"]
         speed.step_done(batch["batch_size"])
         bar.update(batch["batch_size"])
-    if step.info.distributed:
+    if run.info.distributed:
         dist.all_reduce(loss_sum)
     loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(loss):  # before this epoch's checkpoint: the last one written stays good
@@ -617,9 +622,10 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
                       batch_size=256, shuffle=False, num_workers=min(cfg.workers, 2), pin_memory=pin)
 
 
-def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, info: DistInfo,
-           distiller: Optional[nn.Module] = None, teachers: Optional[Ensemble] = None) -> tuple[int, bool]:
+def resume(run: Run) -> tuple[int, bool]:
     """(first epoch, resumed?): a checkpoint's state restored, or the schedule moved to --start-epoch."""
+    cfg, info, teachers = run.cfg, run.info, run.teachers
+    distiller = run.distill.distiller if run.distill else None
     files.ensure_dir(cfg.output_dir, "--output-dir")
     if info.is_main:
         files.lock_dir(cfg.output_dir, "--output-dir", "another run is training into this folder; wait for it to "
@@ -633,15 +639,15 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
     if path:
         ckpt = checkpoint.read_for_resume(path, cfg, RESUME_MUST_MATCH)
         try:
-            student.load_state_dict(ckpt["model"])
+            run.student.load_state_dict(ckpt["model"])
             if distiller is not None:
                 distiller.load_state_dict(ckpt["distiller"])
             if teachers is not None and cfg.teacher_mode == "train":  # running statistics it updated
                 teachers.load_buffers(ckpt["teacher_buffers"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+            if run.scaler is not None and ckpt.get("scaler"):
+                run.scaler.load_state_dict(ckpt["scaler"])
             torch.set_rng_state(ckpt["rng"]["torch"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -651,27 +657,26 @@ def resume(cfg: TrainConfig, student: nn.Module, optimizer, scheduler, scaler, i
         print(f"train: --resume {cfg.resume}: no checkpoint in {cfg.output_dir}, starting afresh", flush=True)
     first = cfg.first_pass()
     for _ in range(first):  # the schedule starts where the run starts
-        scheduler.step()
+        run.scheduler.step()
     return first, False
 
 
-def distill_init(cfg: TrainConfig, distill: DistillRun, student: nn.Module, teachers: Ensemble, index: FolderIndex,
-                 info: DistInfo, mean: list[float], std: list[float], optimizer, scheduler, scaler) -> None:
+def distill_init(run: Run) -> None:
     """The distiller's init stage, then a checkpoint at epoch 0: --resume continues after it."""
+    cfg, info = run.cfg, run.info
     pin = info.device.type == "cuda"
-    epochs = hard_label_epochs(cfg, index, range(cfg.distill_init_epochs), info, pin, Stream.DISTILL_INIT)
-    init_stage(distill, cfg, student, teachers, epochs, info, mean, std,
+    epochs = hard_label_epochs(cfg, run.index, range(cfg.distill_init_epochs), info, pin, Stream.DISTILL_INIT)
+    init_stage(run.distill, cfg, run.student, run.teachers, epochs, info, run.mean, run.std,
                lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
-        save_checkpoint(cfg, student, optimizer, scheduler, scaler, 0, mean, std, index.classes, distill, teachers)
+        save_checkpoint(run, 0)
 
 
-def save_checkpoint(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int, mean: list[float],
-                    std: list[float], classes: list[str], distill: Optional[DistillRun],
-                    teachers: Optional[Ensemble] = None) -> None:
+def save_checkpoint(run: Run, epoch: int) -> None:
     """--output-dir/checkpoint.pth after ``epoch`` epochs (0: after a distiller's init stage); with
     --teacher-mode train also the teachers' running statistics, which that mode updates."""
-    for what, part in (("student", model), ("distiller", distill.distiller if distill else None)):
+    cfg, distill, teachers = run.cfg, run.distill, run.teachers
+    for what, part in (("student", run.student), ("distiller", distill.distiller if distill else None)):
         for name, value in (checkpoint.unwrap(part).state_dict().items() if part is not None else ()):
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise UserError(f"epoch {epoch}: the {what}'s {name} is not finite (training diverged: lower the "
@@ -679,8 +684,8 @@ def save_checkpoint(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, sc
     extra = {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else {}
     if teachers is not None and cfg.teacher_mode == "train":
         extra["teacher_buffers"] = teachers.buffers()
-    checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), model, optimizer, scheduler, scaler, epoch,
-                    cfg, SECRETS, mean, std, classes, extra)
+    checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), run.student, run.optimizer, run.scheduler,
+                    run.scaler, epoch, cfg, SECRETS, run.mean, run.std, run.index.classes, extra)
 
 
 def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
@@ -717,13 +722,13 @@ def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tu
     return labels, len(index), f"{cfg.batch_size}"
 
 
-def log_epoch(cfg: TrainConfig, step: Step, epoch: int, n_steps: int, train_loss: float, started: float,
+def log_epoch(run: Run, epoch: int, n_steps: int, train_loss: float, started: float,
               val_loader: Optional[DataLoader], metrics_path: str, tracker, bar) -> dict:
     """``epoch``: the epochs done (train_FKD.py's count with --recipe fkd)."""
     row = {"epoch": epoch, "step": n_steps, "train_loss": train_loss,
-           "lr": step.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 2)}
+           "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 2)}
     if val_loader is not None:
-        row.update(evaluate(checkpoint.unwrap(step.model), val_loader, step.info.device, cfg.channels_last, step.amp))
+        row.update(evaluate(run.student, val_loader, run.info.device, run.cfg.channels_last, run.amp))
     with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
     tracker.log(row, n_steps)
@@ -792,12 +797,13 @@ def main(args: argparse.Namespace) -> None:
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
     if teachers is not None:  # after the distiller's probe forward, which must not touch running statistics
         teachers.set_mode(cfg.teacher_mode)
-    first_epoch, resumed = resume(cfg, student, optimizer, scheduler, scaler, info,
-                                  distill.distiller if distill else None, teachers)
+    run = Run(cfg, info, train_index, student, student, optimizer, scheduler, scaler, teachers, distill, mean, std,
+              amp)
+    first_epoch, resumed = resume(run)
     require_same_start(info, first_epoch, "--output-dir", cfg.output_dir)
 
     if distill is not None and cfg.distill_init_epochs and not resumed:
-        distill_init(cfg, distill, student, teachers, train_index, info, mean, std, optimizer, scheduler, scaler)
+        distill_init(run)
 
     model: nn.Module = student
     device_ids = [info.device.index] if info.device.type == "cuda" else None
@@ -831,7 +837,7 @@ def main(args: argparse.Namespace) -> None:
         for note in store_notes(cfg, store):
             print(f"note: {note}", flush=True)
 
-    step = Step(cfg, model, optimizer, scaler, teachers, mean, std, amp, info, distilling(distill))
+    run.model, run.step_distill = model, distilling(distill)
     total = (len(train_index) * sum(crops for _, crops in passes[first_epoch:]) if cfg.per_image
              else images_per_epoch * (len(passes) - first_epoch))
     bar = tracking.progress(total, "train",
@@ -839,7 +845,7 @@ def main(args: argparse.Namespace) -> None:
     student.train()
     started, speed, n_steps, result = time.time(), Throughput(), 0, {}
     for epoch, batches in epochs:
-        train_loss, steps = train_one_epoch(step, epoch, batches, bar, speed)
+        train_loss, steps = train_one_epoch(run, epoch, batches, bar, speed)
         n_steps += steps
         scheduler.step()
         first, crops = passes[epoch]
@@ -847,10 +853,9 @@ def main(args: argparse.Namespace) -> None:
         bar.set_postfix(epoch=done, loss=f"{train_loss:.4f}", refresh=False)
         last = epoch + 1 == len(passes)
         if info.is_main and (crossed(done, first, cfg.eval_interval) or last):
-            result = log_epoch(cfg, step, done, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
+            result = log_epoch(run, done, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
         if info.is_main and (crossed(done, first, cfg.save_interval) or last):
-            save_checkpoint(cfg, model, optimizer, scheduler, scaler, epoch + 1, mean, std, train_index.classes,
-                            distill, teachers)
+            save_checkpoint(run, epoch + 1)
     bar.close()
     end = time.time()
     if info.is_main:
