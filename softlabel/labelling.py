@@ -4,7 +4,7 @@ teachers' accuracy on a validation folder (--evaluate)."""
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -53,6 +53,46 @@ def check_teacher_accuracy(acc: Accuracy, teachers: list[Teacher], num_classes: 
               f"--class-map FILE. Other causes:\nwrong weights, or crops too small for these images "
               f"(--min-scale-crops).\n--min-teacher-acc PCT turns this into an error.\n{bar}",
               file=sys.stderr, flush=True)
+
+
+class HeldWrites:
+    """Both relabel commands' writes, held back until the teachers pass the accuracy check on the
+    first crops they label (PREFLIGHT_CROPS, or every crop of a shorter run), then written through:
+    a teacher whose classes do not line up with the folders never leaves a file behind."""
+
+    def __init__(self, write: Callable[..., None], acc: Accuracy, teachers: list[Teacher], num_classes: int,
+                 mixed: bool, minimum: Optional[float], first_crops: int = PREFLIGHT_CROPS):
+        self.write, self.acc, self.teachers = write, acc, teachers
+        self.num_classes, self.mixed, self.minimum, self.first_crops = num_classes, mixed, minimum, first_crops
+        self.pending: list[tuple] = []
+        self.checked = False
+        self.written = 0
+
+    def add(self, *entry: Any) -> None:
+        """One labelled entry (the arguments of ``write``); call after ``acc`` counted its crops."""
+        self.pending.append(entry)
+        if not self.checked and self.acc.seen >= self.first_crops:
+            self._check("the first {seen} crops {who} label{s}")
+        if self.checked:
+            self._flush()
+
+    def finish(self) -> None:
+        """The end of the run: a run shorter than the check's crops is checked on all of them."""
+        if self.pending:
+            self._check("the {seen} crops {who} labelled")
+            self._flush()
+
+    def _check(self, where: str) -> None:
+        one = len(self.teachers) == 1
+        check_teacher_accuracy(self.acc, self.teachers, self.num_classes, self.mixed, self.minimum,
+                               where.format(seen=self.acc.seen, who="it" if one else "they", s="s" if one else ""))
+        self.checked = True
+
+    def _flush(self) -> None:
+        for entry in self.pending:
+            self.write(*entry)
+        self.written += len(self.pending)
+        self.pending.clear()
 
 
 def evaluate_teachers(ens: Ensemble, val_dir: str, class_index_of_folder: dict[str, int], input_size: int,

@@ -27,7 +27,7 @@ from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
 from softlabel.ensemble import ENSEMBLES, RESCALING
 from softlabel.errors import UserError, run_main
-from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, evaluate_teachers
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
@@ -252,8 +252,9 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
     pass the accuracy check on the first crops. Returns their accuracy and when the first batch was done."""
     teachers = ens.teachers
     total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
-    pending: list[tuple[int, int, store.BatchRecord]] = []  # held back until the teachers pass the check
-    checked, first_done = False, None
+    held = HeldWrites(writer.write, total, teachers, num_folders, args.mix_type != "none", args.min_teacher_acc,
+                      min(PREFLIGHT_CROPS, images_todo))
+    first_done = None
     bar = tracking.progress(images_todo, "relabel", disable=not info.is_main)
     for n, item in enumerate(loader):
         epoch = item["epoch"]
@@ -273,18 +274,10 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
                             f"them in float32 (or raise --temperature {args.temperature:g}, which changes the "
                             f"labels); nothing was written for it")
         logits = logits.half() if args.use_fp16 else logits
-        pending.append((epoch, item["batch"], store.BatchRecord(
+        held.add(epoch, item["batch"], store.BatchRecord(
             item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"], logits,
-            item["index"])))
+            item["index"]))
         last = n + 1 == len(todo)
-        if not checked and (total.seen >= min(PREFLIGHT_CROPS, images_todo) or last):
-            check_teacher_accuracy(total, teachers, num_folders, args.mix_type != "none",
-                                   args.min_teacher_acc, f"the first {total.seen} crops they label")
-            checked = True
-        if checked:
-            for e, b, rec in pending:
-                writer.write(e, b, rec)
-            pending.clear()
         first_done = first_done or time.time()
         bar.update(len(item["index"]))
         bar.set_postfix(epoch=epoch, top1=f"{total.percent()[0]:.1f}", refresh=False)
@@ -295,6 +288,7 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
                           + (f" ({parts})" if len(teachers) > 1 else "")
                           + (" [rank 0's batches]" if info.distributed else ""))
             epoch_acc = Accuracy(len(teachers))
+    held.finish()
     bar.close()
     return total, first_done
 

@@ -29,7 +29,7 @@ from softlabel import classmap, distributed, files, precision, tracking
 from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, check_teacher_accuracy, evaluate_teachers
+from softlabel.labelling import Accuracy, HeldWrites, evaluate_teachers
 from softlabel.loader import batch_loader, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import create_store, per_image
@@ -262,9 +262,7 @@ def main(args: argparse.Namespace) -> None:
 
     started = time.time()
     acc = Accuracy(1)
-    pending: list[tuple] = []  # held back until the teacher passes the accuracy check
-    checked = False
-    written = 0
+    held = HeldWrites(writer.write, acc, [teacher], len(index.classes), False, args.min_teacher_acc)
     targets = torch.tensor(class_index)[torch.tensor(index.targets)]
     bar = tracking.progress(len(todo), "fkd", disable=not info.is_main)
     for chunk in loader:
@@ -274,26 +272,12 @@ def main(args: argparse.Namespace) -> None:
                 continue
             probs = label_crops(ens, chunk["pixels"][n], args.num_seg, args.temp)
             acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
-            pending.append((i, chunk["coords"][n], chunk["flip"][n],
-                            *per_image.quantize(probs, args.label_type, args.use_fp16)))
+            held.add(i, chunk["coords"][n], chunk["flip"][n],
+                     *per_image.quantize(probs, args.label_type, args.use_fp16))
             bar.update(1)
-            if not checked and acc.seen >= PREFLIGHT_CROPS:
-                check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
-                                       f"the first {acc.seen} crops it labels")
-                checked = True
-            if checked:
-                for entry in pending:
-                    writer.write(*entry)
-                written += len(pending)
-                pending.clear()
     bar.close()
-    if pending:
-        check_teacher_accuracy(acc, [teacher], len(index.classes), False, args.min_teacher_acc,
-                               f"the {acc.seen} crops it labelled")
-        for entry in pending:
-            writer.write(*entry)
-        written += len(pending)
-    correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, written)
+    held.finish()
+    correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, held.written)
     if info.is_main:
         top1 = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
         print(f"fkd: wrote {int(total)} files to {args.save_path} in {time.time() - started:.1f}s; "
