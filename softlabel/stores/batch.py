@@ -524,6 +524,14 @@ class BatchStore(Store):
             raise UserError(f"{self.flag} {self.path}: {len(missing)} {kind} files missing for {epochs} epochs "
                             f"(first: {missing[0]}); rerun the relabel command to finish the store")
 
+    def label_cycle(self, epochs: int) -> Optional[int]:
+        # The cycle's length grows when the store is extended: a run whose steps came round
+        # again replays other steps after an extension (its label source then differs).
+        if keep_of(self.manifest) >= 1.0:
+            return None
+        kept = len(self.jobs(int(self.manifest["epochs"])))
+        return kept if epochs * int(self.manifest["batches_per_epoch"]) > kept else None
+
     def replayed(self, jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The stored step each student step replays: itself, or in a pruned store the kept steps
         cycled in order, so that a student still trains every step (as LPLD reuses its labels)."""
