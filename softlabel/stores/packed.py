@@ -83,7 +83,7 @@ def encode_step(record, step: int, manifest: dict) -> bytes:
     rows["classes"] = classes.numpy()
     if "fill" in rows.dtype.names:
         rows["fill"] = residual_fill(record.soft_label, classes, fill_temperature(manifest)).half().numpy()
-    fill = rows["fill"][:, None] if "fill" in rows.dtype.names and k < record.soft_label.shape[1] else None
+    fill = rows["fill"] if "fill" in rows.dtype.names and k < record.soft_label.shape[1] else None
     if not (np.isfinite(rows["values"]).all() and (fill is None or np.isfinite(fill).all())):
         raise ValueError("its top-k logits pass float16's range (65504), in which a top-k store keeps them; "
                          "relabel with a larger --temperature, or keep full labels")
