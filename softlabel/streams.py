@@ -12,6 +12,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from softlabel.errors import UserError
+
 DEFAULT_SEED = 42  # --fkd-seed, as upstream
 
 
@@ -27,6 +29,13 @@ class Stream(IntEnum):
     PER_IMAGE_ORDER = 21   # per-image training: (seed, epoch) -> image order
     PER_IMAGE_CYCLE = 22   # per-image training: (seed, image, cycle) -> order of its stored crops
     PER_IMAGE_MIX = 23     # per-image training, --mixup_cutmix: (seed, pass, step, rank) -> online mix
+
+
+def check_seed(seed: int, flag: str) -> None:
+    """A seed every stream accepts (numpy's SeedSequence takes none below 0), checked before
+    anything is written."""
+    if seed < 0:
+        raise UserError(f"{flag} must be >= 0, got {seed}")
 
 
 def rng(seed: int, stream: Stream, *key: int) -> np.random.Generator:

@@ -517,3 +517,65 @@ def test_teachers_whose_logits_are_not_finite_write_nothing(demo_data, teacher_c
         error = assert_user_error(proc, *needles)
         assert proc.stderr.strip().splitlines()[-1] == error  # the progress bar is not redrawn after it
         assert not list(out.rglob("batch_*.tar"))
+
+
+# ----------------------------------------------------------------------------- nothing half-made
+
+def command_in_process(module: str, *args) -> None:
+    """A command's main() on these flags in this process (as its script runs it, without the
+    start-up of a new interpreter)."""
+    import importlib
+    command = importlib.import_module(f"softlabel.commands.{module}")
+    command.main(command.get_args_parser().parse_args([str(a) for a in args]))
+
+
+SMALL = ("--epochs", 2, "-b", 8, "--input-size", 16, "-j", 0)
+# (command, bad flags, the error, the flags that correct them): every value that decides whether a
+# run can start is checked before its store exists, so the corrected rerun is never blocked.
+REFUSED_BEFORE_WRITING = {
+    "relabel: top-k wider than the classes": ("relabel", ("--label-format", "topk", "--topk", 20),
+                                               "--topk 20: the teacher has 10 outputs", ("--topk", 10)),
+    "relabel: negative seed": ("relabel", ("--fkd-seed", -1), "--fkd-seed must be >= 0", ("--fkd-seed", 0)),
+    "relabel: pruning that keeps no step": ("relabel", ("--label-keep", 0.05), "keeps no step", ("--label-keep", 0.5)),
+    "relabel: a mixup alpha of 0": ("relabel", ("--mix-type", "mixup", "--mixup", 0), "--mixup (the Beta",
+                                    ("--mixup", 0.5)),
+    "relabel: a temperature that is not finite": ("relabel", ("--temperature", "inf"), "--temperature must be",
+                                                  ("--temperature", 2)),
+    "fkd: negative seed": ("relabel_fkd", ("--fkd_seed", -1), "--fkd_seed must be >= 0", ("--fkd_seed", 1)),
+    "fkd: a temperature that is not finite": ("relabel_fkd", ("--temp", "nan"), "--temp must be", ("--temp", 1)),
+    "convert: top-k wider than the classes": ("convert", ("--topk", 20), "has 10 classes; keep at most 10",
+                                              ("--topk", 10)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_BEFORE_WRITING))
+def test_a_refused_run_writes_nothing_so_the_corrected_rerun_runs(case, cutmix_store, demo_data, teacher_ckpt,
+                                                                    tmp_path, monkeypatch):
+    module, bad, needle, fix = REFUSED_BEFORE_WRITING[case]
+    out = tmp_path / "out"
+    if module == "relabel":
+        base = ("--data", demo_data / "ipc1", "--teacher-path", teacher_ckpt, "--fkd-path", out, *SMALL)
+    elif module == "relabel_fkd":
+        base = (demo_data / "ipc1", "--teacher-path", teacher_ckpt, "--save_path", out, "--num_crops", 2,
+                "--input_size", 16, "-j", 0)
+    else:
+        base = (cutmix_store, out, "--no-progress")
+    with pytest.raises(UserError, match=re.escape(needle)):
+        command_in_process(module, *base, *bad)
+    assert not out.exists()
+    monkeypatch.setattr("softlabel.files.lock_dir", lambda *a, **k: None)  # one process, two runs
+    command_in_process(module, *base, *bad, *fix)  # the later flag wins, as a user retyping it
+    assert out.exists() and not any(p.name.endswith((".parts", ".tmp")) for p in out.iterdir())
+
+
+def test_a_refused_rerun_leaves_the_store_as_it_was(demo_data, teacher_ckpt, tmp_path):
+    out = tmp_path / "store"
+    base = ("--data", demo_data / "ipc1", "--teacher-path", teacher_ckpt, "--fkd-path", out, *SMALL,
+            "--label-format", "topk", "--topk", 3)
+    command_in_process("relabel", *base)
+    before = tree_bytes(out)
+    for bad, needle in ((("--topk", 20), "--topk 20"), (("--fkd-seed", -3), "--fkd-seed"),
+                        (("--epochs", 100_001), "at most 100000")):
+        with pytest.raises(UserError, match=re.escape(needle)):
+            command_in_process("relabel", *base, *bad)
+        assert tree_bytes(out) == before

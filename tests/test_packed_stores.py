@@ -34,14 +34,15 @@ def stores(demo_data, teacher_ckpt, tmp_path_factory) -> dict[str, Path]:
 def numpy_only(path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
     """An epoch file read as docs/stores.md describes it, without our reader (C = 10: uint8 classes)."""
     raw = path.read_bytes()
-    assert raw[:8] == b"SLPACK02"
-    steps, samples = np.frombuffer(raw[8:16], "<u4")
+    assert raw[:8] == b"SLPACK03"
+    steps, samples, epoch = np.frombuffer(raw[8:20], "<u4")
+    assert path.name == f"epoch_{epoch}.pack"
     step = np.dtype([("step", "<u4"), ("start", "<u4"), ("count", "<u4"), ("lam", "<f8"), ("bbox", "<i2", (4,))])
     sample = np.dtype([("coords", "<u2", (4,)), ("flip", "u1"), ("mix", "<u2"), ("index", "<u4"),
                        ("values", "<f2", (k,)), ("classes", "u1", (k,)), ("fill", "<f2")])
-    table = np.frombuffer(raw, step, steps, 16)
-    rows = np.frombuffer(raw, sample, samples, 16 + steps * step.itemsize)
-    assert len(raw) == 16 + steps * step.itemsize + samples * sample.itemsize
+    table = np.frombuffer(raw, step, steps, 20)
+    rows = np.frombuffer(raw, sample, samples, 20 + steps * step.itemsize)
+    assert len(raw) == 20 + steps * step.itemsize + samples * sample.itemsize
     return table, rows
 
 
@@ -186,7 +187,7 @@ def test_packed_pruned_and_converted_stores_train_the_same_for_any_workers_and_r
 def tamper(root: Path, what: str) -> None:
     path = root / "epoch_1.pack"
     raw = bytearray(path.read_bytes())
-    step_size, head = 28, 16
+    step_size, head = 28, 20
     if what == "truncated":
         del raw[-5:]
     elif what == "magic":

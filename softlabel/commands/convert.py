@@ -24,7 +24,7 @@ from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import Request, Store, create_store, detect, open_store, per_image
 from softlabel.stores import batch as store
-from softlabel.streams import DEFAULT_SEED
+from softlabel.streams import DEFAULT_SEED, check_seed
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,6 +76,9 @@ def target_manifest(src: dict, args: argparse.Namespace) -> dict:
                             f"the others cannot be restored")
         if args.topk > src["topk"]:
             raise UserError(f"--topk {args.topk}: SRC {args.src} keeps only the top {src['topk']} logits")
+    if args.label_format == "topk" and args.topk > src["num_classes"]:
+        raise UserError(f"--topk {args.topk}: SRC {args.src} has {src['num_classes']} classes; keep at most "
+                        f"{src['num_classes']}")
     manifest = {k: v for k, v in src.items() if k != "legacy_kind"}
     manifest.update(store.container_of(args.label_format))  # top-k: packed, one file per epoch
     manifest["label_keep"] = store.keep_of(src)               # a pruned store stays pruned
@@ -129,6 +132,8 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     if not 0 < args.topk_fill_temperature <= 1000:
         raise UserError(f"--topk-fill-temperature must be in (0, 1000], got {args.topk_fill_temperature}")
+    if args.fkd_seed is not None:
+        check_seed(args.fkd_seed, "--fkd-seed")
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
     files.refuse_output_inside(args.dst, "DST", [("SRC", args.src), ("--data", args.data)])

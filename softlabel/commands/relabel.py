@@ -15,6 +15,7 @@ Rerunning the same command skips finished batch files and writes the rest.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from typing import Optional
@@ -33,8 +34,8 @@ from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import batch as store
 from softlabel.stores import create_store
-from softlabel.stores.schema import MAX_INPUT_SIZE
-from softlabel.streams import DEFAULT_SEED
+from softlabel.stores.schema import MAX_BATCH_FILES, MAX_EPOCHS, MAX_INPUT_SIZE
+from softlabel.streams import DEFAULT_SEED, check_seed
 from softlabel.presets import PRESETS, Preset
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_names, weight_paths
 
@@ -155,8 +156,15 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
         raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops "
                         f"{args.max_scale_crops}: need 0 < min <= max <= 1")
-    if args.temperature <= 0:
-        raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UserError(f"--temperature must be positive and finite, got {args.temperature}")
+    check_seed(args.fkd_seed, "--fkd-seed")
+    alpha = {"mixup": ("--mixup", args.mixup), "cutmix": ("--cutmix", args.cutmix)}.get(args.mix_type)
+    if alpha and not (math.isfinite(alpha[1]) and alpha[1] > 0):
+        raise UserError(f"{alpha[0]} (the Beta distribution's alpha of --mix-type {args.mix_type}) must be "
+                        f"positive and finite, got {alpha[1]}")
+    if args.epochs > MAX_EPOCHS:
+        raise UserError(f"--epochs {args.epochs}: at most {MAX_EPOCHS}")
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     if not 0 < args.topk_fill_temperature <= 1000:
@@ -170,6 +178,21 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     files.refuse_output_inside(args.fkd_path, "--fkd-path", [("--data", args.data), ("--val-dir", args.val_dir)])
+
+
+def preflight(args: argparse.Namespace, num_classes: int, batches: int) -> list[tuple[int, int]]:
+    """What needs the teachers and the images, checked before the store is created (so a refused
+    run leaves nothing that blocks the corrected rerun). Returns the labelled (epoch, step)s."""
+    if args.label_format == "topk" and args.topk > num_classes:
+        raise UserError(f"--topk {args.topk}: the teacher has {num_classes} outputs; keep at most {num_classes}")
+    if args.epochs * batches > MAX_BATCH_FILES:
+        raise UserError(f"--epochs {args.epochs} x {batches} batches per epoch = {args.epochs * batches:,} steps, "
+                        f"over the {MAX_BATCH_FILES:,} a store may hold; raise -b or store fewer epochs")
+    kept = replay.kept_steps(args.fkd_seed, args.epochs, batches, args.label_keep)
+    if not kept:
+        raise UserError(f"--label-keep {args.label_keep:g}: keeps no step of {args.epochs} epochs x {batches} "
+                        f"batches; keep at least 1 / {args.epochs * batches:g}")
+    return kept
 
 
 def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
@@ -323,6 +346,7 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     amp = precision.amp_dtype(args.amp, info.device)
     ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
     batches = replay.batches_per_epoch(len(index), args.batch_size)
+    kept = preflight(args, teachers[0].num_classes, batches)
     if args.evaluate:
         distributed.on_main_then_all(info, lambda: evaluate_teachers(
             ens, args.val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
@@ -330,10 +354,6 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
     manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
     writer = create_store(args.fkd_path, manifest, info)
-    kept = replay.kept_steps(args.fkd_seed, args.epochs, batches, args.label_keep)
-    if not kept:
-        raise UserError(f"--label-keep {args.label_keep:g}: keeps no step of {args.epochs} epochs x {batches} "
-                        f"batches; keep at least 1 / {args.epochs * batches:g}")
     mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
     todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
     images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)

@@ -18,6 +18,7 @@ split the images) share the work without clashing.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from typing import Optional
@@ -34,7 +35,7 @@ from softlabel.loader import batch_loader, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import create_store, per_image
 from softlabel.stores.schema import MAX_CROPS, MAX_INPUT_SIZE
-from softlabel.streams import DEFAULT_SEED
+from softlabel.streams import DEFAULT_SEED, check_seed
 from softlabel.teachers import Ensemble, Teacher, load_teachers, weight_names
 
 SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": "timm", "private": "private"}
@@ -133,8 +134,10 @@ def check_args(args: argparse.Namespace) -> None:
                         f"{max(d for d in range(1, args.num_seg + 1) if args.num_crops % d == 0)}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
-    if args.temp <= 0:
-        raise UserError(f"--temp must be positive, got {args.temp}")
+    if not (math.isfinite(args.temp) and args.temp > 0):
+        raise UserError(f"--temp must be positive and finite, got {args.temp}")
+    if args.fkd_seed is not None:
+        check_seed(args.fkd_seed, "--fkd_seed")
     lo = DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops
     hi = DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops
     if not 0 < lo <= hi <= 1:

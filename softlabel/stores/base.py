@@ -103,6 +103,11 @@ class Store:
         text = json.dumps(content, sort_keys=True, default=str)
         return f"{self.format} store {hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
+    def label_cycle(self, epochs: int) -> Optional[int]:
+        """How many stored steps a student's ``epochs`` epochs replay in a cycle, where they come
+        round again (a pruned store); None where every student step replays its own."""
+        return None
+
     # ---- what a format provides
     def check_request(self, request: Request) -> None:
         """Refuse flags that contradict the store (the recorded settings are checked by the caller)."""

@@ -300,23 +300,45 @@ def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[lis
             and values.dim() == 2 and values.shape[0] == len(coords)):
         raise UserError(f"store batch file {path}: top-k values and classes must be two (B, K) tensors")
     classes = classes.long()
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-        raise UserError(f"store batch file {path}: top-k class index out of range for {num_classes} classes")
     rest = None
     if fill:
         rest = label[2]
         if not (isinstance(rest, torch.Tensor) and rest.shape == (len(values),) and rest.is_floating_point()):
             raise UserError(f"store batch file {path}: top-k fill must be a ({len(values)},) float tensor")
-    logits, stored = topk_logits(values.float(), classes, rest, num_classes)
+    try:
+        logits, stored = topk_logits(values.float(), classes, rest, num_classes)
+    except ValueError as exc:
+        raise UserError(f"store batch file {path}: {exc}") from None
     fractions = coords.to(torch.int32).double() / COORD_SCALE
     return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
             logits, index.long()], stored
 
 
+def topk_problem(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torch.Tensor],
+                 num_classes: int) -> Optional[str]:
+    """What no top-k writer writes, or None: a class out of range or twice in a record, a value
+    that is not finite, a fill that is not finite (it is -inf only where no class is left out)."""
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        return f"top-k class index out of range for {num_classes} classes"
+    if classes.shape[1] > 1 and bool((classes.sort(dim=1).values.diff(dim=1) == 0).any()):
+        return "a top-k record names a class twice"
+    if not bool(torch.isfinite(values).all()):
+        return "top-k values hold NaN or infinite values"
+    if fill is not None:
+        ok = torch.isfinite(fill) | (torch.isneginf(fill) if classes.shape[1] >= num_classes else False)
+        if not bool(ok.all()):
+            return "the top-k fill holds NaN or infinite values"
+    return None
+
+
 def topk_logits(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torch.Tensor],
                 num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C) logits from the top K (the others at ``fill``, or -inf without one) and the mask of
-    the stored ones: the one decoder of every top-k encoding."""
+    the stored ones: the one decoder of every top-k encoding, so every reader refuses what
+    ``topk_problem`` finds (raised as ValueError; the callers name the file)."""
+    problem = topk_problem(values, classes, fill, num_classes)
+    if problem:
+        raise ValueError(problem)
     if fill is not None:
         logits = fill.float()[:, None].expand(len(values), num_classes).clone()
     else:
@@ -393,7 +415,13 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
         root, MANIFEST, flag, "store manifest",
         "no epoch_0/batch_0.tar either: not a soft-label store (or relabel has not started writing it)",
         {"format_version": (FORMAT_VERSION, PACKED_VERSION)}, ())
-    where = f"store manifest {manifest_path(root)}"
+    check_manifest(manifest, f"store manifest {manifest_path(root)}")
+    return manifest
+
+
+def check_manifest(manifest: dict, where: str) -> None:
+    """Every value a reader acts on (filling in the defaults of older stores): the one check of a
+    manifest read, and of a manifest about to be written, so a store no reader opens is never begun."""
     manifest.setdefault("topk_fill", None)  # stores written before the fill existed have none
     manifest.setdefault("container", "batch")  # and before packed epoch files and label pruning
     manifest.setdefault("label_keep", 1.0)
@@ -410,10 +438,11 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
         raise UserError(f"{where}: container {manifest['container']!r} with format_version "
                         f"{manifest['format_version']} and label_format {manifest['label_format']!r}; epoch files "
                         f"are format {PACKED_VERSION}, top-k only")
+    if manifest["container"] == "epoch" and manifest["topk"] > manifest["num_classes"]:
+        raise UserError(f"{where}: topk {manifest['topk']} is more than its {manifest['num_classes']} classes")
     if manifest["dataset_fingerprint"] is None and "converted_from" not in manifest:
         raise UserError(f"{where}: dataset_fingerprint is null, so the images could not be checked against the "
                         f"store; only a store converted from an upstream one may lack it")
-    return manifest
 
 
 def first_clash(old: dict, new: dict) -> Optional[str]:
@@ -423,6 +452,7 @@ def first_clash(old: dict, new: dict) -> Optional[str]:
 def check_compatible(root: str, manifest: dict, flag: str = "--fkd-path") -> dict:
     """Read-only check before writing into ``root``: a store already there must have been made
     with the same content settings. Returns the manifest to write (``epochs`` may only grow)."""
+    check_manifest(manifest, f"{flag} {root}: the manifest to write")
     if not os.path.exists(manifest_path(root)):
         if os.path.isdir(root) and any(re.fullmatch(r"epoch_\d+(\.pack|\.parts)?", n) for n in os.listdir(root)):
             raise UserError(f"{flag} {root}: holds label files but no {MANIFEST} (an upstream store?); "
@@ -493,6 +523,14 @@ class BatchStore(Store):
             kind = "epoch" if self.manifest.get("container") == "epoch" else "batch"
             raise UserError(f"{self.flag} {self.path}: {len(missing)} {kind} files missing for {epochs} epochs "
                             f"(first: {missing[0]}); rerun the relabel command to finish the store")
+
+    def label_cycle(self, epochs: int) -> Optional[int]:
+        # The cycle's length grows when the store is extended: a run whose steps came round
+        # again replays other steps after an extension (its label source then differs).
+        if keep_of(self.manifest) >= 1.0:
+            return None
+        kept = len(self.jobs(int(self.manifest["epochs"])))
+        return kept if epochs * int(self.manifest["batches_per_epoch"]) > kept else None
 
     def replayed(self, jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The stored step each student step replays: itself, or in a pruned store the kept steps

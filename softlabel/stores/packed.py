@@ -3,7 +3,7 @@ unpickling anything, memory-mapped, whose overhead does not depend on the batch 
 
 ``epoch_{e}.pack``, little-endian throughout::
 
-    header   16 bytes   b"SLPACK02", uint32 steps, uint32 samples
+    header   20 bytes   b"SLPACK03", uint32 steps, uint32 samples, uint32 epoch
     steps    steps x STEP            step, start, count (rows of the sample table), mix_lam
                                      (float64, NaN without a mix), cutmix box (4 x int16, -1 without)
     samples  samples x sample_dtype  coords (4 x uint16 fixed point), flip (uint8), mix partner in
@@ -17,6 +17,10 @@ written first as ``epoch_{e}.parts/step_{b}.part`` (one STEP row then its sample
 so an interrupted relabel resumes step by step as with batch files; once every kept step of an
 epoch is there, its parts become the epoch file (atomically) and the parts folder goes. The epoch
 file depends only on the records, never on which rank or worker wrote which part.
+
+Files written before the header held the epoch (``b"SLPACK02"``, 16 bytes: no epoch) are still
+read; their epoch is known by their name only, so such a file copied over another epoch's is
+found only where its step table differs (a pruned store).
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ import torch
 from softlabel import files
 from softlabel.errors import UserError
 
-MAGIC = b"SLPACK02"
-HEADER = np.dtype([("magic", "S8"), ("steps", "<u4"), ("samples", "<u4")])
+MAGIC = b"SLPACK03"
+HEADER = np.dtype([("magic", "S8"), ("steps", "<u4"), ("samples", "<u4"), ("epoch", "<u4")])
+HEADERS = {MAGIC: HEADER, b"SLPACK02": np.dtype([("magic", "S8"), ("steps", "<u4"), ("samples", "<u4")])}
 STEP = np.dtype([("step", "<u4"), ("start", "<u4"), ("count", "<u4"), ("lam", "<f8"), ("bbox", "<i2", (4,))])
 COORD_SCALE = 65535
 
@@ -78,6 +83,10 @@ def encode_step(record, step: int, manifest: dict) -> bytes:
     rows["classes"] = classes.numpy()
     if "fill" in rows.dtype.names:
         rows["fill"] = residual_fill(record.soft_label, classes, fill_temperature(manifest)).half().numpy()
+    fill = rows["fill"] if "fill" in rows.dtype.names and k < record.soft_label.shape[1] else None
+    if not (np.isfinite(rows["values"]).all() and (fill is None or np.isfinite(fill).all())):
+        raise ValueError("its top-k logits pass float16's range (65504), in which a top-k store keeps them; "
+                         "relabel with a larger --temperature, or keep full labels")
     head = np.zeros(1, STEP)
     head["step"], head["count"] = step, len(record)
     head["lam"] = np.nan if record.mix_lam is None else record.mix_lam
@@ -86,7 +95,11 @@ def encode_step(record, step: int, manifest: dict) -> bytes:
 
 
 def write_part(root: str, epoch: int, step: int, record, manifest: dict) -> None:
-    files.atomic_write_bytes(part_path(root, epoch, step), encode_step(record, step, manifest))
+    try:
+        data = encode_step(record, step, manifest)
+    except ValueError as exc:
+        raise UserError(f"epoch {epoch}, step {step}: {exc}; nothing was written for it") from None
+    files.atomic_write_bytes(part_path(root, epoch, step), data)
 
 
 def pack_epoch(root: str, epoch: int, steps: list[int], manifest: dict) -> bool:
@@ -112,7 +125,7 @@ def pack_epoch(root: str, epoch: int, steps: list[int], manifest: dict) -> bool:
         start += count
         heads.append(head.tobytes())
         bodies.append(data[STEP.itemsize:])
-    header = np.array([(MAGIC, len(steps), start)], HEADER).tobytes()
+    header = np.array([(MAGIC, len(steps), start, epoch)], HEADER).tobytes()
     files.atomic_write_bytes(epoch_path(root, epoch), header + b"".join(heads) + b"".join(bodies))
     shutil.rmtree(parts_dir(root, epoch), ignore_errors=True)
     return True
@@ -121,8 +134,9 @@ def pack_epoch(root: str, epoch: int, steps: list[int], manifest: dict) -> bool:
 # ----------------------------------------------------------------------------- reading
 
 class EpochFile:
-    """One epoch file, memory-mapped, its structure checked once: the header, the size, and a
-    step table that covers the sample table in order, with exactly the steps the store keeps."""
+    """One epoch file, memory-mapped, its structure checked once: the header (its epoch too), the
+    size, and a step table that covers the sample table in order, with exactly the steps the store
+    keeps. Each step's records are checked as they are decoded (``decode``)."""
 
     def __init__(self, root: str, epoch: int, manifest: dict, steps: list[int], batch_len):
         self.path = path = epoch_path(root, epoch)
@@ -132,18 +146,25 @@ class EpochFile:
             size = os.path.getsize(path)
         except OSError:
             raise UserError(f"store epoch file {path}: missing; rerun the relabel command to finish the store") from None
-        if size < HEADER.itemsize:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        header = HEADERS.get(magic)
+        if size < (8 if header is None else header.itemsize):
             raise UserError(f"store epoch file {path}: {size} bytes, shorter than its header")
-        raw = np.memmap(path, np.uint8, mode="r")
-        head = np.frombuffer(raw[:HEADER.itemsize].tobytes(), HEADER)[0]
-        if bytes(head["magic"]) != MAGIC:
+        if header is None:
             raise UserError(f"store epoch file {path}: not a packed epoch file of this format (no {MAGIC!r} header)")
+        raw = np.memmap(path, np.uint8, mode="r")
+        head = np.frombuffer(raw[:header.itemsize].tobytes(), header)[0]
+        if "epoch" in header.names and int(head["epoch"]) != epoch:
+            raise UserError(f"store epoch file {path}: holds the labels of epoch {int(head['epoch'])}, not of "
+                            f"epoch {epoch} (a file copied over another?)")
         n_steps, n_samples = int(head["steps"]), int(head["samples"])
-        want = HEADER.itemsize + n_steps * STEP.itemsize + n_samples * self.dtype.itemsize
+        offset = header.itemsize
+        want = offset + n_steps * STEP.itemsize + n_samples * self.dtype.itemsize
         if size != want:
             raise UserError(f"store epoch file {path}: {size} bytes, its header says {want} (truncated or "
                             f"not written for this store's manifest)")
-        table = np.frombuffer(raw[HEADER.itemsize:HEADER.itemsize + n_steps * STEP.itemsize].tobytes(), STEP)
+        table = np.frombuffer(raw[offset:offset + n_steps * STEP.itemsize].tobytes(), STEP)
         if table["step"].tolist() != list(steps):
             raise UserError(f"store epoch file {path}: holds steps {_short(table['step'].tolist())}, the store "
                             f"keeps {_short(list(steps))}")
@@ -154,7 +175,7 @@ class EpochFile:
                             f"{manifest['batch_size']}")
         self.table = table
         self.row_of = {int(s): n for n, s in enumerate(table["step"])}
-        self.samples = np.memmap(path, self.dtype, mode="r", offset=HEADER.itemsize + n_steps * STEP.itemsize,
+        self.samples = np.memmap(path, self.dtype, mode="r", offset=offset + n_steps * STEP.itemsize,
                                  shape=(n_samples,))
 
     def step(self, step: int) -> tuple[np.void, np.ndarray]:
@@ -170,8 +191,6 @@ def decode(row: np.void, samples: np.ndarray, num_classes: int) -> tuple[list, t
     names = samples.dtype.names
     fill = torch.from_numpy(samples["fill"].astype(np.float32)) if "fill" in names else None
     classes = torch.from_numpy(samples["classes"].astype(np.int64))
-    if classes.numel() and int(classes.max()) >= num_classes:
-        raise ValueError(f"top-k class index out of range for {num_classes} classes")
     logits, stored = topk_logits(torch.from_numpy(samples["values"].astype(np.float32)), classes, fill, num_classes)
     coords = torch.from_numpy(samples["coords"].astype(np.float64) / COORD_SCALE).float()
     lam = float(row["lam"])

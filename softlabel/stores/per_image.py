@@ -234,6 +234,7 @@ def prepare_store(root: str, manifest: dict, flag: str = "--save_path") -> None:
             raise UserError(f"{flag} {root}: the soft labels there were made with other settings "
                             f"({clash}); use a new {flag} or the original settings")
         return
+    schema.check(manifest, schema.PER_IMAGE, f"{flag} {root}: the manifest to write")  # as a reader will
     files.ensure_dir(root, flag)
     files.atomic_write_json(manifest_path(root), manifest)
 

@@ -354,11 +354,13 @@ def lr_milestones_of(args: argparse.Namespace) -> tuple[int, ...]:
     return milestones_of(args.lr_milestones)
 
 
-def label_source_of(store: Optional[Store], args: argparse.Namespace) -> str:
+def label_source_of(store: Optional[Store], args: argparse.Namespace, epochs: Optional[int] = None) -> str:
     """Where the labels come from, as a resumed run must match it: a store by its content (not
-    its path), an online teacher by its weights, or the ground truth."""
+    its path; with a pruned store's cycle where the run's ``epochs`` come round to its first labels
+    again, which extending the store changes), an online teacher by its weights, or the ground truth."""
     if store is not None:
-        return store.identity()
+        cycle = store.label_cycle(epochs) if epochs else None
+        return store.identity() + (f" (label pruning: the {cycle} labelled steps it held cycled)" if cycle else "")
     if args.teacher:
         paths = split_list(args.teacher_path)
         weights = ",".join(file_sha256(p)[:16] if os.path.isfile(p) else "?" for p in paths) or "published"
@@ -407,7 +409,7 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
         values.update(hard_label_settings(args, len(index.classes)))
     values["distill_init_epochs"] = (args.distill_init_epochs if args.distill_init_epochs is not None else
                                      DISTILLERS[args.distiller].init_epochs if args.distiller else 0)
-    values["label_source"] = label_source_of(store, args)
+    values["label_source"] = label_source_of(store, args, values.get("epochs"))
     values["loss_type"] = loss_type_of(args)
     values["temperature"] = temperature_of(args, values["loss_type"])
     values["alpha"] = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(values["loss_type"], 1.0)
