@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from softlabel.replay import MIX_TYPES, normalize_mix_type
 
@@ -54,3 +55,14 @@ def note_replaced_flags(args: argparse.Namespace, names: tuple[str, ...]) -> Non
                   file=sys.stderr)
     if getattr(args, "gpu", None) is not None and getattr(args, "device", None) is None:
         args.device = f"cuda:{args.gpu}"
+
+
+def freeze(args: argparse.Namespace, name: str, **resolved: Any) -> Any:
+    """The flags resolved once into an immutable config: ``args`` with the ``resolved`` values
+    (defaults that depend on the machine or on the data) in place. Every later step reads this
+    object, so none can change a setting after the manifest or a check has used it."""
+    values = {**vars(args), **resolved}
+    unknown = set(resolved) - set(vars(args))
+    if unknown:  # a resolved value is one of the flags, never a new setting
+        raise ValueError(f"freeze: not flags: {sorted(unknown)}")
+    return dataclasses.make_dataclass(name, list(values), frozen=True)(**values)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
-from conftest import STORE_ARGS, relabel, run_script, tree_bytes
+from conftest import ROOT, STORE_ARGS, relabel, run_script, tree_bytes
 
 from softlabel.data import scan_image_folder
 
@@ -93,3 +95,21 @@ def test_more_epochs_extend_a_store(demo_data, teacher_ckpt, cutmix_store, tmp_p
     assert "3 batch files to write, 9 already done" in proc.stdout
     assert json.loads((store / "manifest.json").read_text())["epochs"] == 4
     assert (store / "epoch_0" / "batch_0.tar").read_bytes() == (cutmix_store / "epoch_0" / "batch_0.tar").read_bytes()
+
+
+def test_relabel_flags_are_resolved_once_into_a_frozen_config():
+    """Both relabel commands read their settings from one immutable object once the machine- and
+    data-dependent defaults are in: no later step can change what the manifest recorded."""
+    import argparse
+    import dataclasses
+
+    from softlabel.cli import freeze
+    cfg = freeze(argparse.Namespace(workers=None, epochs=3), "RelabelConfig", workers=2)
+    assert (cfg.workers, cfg.epochs) == (2, 3) and type(cfg).__name__ == "RelabelConfig"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 4
+    with pytest.raises(ValueError):
+        freeze(argparse.Namespace(workers=None), "RelabelConfig", teachers=["resnet18"])  # not a flag
+    for module in ("relabel", "relabel_fkd"):
+        source = (ROOT / "softlabel" / "commands" / f"{module}.py").read_text()
+        assert "freeze(args," in source and "setattr(args" not in source and "args.workers =" not in source

@@ -18,12 +18,12 @@ import argparse
 import math
 import os
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from softlabel import classmap, distributed, files, precision, provenance, replay, tracking
-from softlabel.cli import LABELLING_REPLACED, add_mix_type, add_replaced_flags, note_replaced_flags
+from softlabel.cli import LABELLING_REPLACED, add_mix_type, add_replaced_flags, freeze, note_replaced_flags
 from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
 from softlabel.ensemble import ENSEMBLES, RESCALING
@@ -180,18 +180,18 @@ def check_args(args: argparse.Namespace) -> None:
     files.refuse_output_inside(args.fkd_path, "--fkd-path", [("--data", args.data), ("--val-dir", args.val_dir)])
 
 
-def preflight(args: argparse.Namespace, num_classes: int, batches: int) -> list[tuple[int, int]]:
+def preflight(cfg: Any, num_classes: int, batches: int) -> list[tuple[int, int]]:
     """What needs the teachers and the images, checked before the store is created (so a refused
     run leaves nothing that blocks the corrected rerun). Returns the labelled (epoch, step)s."""
-    if args.label_format == "topk" and args.topk > num_classes:
-        raise UserError(f"--topk {args.topk}: the teacher has {num_classes} outputs; keep at most {num_classes}")
-    if args.epochs * batches > MAX_BATCH_FILES:
-        raise UserError(f"--epochs {args.epochs} x {batches} batches per epoch = {args.epochs * batches:,} steps, "
+    if cfg.label_format == "topk" and cfg.topk > num_classes:
+        raise UserError(f"--topk {cfg.topk}: the teacher has {num_classes} outputs; keep at most {num_classes}")
+    if cfg.epochs * batches > MAX_BATCH_FILES:
+        raise UserError(f"--epochs {cfg.epochs} x {batches} batches per epoch = {cfg.epochs * batches:,} steps, "
                         f"over the {MAX_BATCH_FILES:,} a store may hold; raise -b or store fewer epochs")
-    kept = replay.kept_steps(args.fkd_seed, args.epochs, batches, args.label_keep)
+    kept = replay.kept_steps(cfg.fkd_seed, cfg.epochs, batches, cfg.label_keep)
     if not kept:
-        raise UserError(f"--label-keep {args.label_keep:g}: keeps no step of {args.epochs} epochs x {batches} "
-                        f"batches; keep at least 1 / {args.epochs * batches:g}")
+        raise UserError(f"--label-keep {cfg.label_keep:g}: keeps no step of {cfg.epochs} epochs x {batches} "
+                        f"batches; keep at least 1 / {cfg.epochs * batches:g}")
     return kept
 
 
@@ -217,38 +217,38 @@ def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
     return archs, paths, weight_names(args.teacher_weights, archs, paths)
 
 
-def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
+def build_manifest(cfg, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
                    class_mapping: str, batches: int, amp: Optional[torch.dtype]) -> dict:
     return {
-        **store.container_of(args.label_format),
-        "label_keep": args.label_keep,
+        **store.container_of(cfg.label_format),
+        "label_keep": cfg.label_keep,
         "created_by": "relabel/generate_soft_label.py",
-        "args": provenance.args_dict(args),
-        "fkd_seed": args.fkd_seed,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
+        "args": provenance.args_dict(cfg),
+        "fkd_seed": cfg.fkd_seed,
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
         "batches_per_epoch": batches,
         "num_samples": len(index),
         "num_classes": teachers[0].num_classes,
         "class_names": index.classes,
         "class_to_index": dict(zip(index.classes, class_index)),
         "class_mapping": class_mapping,
-        "input_size": args.input_size,
-        "min_scale_crops": args.min_scale_crops,
-        "max_scale_crops": args.max_scale_crops,
-        "mix_type": args.mix_type,
-        "mixup": args.mixup if args.mix_type == "mixup" else None,
-        "cutmix": args.cutmix if args.mix_type == "cutmix" else None,
-        "use_fp16": bool(args.use_fp16),
-        "label_dtype": "float16" if args.use_fp16 or args.label_format == "topk" else "float32",
-        "label_format": args.label_format,
-        "topk": args.topk if args.label_format == "topk" else None,
-        "topk_fill": store.fill_setting(args.label_format, args.topk_fill),
-        "topk_fill_temperature": store.fill_setting(args.label_format, args.topk_fill) and args.topk_fill_temperature,
-        "temperature": args.temperature,
+        "input_size": cfg.input_size,
+        "min_scale_crops": cfg.min_scale_crops,
+        "max_scale_crops": cfg.max_scale_crops,
+        "mix_type": cfg.mix_type,
+        "mixup": cfg.mixup if cfg.mix_type == "mixup" else None,
+        "cutmix": cfg.cutmix if cfg.mix_type == "cutmix" else None,
+        "use_fp16": bool(cfg.use_fp16),
+        "label_dtype": "float16" if cfg.use_fp16 or cfg.label_format == "topk" else "float32",
+        "label_format": cfg.label_format,
+        "topk": cfg.topk if cfg.label_format == "topk" else None,
+        "topk_fill": store.fill_setting(cfg.label_format, cfg.topk_fill),
+        "topk_fill_temperature": store.fill_setting(cfg.label_format, cfg.topk_fill) and cfg.topk_fill_temperature,
+        "temperature": cfg.temperature,
         "teachers": [t.describe() for t in teachers],
-        "ensemble": args.ensemble if len(teachers) > 1 or args.ensemble in RESCALING else None,
-        "primary_weight": args.primary_weight if args.ensemble == "primary-weighted" else None,
+        "ensemble": cfg.ensemble if len(teachers) > 1 or cfg.ensemble in RESCALING else None,
+        "primary_weight": cfg.primary_weight if cfg.ensemble == "primary-weighted" else None,
         # The student sees the pixels normalized as the primary teacher wants them.
         "mean": teachers[0].mean,
         "std": teachers[0].std,
@@ -259,23 +259,23 @@ def build_manifest(args, index: FolderIndex, teachers: list[Teacher], class_inde
     }
 
 
-def announce(args, index: FolderIndex, teachers: list[Teacher], class_mapping: str, batches: int, todo: list,
+def announce(cfg, index: FolderIndex, teachers: list[Teacher], class_mapping: str, batches: int, todo: list,
              mine: int, info: DistInfo) -> None:
     family = ", ".join(f"{t.arch} ({t.source})" for t in teachers)
     print(f"relabel: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teachers "
-          f"{family}" + (f", ensemble {args.ensemble}" if len(teachers) > 1 else "")
-          + f"; {args.epochs} epochs x {batches} batches of {args.batch_size}; {len(todo)} batch files "
+          f"{family}" + (f", ensemble {cfg.ensemble}" if len(teachers) > 1 else "")
+          + f"; {cfg.epochs} epochs x {batches} batches of {cfg.batch_size}; {len(todo)} batch files "
           f"to write" + (f", {mine - len(todo)} already done" if mine > len(todo) else "")
           + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
 
 
-def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writer, num_folders: int,
+def label_batches(cfg, loader, todo: list[tuple[int, int]], ens: Ensemble, writer, num_folders: int,
                   images_todo: int, info: DistInfo) -> tuple[Accuracy, Optional[float]]:
     """Label every batch the loader yields and write it; nothing is written before the teachers
     pass the accuracy check on the first crops. Returns their accuracy and when the first batch was done."""
     teachers = ens.teachers
     total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
-    held = HeldWrites(writer.write, total, teachers, num_folders, args.mix_type != "none", args.min_teacher_acc,
+    held = HeldWrites(writer.write, total, teachers, num_folders, cfg.mix_type != "none", cfg.min_teacher_acc,
                       min(PREFLIGHT_CROPS, images_todo))
     first_done = None
     bar = tracking.progress(images_todo, "relabel", disable=not info.is_main)
@@ -286,17 +286,17 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
         combined, outputs = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
         for acc in (total, epoch_acc):
             acc.update(combined, outputs, item["target"], item["mix_index"])
-        logits = (combined / args.temperature).cpu()
+        logits = (combined / cfg.temperature).cpu()
         if not bool(torch.isfinite(logits).all()):
             raise UserError(f"the teachers' logits for epoch {epoch}, batch {item['batch']} are not finite (NaN "
-                            f"weights, or --temperature {args.temperature:g} so small that float32 overflows); "
+                            f"weights, or --temperature {cfg.temperature:g} so small that float32 overflows); "
                             f"nothing was written for it")
-        if args.use_fp16 and not bool(torch.isfinite(logits.half()).all()):
+        if cfg.use_fp16 and not bool(torch.isfinite(logits.half()).all()):
             raise UserError(f"--use-fp16: the teachers' logits for epoch {epoch}, batch {item['batch']} reach "
                             f"{float(logits.abs().max()):.4g}, beyond float16's 65504; drop --use-fp16 to store "
-                            f"them in float32 (or raise --temperature {args.temperature:g}, which changes the "
+                            f"them in float32 (or raise --temperature {cfg.temperature:g}, which changes the "
                             f"labels); nothing was written for it")
-        logits = logits.half() if args.use_fp16 else logits
+        logits = logits.half() if cfg.use_fp16 else logits
         held.add(epoch, item["batch"], store.BatchRecord(
             item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"], logits,
             item["index"]))
@@ -305,7 +305,7 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
         bar.update(len(item["index"]))
         bar.set_postfix(epoch=epoch, top1=f"{total.percent()[0]:.1f}", refresh=False)
         if last or todo[n + 1][0] != epoch:
-            if info.is_main and ((epoch + 1) % args.print_freq == 0 or epoch + 1 == args.epochs):
+            if info.is_main and ((epoch + 1) % cfg.print_freq == 0 or epoch + 1 == cfg.epochs):
                 parts = ", ".join(f"{t.arch} {a:.1f}%" for t, a in zip(teachers, epoch_acc.percent()[1:]))
                 bar.write(f"epoch {epoch}: top-1 on its crops {epoch_acc.percent()[0]:.2f}%"
                           + (f" ({parts})" if len(teachers) > 1 else "")
@@ -316,12 +316,12 @@ def label_batches(args, loader, todo: list[tuple[int, int]], ens: Ensemble, writ
     return total, first_done
 
 
-def report(args, total: Accuracy, todo: list, images_todo: int, num_images: int, started: float,
+def report(cfg, total: Accuracy, todo: list, images_todo: int, num_images: int, started: float,
            first_done: Optional[float], info: DistInfo) -> None:
     """The run's summary over all ranks. Steady state: from each rank's first finished batch to the
     last rank's end, so start-up (imports excluded: this is from main()) is reported on its own."""
     end = time.time()
-    first_images = len(todo) and replay.batch_len(num_images, args.batch_size, todo[0][1])
+    first_images = len(todo) and replay.batch_len(num_images, cfg.batch_size, todo[0][1])
     correct, seen, written, steady_images = distributed.reduce_across(
         info, float(total.correct[0]), total.seen, len(todo), images_todo - first_images)
     startup, steady_time = distributed.reduce_across(
@@ -330,7 +330,7 @@ def report(args, total: Accuracy, todo: list, images_todo: int, num_images: int,
         acc = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
         steady = (f" (start-up to the first batch {startup:.2f}s, then {steady_images / steady_time:.1f} img/s)"
                   if steady_time > 0 and steady_images > 0 else "")
-        print(f"relabel: wrote {int(written)} batch files to {args.fkd_path} in {end - started:.1f}s{steady}; "
+        print(f"relabel: wrote {int(written)} batch files to {cfg.fkd_path} in {end - started:.1f}s{steady}; "
               f"top-1 on the crops they labelled: {acc}", flush=True)
 
 
@@ -339,35 +339,35 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     check_args(args)
     archs, paths, weights = teacher_specs(args, preset)
     info = distributed.setup(args.device)
-    args.workers = loader_workers(args.workers, info.device.type == "cuda")
-    index, skipped = scan_images(args.data, "--data", args.skip_bad_images, info.is_main, "relabel")
-    teachers = load_teachers(archs, paths, args.num_classes, args.teacher_source, weights)
-    class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, args.class_map)
-    amp = precision.amp_dtype(args.amp, info.device)
-    ens = Ensemble(teachers, args.ensemble, args.primary_weight, info.device, amp)
-    batches = replay.batches_per_epoch(len(index), args.batch_size)
-    kept = preflight(args, teachers[0].num_classes, batches)
-    if args.evaluate:
+    cfg = freeze(args, "RelabelConfig", workers=loader_workers(args.workers, info.device.type == "cuda"))
+    index, skipped = scan_images(cfg.data, "--data", cfg.skip_bad_images, info.is_main, "relabel")
+    teachers = load_teachers(archs, paths, cfg.num_classes, cfg.teacher_source, weights)
+    class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, cfg.class_map)
+    amp = precision.amp_dtype(cfg.amp, info.device)
+    ens = Ensemble(teachers, cfg.ensemble, cfg.primary_weight, info.device, amp)
+    batches = replay.batches_per_epoch(len(index), cfg.batch_size)
+    kept = preflight(cfg, teachers[0].num_classes, batches)
+    if cfg.evaluate:
         distributed.on_main_then_all(info, lambda: evaluate_teachers(
-            ens, args.val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
+            ens, cfg.val_dir, dict(zip(index.classes, class_index)), cfg.input_size, cfg.crop_pct, cfg.workers))
 
-    manifest = build_manifest(args, index, teachers, class_index, class_mapping, batches, amp)
+    manifest = build_manifest(cfg, index, teachers, class_index, class_mapping, batches, amp)
     manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
-    writer = create_store(args.fkd_path, manifest, info)
+    writer = create_store(cfg.fkd_path, manifest, info)
     mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
     todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
-    images_todo = sum(replay.batch_len(len(index), args.batch_size, b) for _, b in todo)
-    jobs = RelabelBatches(index, todo, args.fkd_seed, args.batch_size, args.input_size,
-                          (args.min_scale_crops, args.max_scale_crops), args.mix_type, args.mixup,
-                          args.cutmix, class_index, cache_bytes(args.cache_images, args.workers))
+    images_todo = sum(replay.batch_len(len(index), cfg.batch_size, b) for _, b in todo)
+    jobs = RelabelBatches(index, todo, cfg.fkd_seed, cfg.batch_size, cfg.input_size,
+                          (cfg.min_scale_crops, cfg.max_scale_crops), cfg.mix_type, cfg.mixup,
+                          cfg.cutmix, class_index, cache_bytes(cfg.cache_images, cfg.workers))
     on_gpu = info.device.type == "cuda"
-    loader = batch_loader(jobs, args.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
+    loader = batch_loader(jobs, cfg.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
-        announce(args, index, teachers, class_mapping, batches, todo, len(mine), info)
+        announce(cfg, index, teachers, class_mapping, batches, todo, len(mine), info)
     started = time.time()
-    total, first_done = label_batches(args, loader, todo, ens, writer, len(index.classes), images_todo, info)
+    total, first_done = label_batches(cfg, loader, todo, ens, writer, len(index.classes), images_todo, info)
     writer.finish()
-    report(args, total, todo, images_todo, len(index), started, first_done, info)
+    report(cfg, total, todo, images_todo, len(index), started, first_done, info)
     distributed.cleanup(info)
 
 

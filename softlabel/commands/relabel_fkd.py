@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from softlabel import classmap, distributed, files, precision, tracking
-from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, note_replaced_flags
+from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, freeze, note_replaced_flags
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.labelling import Accuracy, HeldWrites, evaluate_teachers
@@ -147,7 +147,7 @@ def check_args(args: argparse.Namespace) -> None:
     files.refuse_output_inside(args.save_path, "--save_path", [("DATA", args.data)])
     if args.reference_path and os.path.abspath(args.reference_path) == os.path.abspath(args.save_path):
         raise UserError(f"--reference_path {args.reference_path} is --save_path; use another --save_path")
-    args.label_type = per_image.normalize_label_type(args.label_type)
+    per_image.normalize_label_type(args.label_type)  # an unknown --label_type: refused before any work
 
 
 def data_dirs(args: argparse.Namespace) -> tuple[str, Optional[str]]:
@@ -159,14 +159,13 @@ def data_dirs(args: argparse.Namespace) -> tuple[str, Optional[str]]:
     return args.data, args.val_dir
 
 
-def settle_crops(args: argparse.Namespace, index: FolderIndex) -> Optional[dict]:
+def settle_crops(args: argparse.Namespace, index: FolderIndex) -> tuple[dict, Optional[dict]]:
     """Seed and scales: the flags' (or defaults), or those of --reference_path, whose crops are
-    reused; a flag contradicting the reference is an error. Returns the reference manifest."""
+    reused; a flag contradicting the reference is an error. Returns them and the reference manifest."""
     if not args.reference_path:
-        args.fkd_seed = DEFAULT_SEED if args.fkd_seed is None else args.fkd_seed
-        args.min_scale_crops = DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops
-        args.max_scale_crops = DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops
-        return None
+        return {"fkd_seed": DEFAULT_SEED if args.fkd_seed is None else args.fkd_seed,
+                "min_scale_crops": DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops,
+                "max_scale_crops": DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops}, None
     ref = per_image.read_manifest(args.reference_path, "--reference_path")
     where = f"--reference_path {args.reference_path}"
     if ref["dataset_fingerprint"] != index.fingerprint():
@@ -179,8 +178,7 @@ def settle_crops(args: argparse.Namespace, index: FolderIndex) -> Optional[dict]
         if given is not None and given != ref[attr]:
             raise UserError(f"{flag} {given} contradicts {where}, whose crops were made with {ref[attr]}; "
                             f"omit {flag}")
-        setattr(args, attr, ref[attr])
-    return ref
+    return {attr: ref[attr] for attr in ("fkd_seed", "min_scale_crops", "max_scale_crops")}, ref
 
 
 def teacher_source(args: argparse.Namespace) -> Optional[str]:
@@ -195,17 +193,17 @@ def teacher_source(args: argparse.Namespace) -> Optional[str]:
     return "timm" if timm.is_model(args.arch or "resnet18") else None
 
 
-def build_manifest(args, index: FolderIndex, teacher: Teacher, class_index: list[int], class_mapping: str) -> dict:
+def build_manifest(cfg, index: FolderIndex, teacher: Teacher, class_index: list[int], class_mapping: str) -> dict:
     """Content settings only (no paths, workers or versions): a rerun with other settings is
     refused, and concurrent runs write byte-identical manifests."""
     return {
         "format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
         "created_by": "relabel/generate_soft_label_fkd.py",
-        "num_crops": args.num_crops, "label_type": args.label_type, "top_k": min(per_image.TOP_K[args.label_type],
+        "num_crops": cfg.num_crops, "label_type": cfg.label_type, "top_k": min(per_image.TOP_K[cfg.label_type],
                                                                                  teacher.num_classes),
-        "input_size": args.input_size, "min_scale_crops": args.min_scale_crops,
-        "max_scale_crops": args.max_scale_crops, "temperature": args.temp, "use_fp16": bool(args.use_fp16),
-        "fkd_seed": args.fkd_seed, "teacher": teacher.describe(),
+        "input_size": cfg.input_size, "min_scale_crops": cfg.min_scale_crops,
+        "max_scale_crops": cfg.max_scale_crops, "temperature": cfg.temp, "use_fp16": bool(cfg.use_fp16),
+        "fkd_seed": cfg.fkd_seed, "teacher": teacher.describe(),
         "num_samples": len(index), "num_classes": teacher.num_classes, "class_names": index.classes,
         "class_to_index": dict(zip(index.classes, class_index)), "class_mapping": class_mapping,
         "mean": teacher.mean, "std": teacher.std, "dataset_fingerprint": index.fingerprint(),
@@ -228,7 +226,7 @@ def main(args: argparse.Namespace) -> None:
     check_args(args)
     train_dir, val_dir = data_dirs(args)
     info = distributed.setup(args.device)
-    args.workers = loader_workers(args.workers, info.device.type == "cuda")
+    workers = loader_workers(args.workers, info.device.type == "cuda")
     index = scan_image_folder(train_dir, "DIR")
     per_image.check_unique_names(index, "DIR")
     (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
@@ -240,32 +238,34 @@ def main(args: argparse.Namespace) -> None:
         if not val_dir:
             raise UserError(f"--evaluate needs validation images: DIR/val or --val-dir (DIR is {args.data})")
         distributed.on_main_then_all(info, lambda: evaluate_teachers(
-            ens, val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, args.workers))
+            ens, val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, workers))
         distributed.cleanup(info)
         return
 
-    reference = settle_crops(args, index)
-    manifest = build_manifest(args, index, teacher, class_index, class_mapping)
-    writer = create_store(args.save_path, manifest, info, flag="--save_path", index=index)
+    crops, reference = settle_crops(args, index)
+    cfg = freeze(args, "FkdRelabelConfig", workers=workers, label_type=per_image.normalize_label_type(args.label_type),
+                 **crops)
+    manifest = build_manifest(cfg, index, teacher, class_index, class_mapping)
+    writer = create_store(cfg.save_path, manifest, info, flag="--save_path", index=index)
 
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
     todo = [i for i in mine if not writer.exists(i)]
-    jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, args.batch_size), args.fkd_seed, args.num_crops,
-                              args.input_size, (args.min_scale_crops, args.max_scale_crops),
-                              None if reference is None else (args.reference_path, reference))
+    jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
+                              cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
+                              None if reference is None else (cfg.reference_path, reference))
     on_gpu = info.device.type == "cuda"
-    loader = batch_loader(jobs, args.workers, pin_memory=False, background=on_gpu, yield_cpu=not on_gpu)
+    loader = batch_loader(jobs, cfg.workers, pin_memory=False, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
-        crops = "crops of --reference_path" if reference else f"crops from --fkd_seed {args.fkd_seed}"
+        crops = "crops of --reference_path" if reference else f"crops from --fkd_seed {cfg.fkd_seed}"
         print(f"fkd: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teacher {teacher.arch} "
-              f"({teacher.source}); {args.num_crops} {crops}, {args.label_type} labels at T={args.temp:g}; "
+              f"({teacher.source}); {cfg.num_crops} {crops}, {cfg.label_type} labels at T={cfg.temp:g}; "
               f"{len(todo)} files to write"
               + (f", {len(mine) - len(todo)} already done" if len(mine) > len(todo) else "")
               + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
 
     started = time.time()
     acc = Accuracy(1)
-    held = HeldWrites(writer.write, acc, [teacher], len(index.classes), False, args.min_teacher_acc)
+    held = HeldWrites(writer.write, acc, [teacher], len(index.classes), False, cfg.min_teacher_acc)
     targets = torch.tensor(class_index)[torch.tensor(index.targets)]
     bar = tracking.progress(len(todo), "fkd", disable=not info.is_main)
     for chunk in loader:
@@ -273,17 +273,17 @@ def main(args: argparse.Namespace) -> None:
             if writer.exists(i):  # another run on this --save_path finished it meanwhile
                 bar.update(1)
                 continue
-            probs = label_crops(ens, chunk["pixels"][n], args.num_seg, args.temp)
+            probs = label_crops(ens, chunk["pixels"][n], cfg.num_seg, cfg.temp)
             acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
             held.add(i, chunk["coords"][n], chunk["flip"][n],
-                     *per_image.quantize(probs, args.label_type, args.use_fp16))
+                     *per_image.quantize(probs, cfg.label_type, cfg.use_fp16))
             bar.update(1)
     bar.close()
     held.finish()
     correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, held.written)
     if info.is_main:
         top1 = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
-        print(f"fkd: wrote {int(total)} files to {args.save_path} in {time.time() - started:.1f}s; "
+        print(f"fkd: wrote {int(total)} files to {cfg.save_path} in {time.time() - started:.1f}s; "
               f"top-1 on the crops it labelled: {top1}", flush=True)
     distributed.cleanup(info)
 
