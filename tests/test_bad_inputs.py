@@ -474,6 +474,7 @@ def test_a_diverging_run_stops_before_its_checkpoint(store_copy, demo_data, tmp_
     (["--adamw-lr", "inf"], "--adamw-lr must be in [0, 100], got inf"),
     (["--weight-decay", "-0.1", "--sgd"], "--weight-decay must be in [0, 1]"),
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
 ])
 def test_optimizer_numbers_that_cannot_train_are_refused_before_anything_is_written(flags, needle, demo_data,
                                                                                    tmp_path):

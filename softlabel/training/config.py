@@ -19,6 +19,7 @@ from softlabel.stores import Request, Store, open_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.stores.schema import MAX_INPUT_SIZE
+from softlabel.streams import check_seed
 from softlabel.teachers import file_sha256, split_list
 from softlabel.training.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, PROBABILITY_LOSSES
 from softlabel.training.schedules import fkd_passes
@@ -159,6 +160,9 @@ def check_flags(args: argparse.Namespace) -> None:
     if not args.train_dir:
         raise UserError("--train-dir DIR is required (or train_FKD.py's DATA, a folder holding train/ and val/)")
     check_ranges(vars(args))
+    check_seed(args.seed, "--seed")
+    if args.fkd_seed is not None:
+        check_seed(args.fkd_seed, "--fkd-seed")
     files.refuse_output_inside(args.output_dir, "--output-dir", [
         ("--train-dir", args.train_dir), ("--val-dir", args.val_dir), ("--fkd-path", args.fkd_path),
         ("--softlabel_path", args.softlabel_path)])
