@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import site
 import subprocess
 import sys
@@ -40,11 +41,16 @@ def test_pyproject_names_every_command_and_finds_every_subpackage():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel `pip wheel .` builds, from a copy of the checkout: an in-tree build would leave
+    build/ and *.egg-info in it (and reuse a stale build/ next time)."""
     out = tmp_path_factory.mktemp("wheel")
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "demo", "runs", "wandb"))
     # with setuptools at hand, build with it (no registry needed); otherwise pip fetches it
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
-             *isolation, "-w", str(out), str(ROOT)]
+             *isolation, "-w", str(out), str(source)]
     subprocess.run(build, check=True, capture_output=True, text=True, timeout=300, cwd=out)
     (path,) = out.glob("softlabel-*.whl")
     return path
