@@ -44,7 +44,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-
     manifest = store.read_manifest(args.store)
     index = scan_image_folder(args.data, "--data")
     if index.fingerprint() != manifest["dataset_fingerprint"]:

@@ -20,7 +20,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from softlabel.errors import UserError, run_main
+from softlabel.errors import UserError, optional_import, run_main
 from softlabel.files import atomic_write_bytes, ensure_dir
 
 IPC_LEVELS = (1, 2, 5, 10, 20, 50)
@@ -74,9 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
-    digits = load_digits()
+    # bundled with scikit-learn: no network
+    digits = optional_import("sklearn.datasets", "demo", "the demo data").load_digits()
     train, val = split_digits(digits.target)
     smallest = min(len(v) for v in train.values())
     if not 1 <= args.ipc <= smallest:

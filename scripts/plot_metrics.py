@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from softlabel.errors import UserError, run_main
+from softlabel.errors import UserError, optional_import, run_main
 from softlabel.files import ensure_dir
 
 PANELS = (("top1", "val top-1 (%)"), ("train_loss", "train loss"), ("nll", "val NLL"), ("ece", "val ECE (%)"))
@@ -46,8 +46,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--labels gives {len(names)} names for {len(runs)} runs")
     panels = [(k, t) for k, t in PANELS if any(k in row for rows in runs.values() for row in rows)]
 
-    import matplotlib
-    matplotlib.use("Agg")
+    optional_import("matplotlib", "plots", "plot_metrics.py").use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):

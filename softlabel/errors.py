@@ -1,9 +1,10 @@
 """User-facing errors: one line naming the file or flag at fault, exit status 2, no traceback."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 
 class UserError(Exception):
@@ -41,3 +42,16 @@ def _one_line(message: str) -> str:
         message = message.strip().splitlines()[-1].split("UserError: ", 1)[-1]
     # a file name may hold a newline or other control characters: shown escaped, on one line
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+
+
+def optional_import(module: str, extra: str, needed_for: str) -> Any:
+    """A package only some users install (pyproject's extras): imported when used, or one line
+    naming the extra that brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{needed_for} needs the {module.split('.')[0]} package: pip install "
+                        f"\"softlabel[{extra}]\" (or pip install {PACKAGES.get(extra, extra)})") from None
+
+
+PACKAGES = {"demo": "scikit-learn", "plots": "matplotlib"}  # an extra's package where the names differ

@@ -37,7 +37,7 @@ from PIL import Image
 
 from softlabel import files
 from softlabel.decode import fingerprint_of, load_rgb, to_rgb
-from softlabel.errors import UserError
+from softlabel.errors import UserError, optional_import
 
 FORMAT, VERSION = "softlabel-packed-images", 2  # 2: file sizes and a content digest
 INDEX, PIXELS = "images.json", "pixels.u8"
@@ -190,10 +190,7 @@ os.register_at_fork(before=_close_before_fork)
 def _open_lmdb(root: str, flag: str):
     """The read-only environment of ``root`` in this process, opened on first use, its data file
     checked to hold every page the environment says it has."""
-    try:
-        import lmdb
-    except ImportError:
-        raise UserError(f"{flag} {root}: an LMDB folder needs the lmdb package (pip install lmdb)") from None
+    lmdb = optional_import("lmdb", "lmdb", f"{flag} {root}: an LMDB folder")
     key = os.path.realpath(root)
     if key not in _ENVS:
         data = os.path.join(root, "data.mdb")
@@ -304,10 +301,7 @@ def _check_rows(classes: Any, samples: Any, where: str, lmdb_rows: bool) -> None
 
 def pack_lmdb(folder, out: str, progress=None) -> int:
     """Every image file of ``folder`` into an LMDB at ``out``, bytes unchanged; returns the bytes."""
-    try:
-        import lmdb
-    except ImportError:
-        raise UserError("--format lmdb needs the lmdb package (pip install lmdb)") from None
+    lmdb = optional_import("lmdb", "lmdb", "--format lmdb")
     paths = [p for p, _ in folder.samples]
     total = sum(os.path.getsize(p) for p in paths)
     # Written under a temporary name (no lock file: the folder's lock keeps other writers out) and

@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
+from softlabel.errors import optional_import
+
 
 def progress(total: int, desc: str, disable: bool = False) -> tqdm:
     """A progress bar counting images, so its rate reads as images/s."""
@@ -24,7 +26,7 @@ class Tracker:
         self.run: Optional[Any] = None
         if mode == "disabled":
             return
-        import wandb
+        wandb = optional_import("wandb", "wandb", f"--wandb-mode {mode}")
         self.run = wandb.init(project=project, name=name, dir=directory, mode=mode, config=config,
                               settings=wandb.Settings(silent=True))
 

@@ -129,3 +129,18 @@ def test_installed_commands_relabel_and_train_outside_the_checkout(installed, de
                          cwd=work)
     results = json.loads((work / "run" / "results.json").read_text())
     assert (work / "run" / "checkpoint.pth").is_file() and results["epoch"] == 2 and "epochs 0..2" in proc.stdout
+
+
+@pytest.mark.parametrize("module, extra, flags", [
+    ("lmdb", "lmdb", ["--format", "lmdb"]),
+])
+def test_a_missing_extra_is_one_line_naming_it(module, extra, flags, demo_data, tmp_path, monkeypatch):
+    from softlabel.commands import pack
+    from softlabel.errors import UserError, optional_import
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    with pytest.raises(UserError, match=rf'--format lmdb needs the lmdb package: pip install "softlabel\[{extra}\]"'):
+        pack.main(pack.get_args_parser().parse_args([str(demo_data / "ipc1"), str(tmp_path / "p"), *flags]))
+    assert not (tmp_path / "p").exists()
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(UserError, match=r'pip install "softlabel\[demo\]" \(or pip install scikit-learn\)'):
+        optional_import("sklearn.datasets", "demo", "the demo data")

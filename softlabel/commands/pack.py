@@ -24,7 +24,7 @@ import time
 
 from softlabel import files, packed_images, tracking
 from softlabel.data import scan_image_folder
-from softlabel.errors import UserError, run_main
+from softlabel.errors import UserError, optional_import, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.format == "lmdb":  # before OUT exists
+        optional_import("lmdb", "lmdb", "--format lmdb")
     index = scan_image_folder(args.dir, "DIR")
     if index.pixels is not None:
         raise UserError(f"DIR {args.dir} is a packed folder already")
