@@ -41,7 +41,7 @@ from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import schema
 from softlabel.stores.base import Request, Store
-from softlabel.stores.batch import smallest_int_dtype
+from softlabel.stores.topk import smallest_int_dtype
 from softlabel.streams import Stream
 
 MANIFEST = "fkd_manifest.json"

@@ -22,30 +22,9 @@ from softlabel.data import FolderIndex
 from softlabel.errors import UserError
 from softlabel.stores.base import Request
 from softlabel.stores.batch import BatchStore, batch_path, manifest_path
+from softlabel.stores.legacy_order import LegacyOrder  # noqa: F401  (re-exported)
 
 LEGACY_SEED = streams.DEFAULT_SEED  # upstream --fkd_seed default (42)
-
-
-class LegacyOrder:
-    """The sample order of SRe2L/G-VBSM stores: ``RandomSampler(dataset, generator=g)`` with
-    one ``torch.Generator`` seeded with --fkd_seed, iterated to the end once per epoch, as the
-    upstream relabel and trainer both do. The sampler itself draws it (it advances the
-    generator by more than the one permutation it yields). Epoch e needs the generator state
-    after e earlier epochs; those states (a few KB each), not the permutations, are kept."""
-
-    def __init__(self, seed: int, num_samples: int):
-        from torch.utils.data import RandomSampler
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.sampler = RandomSampler(range(num_samples), generator=self.generator)
-        self.states = [self.generator.get_state()]
-
-    def epoch(self, e: int) -> torch.Tensor:
-        while len(self.states) <= e:
-            self.generator.set_state(self.states[-1])
-            list(self.sampler)
-            self.states.append(self.generator.get_state())
-        self.generator.set_state(self.states[e])
-        return torch.tensor(list(self.sampler), dtype=torch.int64)
 
 
 def is_legacy(root: str) -> bool:
