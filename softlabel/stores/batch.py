@@ -45,7 +45,7 @@ from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import packed, schema
-from softlabel.stores.base import Request, Store, check_digest
+from softlabel.stores.base import BATCH, Request, Store, check_digest, fmt_floats, weights_name
 from softlabel.stores.legacy_order import LegacyOrder
 from softlabel.stores.topk import (  # noqa: F401  (re-exported: the store's top-k settings and codec)
     COORD_SCALE, FILL_TEMPERATURE_HELP, TOPK_FILL_HELP, decode_topk, fill_setting, fill_temperature, residual_fill,
@@ -424,7 +424,7 @@ def write_manifest(root: str, manifest: dict, flag: str = "--fkd-path") -> None:
 class BatchStore(Store):
     """Our batch store (format v1, full or top-k): one file per student step."""
 
-    format = "batch"
+    kind = format = BATCH
 
     @classmethod
     def open(cls, path: str, flag: str = "--fkd-path") -> "BatchStore":
@@ -442,7 +442,7 @@ class BatchStore(Store):
             raise UserError(f"--mix-type {request.mix_type} does not match {where}, which was made with "
                             f"{m['mix_type']}; the mix is replayed from the store")
 
-    def reader(self) -> Reader:
+    def reader(self, index: Optional[FolderIndex] = None) -> Reader:
         return Reader(self.path, dict(self.manifest))
 
     def jobs(self, epochs: int) -> list[tuple[int, int]]:
@@ -483,6 +483,87 @@ class BatchStore(Store):
                 world: int = 1, with_stored: bool = False) -> Dataset:
         return StoreBatches(self.path, index, dict(self.manifest), self.replayed(jobs), cache_bytes, rank, world,
                             with_stored)
+
+    def source_name(self) -> str:
+        return "ours"
+
+    def check(self, index: Optional[FolderIndex] = None) -> str:
+        m = self.manifest
+        epochs = int(m["epochs"])
+        self.check_complete(epochs)
+        reader = self.reader()
+        jobs = self.jobs(epochs)
+        shown = None
+        for e, b in jobs:
+            if shown is None or shown.epoch != e:
+                shown = EpochSamples(int(m["num_samples"]), e)
+            # the store's one validator: types, ranges, NaN, geometry, then each sample once an epoch
+            shown.add(reader.read(e, b).index, reader.where(e, b))
+        if m.get("container") == "epoch":
+            return f"{len(jobs)} steps checked in {epochs} epoch files"
+        return f"{len(jobs)} files checked"
+
+    def with_images(self, index: FolderIndex, data_arg: str) -> tuple[Store, Optional[str]]:
+        m = self.manifest
+        if len(index) != int(m["num_samples"]):
+            raise UserError(f"{data_arg}: {len(index)} images, but {self.flag} {self.path} was made from "
+                            f"{m['num_samples']}; not the images it was made from")
+        if m.get("dataset_fingerprint") and index.fingerprint() != m["dataset_fingerprint"]:
+            return self, (f"note: {data_arg} is not the folder the store was made from (file names or "
+                          f"sizes differ from {(m.get('args') or {}).get('data')}); comparing anyway")
+        return self, None
+
+    def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
+        m = self.manifest
+        epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
+        packed_files = m.get("container") == "epoch"
+        labelled = len(self.jobs(epochs))
+        files_wanted = epochs if packed_files else labelled
+        present = files_wanted - len(self.missing(epochs))
+        label = "full" if m["label_format"] == "full" else f"topk {m['topk']}" + (
+            " + residual fill" if m.get("topk_fill") else " (the rest -inf)")
+        dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")
+        mix = m["mix_type"]
+        alpha = m.get("mixup") if mix == "mixup" else m.get("cutmix") if mix == "cutmix" else None
+        source = m.get("converted_from")
+        rows = [
+            ("format", "ours v%d (manifest.json)" % m["format_version"]
+             + (f", converted from {'our' if source.get('kind') == 'ours' else 'an upstream'} "
+                f"{source.get('kind')} store" if source else "")),
+            ("epochs", str(epochs)),
+            ("batches per epoch", str(batches)),
+            ("label files", f"{present} of {files_wanted} "
+                            f"{'epoch files (packed)' if packed_files else 'batch files'} present"),
+            ("labelled steps", f"{labelled} of {epochs * batches}" + (
+                f" (pruned: label_keep {keep_of(m):g}; the trainer cycles them)" if labelled < epochs * batches
+                else "")),
+            ("batch size", str(m["batch_size"])),
+            ("samples", str(m["num_samples"])),
+            ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders"
+                        + (f", {m['class_mapping']}" if m.get("class_mapping") else "") + ")"),
+            ("label format", f"{label} ({dtype})"),
+            ("mix type", mix + (f" (alpha {alpha:g})" if alpha is not None else "")),
+            ("crops", f"{m['input_size']}px, scale " + (f"{m['min_scale_crops']:g}..{m['max_scale_crops']:g}"
+                                                         if m.get("min_scale_crops") is not None else "not recorded")
+                      + f", fkd seed {m['fkd_seed']}"),
+        ]
+        if not m.get("teachers"):
+            rows.append(("teacher", "not recorded"))
+        for n, t in enumerate(m.get("teachers") or []):
+            rows.append((f"teacher {n}" if len(m["teachers"]) > 1 else "teacher",
+                         f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
+                         f"sha256 {str(t.get('weights_sha256'))[:12]}, "
+                         f"{t.get('num_classes')} classes, mean {fmt_floats(t.get('mean'))}, "
+                         f"std {fmt_floats(t.get('std'))})"))
+        if m.get("ensemble"):
+            rows.append(("ensemble", m["ensemble"] + (f" (primary weight {m['primary_weight']:g})"
+                                                      if m.get("primary_weight") is not None else "")))
+        rows.append(("temperature", f"{m['temperature']:g}" if m.get("temperature") is not None else "-"))
+        rows.append(("autocast", str(m.get("amp") or "off")))
+        rows.append(("student normalization", f"mean {fmt_floats(m.get('mean'))}, std {fmt_floats(m.get('std'))}"))
+        data = (m.get("args") or {}).get("data")
+        rows.append(("made from", f"{data or '?'} (fingerprint {str(m.get('dataset_fingerprint'))[:12]})"))
+        return rows
 
 
 def container_of(label_format: str) -> dict:
