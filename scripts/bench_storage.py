@@ -156,7 +156,7 @@ def store_bytes(root: str) -> int:
 def label_distance(full: str, other: str, temperature: float, every: int = 10) -> float:
     """Mean total-variation distance between the teacher's softmax at ``temperature`` from the
     full store and from ``other`` (every ``every``-th epoch): what a top-k encoding loses."""
-    readers = [store.Reader(root, store.read_manifest(root)) for root in (full, other)]
+    readers = [open_store(root).reader() for root in (full, other)]
     m = readers[0].manifest
     total, n = 0.0, 0
     for e in range(0, m["epochs"], every):

@@ -17,7 +17,7 @@ from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.files import ensure_dir
 from softlabel.loader import StoreBatches
-from softlabel.stores import batch as store
+from softlabel.stores import open_store
 
 CELL = 112  # pixels per drawn image
 TEXT_W = 150
@@ -44,7 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    manifest = store.read_manifest(args.store)
+    opened = open_store(args.store)
+    manifest = dict(opened.manifest)
     index = scan_image_folder(args.data, "--data")
     if index.fingerprint() != manifest["dataset_fingerprint"]:
         raise UserError(f"--data {args.data}: not the images the store {args.store} was made from")
@@ -52,7 +53,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--epoch/--batch: the store holds epochs 0..{manifest['epochs'] - 1} and batches "
                         f"0..{manifest['batches_per_epoch'] - 1}")
     item = StoreBatches(args.store, index, manifest, [(args.epoch, args.batch)])[0]
-    record = store.Reader(args.store, manifest).read(args.epoch, args.batch)
+    record = opened.reader().read(args.epoch, args.batch)
     inputs = replay.model_inputs(item["pixels"], manifest["mean"], manifest["std"], item["mix_index"],
                                  item["mix_lam"], item["mix_bbox"])
     probs = torch.softmax(item["soft_label"].float(), dim=1)

@@ -8,10 +8,15 @@ teacher automatically (timm ships the synset list), anything else through ``--cl
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+import torch
 
 from softlabel.errors import UserError
 from softlabel.files import read_json
+
+if TYPE_CHECKING:
+    from softlabel.data import FolderIndex
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -51,3 +56,18 @@ def resolve(classes: list[str], num_outputs: int, class_map_file: Optional[str])
         raise UserError(f"{len(classes)} class folders but the teacher has {num_outputs} outputs; "
                         f"pass --class-map FILE")
     return list(range(len(classes))), "identity"
+
+
+def folder_targets(index: FolderIndex, class_index: Optional[list[int]]) -> torch.Tensor:
+    """Each sample's label as the teacher numbers classes (folder order unless mapped)."""
+    folder = torch.tensor(index.targets, dtype=torch.int64)
+    return folder if class_index is None else torch.tensor(class_index, dtype=torch.int64)[folder]
+
+
+def class_index_of(manifest: dict, classes: list[str]) -> list[int]:
+    """Teacher class index of each named folder, as the store's manifest records it."""
+    mapping = manifest["class_to_index"]
+    missing = [c for c in classes if c not in mapping]
+    if missing:
+        raise UserError(f"class folder '{missing[0]}' is not one of the store's classes")
+    return [int(mapping[c]) for c in classes]

@@ -1,7 +1,8 @@
 """Batch-level loading for both sides of a store.
 
 ``RelabelBatches`` samples a batch's augmentation and renders it (relabel side);
-``StoreBatches`` reads a stored batch and renders the same pixels again (student side).
+``StoreBatches`` (``stores/batch.py``) reads a stored batch and renders the same pixels again
+(student side).
 Both render through ``replay.render_batch``; one item is one whole batch, so DataLoader
 workers never need to know which batch they are in (no patched PyTorch internals), and
 the result is the same for any number of workers.
@@ -17,10 +18,9 @@ from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset
 
 from softlabel import replay
+from softlabel.classmap import class_index_of, folder_targets  # noqa: F401  (class_index_of: re-exported)
 from softlabel.data import FolderIndex, ImageCache
-from softlabel.distributed import slice_bounds
-from softlabel.errors import UserError
-from softlabel.stores import batch as store
+from softlabel.stores.batch import StoreBatches  # noqa: F401  (re-exported: the student side)
 
 
 class RelabelBatches(Dataset):
@@ -35,7 +35,7 @@ class RelabelBatches(Dataset):
         self.cache = ImageCache(cache_bytes, index)
         self.input_size, self.scale = input_size, scale
         self.mix_type, self.mixup, self.cutmix = mix_type, mixup, cutmix
-        self.targets = _targets(index, class_index)
+        self.targets = folder_targets(index, class_index)
         self._order: tuple[int, Any] = (-1, None)
 
     def __len__(self) -> int:
@@ -57,63 +57,6 @@ class RelabelBatches(Dataset):
         return {"epoch": epoch, "batch": batch, "index": torch.from_numpy(idx.astype(np.int64)),
                 "target": self.targets[torch.from_numpy(idx.astype(np.int64))], "coords": coords, "flip": flips, "mix_index": mix_index, "mix_lam": mix_lam,
                 "mix_bbox": mix_bbox, "pixels": replay.render_batch(images, coords, flips, self.input_size)}
-
-
-class StoreBatches(Dataset):
-    """One item per stored (epoch, batch): the stored record plus its pixels, re-rendered
-    from the raw images at the stored crops and flips.
-
-    With ``world`` > 1 an item holds rank ``rank``'s contiguous slice of the batch, and only
-    the images that slice needs are decoded: its own and its mix partners' (``partners``,
-    uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
-
-    def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
-                 cache_bytes: int = 0, rank: int = 0, world: int = 1, with_stored: bool = False):
-        self.root, self.index, self.jobs = root, index, jobs
-        self.with_stored = with_stored
-        self.rank, self.world = rank, world
-        self.cache = ImageCache(cache_bytes, index)
-        self.reader = store.Reader(root, manifest)
-        self.input_size = int(manifest["input_size"])
-        self.targets = _targets(index, class_index_of(manifest, index.classes))
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        epoch, batch = self.jobs[i]
-        rec = self.reader.read(epoch, batch)
-        lo, hi = slice_bounds(len(rec), self.rank, self.world)
-        mine = list(range(lo, hi))
-        partners = None if rec.mix_index is None else rec.mix_index[lo:hi].tolist()
-        needed = sorted(set(mine) | set(partners or []))
-        at = {k: n for n, k in enumerate(needed)}
-        images = [self.cache.load(self.index.samples[k][0]) for k in rec.index[needed].tolist()]
-        rendered = replay.render_batch(images, rec.coords[needed], rec.flip[needed], self.input_size)
-        item = {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
-                "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
-                "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
-                # rendered in the slice's order already unless partners came along: no copy of the batch then
-                "pixels": rendered if needed == mine else rendered[[at[k] for k in mine]],
-                "partners": None if partners is None else rendered[[at[k] for k in partners]]}
-        if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
-            item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
-        return item
-
-
-def _targets(index: FolderIndex, class_index: Optional[list[int]]) -> torch.Tensor:
-    """Each sample's label as the teacher numbers classes (folder order unless mapped)."""
-    folder = torch.tensor(index.targets, dtype=torch.int64)
-    return folder if class_index is None else torch.tensor(class_index, dtype=torch.int64)[folder]
-
-
-def class_index_of(manifest: dict, classes: list[str]) -> list[int]:
-    """Teacher class index of each named folder, as the store's manifest records it."""
-    mapping = manifest["class_to_index"]
-    missing = [c for c in classes if c not in mapping]
-    if missing:
-        raise UserError(f"class folder '{missing[0]}' is not one of the store's classes")
-    return [int(mapping[c]) for c in classes]
 
 
 def _as_is(item: Any) -> Any:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Optional
 
 from softlabel import files, tracking
-from softlabel.data import scan_image_folder
+from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.stores import Request, Store, create_store, detect, open_store, per_image
+from softlabel.stores import (FKD_UPSTREAM, PER_IMAGE, UPSTREAM, Request, Store, create_store, open_store, per_image,
+                              store_class)
 from softlabel.stores import batch as store
 from softlabel.streams import DEFAULT_SEED, check_seed
 
@@ -53,23 +55,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_source(args: argparse.Namespace) -> Store:
-    """SRC through the store interface, complete; an upstream store needs the images it was made from."""
-    kind = detect(args.src, "SRC")
-    if kind == "per-image":
+# What SRC lacks without its images, per kind that needs them.
+NEEDS_DATA = {UPSTREAM: "is an upstream store (no manifest): pass --data DIR, the image folder it was made from, "
+                        "and --input-size",
+              FKD_UPSTREAM: "holds FKD's own per-image files, found through the images they label: pass --data DIR "
+                            "(FKD's train folder)"}
+
+
+def open_source(args: argparse.Namespace) -> tuple[Store, Optional[FolderIndex]]:
+    """SRC through the store interface, complete, and the images it needs (None: it needs none)."""
+    cls = store_class(args.src, "SRC")
+    if cls.kind == PER_IMAGE:
         raise UserError(f"SRC {args.src} is our per-image store already; this converts batch stores and FKD's "
                         f"own per-image files")
-    if kind == "upstream" and not args.data:
-        raise UserError(f"SRC {args.src} is an upstream store (no manifest): pass --data DIR, the image folder "
-                        f"it was made from, and --input-size")
-    index = scan_image_folder(args.data, "--data") if kind == "upstream" else None
-    src = open_store(args.src, index, flag="SRC", data_arg="--data",
-                     request=Request(input_size=args.input_size, fkd_seed=args.fkd_seed))
-    src.check_complete(src.settings.epochs)
-    return src
+    if cls.needs_images and not args.data:
+        raise UserError(f"SRC {args.src} {NEEDS_DATA[cls.kind]}")
+    index = scan_image_folder(args.data, "--data") if cls.needs_images else None
+    if cls.layout == "per-image":
+        request = Request(input_size=args.input_size, num_classes=args.num_classes, label_type=args.soft_label_type)
+    else:
+        request = Request(input_size=args.input_size, fkd_seed=args.fkd_seed)
+    src = open_store(args.src, index, flag="SRC", layout=cls.layout, data_arg="--data", request=request)
+    src.check_complete(src.settings.epochs or 0, index)
+    return src, index
 
 
-def target_manifest(src: dict, args: argparse.Namespace) -> dict:
+def target_manifest(source: Store, args: argparse.Namespace) -> dict:
+    src = source.manifest
     if src["label_format"] == "topk":
         if args.label_format == "full":
             raise UserError(f"--label-format full: SRC {args.src} keeps only the top {src['topk']} logits; "
@@ -79,7 +91,7 @@ def target_manifest(src: dict, args: argparse.Namespace) -> dict:
     if args.label_format == "topk" and args.topk > src["num_classes"]:
         raise UserError(f"--topk {args.topk}: SRC {args.src} has {src['num_classes']} classes; keep at most "
                         f"{src['num_classes']}")
-    manifest = {k: v for k, v in src.items() if k != "legacy_kind"}
+    manifest = source.content()
     manifest.update(store.container_of(args.label_format))  # top-k: packed, one file per epoch
     manifest["label_keep"] = store.keep_of(src)               # a pruned store stays pruned
     manifest["label_format"] = args.label_format
@@ -88,30 +100,22 @@ def target_manifest(src: dict, args: argparse.Namespace) -> dict:
     manifest["topk_fill_temperature"] = manifest["topk_fill"] and args.topk_fill_temperature
     if args.label_format == "topk":
         manifest["label_dtype"] = "float16"
-    manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": src.get("legacy_kind", "ours"),
+    manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": source.source_name(),
                                   "label_format": src["label_format"], "topk": src["topk"],
                                   "topk_fill": src.get("topk_fill")}
     return manifest
 
 
-def convert_fkd_files(args: argparse.Namespace) -> None:
+def convert_per_image(args: argparse.Namespace, src: Store, index: FolderIndex) -> None:
     """FKD's own per-image files into our per-image store: the same crops and quantized labels,
     with a manifest that records what FKD's files do not (classes, crop size, the images)."""
-    if not args.data:
-        raise UserError(f"SRC {args.src} holds FKD's own per-image files, found through the images they label: "
-                        f"pass --data DIR (FKD's train folder)")
-    index = scan_image_folder(args.data, "--data")
-    src = open_store(args.src, index, flag="SRC", layout="per-image", data_arg="--data",
-                     request=Request(input_size=args.input_size, num_classes=args.num_classes,
-                                     label_type=args.soft_label_type))
-    src.check_complete(0, index)
     m = dict(src.manifest)
     manifest = {k: m.get(k) for k in per_image.CONTENT_KEYS}
     manifest.update({"format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
                      "created_by": "scripts/convert_labels.py", "class_names": m["class_names"],
                      "mean": m["mean"], "std": m["std"], "top_k": m["top_k"], "interpolation": m["interpolation"],
                      "dataset_fingerprint": index.fingerprint(), "temperature": args.temp,
-                     "converted_from": {"kind": "fkd-upstream", "label_type": m["label_type"]}})
+                     "converted_from": {"kind": src.source_name(), "label_type": m["label_type"]}})
     writer = create_store(args.dst, manifest, flag="DST", index=index)
     bar = tracking.progress(len(index), "convert", disable=args.no_progress)
     written, start = 0, time.time()
@@ -137,10 +141,10 @@ def main(args: argparse.Namespace) -> None:
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
     files.refuse_output_inside(args.dst, "DST", [("SRC", args.src), ("--data", args.data)])
-    if detect(args.src, "SRC") == "fkd-upstream":
-        return convert_fkd_files(args)
-    src = open_source(args)
-    writer = create_store(args.dst, target_manifest(dict(src.manifest), args), flag="DST")
+    src, index = open_source(args)
+    if src.layout == "per-image":
+        return convert_per_image(args, src, index)
+    writer = create_store(args.dst, target_manifest(src, args), flag="DST")
     reader = src.reader()
     jobs = src.jobs(src.settings.epochs)
     bar = tracking.progress(len(jobs), "convert", disable=args.no_progress)

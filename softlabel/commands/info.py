@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import sys
 from typing import Any, Optional
 
@@ -37,8 +36,8 @@ import torch
 from softlabel import precision, replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.stores import Request, detect, open_store, per_image, upstream
-from softlabel.stores import batch as store
+from softlabel.stores import Request, layout_of, open_store
+from softlabel.stores.base import Store, weights_name
 from softlabel.streams import DEFAULT_SEED
 
 # Relative to each sample's logit scale (measured on an H200 and this CPU, 32px crops, random-init
@@ -121,90 +120,6 @@ def disk_bytes(root: str) -> int:
 
 # ----------------------------------------------------------------------------- summary
 
-def fmt_floats(values: Any) -> str:
-    return "[" + ", ".join("-" if v is None else f"{float(v):.4g}" for v in values) + "]" if values else "-"
-
-
-def summary_ours(root: str, m: dict) -> list[tuple[str, str]]:
-    epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
-    packed = m.get("container") == "epoch"
-    opened = store.BatchStore(root, m, "STORE")
-    labelled = len(opened.jobs(epochs))
-    files_wanted = epochs if packed else labelled
-    present = files_wanted - len(opened.missing(epochs))
-    label = "full" if m["label_format"] == "full" else f"topk {m['topk']}" + (
-        " + residual fill" if m.get("topk_fill") else " (the rest -inf)")
-    dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")
-    mix = m["mix_type"]
-    alpha = m.get("mixup") if mix == "mixup" else m.get("cutmix") if mix == "cutmix" else None
-    rows = [
-        ("format", "ours v%d (manifest.json)" % m["format_version"]
-         + (f", converted from {'our' if m['converted_from'].get('kind') == 'ours' else 'an upstream'} "
-            f"{m['converted_from'].get('kind')} store" if m.get("converted_from") else "")),
-        ("epochs", str(epochs)),
-        ("batches per epoch", str(batches)),
-        ("label files", f"{present} of {files_wanted} {'epoch files (packed)' if packed else 'batch files'} present"),
-        ("labelled steps", f"{labelled} of {epochs * batches}" + (
-            f" (pruned: label_keep {store.keep_of(m):g}; the trainer cycles them)" if labelled < epochs * batches
-            else "")),
-        ("batch size", str(m["batch_size"])),
-        ("samples", str(m["num_samples"])),
-        ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders"
-                    + (f", {m['class_mapping']}" if m.get("class_mapping") else "") + ")"),
-        ("label format", f"{label} ({dtype})"),
-        ("mix type", mix + (f" (alpha {alpha:g})" if alpha is not None else "")),
-        ("crops", f"{m['input_size']}px, scale " + (f"{m['min_scale_crops']:g}..{m['max_scale_crops']:g}"
-                                                     if m.get("min_scale_crops") is not None else "not recorded")
-                  + f", fkd seed {m['fkd_seed']}"),
-    ]
-    if not m.get("teachers"):
-        rows.append(("teacher", "not recorded"))
-    for n, t in enumerate(m.get("teachers") or []):
-        rows.append((f"teacher {n}" if len(m["teachers"]) > 1 else "teacher",
-                     f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
-                     f"sha256 {str(t.get('weights_sha256'))[:12]}, "
-                     f"{t.get('num_classes')} classes, mean {fmt_floats(t.get('mean'))}, "
-                     f"std {fmt_floats(t.get('std'))})"))
-    if m.get("ensemble"):
-        rows.append(("ensemble", m["ensemble"] + (f" (primary weight {m['primary_weight']:g})"
-                                                  if m.get("primary_weight") is not None else "")))
-    rows.append(("temperature", f"{m['temperature']:g}" if m.get("temperature") is not None else "-"))
-    rows.append(("autocast", str(m.get("amp") or "off")))
-    rows.append(("student normalization", f"mean {fmt_floats(m.get('mean'))}, std {fmt_floats(m.get('std'))}"))
-    data = (m.get("args") or {}).get("data")
-    rows.append(("made from", f"{data or '?'} (fingerprint {str(m.get('dataset_fingerprint'))[:12]})"))
-    return rows
-
-
-def summary_upstream(root: str, args: argparse.Namespace, index) -> list[tuple[str, str]]:
-    epochs, batches, files = upstream.layout(root)
-    first = upstream.load_upstream(store.batch_path(root, 0, 0))
-    kind = "sre2l" if len(first) == 6 else "prism"
-    batch_size, soft = len(first[0]), first[5]
-    samples = upstream.samples_from_batches(root, batches, batch_size)
-    said = "from the last batch of epoch 0" if samples is not None else "unknown: epoch 0's last batch is missing"
-    if index is not None:
-        said = f"--data has {len(index)} images" + ("" if samples in (None, len(index)) else
-                                                     f"; the batches say {samples}: not the images it was made from")
-    mix = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
-    return [
-        ("format", f"legacy {kind} (no manifest; lists of {len(first)} "
-                   f"{'without' if kind == 'sre2l' else 'with'} sample indices)"),
-        ("epochs", str(epochs)),
-        ("batches per epoch", str(batches)),
-        ("batch files", f"{files} of {epochs * batches} present"),
-        ("batch size", str(batch_size)),
-        ("samples", f"{samples if samples is not None else '?'} ({said})"),
-        ("classes", str(int(soft.shape[1]))),
-        ("label format", f"full ({str(soft.dtype).replace('torch.', '')})"),
-        ("mix type", mix),
-        ("crops", (f"{args.input_size}px (--input-size)" if args.input_size else "size not recorded (--input-size)")
-                  + (f", fkd seed {args.fkd_seed} (--fkd_seed)" if args.fkd_seed is not None else
-                     f", fkd seed not recorded (upstream default {DEFAULT_SEED})")),
-        ("teacher", "not recorded (an upstream store has no manifest)"),
-    ]
-
-
 def print_summary(root: str, rows: list[tuple[str, str]]) -> None:
     size = disk_bytes(root)
     rows = [("store", os.path.abspath(root))] + rows + [("size on disk", f"{human_bytes(size)} ({size} bytes)")]
@@ -221,39 +136,11 @@ def per_image_info(root: str, args: argparse.Namespace) -> None:
     store = open_store(root, index, flag="STORE", layout="per-image", data_arg="--data",
                        request=Request(input_size=args.input_size, num_classes=args.num_classes,
                                        label_type=args.soft_label_type))
-    m = dict(store.manifest)
-    ours = store.format == "per-image"
-    t = m.get("teacher") or {}
-    print_summary(root, [
-        ("format", f"per-image v{m['format_version']} ({per_image.MANIFEST})" if ours else
-         "FKD's own files (FKD_SLG: <split>/<class>/<image>.tar, numpy arrays)"),
-        ("images", str(m["num_samples"])),
-        ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders)" + ("" if ours else " (--num-classes)")),
-        ("crops per image", str(m["num_crops"])),
-        ("label type", f"{m['label_type']} (top {m.get('top_k')}, {'float16' if m.get('use_fp16') else 'float32'}"
-                       + (f", temperature {m['temperature']:g})" if ours else ", inferred from the arrays)")),
-        ("crops", f"{m['input_size']}px, scale {fmt_floats([m['min_scale_crops'], m['max_scale_crops']])}, fkd seed "
-                  f"{m['fkd_seed']}" if ours else f"{m['input_size']}px (--input-size), scale and seed not recorded"),
-        ("teacher", f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
-                    f"sha256 {str(t.get('weights_sha256'))[:12]})" if ours else "not recorded"),
-        ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}" if ours else str(m["args"]["data"])),
-    ])
+    print_summary(root, store.summary(index))
     if args.check:  # every file through the store's own validator
-        if index is not None:
-            store.check_complete(0, index)
-            for i in range(len(index)):
-                store.read_labels(index, i)
-            checked = len(index)
-        else:  # ours, without its images: every file under it
-            paths = sorted(str(p) for p in pathlib.Path(root).rglob("*.tar"))
-            if len(paths) != m["num_samples"]:
-                raise UserError(f"STORE {root}: {len(paths)} label files for {m['num_samples']} images")
-            for path in paths:
-                per_image.read_file(path, m)
-            checked = len(paths)
-        print(f"ok: {checked} files checked", flush=True)
+        print(f"ok: {store.check(index)}", flush=True)
     if args.verify_weights is not None:
-        verify_weights(root, [t] if ours else [], args.verify_weights)
+        verify_weights(root, store.teachers(), args.verify_weights)
     if args.verify_teacher is not None:
         verify_per_image(store, index, args)
 
@@ -273,13 +160,13 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
     if recorded.get("mean"):
         teacher.mean, teacher.std = list(recorded["mean"]), list(recorded["std"])
     ens = Ensemble([teacher], "mean", 0.5, torch.device(args.device or "cpu"))
-    resample = "bilinear" if store.format == "per-image" else "bicubic"  # FKD_SLG labelled bicubic crops
     temperature = float(m.get("temperature") or args.temp)
     read, worst, where = store.reader(index), 0.0, None
     for i in sample_jobs(list(range(len(index))), args.sample):
         coords, flips, classes, values = read(i)
         img = index.load(index.samples[i][0])
-        pixels = replay.render_batch([img] * len(coords), coords, flips, int(m["input_size"]), resample)
+        pixels = replay.render_batch([img] * len(coords), coords, flips, int(m["input_size"]),
+                                     store.labelled_resample)
         probs = torch.softmax(ens(pixels.to(ens.device), None, None, None)[0].float() / temperature, dim=1).cpu()
         err = (probs.gather(1, classes.long()) - values.float()).abs().max().item()
         if err > worst:
@@ -293,25 +180,6 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- --check
-
-def check_store(root: str, manifest: dict) -> str:
-    """Every labelled step of the store, validated; says how many. One UserError naming the
-    first missing or bad file."""
-    bs = store.BatchStore(root, manifest, "STORE")
-    epochs = int(manifest["epochs"])
-    bs.check_complete(epochs)
-    reader = bs.reader()
-    jobs = bs.jobs(epochs)
-    shown = None
-    for e, b in jobs:
-        if shown is None or shown.epoch != e:
-            shown = store.EpochSamples(int(manifest["num_samples"]), e)
-        # the store's one validator: types, ranges, NaN, geometry, then each sample once an epoch
-        shown.add(reader.read(e, b).index, reader.where(e, b))
-    if manifest.get("container") == "epoch":
-        return f"{len(jobs)} steps checked in {epochs} epoch files"
-    return f"{len(jobs)} files checked"
-
 
 # ----------------------------------------------------------------------------- --verify-teacher
 
@@ -346,8 +214,9 @@ def amp_of(manifest: dict, device: torch.device) -> Optional[torch.dtype]:
     return precision.dtype_of_name(manifest.get("amp")) if device.type == "cuda" else None
 
 
-def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -> None:
+def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
     from softlabel.loader import StoreBatches
+    root, manifest = bs.path, dict(bs.manifest)
     from softlabel.teachers import Ensemble, load_teachers, split_list, weight_paths
 
     archs = split_list(args.verify_teacher)
@@ -385,7 +254,6 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
               f"the check is looser (tolerance {TOLERANCE_UNMATCHED:g}); run it on a GPU for a tight one", flush=True)
     tol = args.tolerance if args.tolerance is not None else TOLERANCE_UNMATCHED if unmatched else TOLERANCE
 
-    bs = store.BatchStore(root, manifest, "STORE")
     bs.check_complete(int(manifest["epochs"]))
     jobs = sample_jobs(bs.jobs(int(manifest["epochs"])), args.sample)
     dataset = StoreBatches(root, index, manifest, jobs, with_stored=True)
@@ -424,13 +292,6 @@ def verify_teacher(root: str, manifest: dict, index, args: argparse.Namespace) -
 
 
 # ----------------------------------------------------------------------------- teacher weight files
-
-def weights_name(t: dict) -> str:
-    """A teacher entry's weights for a summary: the published weights' name, or a file."""
-    if t.get("weights"):
-        return str(t["weights"])
-    return "a weight file" if t.get("source") == "private" else "weights name not recorded"
-
 
 def recorded_weights(rec: dict, arch: Optional[str], path: Optional[str]) -> Optional[str]:
     """The published weights a store names for a teacher re-run as ``arch`` without a file."""
@@ -496,51 +357,28 @@ def main(args: argparse.Namespace) -> None:
     if args.input_size is not None and args.input_size < 1:
         raise UserError(f"--input-size must be at least 1, got {args.input_size}")
     root = args.store
-    kind = {"batch": "ours", "upstream": "legacy", "per-image": "per-image", "fkd-upstream": "per-image"}[
-        detect(root, "STORE")]
+    layout = layout_of(root, "STORE")
     if args.verify_teacher is not None and not args.data:
         raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
-    if kind == "per-image":
+    if layout == "per-image":
         return per_image_info(root, args)
-    if args.verify_teacher is not None and kind == "legacy" and args.input_size is None:
+    # the images are checked by --check and --verify-teacher, with a note rather than a refusal
+    store = open_store(root, flag="STORE", request=Request(input_size=args.input_size, fkd_seed=args.fkd_seed),
+                       need_pixels=False)
+    if args.verify_teacher is not None and store.settings.input_size is None:
         raise UserError(f"STORE {root} is an upstream store (no manifest), which does not record its crop "
                         f"size: --verify-teacher needs --input-size (and --fkd_seed, default {DEFAULT_SEED})")
     index = scan_image_folder(args.data, "--data") if args.data else None
-    request = Request(input_size=args.input_size, fkd_seed=args.fkd_seed)
-
-    if kind == "ours":  # the images are checked below, with a note rather than a refusal
-        manifest = dict(open_store(root, flag="STORE", request=request).manifest)
-        print_summary(root, summary_ours(root, manifest))
-    else:
-        print_summary(root, summary_upstream(root, args, index))
-        manifest = None
-
+    print_summary(root, store.summary(index))
     if args.check:
-        if manifest is None:
-            epochs, batches, _ = upstream.layout(root)
-            missing = [store.batch_path(root, e, b) for e in range(epochs) for b in range(batches)
-                       if not os.path.isfile(store.batch_path(root, e, b))]
-            if missing:
-                raise UserError(f"STORE {root}: {len(missing)} of {epochs * batches} batch files missing "
-                                f"(first: {missing[0]})")
-            manifest = dict(open_store(root, index, flag="STORE", data_arg="--data", request=request,
-                                       need_pixels=False).manifest)
-        print(f"ok: {check_store(root, manifest)}", flush=True)
-
+        print(f"ok: {store.check(index)}", flush=True)
     if args.verify_weights is not None:
-        verify_weights(root, (manifest or {}).get("teachers") or [], args.verify_weights)
-
+        verify_weights(root, store.teachers(), args.verify_weights)
     if args.verify_teacher is not None:
-        if kind == "ours":
-            if index is not None and len(index) != int(manifest["num_samples"]):
-                raise UserError(f"--data {args.data}: {len(index)} images, but STORE {root} was made from "
-                                f"{manifest['num_samples']}; not the images it was made from")
-            if manifest.get("dataset_fingerprint") and index.fingerprint() != manifest["dataset_fingerprint"]:
-                print(f"note: --data {args.data} is not the folder the store was made from (file names or "
-                      f"sizes differ from {(manifest.get('args') or {}).get('data')}); comparing anyway", flush=True)
-        elif manifest is None:
-            manifest = dict(open_store(root, index, flag="STORE", data_arg="--data", request=request).manifest)
-        verify_teacher(root, manifest, index, args)
+        store, note = store.with_images(index, f"--data {args.data}")
+        if note:
+            print(note, flush=True)
+        verify_teacher(store, index, args)
 
 
 def cli() -> None:

@@ -84,8 +84,7 @@ from typing import NamedTuple, Optional
 from softlabel import files, streams
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.stores import open_store
-from softlabel.stores.batch import manifest_path
+from softlabel.stores import begun, open_store
 from softlabel.streams import Stream
 from softlabel.teachers import file_sha256
 
@@ -175,7 +174,7 @@ def write_subset(chosen: list[tuple[str, int]], syn: FolderIndex, real_root: str
 
 def relabel(args: argparse.Namespace, data: str, store: str, augment: bool) -> None:
     from softlabel.commands.relabel import get_args_parser, main
-    if os.path.isfile(manifest_path(store)):  # begun: relabel resumes it, or it is complete
+    if begun(store):  # begun: relabel resumes it, or it is complete
         index = scan_image_folder(data, "--data")
         if not open_store(store, index).missing(args.epochs, index):
             return

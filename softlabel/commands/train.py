@@ -714,7 +714,7 @@ def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tu
         if cfg.recipe == "fkd":
             batch += (f", train_FKD.py's epochs: {sum(c > 1 for _, c in cfg.passes)} passes of {cfg.num_crops}, "
                       f"{sum(c == 1 for _, c in cfg.passes)} single-crop")
-        return (f"soft ({cfg.loss_type}, FKD {store.manifest['label_type']})", len(index) * cfg.num_crops, batch)
+        return (f"soft ({cfg.loss_type}, FKD {store.settings.label_format})", len(index) * cfg.num_crops, batch)
     if store is not None:
         return f"soft ({cfg.loss_type})", store.settings.num_samples, f"{cfg.batch_size}"
     labels = (f"online KD from {cfg.teacher} ({cfg.loss_type})" if cfg.teacher else

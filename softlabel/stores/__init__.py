@@ -22,24 +22,46 @@ from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.stores import batch, fkd_upstream, per_image, upstream
-from softlabel.stores.base import Request, Store, StoreSettings, check_images, check_recorded
+from softlabel.stores.base import (BATCH, FKD_UPSTREAM, KINDS, PER_IMAGE, UPSTREAM, Request, Store, StoreSettings,
+                                   StoreWriter, check_images, check_recorded)
 
-__all__ = ["Request", "Store", "StoreSettings", "detect", "open_store", "create_store"]
+__all__ = ["BATCH", "FKD_UPSTREAM", "KINDS", "PER_IMAGE", "UPSTREAM", "Request", "Store", "StoreSettings", "detect",
+           "begun", "layout_of", "open_store", "create_store", "store_class"]
+
+# The one class of each kind.
+CLASSES: dict[str, type[Store]] = {BATCH: batch.BatchStore, UPSTREAM: upstream.UpstreamStore,
+                                   PER_IMAGE: per_image.PerImageStore, FKD_UPSTREAM: fkd_upstream.FkdUpstreamStore}
 
 
 def detect(path: str, flag: str) -> str:
-    """"batch", "upstream", "per-image" or "fkd-upstream"; a folder that is none of them is one error."""
+    """The store's kind (one of ``KINDS``); a folder that is none of them is one error."""
     if not os.path.isdir(path):
         raise UserError(f"{flag} {path}: no such directory")
     if per_image.is_store(path):
-        return "per-image"
+        return PER_IMAGE
     if os.path.isfile(batch.manifest_path(path)):
-        return "batch"
+        return BATCH
     if upstream.is_legacy(path):
-        return "upstream"
+        return UPSTREAM
     if fkd_upstream.looks_like(path):
-        return "fkd-upstream"
+        return FKD_UPSTREAM
     raise UserError(f"{flag} {path}: no {batch.MANIFEST} and no epoch_0/batch_0.tar; not a soft-label store")
+
+
+def begun(path: str) -> bool:
+    """Whether a batch store of ours has been begun at ``path`` (its manifest is written): a rerun of
+    relabel there resumes or extends it."""
+    return os.path.isfile(batch.manifest_path(path))
+
+
+def store_class(path: str, flag: str) -> type[Store]:
+    """The class that opens the store at ``path``: what its kind and layout are before it is opened."""
+    return CLASSES[detect(path, flag)]
+
+
+def layout_of(path: str, flag: str) -> str:
+    """"batch" (one file per step: ours or an upstream batch store) or "per-image" (ours or FKD's own)."""
+    return store_class(path, flag).layout
 
 
 def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "--fkd-path",
@@ -55,16 +77,16 @@ def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "-
     ``interpolation``: how FKD's own files are re-rendered (bilinear as its trainer, bicubic as its teacher)."""
     if layout == "per-image":  # ours, or FKD's own files; else our reader names what is missing
         fkd = os.path.isdir(path) and not per_image.is_store(path) and fkd_upstream.looks_like(path)
-        kind = "fkd-upstream" if fkd else "per-image"
+        kind = FKD_UPSTREAM if fkd else PER_IMAGE
     else:
         kind = detect(path, flag)
-    if layout == "batch" and kind in ("per-image", "fkd-upstream"):
+    if layout == "batch" and CLASSES[kind].layout == "per-image":
         raise UserError(f"{flag} {path} holds FKD per-image labels; pass --fkd-layout per-image --epochs N")
-    if kind == "per-image":
+    if kind == PER_IMAGE:
         store: Store = per_image.PerImageStore.open(path, flag)
-    elif kind == "fkd-upstream":
+    elif kind == FKD_UPSTREAM:
         store = fkd_upstream.FkdUpstreamStore.open(path, flag, index, request, interpolation)
-    elif kind == "batch":
+    elif kind == BATCH:
         store = batch.BatchStore.open(path, flag)
     else:
         store = upstream.UpstreamStore.open(path, flag, index, request, need_pixels)
@@ -78,7 +100,7 @@ def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "-
 
 
 def create_store(path: str, manifest: dict, info: Optional[DistInfo] = None, *, flag: str = "--fkd-path",
-                 index: Optional[FolderIndex] = None):
+                 index: Optional[FolderIndex] = None) -> StoreWriter:
     """The writer of a new store, or of an existing one made with the same content settings
     (finished or extended). The format is the manifest's."""
     if manifest.get("format") == per_image.FORMAT:

@@ -12,12 +12,22 @@ import json
 import os
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Protocol
 
 from torch.utils.data import Dataset
 
 from softlabel.data import FolderIndex
 from softlabel.errors import UserError
+
+
+# The kinds of store ``stores.detect`` tells apart: the one vocabulary of the code. A manifest on
+# disk says its source otherwise (a converted store's ``converted_from.kind`` is "ours", "sre2l",
+# "prism" or "fkd-upstream"): ``Store.source_name`` maps at that boundary only.
+BATCH = "batch"                  # ours, one file per step (format 1) or per epoch (format 2)
+UPSTREAM = "upstream"            # SRe2L / G-VBSM / PRISM batch files, no manifest
+PER_IMAGE = "per-image"          # ours, FKD's layout
+FKD_UPSTREAM = "fkd-upstream"    # the per-image files FKD itself writes
+KINDS = (BATCH, UPSTREAM, PER_IMAGE, FKD_UPSTREAM)
 
 
 @dataclass(frozen=True)
@@ -66,14 +76,28 @@ class StoreSettings:
     label_keep: float = 1.0           # fraction of steps labelled (label pruning; batch layout)
 
 
+class StoreWriter(Protocol):
+    """What ``stores.create_store`` returns for every format: ``exists(*key)`` (a step (epoch, step),
+    or an image) is written already, so a rerun resumes; ``write(*key, *labels)`` writes it atomically;
+    ``finish()`` after the last write of every rank (a packed store is complete only then)."""
+
+    def exists(self, *key: int) -> bool: ...
+
+    def write(self, *key_and_labels: Any) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 VOLATILE = ("epochs", "args", "versions", "created_by", "amp", "converted_from")
 
 
 class Store:
     """An opened store: its manifest (read-only), its settings and its loader dataset."""
 
+    kind = ""          # one of KINDS
     format = ""
     layout = "batch"
+    needs_images = False  # found, or counted, only through the images it was made from (upstream stores)
 
     def __init__(self, path: str, manifest: dict, flag: str):
         self.path, self.flag = path, flag
@@ -123,6 +147,52 @@ class Store:
 
     def check_complete(self, epochs: int, index: Optional[FolderIndex]) -> None:
         raise NotImplementedError
+
+    def reader(self, index: Optional[FolderIndex] = None) -> Any:
+        """The store's labels, each validated as it is read: in the batch layout an object whose
+        ``read(epoch, step)`` is a ``BatchRecord``; per image (``index`` needed: the files are named
+        after the images) a function of an image's number giving (coords, flips, classes, values)."""
+        raise NotImplementedError
+
+    # ---- what the tools ask of a store (fkd_info), answered by each format alike
+    def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
+        """(name, value) rows saying what the store holds and how it was made; ``index``: the
+        images it was made from, where given."""
+        raise NotImplementedError
+
+    def check(self, index: Optional[FolderIndex] = None) -> str:
+        """Read every label file through the format's validator; what was checked ("N files
+        checked"). One UserError naming the first missing or bad file."""
+        raise NotImplementedError
+
+    def source_name(self) -> str:
+        """What a store converted from this one records as its source (``converted_from.kind``)."""
+        raise NotImplementedError
+
+    def content(self) -> dict:
+        """The manifest less what only this format's reader uses: what a conversion starts from."""
+        return dict(self.manifest)
+
+    def teachers(self) -> list:
+        """The teacher entries the store records (arch, source, weights, sha256...; none: [])."""
+        return list(self.manifest.get("teachers") or [])
+
+    def with_images(self, index: FolderIndex, data_arg: str) -> tuple["Store", Optional[str]]:
+        """This store read with ``index``, the images it was made from (``data_arg`` names them),
+        to recompute its labels; and a note to print when the images differ from those it records."""
+        return self, None
+
+
+def fmt_floats(values: Any) -> str:
+    """A list of floats for a summary row ("-" for none)."""
+    return "[" + ", ".join("-" if v is None else f"{float(v):.4g}" for v in values) + "]" if values else "-"
+
+
+def weights_name(t: Mapping[str, Any]) -> str:
+    """A teacher entry's weights for a summary: the published weights' name, or a file."""
+    if t.get("weights"):
+        return str(t["weights"])
+    return "a weight file" if t.get("source") == "private" else "weights name not recorded"
 
 
 def check_recorded(request: Request, manifest: Mapping[str, Any], where: str) -> None:

@@ -31,7 +31,6 @@ epochs) and PRISM lists of 7 (with the index). Their cutmix boxes are numpy scal
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -41,16 +40,20 @@ import torch
 from torch.utils.data import Dataset
 
 from softlabel import distributed, files, replay
-from softlabel.data import FolderIndex
-from softlabel.distributed import DistInfo
+from softlabel.classmap import class_index_of, folder_targets
+from softlabel.data import FolderIndex, ImageCache
+from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import packed, schema
-from softlabel.stores.base import Request, Store, check_digest
+from softlabel.stores.base import BATCH, Request, Store, check_digest, fmt_floats, weights_name
+from softlabel.stores.legacy_order import LegacyOrder
+from softlabel.stores.topk import (  # noqa: F401  (re-exported: the store's top-k settings and codec)
+    COORD_SCALE, FILL_TEMPERATURE_HELP, TOPK_FILL_HELP, decode_topk, fill_setting, fill_temperature, residual_fill,
+    smallest_int_dtype, topk_logits, topk_problem, writes_fill)
 
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
 PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)
 MANIFEST = "manifest.json"
-COORD_SCALE = packed.COORD_SCALE  # top-k stores (both formats) keep crop fractions as uint16 fixed point
 
 # Manifest settings that change the content of batch files: a rerun on an existing store
 # must agree on all of them (``epochs`` may grow: rerunning with more epochs extends a store).
@@ -97,26 +100,6 @@ def batch_path(root: str, epoch: int, batch: int) -> str:
 
 # ----------------------------------------------------------------------------- encoding
 
-def smallest_int_dtype(limit: int) -> torch.dtype:
-    """The smallest integer type holding 0..limit-1."""
-    if limit <= 256:
-        return torch.uint8
-    if limit <= 32768:
-        return torch.int16
-    return torch.int32
-
-
-def residual_fill(logits: torch.Tensor, classes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(B,) the logit which, given to each class not in ``classes``, keeps their summed
-    probability under a softmax at ``temperature``: T (logsumexp(dropped / T) - log(how many)).
-    Exact at that temperature only (docs/stores.md measures the error at others)."""
-    dropped = logits.float().scatter(1, classes, float("-inf")) / temperature
-    n = logits.shape[1] - classes.shape[1]
-    if n == 0:
-        return torch.full((len(logits),), float("-inf"))
-    return temperature * (torch.logsumexp(dropped, dim=1) - math.log(n))
-
-
 def encode(record: BatchRecord, label_format: str, topk: Optional[int], num_samples: int,
            fill: bool = False) -> list:
     """A record as the list written to disk, in the store's label format (``fill``: top-k with
@@ -147,29 +130,6 @@ def write_batch(root: str, epoch: int, batch: int, record: BatchRecord, label_fo
     files.atomic_torch_save(encode(record, label_format, topk, num_samples, fill), batch_path(root, epoch, batch))
 
 
-TOPK_FILL_HELP = ("residual (default): one more float16 logit per sample, given to every class left out, "
-                  "so that together they keep their probability; none: they get probability 0 (the top K "
-                  "renormalized: much worse students, see docs/stores.md)")
-
-
-def fill_setting(label_format: str, choice: str) -> Optional[str]:
-    """The manifest's ``topk_fill`` for a --topk-fill choice: "residual", or None (no fill)."""
-    return choice if label_format == "topk" and choice != "none" else None
-
-
-FILL_TEMPERATURE_HELP = ("the softmax temperature at which the residual fill keeps the left-out probability "
-                         "exactly: give the student's -T (default: 1; docs/stores.md measures the error elsewhere)")
-
-
-def fill_temperature(manifest: Any) -> float:
-    """The temperature a store's residual fill is exact at (1 for stores made before the choice)."""
-    return float(manifest.get("topk_fill_temperature") or 1.0)
-
-
-def writes_fill(manifest: dict) -> bool:
-    return manifest.get("label_format") == "topk" and manifest.get("topk_fill") == "residual"
-
-
 # ----------------------------------------------------------------------------- reading
 
 class Reader:
@@ -183,7 +143,6 @@ class Reader:
         self._epoch: Optional[packed.EpochFile] = None  # the last epoch file read (memory-mapped)
         self._order = None
         if self.kind == "sre2l":  # no sample indices stored: the upstream sampler's order
-            from softlabel.stores.upstream import LegacyOrder
             self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
 
     def __getstate__(self) -> dict:  # loader workers open their own maps
@@ -235,6 +194,49 @@ class Reader:
         return record
 
 
+class StoreBatches(Dataset):
+    """One item per stored (epoch, batch): the stored record plus its pixels, re-rendered
+    from the raw images at the stored crops and flips.
+
+    With ``world`` > 1 an item holds rank ``rank``'s contiguous slice of the batch, and only
+    the images that slice needs are decoded: its own and its mix partners' (``partners``,
+    uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
+
+    def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
+                 cache_bytes: int = 0, rank: int = 0, world: int = 1, with_stored: bool = False):
+        self.root, self.index, self.jobs = root, index, jobs
+        self.with_stored = with_stored
+        self.rank, self.world = rank, world
+        self.cache = ImageCache(cache_bytes, index)
+        self.reader = Reader(root, manifest)
+        self.input_size = int(manifest["input_size"])
+        self.targets = folder_targets(index, class_index_of(manifest, index.classes))
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        epoch, batch = self.jobs[i]
+        rec = self.reader.read(epoch, batch)
+        lo, hi = slice_bounds(len(rec), self.rank, self.world)
+        mine = list(range(lo, hi))
+        partners = None if rec.mix_index is None else rec.mix_index[lo:hi].tolist()
+        needed = sorted(set(mine) | set(partners or []))
+        at = {k: n for n, k in enumerate(needed)}
+        images = [self.cache.load(self.index.samples[k][0]) for k in rec.index[needed].tolist()]
+        rendered = replay.render_batch(images, rec.coords[needed], rec.flip[needed], self.input_size)
+        item = {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
+                "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
+                "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
+                # rendered in the slice's order already unless partners came along: no copy of the batch then
+                "pixels": rendered if needed == mine else rendered[[at[k] for k in mine]],
+                "partners": None if partners is None else rendered[[at[k] for k in partners]]}
+        if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
+            item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
+        return item
+
+
+
 def keep_of(manifest: Any) -> float:
     """The fraction of steps a store labels (``label_keep``; 1 for stores made before pruning)."""
     return float(manifest.get("label_keep") or 1.0)
@@ -282,69 +284,6 @@ def check_geometry(record: "BatchRecord", path: str, manifest: dict, batch: int)
         x1, y1, x2, y2 = record.mix_bbox
         if not (0 <= x1 <= x2 <= size and 0 <= y1 <= y2 <= size):
             raise bad(f"cutmix box {record.mix_bbox} outside the {size}px crop")
-
-
-def decode_topk(data: Any, path: str, num_classes: int, fill: bool) -> tuple[list, torch.Tensor]:
-    """A top-k batch as a full record list, and the (B, C) mask of the logits it stores."""
-    n = 3 if fill else 2
-    what = "[values, classes, fill]" if fill else "[values, classes]"
-    if not isinstance(data, (list, tuple)) or len(data) != 7 or not isinstance(data[5], (list, tuple)) \
-            or len(data[5]) != n:
-        raise UserError(f"store batch file {path}: not a top-k batch of this store (a list of 7 with {what}, "
-                        f"as its manifest's topk_fill says)")
-    coords, flip, mix_index, mix_lam, mix_bbox, label, index = data
-    values, classes = label[0], label[1]
-    if not (isinstance(coords, torch.Tensor) and coords.dtype == torch.uint16):
-        raise UserError(f"store batch file {path}: top-k coords must be uint16")
-    if not (isinstance(values, torch.Tensor) and isinstance(classes, torch.Tensor) and values.shape == classes.shape
-            and values.dim() == 2 and values.shape[0] == len(coords)):
-        raise UserError(f"store batch file {path}: top-k values and classes must be two (B, K) tensors")
-    classes = classes.long()
-    rest = None
-    if fill:
-        rest = label[2]
-        if not (isinstance(rest, torch.Tensor) and rest.shape == (len(values),) and rest.is_floating_point()):
-            raise UserError(f"store batch file {path}: top-k fill must be a ({len(values)},) float tensor")
-    try:
-        logits, stored = topk_logits(values.float(), classes, rest, num_classes)
-    except ValueError as exc:
-        raise UserError(f"store batch file {path}: {exc}") from None
-    fractions = coords.to(torch.int32).double() / COORD_SCALE
-    return [fractions.float(), flip, None if mix_index is None else mix_index.long(), mix_lam, mix_bbox,
-            logits, index.long()], stored
-
-
-def topk_problem(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torch.Tensor],
-                 num_classes: int) -> Optional[str]:
-    """What no top-k writer writes, or None: a class out of range or twice in a record, a value
-    that is not finite, a fill that is not finite (it is -inf only where no class is left out)."""
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-        return f"top-k class index out of range for {num_classes} classes"
-    if classes.shape[1] > 1 and bool((classes.sort(dim=1).values.diff(dim=1) == 0).any()):
-        return "a top-k record names a class twice"
-    if not bool(torch.isfinite(values).all()):
-        return "top-k values hold NaN or infinite values"
-    if fill is not None:
-        ok = torch.isfinite(fill) | (torch.isneginf(fill) if classes.shape[1] >= num_classes else False)
-        if not bool(ok.all()):
-            return "the top-k fill holds NaN or infinite values"
-    return None
-
-
-def topk_logits(values: torch.Tensor, classes: torch.Tensor, fill: Optional[torch.Tensor],
-                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C) logits from the top K (the others at ``fill``, or -inf without one) and the mask of
-    the stored ones: the one decoder of every top-k encoding, so every reader refuses what
-    ``topk_problem`` finds (raised as ValueError; the callers name the file)."""
-    problem = topk_problem(values, classes, fill, num_classes)
-    if problem:
-        raise ValueError(problem)
-    if fill is not None:
-        logits = fill.float()[:, None].expand(len(values), num_classes).clone()
-    else:
-        logits = torch.full((len(values), num_classes), float("-inf"))
-    logits.scatter_(1, classes, values.float())
-    return logits, torch.zeros(logits.shape, dtype=torch.bool).scatter_(1, classes, True)
 
 
 def _is_scalar_number(value: Any) -> bool:
@@ -485,7 +424,7 @@ def write_manifest(root: str, manifest: dict, flag: str = "--fkd-path") -> None:
 class BatchStore(Store):
     """Our batch store (format v1, full or top-k): one file per student step."""
 
-    format = "batch"
+    kind = format = BATCH
 
     @classmethod
     def open(cls, path: str, flag: str = "--fkd-path") -> "BatchStore":
@@ -503,7 +442,7 @@ class BatchStore(Store):
             raise UserError(f"--mix-type {request.mix_type} does not match {where}, which was made with "
                             f"{m['mix_type']}; the mix is replayed from the store")
 
-    def reader(self) -> Reader:
+    def reader(self, index: Optional[FolderIndex] = None) -> Reader:
         return Reader(self.path, dict(self.manifest))
 
     def jobs(self, epochs: int) -> list[tuple[int, int]]:
@@ -542,9 +481,89 @@ class BatchStore(Store):
 
     def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
                 world: int = 1, with_stored: bool = False) -> Dataset:
-        from softlabel.loader import StoreBatches
         return StoreBatches(self.path, index, dict(self.manifest), self.replayed(jobs), cache_bytes, rank, world,
                             with_stored)
+
+    def source_name(self) -> str:
+        return "ours"
+
+    def check(self, index: Optional[FolderIndex] = None) -> str:
+        m = self.manifest
+        epochs = int(m["epochs"])
+        self.check_complete(epochs)
+        reader = self.reader()
+        jobs = self.jobs(epochs)
+        shown = None
+        for e, b in jobs:
+            if shown is None or shown.epoch != e:
+                shown = EpochSamples(int(m["num_samples"]), e)
+            # the store's one validator: types, ranges, NaN, geometry, then each sample once an epoch
+            shown.add(reader.read(e, b).index, reader.where(e, b))
+        if m.get("container") == "epoch":
+            return f"{len(jobs)} steps checked in {epochs} epoch files"
+        return f"{len(jobs)} files checked"
+
+    def with_images(self, index: FolderIndex, data_arg: str) -> tuple[Store, Optional[str]]:
+        m = self.manifest
+        if len(index) != int(m["num_samples"]):
+            raise UserError(f"{data_arg}: {len(index)} images, but {self.flag} {self.path} was made from "
+                            f"{m['num_samples']}; not the images it was made from")
+        if m.get("dataset_fingerprint") and index.fingerprint() != m["dataset_fingerprint"]:
+            return self, (f"note: {data_arg} is not the folder the store was made from (file names or "
+                          f"sizes differ from {(m.get('args') or {}).get('data')}); comparing anyway")
+        return self, None
+
+    def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
+        m = self.manifest
+        epochs, batches = int(m["epochs"]), int(m["batches_per_epoch"])
+        packed_files = m.get("container") == "epoch"
+        labelled = len(self.jobs(epochs))
+        files_wanted = epochs if packed_files else labelled
+        present = files_wanted - len(self.missing(epochs))
+        label = "full" if m["label_format"] == "full" else f"topk {m['topk']}" + (
+            " + residual fill" if m.get("topk_fill") else " (the rest -inf)")
+        dtype = m.get("label_dtype") or ("float16" if m.get("use_fp16") else "float32")
+        mix = m["mix_type"]
+        alpha = m.get("mixup") if mix == "mixup" else m.get("cutmix") if mix == "cutmix" else None
+        source = m.get("converted_from")
+        rows = [
+            ("format", "ours v%d (manifest.json)" % m["format_version"]
+             + (f", converted from {'our' if source.get('kind') == 'ours' else 'an upstream'} "
+                f"{source.get('kind')} store" if source else "")),
+            ("epochs", str(epochs)),
+            ("batches per epoch", str(batches)),
+            ("label files", f"{present} of {files_wanted} "
+                            f"{'epoch files (packed)' if packed_files else 'batch files'} present"),
+            ("labelled steps", f"{labelled} of {epochs * batches}" + (
+                f" (pruned: label_keep {keep_of(m):g}; the trainer cycles them)" if labelled < epochs * batches
+                else "")),
+            ("batch size", str(m["batch_size"])),
+            ("samples", str(m["num_samples"])),
+            ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders"
+                        + (f", {m['class_mapping']}" if m.get("class_mapping") else "") + ")"),
+            ("label format", f"{label} ({dtype})"),
+            ("mix type", mix + (f" (alpha {alpha:g})" if alpha is not None else "")),
+            ("crops", f"{m['input_size']}px, scale " + (f"{m['min_scale_crops']:g}..{m['max_scale_crops']:g}"
+                                                         if m.get("min_scale_crops") is not None else "not recorded")
+                      + f", fkd seed {m['fkd_seed']}"),
+        ]
+        if not m.get("teachers"):
+            rows.append(("teacher", "not recorded"))
+        for n, t in enumerate(m.get("teachers") or []):
+            rows.append((f"teacher {n}" if len(m["teachers"]) > 1 else "teacher",
+                         f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
+                         f"sha256 {str(t.get('weights_sha256'))[:12]}, "
+                         f"{t.get('num_classes')} classes, mean {fmt_floats(t.get('mean'))}, "
+                         f"std {fmt_floats(t.get('std'))})"))
+        if m.get("ensemble"):
+            rows.append(("ensemble", m["ensemble"] + (f" (primary weight {m['primary_weight']:g})"
+                                                      if m.get("primary_weight") is not None else "")))
+        rows.append(("temperature", f"{m['temperature']:g}" if m.get("temperature") is not None else "-"))
+        rows.append(("autocast", str(m.get("amp") or "off")))
+        rows.append(("student normalization", f"mean {fmt_floats(m.get('mean'))}, std {fmt_floats(m.get('std'))}"))
+        data = (m.get("args") or {}).get("data")
+        rows.append(("made from", f"{data or '?'} (fingerprint {str(m.get('dataset_fingerprint'))[:12]})"))
+        return rows
 
 
 def container_of(label_format: str) -> dict:

@@ -31,7 +31,7 @@ import torch
 from softlabel import files
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD, FolderIndex
 from softlabel.errors import UserError
-from softlabel.stores.base import Request
+from softlabel.stores.base import FKD_UPSTREAM, Request
 from softlabel.stores.per_image import TOP_K, PerImageStore, check_labels, normalize_label_type
 
 FORMAT = "fkd-upstream"
@@ -99,6 +99,9 @@ def _indices(values: np.ndarray) -> Any:
 class FkdUpstreamStore(PerImageStore):
     """A folder of FKD's own per-image files, its manifest built from the first file and the flags."""
 
+    kind = FKD_UPSTREAM
+    needs_images = True
+    labelled_resample = "bicubic"  # FKD_SLG labelled bicubic crops
     format = FORMAT
 
     @classmethod
@@ -147,6 +150,23 @@ class FkdUpstreamStore(PerImageStore):
             raise UserError(f"FKD label file {path}: {kind} labels, the rest of the folder holds "
                             f"{self.manifest['label_type']}")
         return check_labels(path, *to_tensors(coords, flips, labels, kind), self.manifest)
+
+    def source_name(self) -> str:
+        return FKD_UPSTREAM
+
+    def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
+        m = self.manifest
+        return [
+            ("format", "FKD's own files (FKD_SLG: <split>/<class>/<image>.tar, numpy arrays)"),
+            ("images", str(m["num_samples"])),
+            ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders) (--num-classes)"),
+            ("crops per image", str(m["num_crops"])),
+            ("label type", f"{m['label_type']} (top {m.get('top_k')}, {'float16' if m.get('use_fp16') else 'float32'}"
+                           f", inferred from the arrays)"),
+            ("crops", f"{m['input_size']}px (--input-size), scale and seed not recorded"),
+            ("teacher", "not recorded"),
+            ("made from", str(m["args"]["data"])),
+        ]
 
     def missing(self, epochs: int, index: Optional[FolderIndex] = None) -> list[str]:
         return [self.path_of(index, i) for i in range(len(index)) if not os.path.isfile(self.path_of(index, i))]

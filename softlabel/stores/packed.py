@@ -33,12 +33,12 @@ import torch
 
 from softlabel import files
 from softlabel.errors import UserError
+from softlabel.stores.topk import COORD_SCALE, fill_temperature, residual_fill, topk_logits
 
 MAGIC = b"SLPACK03"
 HEADER = np.dtype([("magic", "S8"), ("steps", "<u4"), ("samples", "<u4"), ("epoch", "<u4")])
 HEADERS = {MAGIC: HEADER, b"SLPACK02": np.dtype([("magic", "S8"), ("steps", "<u4"), ("samples", "<u4")])}
 STEP = np.dtype([("step", "<u4"), ("start", "<u4"), ("count", "<u4"), ("lam", "<f8"), ("bbox", "<i2", (4,))])
-COORD_SCALE = 65535
 
 
 def sample_dtype(manifest: dict) -> np.dtype:
@@ -70,7 +70,6 @@ def part_path(root: str, epoch: int, step: int) -> str:
 
 def encode_step(record, step: int, manifest: dict) -> bytes:
     """One step (a ``BatchRecord`` with full logits) as a STEP row followed by its sample rows."""
-    from softlabel.stores.batch import fill_temperature, residual_fill
     k = min(int(manifest["topk"]), record.soft_label.shape[1])
     values, classes = record.soft_label.float().topk(k, dim=1)
     rows = np.zeros(len(record), sample_dtype(manifest))
@@ -187,7 +186,6 @@ class EpochFile:
 
 def decode(row: np.void, samples: np.ndarray, num_classes: int) -> tuple[list, torch.Tensor]:
     """A step as the record list of format v1 (fractions, full logits), and the stored-logit mask."""
-    from softlabel.stores.batch import topk_logits
     names = samples.dtype.names
     fill = torch.from_numpy(samples["fill"].astype(np.float32)) if "fill" in names else None
     classes = torch.from_numpy(samples["classes"].astype(np.int64))

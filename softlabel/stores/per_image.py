@@ -29,6 +29,7 @@ those of a k-crop store with the same seed.
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -40,8 +41,8 @@ from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import schema
-from softlabel.stores.base import Request, Store
-from softlabel.stores.batch import smallest_int_dtype
+from softlabel.stores.base import PER_IMAGE, Request, Store, fmt_floats, weights_name
+from softlabel.stores.topk import smallest_int_dtype
 from softlabel.streams import Stream
 
 MANIFEST = "fkd_manifest.json"
@@ -381,7 +382,8 @@ DEFAULT_CROPS_PER_STEP = 4  # the trainer's --num-crops default: FKD's train_FKD
 class PerImageStore(Store):
     """Our per-image store: one file per image, ``num_crops`` labelled crops each."""
 
-    format = layout = "per-image"
+    kind = format = layout = PER_IMAGE
+    labelled_resample = "bilinear"  # how the generator resampled the crops it labelled
 
     @classmethod
     def open(cls, path: str, flag: str = "--fkd-path") -> "PerImageStore":
@@ -427,6 +429,41 @@ class PerImageStore(Store):
     def reader(self, index: FolderIndex) -> Callable[[int], tuple]:
         return lambda i: self.read_labels(index, i)
 
+    def teachers(self) -> list:
+        return [self.manifest["teacher"]] if self.manifest.get("teacher") else []
+
+    def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
+        m, t = self.manifest, self.manifest.get("teacher") or {}
+        return [
+            ("format", f"per-image v{m['format_version']} ({MANIFEST})"),
+            ("images", str(m["num_samples"])),
+            ("classes", f"{m['num_classes']} ({len(m['class_names'])} class folders)"),
+            ("crops per image", str(m["num_crops"])),
+            ("label type", f"{m['label_type']} (top {m.get('top_k')}, {'float16' if m.get('use_fp16') else 'float32'}"
+                           f", temperature {m['temperature']:g})"),
+            ("crops", f"{m['input_size']}px, scale {fmt_floats([m['min_scale_crops'], m['max_scale_crops']])}, "
+                      f"fkd seed {m['fkd_seed']}"),
+            ("teacher", f"{t.get('arch')} ({t.get('source')}, {weights_name(t)}, "
+                        f"sha256 {str(t.get('weights_sha256'))[:12]})"),
+            ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}"),
+        ]
+
+    def check(self, index: Optional[FolderIndex] = None) -> str:
+        """With the images: each one's file, read as the trainer reads it; without (ours only): every
+        file under the store."""
+        if index is not None:
+            self.check_complete(0, index)
+            for i in range(len(index)):
+                self.read_labels(index, i)
+            return f"{len(index)} files checked"
+        paths = sorted(str(p) for p in pathlib.Path(self.path).rglob("*.tar"))
+        m = self.manifest
+        if len(paths) != m["num_samples"]:
+            raise UserError(f"{self.flag} {self.path}: {len(paths)} label files for {m['num_samples']} images")
+        for path in paths:
+            read_file(path, dict(self.manifest))
+        return f"{len(paths)} files checked"
+
 
 class PerImageWriter:
     """Writes the per-image files of a store created by ``create``, each atomically."""
@@ -439,6 +476,9 @@ class PerImageWriter:
 
     def exists(self, image: int) -> bool:
         return os.path.exists(self.path_of(image))
+
+    def finish(self) -> None:
+        """Nothing to do: every file is complete once written."""
 
     def write(self, image: int, coords, flips, classes, values) -> None:
         write_file(self.path_of(image), coords, flips, classes, values)

@@ -20,32 +20,11 @@ import torch
 from softlabel import files, streams
 from softlabel.data import FolderIndex
 from softlabel.errors import UserError
-from softlabel.stores.base import Request
+from softlabel.stores.base import UPSTREAM, Request
 from softlabel.stores.batch import BatchStore, batch_path, manifest_path
+from softlabel.stores.legacy_order import LegacyOrder  # noqa: F401  (re-exported)
 
 LEGACY_SEED = streams.DEFAULT_SEED  # upstream --fkd_seed default (42)
-
-
-class LegacyOrder:
-    """The sample order of SRe2L/G-VBSM stores: ``RandomSampler(dataset, generator=g)`` with
-    one ``torch.Generator`` seeded with --fkd_seed, iterated to the end once per epoch, as the
-    upstream relabel and trainer both do. The sampler itself draws it (it advances the
-    generator by more than the one permutation it yields). Epoch e needs the generator state
-    after e earlier epochs; those states (a few KB each), not the permutations, are kept."""
-
-    def __init__(self, seed: int, num_samples: int):
-        from torch.utils.data import RandomSampler
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.sampler = RandomSampler(range(num_samples), generator=self.generator)
-        self.states = [self.generator.get_state()]
-
-    def epoch(self, e: int) -> torch.Tensor:
-        while len(self.states) <= e:
-            self.generator.set_state(self.states[-1])
-            list(self.sampler)
-            self.states.append(self.generator.get_state())
-        self.generator.set_state(self.states[e])
-        return torch.tensor(list(self.sampler), dtype=torch.int64)
 
 
 def is_legacy(root: str) -> bool:
@@ -89,6 +68,9 @@ def samples_from_batches(root: str, batches: int, batch_size: int) -> Optional[i
 class UpstreamStore(BatchStore):
     """An SRe2L / G-VBSM / PRISM store, its manifest built from its files and the flags."""
 
+    kind = UPSTREAM
+    needs_images = True
+
     @classmethod
     def open(cls, path: str, flag: str, index: Optional[FolderIndex], request: Request,
              need_pixels: bool = True) -> "UpstreamStore":
@@ -121,7 +103,61 @@ class UpstreamStore(BatchStore):
             manifest["args"], manifest["dataset_fingerprint"] = {"data": index.root}, index.fingerprint()
         store = cls(path, manifest, flag)
         store.format = manifest["legacy_kind"]
+        store.request = request
         return store
+
+    def source_name(self) -> str:
+        return self.manifest["legacy_kind"]  # "sre2l" or "prism"
+
+    def content(self) -> dict:
+        return {k: v for k, v in self.manifest.items() if k != "legacy_kind"}
+
+    def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
+        """From the files alone and the flags (a sample count the images contradict is said, not refused)."""
+        root, request = self.path, self.request
+        epochs, batches, files_found = layout(root)
+        first = load_upstream(batch_path(root, 0, 0))
+        kind = "sre2l" if len(first) == 6 else "prism"
+        batch_size, soft = len(first[0]), first[5]
+        samples = samples_from_batches(root, batches, batch_size)
+        said = ("from the last batch of epoch 0" if samples is not None
+                else "unknown: epoch 0's last batch is missing")
+        if index is not None:
+            contradicted = samples not in (None, len(index))
+            said = f"--data has {len(index)} images" + (
+                f"; the batches say {samples}: not the images it was made from" if contradicted else "")
+        mix = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
+        return [
+            ("format", f"legacy {kind} (no manifest; lists of {len(first)} "
+                       f"{'without' if kind == 'sre2l' else 'with'} sample indices)"),
+            ("epochs", str(epochs)),
+            ("batches per epoch", str(batches)),
+            ("batch files", f"{files_found} of {epochs * batches} present"),
+            ("batch size", str(batch_size)),
+            ("samples", f"{samples if samples is not None else '?'} ({said})"),
+            ("classes", str(int(soft.shape[1]))),
+            ("label format", f"full ({str(soft.dtype).replace('torch.', '')})"),
+            ("mix type", mix),
+            ("crops", (f"{request.input_size}px (--input-size)" if request.input_size
+                       else "size not recorded (--input-size)")
+                      + (f", fkd seed {request.fkd_seed} (--fkd_seed)" if request.fkd_seed is not None else
+                         f", fkd seed not recorded (upstream default {LEGACY_SEED})")),
+            ("teacher", "not recorded (an upstream store has no manifest)"),
+        ]
+
+    def check(self, index: Optional[FolderIndex] = None) -> str:
+        """Every batch file there, then each validated (with ``index``: as those images say)."""
+        epochs, batches, _ = layout(self.path)
+        missing = [batch_path(self.path, e, b) for e in range(epochs) for b in range(batches)
+                   if not os.path.isfile(batch_path(self.path, e, b))]
+        if missing:
+            raise UserError(f"{self.flag} {self.path}: {len(missing)} of {epochs * batches} batch files missing "
+                            f"(first: {missing[0]})")
+        return BatchStore.check(type(self).open(self.path, self.flag, index, self.request, need_pixels=False))
+
+    def with_images(self, index: FolderIndex, data_arg: str) -> tuple[BatchStore, None]:
+        """Reopened with the images: their count and class names are the store's."""
+        return type(self).open(self.path, self.flag, index, self.request), None
 
 
 def legacy_manifest(first: list, class_names: list[str], num_samples: int, fkd_seed: Optional[int],
