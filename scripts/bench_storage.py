@@ -35,6 +35,7 @@ import torch
 from softlabel import replay
 from softlabel.errors import UserError, run_main
 from softlabel.stores import batch as store
+from softlabel.stores import topk
 from softlabel.stores import create_store, open_store
 
 PY = sys.executable
@@ -115,8 +116,8 @@ def sizes_table(batches: list[int], images: int, epochs: int, k: int) -> str:
 def rebuilt(logits: torch.Tensor, k: int, fill_temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits a top-k store with the residual fill gives back (float16 on disk), and the stored mask."""
     values, classes = logits.topk(k, dim=1)
-    fill = store.residual_fill(logits, classes, fill_temperature).half().float()
-    return store.topk_logits(values.half().float(), classes, fill, logits.shape[1])
+    fill = topk.residual_fill(logits, classes, fill_temperature).half().float()
+    return topk.topk_logits(values.half().float(), classes, fill, logits.shape[1])
 
 
 def at_temperature(logits: torch.Tensor, back: torch.Tensor, stored: torch.Tensor, t: float) -> tuple[float, float, float]:

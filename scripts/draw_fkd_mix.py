@@ -16,7 +16,7 @@ from softlabel import replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.files import ensure_dir
-from softlabel.loader import StoreBatches
+from softlabel.stores.batch import StoreBatches
 from softlabel.stores import open_store
 
 CELL = 112  # pixels per drawn image

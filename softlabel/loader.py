@@ -18,9 +18,8 @@ from prefetch_generator import BackgroundGenerator
 from torch.utils.data import DataLoader, Dataset
 
 from softlabel import replay
-from softlabel.classmap import class_index_of, folder_targets  # noqa: F401  (class_index_of: re-exported)
+from softlabel.classmap import folder_targets
 from softlabel.data import FolderIndex, ImageCache
-from softlabel.stores.batch import StoreBatches  # noqa: F401  (re-exported: the student side)
 
 
 class RelabelBatches(Dataset):

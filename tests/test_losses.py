@@ -198,7 +198,7 @@ def test_the_trainer_reports_every_loss_type_as_its_formula(cutmix_store, demo_d
     (their top 3 under --keep-topk 3), averaged over the epoch's 20 samples."""
     from softlabel import replay
     from softlabel.data import scan_image_folder
-    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import StoreBatches
     from softlabel.models import create_model
     train = "validate/train_FKD_parallel.py"
     manifest = json.loads((cutmix_store / "manifest.json").read_text())

@@ -16,6 +16,7 @@ from conftest import STORE_ARGS, assert_user_error, relabel, run_script, train_i
 from softlabel import replay
 from softlabel.errors import UserError
 from softlabel.stores import batch as store
+from softlabel.stores import topk
 from softlabel.stores import create_store, open_store, packed
 
 TRAIN = "validate/train_FKD_parallel.py"
@@ -245,7 +246,7 @@ def test_the_residual_fill_keeps_the_left_out_mass_at_its_temperature(t, stores)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 1000, generator=g) * 3  # peaked: where a T = 1 fill is furthest off at T = 3
     values, classes = logits.topk(5, dim=1)
-    back, stored = store.topk_logits(values, classes, store.residual_fill(logits, classes, t), 1000)
+    back, stored = topk.topk_logits(values, classes, topk.residual_fill(logits, classes, t), 1000)
     left_out = lambda z: (z / t).softmax(1).masked_fill(stored, 0).sum(1)  # noqa: E731
     torch.testing.assert_close(left_out(back), left_out(logits))
     # and through a packed store made with --topk-fill-temperature t (float16 on disk)

@@ -22,7 +22,8 @@ from conftest import relabel, run_script
 
 from softlabel import models, replay
 from softlabel.data import scan_image_folder
-from softlabel.loader import batch_loader, class_index_of
+from softlabel.classmap import class_index_of
+from softlabel.loader import batch_loader
 from softlabel.stores import open_store
 from softlabel.stores import per_image as per_image_store
 

@@ -32,7 +32,7 @@ def assert_labels_are_the_rule(store: Path, data: Path, teacher_paths: list[Path
     replayed pixels, each teacher in its own normalization (float16 stores: rounded to half)."""
     from softlabel import replay
     from softlabel.data import scan_image_folder
-    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import StoreBatches
     from softlabel.teachers import load_teacher
     m = json.loads((store / "manifest.json").read_text())
     teachers = [load_teacher(None, str(p)) for p in teacher_paths]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from softlabel import replay, streams
 from softlabel.data import scan_image_folder
-from softlabel.loader import StoreBatches
+from softlabel.stores.batch import StoreBatches
 from softlabel.streams import Stream
 from softlabel.teachers import load_teacher
 

@@ -37,7 +37,7 @@ def test_draw_fkd_mix_draws_the_stored_crops_and_mix(cutmix_store, demo_data, tm
     import torchvision
 
     from softlabel.data import scan_image_folder
-    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import StoreBatches
     out = tmp_path / "fig" / "mix.png"
     proc = run_script("scripts/draw_fkd_mix.py", cutmix_store, "--data", demo_data / "ipc2", "--epoch", 1,
                       "--batch", 2, "--samples", 3, "--out", out)

@@ -15,7 +15,7 @@ from conftest import assert_user_error, relabel, run_script
 
 from softlabel import replay
 from softlabel.stores import batch as store
-from softlabel.stores import upstream
+from softlabel.stores import legacy_order
 
 INFO = "scripts/fkd_info.py"
 SIZE = 16
@@ -83,13 +83,13 @@ def write_sre2l(ours: Path, dest: Path, teacher_path: Path, data: Path) -> None:
     """An SRe2L/G-VBSM store, made the upstream way: no manifest; lists of 6 [coords, flip,
     mix_index, mix_lam, mix_bbox as numpy int64 scalars, fp16 soft labels]; the samples of
     each batch taken in the order of the RandomSampler seeded with --fkd_seed 42
-    (upstream.LegacyOrder), and labelled by the teacher on those images' pixels. The crops and
+    (legacy_order.LegacyOrder), and labelled by the teacher on those images' pixels. The crops and
     mix are our store's (all demo images are 32x32, so any crop fits any image)."""
     from softlabel.data import load_rgb, scan_image_folder
     from softlabel.teachers import load_teacher
     manifest = store.read_manifest(str(ours))
     reader = store.Reader(str(ours), manifest)
-    order = upstream.LegacyOrder(42, manifest["num_samples"])
+    order = legacy_order.LegacyOrder(42, manifest["num_samples"])
     samples = scan_image_folder(str(data), "--data").samples
     teacher = load_teacher(None, str(teacher_path))
     b_size = manifest["batch_size"]

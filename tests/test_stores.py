@@ -14,9 +14,9 @@ import torch
 from conftest import STORE_ARGS, assert_user_error, relabel, run_script, tree_bytes
 
 from softlabel.data import scan_image_folder
-from softlabel.loader import StoreBatches
-from softlabel.stores import Request, open_store, upstream
+from softlabel.stores import Request, legacy_order, open_store
 from softlabel.stores import batch as store
+from softlabel.stores.batch import StoreBatches
 
 TRAIN = "validate/train_FKD_parallel.py"
 
@@ -109,7 +109,7 @@ def write_upstream(ours: Path, dest: Path, kind: str, numpy_box: bool = True) ->
     the cutmix box as numpy scalars (np.clip results), fp16 labels; SRe2L/G-VBSM have no
     index (their order comes from the seeded RandomSampler), PRISM appends it."""
     manifest = store.read_manifest(str(ours))
-    order = upstream.LegacyOrder(manifest["fkd_seed"], manifest["num_samples"])
+    order = legacy_order.LegacyOrder(manifest["fkd_seed"], manifest["num_samples"])
     b_size = manifest["batch_size"]
     for rec_epoch in range(manifest["epochs"]):
         os.makedirs(dest / f"epoch_{rec_epoch}")
@@ -134,7 +134,7 @@ def test_upstream_stores_are_read_safely_and_trained(kind, cutmix_store, demo_da
     manifest = dict(open_store(str(legacy), index, request=Request(input_size=24)).manifest)
     assert manifest["legacy_kind"] == kind and manifest["epochs"] == 3 and manifest["batches_per_epoch"] == 3
     ours = read_all(cutmix_store, store.read_manifest(str(cutmix_store)))
-    order = upstream.LegacyOrder(42, 20)
+    order = legacy_order.LegacyOrder(42, 20)
     for n, rec in enumerate(read_all(legacy, manifest)):
         e, b = divmod(n, 3)
         want = ours[n].index if kind == "prism" else order.epoch(e)[b * 8:(b + 1) * 8]
@@ -230,6 +230,6 @@ def test_legacy_order_is_the_upstream_sampler_order_across_epochs():
     loader = torch.utils.data.DataLoader(list(range(23)), batch_size=5,
                                          sampler=torch.utils.data.RandomSampler(range(23), generator=generator))
     expected = [torch.cat(list(loader)) for _ in range(4)]
-    order = upstream.LegacyOrder(42, 23)
+    order = legacy_order.LegacyOrder(42, 23)
     for e in (2, 0, 3, 1):  # in any order of access
         assert torch.equal(order.epoch(e), expected[e])

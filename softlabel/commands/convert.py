@@ -24,7 +24,7 @@ from softlabel import files, tracking
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import (FKD_UPSTREAM, PER_IMAGE, UPSTREAM, Request, Store, create_store, open_store, per_image,
-                              store_class)
+                              store_class, topk)
 from softlabel.stores import batch as store
 from softlabel.streams import DEFAULT_SEED, check_seed
 
@@ -36,8 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", choices=["full", "topk"], default="topk",
                    help="format of DST (default: topk)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample with topk (default: 5)")
-    p.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
-    p.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=store.FILL_TEMPERATURE_HELP)
+    p.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=topk.TOPK_FILL_HELP)
+    p.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=topk.FILL_TEMPERATURE_HELP)
     g = p.add_argument_group("upstream stores (what they do not record)")
     g.add_argument("--data", metavar="DIR", default=None,
                    help="the image folder the store was made from (needed for an upstream store: sample "
@@ -96,7 +96,7 @@ def target_manifest(source: Store, args: argparse.Namespace) -> dict:
     manifest["label_keep"] = store.keep_of(src)               # a pruned store stays pruned
     manifest["label_format"] = args.label_format
     manifest["topk"] = args.topk if args.label_format == "topk" else None
-    manifest["topk_fill"] = store.fill_setting(args.label_format, args.topk_fill)
+    manifest["topk_fill"] = topk.fill_setting(args.label_format, args.topk_fill)
     manifest["topk_fill_temperature"] = manifest["topk_fill"] and args.topk_fill_temperature
     if args.label_format == "topk":
         manifest["label_dtype"] = "float16"

@@ -215,7 +215,7 @@ def amp_of(manifest: dict, device: torch.device) -> Optional[torch.dtype]:
 
 
 def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
-    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import StoreBatches
     root, manifest = bs.path, dict(bs.manifest)
     from softlabel.teachers import Ensemble, load_teachers, split_list, weight_paths
 

@@ -33,6 +33,7 @@ from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_w
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import batch as store
+from softlabel.stores import topk
 from softlabel.stores import create_store
 from softlabel.stores.schema import MAX_BATCH_FILES, MAX_EPOCHS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED, check_seed
@@ -111,8 +112,8 @@ def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
                    help="full: every class's logit; topk: each sample's --topk largest logits (float16) "
                         "with their classes, and the crops in compact types (default: full)")
     g.add_argument("--topk", type=int, default=5, metavar="K", help="logits kept per sample by --label-format topk (5)")
-    g.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=store.TOPK_FILL_HELP)
-    g.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=store.FILL_TEMPERATURE_HELP)
+    g.add_argument("--topk-fill", choices=["residual", "none"], default="residual", help=topk.TOPK_FILL_HELP)
+    g.add_argument("--topk-fill-temperature", type=float, default=1.0, metavar="T", help=topk.FILL_TEMPERATURE_HELP)
     g.add_argument("--label-keep", type=float, default=1.0, metavar="FRACTION",
                    help="label pruning (as LPLD): label only this seeded fraction of each epoch's steps; the "
                         "trainer cycles the kept steps so a student still trains every step (default: 1, all)")
@@ -243,8 +244,8 @@ def build_manifest(cfg, index: FolderIndex, teachers: list[Teacher], class_index
         "label_dtype": "float16" if cfg.use_fp16 or cfg.label_format == "topk" else "float32",
         "label_format": cfg.label_format,
         "topk": cfg.topk if cfg.label_format == "topk" else None,
-        "topk_fill": store.fill_setting(cfg.label_format, cfg.topk_fill),
-        "topk_fill_temperature": store.fill_setting(cfg.label_format, cfg.topk_fill) and cfg.topk_fill_temperature,
+        "topk_fill": topk.fill_setting(cfg.label_format, cfg.topk_fill),
+        "topk_fill_temperature": topk.fill_setting(cfg.label_format, cfg.topk_fill) and cfg.topk_fill_temperature,
         "temperature": cfg.temperature,
         "teachers": [t.describe() for t in teachers],
         "ensemble": cfg.ensemble if len(teachers) > 1 or cfg.ensemble in RESCALING else None,

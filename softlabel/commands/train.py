@@ -69,10 +69,12 @@ from softlabel.data import (
 from softlabel.distill import DISTILLERS, Features
 from softlabel.distributed import DistInfo, require_same_start, slice_bounds
 from softlabel.errors import UserError, run_main
-from softlabel.loader import batch_loader, cache_bytes, class_index_of, loader_workers
+from softlabel.classmap import class_index_of
+from softlabel.loader import batch_loader, cache_bytes, loader_workers
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import Store
+from softlabel.stores import topk
 from softlabel.stores import batch as batch_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
@@ -698,7 +700,7 @@ def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
         notes.append(f"the store labels {len(store.jobs(store.settings.epochs))} of "
                      f"{store.settings.epochs * store.settings.batches_per_epoch} steps (--label-keep "
                      f"{store.settings.label_keep:g}); each step replays the kept ones in turn")
-    fill_t = batch_store.fill_temperature(m)
+    fill_t = topk.fill_temperature(m)
     if m.get("topk_fill") and cfg.temperature and abs(cfg.temperature - fill_t) > 1e-9:
         notes.append(f"the store's residual fill keeps the left-out classes' probability exactly at T = {fill_t:g}, "
                      f"not at this run's -T {cfg.temperature:g} (the error: docs/stores.md); for an exact one, "

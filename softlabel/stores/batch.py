@@ -47,9 +47,8 @@ from softlabel.errors import UserError
 from softlabel.stores import packed, schema
 from softlabel.stores.base import BATCH, Request, Store, check_digest, fmt_floats, weights_name
 from softlabel.stores.legacy_order import LegacyOrder
-from softlabel.stores.topk import (  # noqa: F401  (re-exported: the store's top-k settings and codec)
-    COORD_SCALE, FILL_TEMPERATURE_HELP, TOPK_FILL_HELP, decode_topk, fill_setting, fill_temperature, residual_fill,
-    smallest_int_dtype, topk_logits, topk_problem, writes_fill)
+from softlabel.stores.topk import (COORD_SCALE, decode_topk, residual_fill, smallest_int_dtype,
+                                   writes_fill)
 
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
 PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)

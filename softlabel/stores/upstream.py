@@ -22,7 +22,6 @@ from softlabel.data import FolderIndex
 from softlabel.errors import UserError
 from softlabel.stores.base import UPSTREAM, Request
 from softlabel.stores.batch import BatchStore, batch_path, manifest_path
-from softlabel.stores.legacy_order import LegacyOrder  # noqa: F401  (re-exported)
 
 LEGACY_SEED = streams.DEFAULT_SEED  # upstream --fkd_seed default (42)
 
