@@ -123,6 +123,16 @@ def ranks_not_seeing(info: DistInfo, path: str) -> int:
     return int(reduce_across(info, float(not torch.equal(mine, main)))[0])
 
 
+def require_shared(info: DistInfo, path: str, flag: str, folder: str) -> None:
+    """Every rank must read the file rank 0 just wrote at ``path`` in the output ``folder``: with
+    several nodes, that folder must be one they all share."""
+    missing = ranks_not_seeing(info, path)
+    if missing:
+        raise UserError(f"{flag} {folder}: {missing} of the {info.world_size} processes do not see the "
+                        f"{os.path.basename(path)} rank 0 wrote there; with several nodes {flag} must be a folder "
+                        f"every node shares (a network file system), at the same path")
+
+
 def require_same_start(info: DistInfo, epoch: int, flag: str, folder: str) -> None:
     """Every rank must start at the same epoch: a rank that finds no checkpoint where rank 0
     resumes one would otherwise train other steps than the rest (or wait for them forever)."""

@@ -212,6 +212,11 @@ def test_a_folder_not_shared_by_the_nodes_is_refused(demo_data, teacher_ckpt, cu
     for p in procs:
         assert p.returncode != 0 and "do not see the manifest.json rank 0 wrote there" in p.stderr, p.stderr
     assert not list((own / "s").rglob("*.tar"))  # refused before any batch
+    procs = run_nodes("relabel/generate_soft_label_fkd.py", demo_data / "ipc1", "--teacher-path", teacher_ckpt,
+                      "--save_path", own / "fkd", "--num_crops", 2, "--num_seg", 2, "--input_size", 24, "-j", 0,
+                      audit=tmp_path / "a0", root=own, own_folder=own, check=False)
+    for p in procs:  # FKD's per-image store too
+        assert p.returncode != 0 and "do not see the fkd_manifest.json rank 0 wrote there" in p.stderr, p.stderr
     args = ("--train-dir", demo_data / "ipc2", "--fkd-path", cutmix_store, *TRAIN_ARGS)
     # a fresh run trains: only rank 0 writes there (on whichever node the rendezvous made it)
     run_nodes(TRAIN, *args, "--output-dir", own / "fresh", audit=tmp_path / "a2", root=own, own_folder=own)

@@ -648,9 +648,5 @@ def create(path: str, manifest: dict, info: Optional[DistInfo] = None, flag: str
         prepare()
     else:
         distributed.on_main_then_all(info, prepare)
-        missing = distributed.ranks_not_seeing(info, manifest_path(path))
-        if missing:
-            raise UserError(f"{flag} {path}: {missing} of the {info.world_size} processes do not see the {MANIFEST} "
-                            f"rank 0 wrote there; with several nodes {flag} must be a folder every node shares "
-                            f"(a network file system), at the same path")
+        distributed.require_shared(info, manifest_path(path), flag, path)
     return BatchWriter(path, manifest, info)

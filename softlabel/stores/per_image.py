@@ -501,4 +501,5 @@ def create(path: str, manifest: dict, index: FolderIndex, info: Optional[DistInf
         prepare()
     else:
         distributed.on_main_then_all(info, prepare)
+        distributed.require_shared(info, os.path.join(path, MANIFEST), flag, path)
     return PerImageWriter(path, index)

@@ -152,7 +152,9 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-RESUME_MUST_MATCH = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"] == "match")
+# The labels first: a resume on other labels is named as such, whatever else differs too.
+RESUME_MUST_MATCH = tuple(sorted((f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"] == "match"),
+                                 key=lambda name: name != "label_source"))
 
 
 def check_flags(args: argparse.Namespace) -> None:
