@@ -105,6 +105,7 @@ def study_checkpoint(folder, dataset, arch, num_classes):
     return path
 
 
+@pytest.mark.slow  # half a minute of CI; the quick benches (-m slow) run the front end end to end too
 def test_the_seed_command_runs_relabel_and_trainer_on_torchvision_cifar(tmp_path):
     cifar10_on_disk(tmp_path / "root")
     study_checkpoint(tmp_path / "ckpt", "cifar10", "resnet20", 10)
