@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Optional
 
 import numpy as np
 import torch
@@ -207,9 +206,3 @@ def _short(values: list) -> str:
 
 def missing_epochs(root: str, epochs: int) -> list[str]:
     return [epoch_path(root, e) for e in range(epochs) if not os.path.isfile(epoch_path(root, e))]
-
-
-def pending_parts(root: str) -> Optional[str]:
-    """A parts folder left by an unfinished run, if any (named in errors)."""
-    names = sorted(n for n in os.listdir(root) if n.endswith(".parts"))
-    return os.path.join(root, names[0]) if names else None
