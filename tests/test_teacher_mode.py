@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import train_in_process
+from rounding import logits_tolerance
 
-from softlabel import files
+from softlabel import files, replay
 from softlabel.errors import UserError
 from softlabel.teachers import Ensemble, load_teacher
 
@@ -28,7 +29,10 @@ def test_train_mode_labels_with_batch_statistics_and_updates_the_running_ones(te
     assert all(torch.equal(v, before[k]) for k, v in running_stats(e).items())  # eval: nothing moves
     e.set_mode("train")
     train_logits, _ = e(pixels, None, None, None)
-    assert not torch.allclose(eval_logits, train_logits, atol=1e-3)  # the batch's statistics, not the running ones
+    # the batch's statistics, not the running ones: apart by far more than rounding could explain
+    t = e.teachers[0]
+    bound = logits_tolerance(t.model, replay.normalize(pixels, t.mean, t.std)).max()
+    assert float((eval_logits - train_logits).abs().max()) > float(bound)
     after = running_stats(e)
     moved = [k for k in after if not torch.equal(after[k], before[k])]
     assert moved and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in moved)

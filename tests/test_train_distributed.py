@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from conftest import run_script
+from rounding import assert_same_weights as same_up_to_rounding
+from rounding import between_orders, kl_magnitude
 
 TRAIN = "validate/train_FKD_parallel.py"
 
@@ -20,12 +21,21 @@ def weights(run) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint.pth", weights_only=True)["model"]
 
 
+# cutmix_store: 20 images of 10 classes, batches of 8 (3 steps an epoch), 3 epochs
+CLASSES, BATCH, STEPS = 10, 8, 9
+# roundings along the widest sum of an mlpnet weight: its fan-in (3 x 64 pooled pixels, each a
+# mean of 9), the batch, momentum and the update at every step, and 32 for the element-wise
+# operations of the loss and its gradient
+WEIGHT_DEPTH = 3 * 64 + 9 + BATCH + 2 * STEPS + 32
+# roundings of one loss term: its two log-softmaxes (a sum of C exps each), the class sum, the
+# batch mean, the mean over the ranks or micro-batches and the epoch's mean over its 3 steps,
+# and 12 element-wise operations (division by T, exp, log, difference, product, divisions)
+LOSS_DEPTH = 2 * CLASSES + CLASSES + BATCH + 3 + 3 + 12
+
+
 def assert_same_weights(a, b) -> None:
     """Equal up to float rounding (the sums are taken in another order)."""
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+    same_up_to_rounding(weights(a), weights(b), WEIGHT_DEPTH)
 
 
 def test_two_ranks_and_accumulation_match_one_process(cutmix_store, demo_data, tmp_path):
@@ -42,4 +52,7 @@ def test_two_ranks_and_accumulation_match_one_process(cutmix_store, demo_data, t
     # and the loss is reported the same: a mean over the global batch
     losses = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"]
               for r in ("one", "ranks", "accum")]
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    # the KL sums terms p (log p - log q) whose absolute values add up to at most 2 log C + KL per
+    # sample (mlpnet has no batch norm, so nothing but the order of these sums differs)
+    tol = between_orders(LOSS_DEPTH, kl_magnitude(CLASSES, losses[0]))
+    assert abs(losses[1] - losses[0]) <= tol and abs(losses[2] - losses[0]) <= tol, (losses, tol)

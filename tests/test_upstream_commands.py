@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
+from rounding import FLOAT64, within
 
 from softlabel.presets import PRESETS as PRESETS_BY_NAME
 from softlabel.commands.relabel import get_args_parser as relabel_parser
@@ -100,8 +101,8 @@ def test_prism_cos_is_upstreams_schedule_and_cos_selects_it():
     for e in (0, 1, 100, 250, 251, 299, 300):  # PRISM's LambdaLR, written out
         want = (0.5 * (1. + math.cos(math.pi * e / (2.5 * epochs))) if e <= epochs * 5 / 6 else
                 0.5 * (1. + math.cos(math.pi * 5 / (6 * 2.5))) * (6 * epochs - 6 * e) / (6 * epochs))
-        assert SCHEDULES["prism-cos"](e, epochs) == pytest.approx(want, abs=1e-12)
-    assert SCHEDULES["cosine"](150, 300) == pytest.approx(0.5) and SCHEDULES["linear"](150, 300) == 0.5
+        assert within(SCHEDULES["prism-cos"](e, epochs), want, 12, 1.0, FLOAT64)  # a cos and a few products
+    assert within(SCHEDULES["cosine"](150, 300), 0.5, 8, 1.0, FLOAT64) and SCHEDULES["linear"](150, 300) == 0.5
     parse = train_parser().parse_args
     assert lr_schedule_of(parse(["--train-dir", "d", "--cos"])) == "prism-cos"
     assert lr_schedule_of(parse(["--train-dir", "d"])) == "linear"
@@ -113,7 +114,8 @@ def test_primary_weighted_rescales_a_single_teacher_as_prism_does():
     logits = torch.randn(6, 10) * torch.arange(1, 7).view(6, 1)
     out = combine([logits], "primary-weighted")
     norms = logits.norm(dim=1, keepdim=True)
-    assert torch.allclose(out, logits / norms * norms.mean(0, keepdim=True), atol=1e-6)  # PRISM's two lines
+    # PRISM's two lines: norms of 10 classes, their mean over 6 rows, a product and a division
+    assert within(out, logits / norms * norms.mean(0, keepdim=True), 10 + 6 + 6, out.abs())
     assert (out - logits).abs().max() > 0.5
     assert torch.equal(combine([logits], "mean"), logits) and torch.equal(combine([logits], "normmean"), logits)
 
@@ -138,7 +140,8 @@ def test_wsld_script_trains_with_wslds_optimizer_schedule_and_loss(demo_data, tm
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     groups = ckpt["optimizer"]["param_groups"]
     assert all(g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in groups)
-    assert [round(g["lr"], 8) for g in groups] == [0.001] * len(groups)  # 0.1 x 0.1 x 0.1 after 2 steps of 1 epoch
+    # 0.1 x 0.1 x 0.1 after 2 steps of 1 epoch: three float64 products
+    assert within([g["lr"] for g in groups], [0.001] * len(groups), 3, 0.001, FLOAT64)
     args = ckpt["args"]
     assert (args["loss_type"], args["temperature"], args["alpha"], args["teacher"]) == ("wsld", 2.0, 2.5, "resnet34")
     assert args["teacher_mode"] == "train" and ckpt["teacher_buffers"]  # WSLD's t_net.train()
