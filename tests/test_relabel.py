@@ -83,6 +83,7 @@ def test_rerun_skips_finished_files_and_restores_missing_ones(demo_data, teacher
     (store / "epoch_0" / ".tmp-999999999-leftover").write_bytes(b"partial")  # a killed writer's file
     proc = relabel(demo_data / "ipc2", teacher_ckpt, store, *STORE_ARGS)
     assert "2 batch files to write, 7 already done" in proc.stdout
+    assert "since the process started (start-up to the first batch " in proc.stdout
     assert tree_bytes(store) == tree_bytes(cutmix_store) | {"manifest.json": (store / "manifest.json").read_bytes()}
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 from conftest import relabel, run_script
+
+from softlabel import tracking
 
 TRAIN = "validate/train_FKD_parallel.py"
 
@@ -20,18 +23,43 @@ def test_trains_from_a_store_end_to_end(cutmix_store, demo_data, tmp_path):
                  "--model", "democnn_small", "--loss-type", "kl", "-T", 4, "--cos", "-j", 2,
                  "--eval-interval", 2, "--output-dir", out)
     assert "soft (kl) labels, epochs 0..3, batch 8, input 24px" in proc.stdout
+    assert "since the process started (start-up to the first step " in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [2, 3]  # every 2 epochs and at the end
     assert rows[-1]["step"] == 9  # 3 epochs x 3 stored batches
     for r in rows:
         assert {"train_loss", "top1", "top5", "nll", "ece", "lr"} <= set(r)
         assert 0 <= r["top1"] <= 100 and r["train_loss"] > 0
+        assert min(r["data_wait_s"], r["compute_s"]) >= 0
+        assert r["data_wait_s"] + r["compute_s"] <= r["train_s"] + 0.002  # each rounded to 1 ms
+        assert f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} | data wait {r['data_wait_s']:.2f}s" in proc.stdout
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "args"} <= set(ckpt)
     assert ckpt["epoch"] == 3 and ckpt["arch"] == "democnn_small"
     assert ckpt["mean"] == [0.5, 0.4, 0.3]  # the student uses the teacher's normalization
     results = json.loads((out / "results.json").read_text())
     assert results["top1"] == rows[-1]["top1"] and results["labels"] == "soft (kl)"
+    assert results["startup_since"] == "the process started" and results["startup_s"] > 0
+    assert abs(results["data_wait_s"] - sum(r["data_wait_s"] for r in rows)) <= 0.01  # the whole run's
+
+
+def test_throughput_splits_data_wait_from_compute():
+    """Time in the loader's next() is data wait, time in the loop's body compute; the first step is
+    start-up, not steady state. Only lower bounds: a sleep lasts at least as long as asked."""
+    def slow_loader():
+        for n in range(3):
+            time.sleep(0.02)
+            yield n
+    speed = tracking.Throughput(tracking.StartUp.of_main())
+    for _ in speed.timed(slow_loader()):
+        time.sleep(0.01)
+        speed.step_done(5)
+    speed.epoch_done()
+    assert speed.wait >= 0.06 and speed.compute >= 0.03 and speed.images == 10
+    times = speed.lap()
+    assert times["data_wait_s"] + times["compute_s"] <= times["train_s"] + 0.002
+    assert speed.startup() >= 0.03 and speed.rate() > 0
+    assert speed.lap() == {"train_s": 0.0, "data_wait_s": 0.0, "compute_s": 0.0}  # nothing since the last lap
 
 
 def test_worker_count_does_not_change_training(cutmix_store, demo_data, tmp_path):

@@ -271,16 +271,16 @@ def announce(cfg, index: FolderIndex, teachers: list[Teacher], class_mapping: st
 
 
 def label_batches(cfg, loader, todo: list[tuple[int, int]], ens: Ensemble, writer, num_folders: int,
-                  images_todo: int, info: DistInfo) -> tuple[Accuracy, Optional[float]]:
+                  images_todo: int, info: DistInfo, speed: tracking.Throughput) -> Accuracy:
     """Label every batch the loader yields and write it; nothing is written before the teachers
-    pass the accuracy check on the first crops. Returns their accuracy and when the first batch was done."""
+    pass the accuracy check on the first crops. Returns their accuracy; ``speed`` times the batches
+    (each one's logits come back to the CPU, so its compute time is the device's too)."""
     teachers = ens.teachers
     total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
     held = HeldWrites(writer.write, total, teachers, num_folders, cfg.mix_type != "none", cfg.min_teacher_acc,
                       min(PREFLIGHT_CROPS, images_todo))
-    first_done = None
     bar = tracking.progress(images_todo, "relabel", disable=not info.is_main)
-    for n, item in enumerate(loader):
+    for n, item in enumerate(speed.timed(loader)):
         epoch = item["epoch"]
         pixels = item["pixels"].to(info.device, non_blocking=True)
         partners = replay.partners_of(pixels, item["mix_index"])
@@ -302,7 +302,7 @@ def label_batches(cfg, loader, todo: list[tuple[int, int]], ens: Ensemble, write
             item["coords"], item["flip"], item["mix_index"], item["mix_lam"], item["mix_bbox"], logits,
             item["index"]))
         last = n + 1 == len(todo)
-        first_done = first_done or time.time()
+        speed.step_done(len(item["index"]))
         bar.update(len(item["index"]))
         bar.set_postfix(epoch=epoch, top1=f"{total.percent()[0]:.1f}", refresh=False)
         if last or todo[n + 1][0] != epoch:
@@ -314,28 +314,31 @@ def label_batches(cfg, loader, todo: list[tuple[int, int]], ens: Ensemble, write
             epoch_acc = Accuracy(len(teachers))
     held.finish()
     bar.close()
-    return total, first_done
+    return total
 
 
-def report(cfg, total: Accuracy, todo: list, images_todo: int, num_images: int, started: float,
-           first_done: Optional[float], info: DistInfo) -> None:
-    """The run's summary over all ranks. Steady state: from each rank's first finished batch to the
-    last rank's end, so start-up (imports excluded: this is from main()) is reported on its own."""
-    end = time.time()
-    first_images = len(todo) and replay.batch_len(num_images, cfg.batch_size, todo[0][1])
+def report(cfg, total: Accuracy, todo: list, speed: tracking.Throughput, info: DistInfo) -> None:
+    """The run's summary over all ranks. Start-up: from speed.origin to the first finished batch (the
+    slowest rank's; a rank with nothing to write has none); steady state: from each rank's first
+    finished batch to the last rank's end."""
+    end = time.perf_counter()
+    first = speed.first or end
     correct, seen, written, steady_images = distributed.reduce_across(
-        info, float(total.correct[0]), total.seen, len(todo), images_todo - first_images)
-    startup, steady_time = distributed.reduce_across(
-        info, (first_done or end) - started, end - (first_done or end), op="max")
+        info, float(total.correct[0]), total.seen, len(todo), speed.images)
+    elapsed, startup, steady_time, wait = distributed.reduce_across(
+        info, end - speed.origin.at, first - speed.origin.at if speed.first else 0.0, end - first, speed.wait,
+        op="max")
     if info.is_main:
         acc = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
-        steady = (f" (start-up to the first batch {startup:.2f}s, then {steady_images / steady_time:.1f} img/s)"
-                  if steady_time > 0 and steady_images > 0 else "")
-        print(f"relabel: wrote {int(written)} batch files to {cfg.fkd_path} in {end - started:.1f}s{steady}; "
-              f"top-1 on the crops they labelled: {acc}", flush=True)
+        rate = f", then {steady_images / steady_time:.1f} img/s" if steady_time > 0 and steady_images > 0 else ""
+        timing = f" (start-up to the first batch {startup:.2f}s{rate}; data wait {wait:.2f}s)" if written else ""
+        print(f"relabel: wrote {int(written)} batch files to {cfg.fkd_path} in {elapsed:.1f}s since "
+              f"{speed.origin.since}{timing}; top-1 on the crops they labelled: {acc}", flush=True)
 
 
-def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
+def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Optional[tracking.StartUp] = None) -> None:
+    """``origin``: where the logged start-up begins (default: this call)."""
+    speed = tracking.Throughput(origin or tracking.StartUp.of_main())
     note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
     archs, paths, weights = teacher_specs(args, preset)
@@ -365,17 +368,16 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None) -> None:
     loader = batch_loader(jobs, cfg.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
         announce(cfg, index, teachers, class_mapping, batches, todo, len(mine), info)
-    started = time.time()
-    total, first_done = label_batches(cfg, loader, todo, ens, writer, len(index.classes), images_todo, info)
+    total = label_batches(cfg, loader, todo, ens, writer, len(index.classes), images_todo, info, speed)
     writer.finish()
-    report(cfg, total, todo, images_todo, len(index), started, first_done, info)
+    report(cfg, total, todo, speed, info)
     distributed.cleanup(info)
 
 
 def cli(preset_name: Optional[str] = None) -> None:
     """The console command (or a preset's script): parse sys.argv, run, report a user error as one line."""
     preset = PRESETS[preset_name] if preset_name else None
-    run_main(lambda: main(get_args_parser(preset).parse_args(), preset))
+    run_main(lambda: main(get_args_parser(preset).parse_args(), preset, tracking.StartUp.of_process()))
 
 
 if __name__ == "__main__":

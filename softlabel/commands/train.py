@@ -550,32 +550,18 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     return total / info.world_size  # this rank's share of the global mean loss
 
 
-class Throughput:
-    """Images per second in steady state: from the first step's end to the last step's end."""
-
-    def __init__(self):
-        self.first: Optional[float] = None
-        self.last = time.time()
-        self.images = 0
-
-    def step_done(self, images: int) -> None:
-        self.last = time.time()
-        if self.first is None:
-            self.first = self.last
-        else:
-            self.images += images
-
-    def rate(self) -> float:
-        window = (self.last - self.first) if self.first else 0.0
-        return self.images / window if window > 0 else 0.0
-
-
-def train_one_epoch(run: Run, epoch: int, batches: Iterator[dict], bar, speed: Throughput) -> tuple[float, int]:
+def train_one_epoch(run: Run, epoch: int, batches: Iterator[dict], bar,
+                    speed: tracking.Throughput) -> tuple[float, int]:
     """Train on one epoch's batches; returns the epoch's mean loss over all ranks and its steps."""
     torch.manual_seed(epoch_seed(run.cfg.seed, epoch))  # dropout & co. restart per epoch too
     loss_sum = torch.zeros((), device=run.info.device)
     seen = steps = 0
-    for batch in batches:
+    # On a GPU nothing here waits for a step to finish: a step's compute time is the time to queue
+    # its work, and queuing blocks once the device is a few steps behind (its launch queue is
+    # bounded). Time blocked on the loader is then time the device runs out of work, and the wait
+    # for the queued steps at the epoch's end (float() below) counts as compute: the epoch's split
+    # holds without a synchronisation per step.
+    for batch in speed.timed(batches):
         steps += 1
         loss_sum += train_step(run, batch) * batch["batch_size"]
         seen += batch["batch_size"]
@@ -584,6 +570,7 @@ def train_one_epoch(run: Run, epoch: int, batches: Iterator[dict], bar, speed: T
     if run.info.distributed:
         dist.all_reduce(loss_sum)
     loss = float(loss_sum) / max(seen, 1)
+    speed.epoch_done()
     if not math.isfinite(loss):  # before this epoch's checkpoint: the last one written stays good
         raise UserError(f"epoch {epoch + 1}: the training loss is {loss} (diverged, or the store's labels or "
                         f"normalization are broken); stopped before writing this epoch's checkpoint")
@@ -725,16 +712,20 @@ def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tu
 
 
 def log_epoch(run: Run, epoch: int, n_steps: int, train_loss: float, started: float,
-              val_loader: Optional[DataLoader], metrics_path: str, tracker, bar) -> dict:
-    """``epoch``: the epochs done (train_FKD.py's count with --recipe fkd)."""
+              val_loader: Optional[DataLoader], metrics_path: str, tracker, bar, times: dict) -> dict:
+    """``epoch``: the epochs done (train_FKD.py's count with --recipe fkd); ``times``: where the time of the
+    epochs since the previous row went (Throughput.lap())."""
     row = {"epoch": epoch, "step": n_steps, "train_loss": train_loss,
-           "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 2)}
+           "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 2), **times}
     if val_loader is not None:
         row.update(evaluate(run.student, val_loader, run.info.device, run.cfg.channels_last, run.amp))
     with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
     tracker.log(row, n_steps)
+    busy = max(times["data_wait_s"] + times["compute_s"], 1e-9)
     bar.write(f"epoch {epoch}: train loss {train_loss:.4f}"
+              + f" | data wait {times['data_wait_s']:.2f}s ({100 * times['data_wait_s'] / busy:.0f}%), "
+                f"compute {times['compute_s']:.2f}s"
               + (" | val top-1 {top1:.2f}% top-5 {top5:.2f}% nll {nll:.3f} ece {ece:.2f}%".format(**row)
                  if "top1" in row else ""))
     return row
@@ -767,7 +758,9 @@ def evaluate_only(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) -> None:
+    """``origin``: where the logged start-up begins (default: this call)."""
+    origin = origin or tracking.StartUp.of_main()
     note_replaced_flags(args, TRAINER_REPLACED)
     if args.wandb_api_key:  # this process only; never logged or saved (SECRETS)
         os.environ["WANDB_API_KEY"] = args.wandb_api_key
@@ -845,7 +838,7 @@ def main(args: argparse.Namespace) -> None:
     bar = tracking.progress(total, "train",
                             disable=cfg.no_progress or not info.is_main)
     student.train()
-    started, speed, n_steps, result = time.time(), Throughput(), 0, {}
+    started, speed, n_steps, result = time.time(), tracking.Throughput(origin), 0, {}
     for epoch, batches in epochs:
         train_loss, steps = train_one_epoch(run, epoch, batches, bar, speed)
         n_steps += steps
@@ -855,7 +848,8 @@ def main(args: argparse.Namespace) -> None:
         bar.set_postfix(epoch=done, loss=f"{train_loss:.4f}", refresh=False)
         last = epoch + 1 == len(passes)
         if info.is_main and (crossed(done, first, cfg.eval_interval) or last):
-            result = log_epoch(run, done, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar)
+            result = log_epoch(run, done, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar,
+                               speed.lap())
         if info.is_main and (crossed(done, first, cfg.save_interval) or last):
             save_checkpoint(run, epoch + 1)
     bar.close()
@@ -863,10 +857,14 @@ def main(args: argparse.Namespace) -> None:
     if info.is_main:
         result.update({"model": cfg.model, "labels": labels, "fkd_path": cfg.fkd_path,
                        "train_dir": cfg.train_dir, "epochs": cfg.epochs, "steps": n_steps,
-                       "train_time_s": round(end - started, 2), "steady_images_per_s": round(speed.rate(), 2)})
+                       "train_time_s": round(end - started, 2), "steady_images_per_s": round(speed.rate(), 2),
+                       "startup_s": round(speed.startup(), 2), "startup_since": origin.since,
+                       "train_s": round(speed.busy, 2), "data_wait_s": round(speed.wait, 2),
+                       "compute_s": round(speed.compute, 2)})
         files.atomic_write_json(os.path.join(cfg.output_dir, "results.json"), result)
-        print(f"train: done in {end - started:.1f}s (start-up to the first step {(speed.first or end) - started:.2f}s, "
-              f"then {speed.rate():.1f} img/s)" + (f"; val top-1 {result['top1']:.2f}%" if "top1" in result else ""),
+        print(f"train: done in {time.perf_counter() - origin.at:.1f}s since {origin.since} (start-up to the first "
+              f"step {speed.startup():.2f}s, then {speed.rate():.1f} img/s; data wait {speed.wait:.1f}s, compute "
+              f"{speed.compute:.1f}s)" + (f"; val top-1 {result['top1']:.2f}%" if "top1" in result else ""),
               flush=True)
     tracker.finish()
     distributed.cleanup(info)
@@ -874,7 +872,7 @@ def main(args: argparse.Namespace) -> None:
 
 def cli() -> None:
     """The console command: parse sys.argv, run, report a user error as one line."""
-    run_main(lambda: main(get_args_parser().parse_args()))
+    run_main(lambda: main(get_args_parser().parse_args(), tracking.StartUp.of_process()))
 
 
 if __name__ == "__main__":
