@@ -212,3 +212,63 @@ def test_upstream_sre2l_store_is_summarized_checked_and_verified(work):
     assert "argmax agreement: 100.00% (40/40)" in right.stdout and "ok: the teacher reproduces" in right.stdout
     assert relative_error(right.stdout) < 2e-3, right.stdout
     assert_user_error(wrong_seed, "does not reproduce")
+
+
+# ----------------------------------------------------------------------------- --check --sample, many files
+
+def info_check(capsys, *flags) -> str:
+    """fkd_info's main in this process; its last line."""
+    from softlabel.commands import info
+    info.main(info.get_args_parser().parse_args([str(f) for f in flags]))
+    return capsys.readouterr().out.rstrip().splitlines()[-1]
+
+
+def test_check_sample_reads_a_few_steps_spread_over_the_store(work, tmp_path, capsys):
+    from softlabel.errors import UserError
+    assert info_check(capsys, work["topk"], "--check", "--sample", 2) == \
+        "ok: 2 of 6 steps in 2 epoch files checked (spread evenly)"
+    bad = tmp_path / "bad"
+    shutil.copytree(work["full"], bad)
+    spoil(Path(store.batch_path(str(bad), 1, 1)), "coords")  # the 5th of 6 steps: not in a sample of 2
+    spoil(Path(store.batch_path(str(bad), 1, 2)), "nan")     # the last: in every sample
+    with pytest.raises(UserError, match=r"epoch_1/batch_2.tar: soft_label holds NaN"):
+        info_check(capsys, bad, "--check", "--sample", 2)
+    with pytest.raises(UserError, match=r"epoch_1/batch_1.tar: coords outside"):
+        info_check(capsys, bad, "--check")
+
+
+def test_per_image_check_names_the_first_bad_file_of_many(tmp_path, capsys):
+    """Files are checked many at a time (per_image.CHECK_FILES); a bad one is still named as a
+    file-by-file read names it: the first in order, a value problem before a later unreadable file."""
+    from softlabel.data import scan_image_folder
+    from softlabel.errors import UserError
+    from softlabel.stores import create_store, per_image
+    n = per_image.CHECK_FILES + 6
+    for i in range(n):
+        (tmp_path / "data" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / f"c{i % 2}" / f"{i:03d}.png").write_bytes(b"x")
+    index = scan_image_folder(str(tmp_path / "data"), "--data")
+    manifest = {"format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION, "num_crops": 2,
+                "label_type": "smoothing", "top_k": 1, "input_size": SIZE, "min_scale_crops": 0.3,
+                "max_scale_crops": 1.0, "temperature": 1.0, "use_fp16": False, "fkd_seed": 0, "teacher": None,
+                "num_samples": n, "num_classes": 10, "class_names": index.classes,
+                "class_to_index": {c: i for i, c in enumerate(index.classes)}, "mean": [0.5] * 3, "std": [0.2] * 3,
+                "dataset_fingerprint": index.fingerprint()}
+    root = tmp_path / "labels"
+    writer = create_store(str(root), manifest, index=index)
+    for i in range(n):
+        coords, flips = per_image.sample_crops(0, i, 2, SIZE, SIZE, (0.3, 1.0))
+        writer.write(i, coords, flips, torch.tensor([[i % 10]] * 2), torch.full((2, 1), 0.5))
+    writer.finish()
+    files = [Path(per_image.label_path(str(root), index, i)) for i in range(n)]
+    entries = torch.load(files[5], weights_only=True)
+    entries[2][1, 0] = 10
+    torch.save(entries, files[5])
+    files[9].write_bytes(files[9].read_bytes()[:100])
+    with pytest.raises(UserError, match=f"{files[5]}: class index out of range"):
+        info_check(capsys, root, "--check")
+    assert info_check(capsys, root, "--check", "--data", tmp_path / "data", "--sample", 2) == \
+        f"ok: 2 of {n} files checked (spread evenly)"
+    shutil.copy(files[6], files[5])  # another image's labels: valid
+    with pytest.raises(UserError, match=f"{files[9]}: not a readable torch file, truncated or corrupt"):
+        info_check(capsys, root, "--check", "--data", tmp_path / "data")

@@ -2,6 +2,7 @@
 
     python scripts/fkd_info.py STORE                      # summary: format, sizes, labels, teachers
     python scripts/fkd_info.py STORE --check              # load and validate every batch file
+    python scripts/fkd_info.py STORE --check --sample 100 # a quick look: 100 steps (files) spread over the store
     python scripts/fkd_info.py STORE --verify-teacher democnn --teacher-path T.pth --data DIR
     python scripts/fkd_info.py STORE --verify-weights     # the hub cache's teacher files against the store's sha256
     python scripts/fkd_info.py STORE --verify-weights A.pth,B.pth   # these files, one per teacher
@@ -37,7 +38,7 @@ from softlabel import precision, replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import Request, layout_of, open_store
-from softlabel.stores.base import Store, weights_name
+from softlabel.stores.base import Store, spread, weights_name
 from softlabel.streams import DEFAULT_SEED
 
 # Relative to each sample's logit scale (measured on an H200 and this CPU, 32px crops, random-init
@@ -56,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true",
                    help="load every batch file safely and validate it (shapes, dtypes, crop boxes in [0, 1], "
                         "indices in range, finite logits, batch sizes, each sample once per epoch); fails "
-                        "on the first bad or missing file")
+                        "on the first bad or missing file; with --sample K, K steps (per-image: files) only")
     g.add_argument("--verify-teacher", metavar="ARCH[,ARCH]", default=None,
                    help="recompute --sample stored batches with this teacher (an ensemble: several, as the "
                         "store was made) and compare with the stored logits; fails unless they agree")
@@ -73,9 +74,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "local cache; nothing is downloaded)")
     g.add_argument("--teacher-source", choices=["torchvision", "timm", "private"], default=None,
                    help="library of the architecture and published weights, as in relabel")
-    g.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="K",
+    g.add_argument("--sample", type=int, default=None, metavar="K",
                    help=f"batches to recompute, spread evenly over the store from the first to the last "
-                        f"(default: {DEFAULT_SAMPLE}; 0: all)")
+                        f"(default: {DEFAULT_SAMPLE}; 0: all); with --check, the steps (per-image: files) to check, "
+                        f"spread alike (default: all)")
     g.add_argument("--tolerance", type=float, default=None, metavar="REL",
                    help=f"largest relative error accepted (default: {TOLERANCE:g}; {TOLERANCE_UNMATCHED:g} for a "
                         f"store labelled under autocast on a GPU and checked without a GPU)")
@@ -138,7 +140,7 @@ def per_image_info(root: str, args: argparse.Namespace) -> None:
                                        label_type=args.soft_label_type))
     print_summary(root, store.summary(index))
     if args.check:  # every file through the store's own validator
-        print(f"ok: {store.check(index)}", flush=True)
+        print(f"ok: {store.check(index, args.sample or 0)}", flush=True)
     if args.verify_weights is not None:
         verify_weights(root, store.teachers(), args.verify_weights)
     if args.verify_teacher is not None:
@@ -162,7 +164,7 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
     ens = Ensemble([teacher], "mean", 0.5, torch.device(args.device or "cpu"))
     temperature = float(m.get("temperature") or args.temp)
     read, worst, where = store.reader(index), 0.0, None
-    for i in sample_jobs(list(range(len(index))), args.sample):
+    for i in spread(range(len(index)), verify_sample(args)):
         coords, flips, classes, values = read(i)
         img = index.load(index.samples[i][0])
         pixels = replay.render_batch([img] * len(coords), coords, flips, int(m["input_size"]),
@@ -183,13 +185,9 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- --verify-teacher
 
-def sample_jobs(jobs: list, k: int) -> list:
-    """``k`` of the jobs spread evenly from the first to the last (0 or more than there are: all)."""
-    if k <= 0 or k >= len(jobs):
-        return list(jobs)
-    if k == 1:
-        return [jobs[0]]
-    return [jobs[i] for i in sorted({round(i * (len(jobs) - 1) / (k - 1)) for i in range(k)})]
+def verify_sample(args: argparse.Namespace) -> int:
+    """--verify-teacher's --sample (default: DEFAULT_SAMPLE batches; --check's default is all)."""
+    return DEFAULT_SAMPLE if args.sample is None else args.sample
 
 
 def compare(stored: torch.Tensor, recomputed: torch.Tensor, tol: float,
@@ -255,7 +253,7 @@ def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
     tol = args.tolerance if args.tolerance is not None else TOLERANCE_UNMATCHED if unmatched else TOLERANCE
 
     bs.check_complete(int(manifest["epochs"]))
-    jobs = sample_jobs(bs.jobs(int(manifest["epochs"])), args.sample)
+    jobs = spread(bs.jobs(int(manifest["epochs"])), verify_sample(args))
     dataset = StoreBatches(root, index, manifest, jobs, with_stored=True)
     rel, agree, tie, where = [], [], [], []
     for i, (e, b) in enumerate(jobs):
@@ -350,7 +348,7 @@ def verify_weights(root: str, recorded: list, given: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace) -> None:
-    if args.sample < 0:
+    if args.sample is not None and args.sample < 0:
         raise UserError(f"--sample must be >= 0, got {args.sample}")
     if args.tolerance is not None and not args.tolerance > 0:
         raise UserError(f"--tolerance must be positive, got {args.tolerance}")
@@ -371,7 +369,7 @@ def main(args: argparse.Namespace) -> None:
     index = scan_image_folder(args.data, "--data") if args.data else None
     print_summary(root, store.summary(index))
     if args.check:
-        print(f"ok: {store.check(index)}", flush=True)
+        print(f"ok: {store.check(index, args.sample or 0)}", flush=True)
     if args.verify_weights is not None:
         verify_weights(root, store.teachers(), args.verify_weights)
     if args.verify_teacher is not None:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from softlabel import classmap, distributed, files, precision, tracking
@@ -37,6 +39,7 @@ from softlabel.stores import create_store, per_image
 from softlabel.stores.schema import MAX_CROPS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED, check_seed
 from softlabel.teachers import Ensemble, Teacher, load_teachers, weight_names
+from softlabel.threads import running_on
 
 SOURCE_NAMES = {"pytorch": "torchvision", "torchvision": "torchvision", "timm": "timm", "private": "private"}
 DEFAULT_SCALE = (0.08, 0.936)  # FKD_SLG's RandomResizedCrop scale
@@ -112,7 +115,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per loading job (default: 1); the files do not depend on it, memory is "
                         "about N x num_crops x 3 x S^2 bytes per job in flight")
     g.add_argument("-j", "--workers", type=int, default=None, metavar="N",
-                   help="loading worker processes (default: 4 on GPU, 0 on CPU)")
+                   help="loading worker processes (default: 4 on GPU; on CPU 1 when the teacher runs on fewer "
+                        "threads than torch's default, else 0)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--amp", choices=AMP_CHOICES, default="off", help=precision.RELABEL_AMP_HELP)
     add_replaced_flags(p, LABELLING_REPLACED)
@@ -221,40 +225,109 @@ def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) 
     return torch.cat(out)
 
 
-def main(args: argparse.Namespace) -> None:
-    note_replaced_flags(args, LABELLING_REPLACED)
-    check_args(args)
-    train_dir, val_dir = data_dirs(args)
-    info = distributed.setup(args.device)
-    workers = loader_workers(args.workers, info.device.type == "cuda")
-    index = scan_image_folder(train_dir, "DIR")
-    per_image.check_unique_names(index, "DIR")
-    (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
-                               weight_names(args.teacher_weights, [args.arch], [args.teacher_path]))
-    class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
-    ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
+def timed(label: Callable[[], torch.Tensor], give_up: float = math.inf) -> tuple[float, torch.Tensor]:
+    """(median seconds of ``label()`` at the current threads, its result); a run over ``give_up``
+    seconds ends the timing there."""
+    result = label()  # also the warm-up
+    times: list[float] = []
+    until = time.perf_counter() + 0.05
+    while len(times) < 2 or (len(times) < 25 and time.perf_counter() < until):
+        start = time.perf_counter()
+        label()
+        times.append(time.perf_counter() - start)
+        if times[-1] > give_up:
+            break
+    return statistics.median(times), result
 
-    if args.evaluate:  # upstream: test the teacher, write nothing
-        if not val_dir:
-            raise UserError(f"--evaluate needs validation images: DIR/val or --val-dir (DIR is {args.data})")
-        distributed.on_main_then_all(info, lambda: evaluate_teachers(
-            ens, val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, workers))
-        distributed.cleanup(info)
-        return
 
-    crops, reference = settle_crops(args, index)
-    cfg = freeze(args, "FkdRelabelConfig", workers=workers, label_type=per_image.normalize_label_type(args.label_type),
-                 **crops)
+def differing_modules(model: nn.Module, label: Callable[[], torch.Tensor], default: int, threads: int
+                      ) -> list[nn.Module]:
+    """The leaf modules of ``model`` whose output at ``threads`` intra-op threads differs bit for
+    bit from their output at ``default`` (run by ``label()``, at ``default``), each on the input it
+    sees there (a matrix product's blocking, e.g., can depend on the thread count)."""
+    differ: dict[int, nn.Module] = {}
+    inputs: dict[int, tuple] = {}
+
+    def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs[id(module)] = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args), kwargs
+
+    def after(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        saved_args, saved_kwargs = inputs.pop(id(module))
+        torch.set_num_threads(threads)
+        try:
+            again = module.forward(*saved_args, **saved_kwargs)  # forward(): no hooks again
+        except Exception:  # a module that cannot run twice keeps the default, as if it differed
+            again = None
+        finally:
+            torch.set_num_threads(default)
+        if not (isinstance(output, torch.Tensor) and isinstance(again, torch.Tensor) and torch.equal(output, again)):
+            differ[id(module)] = module
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(before, with_kwargs=True),
+                                           m.register_forward_hook(after, with_kwargs=True))]
+    try:
+        label()
+    finally:
+        for h in handles:
+            h.remove()
+    return list(differ.values())
+
+
+def labelling_threads(ens: Ensemble, num_crops: int, num_seg: int, input_size: int, temp: float
+                      ) -> tuple[int, list[nn.Module]]:
+    """The intra-op threads to label with, and the teacher modules to run at torch's default
+    instead: the default everywhere, or fewer threads where they label faster. One image's crops
+    make small operations, and a pool of threads started and joined for each one can cost more
+    than the operation itself, the more so on a busy machine. Counts halve from the default while
+    they keep getting faster; the modules whose result would change at a count keep the default
+    there, and a count qualifies only if it gives the default's probabilities bit for bit (on
+    seeded random crops of the run's shape), so the files never depend on the choice. On a GPU:
+    the default (the CPU only feeds it)."""
+    default = torch.get_num_threads()
+    if ens.device.type != "cpu" or default == 1:
+        return default, []
+    shape = (min(num_crops, num_seg), 3, input_size, input_size)
+    pixels = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    label = lambda: label_crops(ens, pixels, num_seg, temp)  # noqa: E731
+    best, reference = timed(label)
+    choice, threads = (default, []), default
+    while threads > 1:
+        threads //= 2
+        keep = [m for t in ens.teachers for m in differing_modules(t.model, label, default, threads)]
+        with running_on(threads, keep, default):
+            took, probs = timed(label, give_up=2 * best)
+        if took > best:  # fewer threads only get slower from here
+            break
+        if torch.equal(probs, reference):
+            best, choice = took, (threads, keep)
+    return choice
+
+
+def generation_workers(requested: Optional[int], on_gpu: bool, spare_cores: bool) -> int:
+    """-j default: the loader's, and one worker process on a CPU whose cores labelling leaves in part
+    idle (it decodes and crops the next images meanwhile)."""
+    if requested is None and not on_gpu and spare_cores:
+        return 1
+    return loader_workers(requested, on_gpu)
+
+
+def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble, class_index: list[int],
+                 class_mapping: str, reference: Optional[dict], spare_cores: bool) -> None:
+    """Write the files of this rank's images that are not there yet (``spare_cores``: the teacher
+    runs on fewer intra-op threads than torch's default)."""
+    teacher = ens.teachers[0]
     manifest = build_manifest(cfg, index, teacher, class_index, class_mapping)
     writer = create_store(cfg.save_path, manifest, info, flag="--save_path", index=index)
-
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
     todo = [i for i in mine if not writer.exists(i)]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
-                              cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
-                              None if reference is None else (cfg.reference_path, reference))
+                                    cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
+                                    None if reference is None else (cfg.reference_path, reference))
     on_gpu = info.device.type == "cuda"
-    loader = batch_loader(jobs, cfg.workers, pin_memory=False, background=on_gpu, yield_cpu=not on_gpu)
+    # idle-priority workers only when the teacher's threads take every core: with cores to spare,
+    # they would starve behind any other work on the machine while labelling waits for them
+    loader = batch_loader(jobs, cfg.workers, pin_memory=False, background=on_gpu,
+                          yield_cpu=not (on_gpu or spare_cores))
     if info.is_main:
         crops = "crops of --reference_path" if reference else f"crops from --fkd_seed {cfg.fkd_seed}"
         print(f"fkd: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teacher {teacher.arch} "
@@ -280,11 +353,47 @@ def main(args: argparse.Namespace) -> None:
             bar.update(1)
     bar.close()
     held.finish()
+    writer.finish()
     correct, seen, total = distributed.reduce_across(info, float(acc.correct[0]), acc.seen, held.written)
     if info.is_main:
         top1 = f"{100.0 * correct / seen:.2f}%" if seen else "n/a"
         print(f"fkd: wrote {int(total)} files to {cfg.save_path} in {time.time() - started:.1f}s; "
               f"top-1 on the crops it labelled: {top1}", flush=True)
+
+
+def main(args: argparse.Namespace) -> None:
+    note_replaced_flags(args, LABELLING_REPLACED)
+    check_args(args)
+    train_dir, val_dir = data_dirs(args)
+    info = distributed.setup(args.device)
+    workers = loader_workers(args.workers, info.device.type == "cuda")
+    index = scan_image_folder(train_dir, "DIR")
+    per_image.check_unique_names(index, "DIR")
+    (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
+                               weight_names(args.teacher_weights, [args.arch], [args.teacher_path]))
+    class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
+    ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
+
+    if args.evaluate:  # upstream: test the teacher, write nothing
+        if not val_dir:
+            raise UserError(f"--evaluate needs validation images: DIR/val or --val-dir (DIR is {args.data})")
+        distributed.on_main_then_all(info, lambda: evaluate_teachers(
+            ens, val_dir, dict(zip(index.classes, class_index)), args.input_size, args.crop_pct, workers))
+        distributed.cleanup(info)
+        return
+
+    crops, reference = settle_crops(args, index)
+    default_threads, chosen = torch.get_num_threads(), time.perf_counter()
+    threads, keep = labelling_threads(ens, args.num_crops, args.num_seg, args.input_size, args.temp)
+    spare = threads < default_threads
+    if info.is_main and info.device.type == "cpu":
+        kept = f", {len(keep)} teacher module(s) on {default_threads} (same results)" if keep else ""
+        print(f"fkd: the teacher runs on {threads} of {default_threads} CPU threads{kept}: the fastest that "
+              f"labels as the default does (chosen in {time.perf_counter() - chosen:.1f}s)", flush=True)
+    cfg = freeze(args, "FkdRelabelConfig", label_type=per_image.normalize_label_type(args.label_type),
+                 workers=generation_workers(args.workers, info.device.type == "cuda", spare), **crops)
+    with running_on(threads, keep):  # then the caller's setting again (main runs in-process too)
+        label_images(cfg, info, index, ens, class_index, class_mapping, reference, spare)
     distributed.cleanup(info)
 
 

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 from torch.utils.data import Dataset
 
@@ -160,9 +160,10 @@ class Store:
         images it was made from, where given."""
         raise NotImplementedError
 
-    def check(self, index: Optional[FolderIndex] = None) -> str:
+    def check(self, index: Optional[FolderIndex] = None, sample: int = 0) -> str:
         """Read every label file through the format's validator; what was checked ("N files
-        checked"). One UserError naming the first missing or bad file."""
+        checked"). One UserError naming the first missing or bad file. ``sample``: only that many
+        steps (per image: files), spread evenly from the first to the last (0: all)."""
         raise NotImplementedError
 
     def source_name(self) -> str:
@@ -181,6 +182,23 @@ class Store:
         """This store read with ``index``, the images it was made from (``data_arg`` names them),
         to recompute its labels; and a note to print when the images differ from those it records."""
         return self, None
+
+
+def spread(items: Sequence, k: int) -> list:
+    """``k`` of the items spread evenly from the first to the last (0 or more than there are: all)."""
+    if k <= 0 or k >= len(items):
+        return list(items)
+    if k == 1:
+        return [items[0]]
+    return [items[i] for i in sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})]
+
+
+def checked(count: int, total: int, what: str, where: str = "") -> str:
+    """What a check read: "N files checked" (``where``: in what), or of a sample (``spread``) "N of M
+    files checked (spread evenly)"."""
+    if count == total:
+        return f"{count} {what} checked{where}"
+    return f"{count} of {total} {what}{where} checked (spread evenly)"
 
 
 def fmt_floats(values: Any) -> str:

@@ -45,9 +45,11 @@ from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import packed, schema
-from softlabel.stores.base import BATCH, Request, Store, check_digest, fmt_floats, weights_name
+from softlabel.stores.base import (BATCH, Request, Store, check_digest, checked, fmt_floats,
+                                   spread, weights_name)
 from softlabel.stores.legacy_order import LegacyOrder
-from softlabel.stores.topk import (COORD_SCALE, decode_topk, residual_fill, smallest_int_dtype,
+from softlabel.threads import running_on
+from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, residual_fill, smallest_int_dtype,
                                    writes_fill)
 
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
@@ -141,11 +143,12 @@ class Reader:
         self.packed = manifest.get("container") == "epoch"
         self._epoch: Optional[packed.EpochFile] = None  # the last epoch file read (memory-mapped)
         self._order = None
+        self._legacy: Optional[tuple[int, torch.Tensor]] = None  # the last epoch's order drawn
         if self.kind == "sre2l":  # no sample indices stored: the upstream sampler's order
             self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
 
     def __getstate__(self) -> dict:  # loader workers open their own maps
-        return {**self.__dict__, "_epoch": None}
+        return {**self.__dict__, "_epoch": None, "_legacy": None}
 
     def where(self, epoch: int, batch: int) -> str:
         """The file (and step) of a batch, as errors name it."""
@@ -162,20 +165,32 @@ class Reader:
             if not isinstance(data, (list, tuple)) or len(data) != 6:
                 raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
             size = len(data[0]) if hasattr(data[0], "__len__") else 0
-            index = self._order.epoch(epoch)[replay.batch_slice(int(self.manifest["batch_size"]), batch)][:size]
-            data = list(data) + [index]
+            index = self.legacy_order(epoch)[replay.batch_slice(int(self.manifest["batch_size"]), batch)][:size]
+            data = list(data) + [index.clone()]
         topk = self.manifest.get("label_format") == "topk"
         stored = None
         if topk:
             data, stored = decode_topk(data, path, self.num_classes, writes_fill(self.manifest))
         return self._checked(data, path, batch, stored)
 
-    def _read_packed(self, epoch: int, batch: int) -> BatchRecord:
+    def legacy_order(self, epoch: int) -> torch.Tensor:
+        """An SRe2L / G-VBSM epoch's sample order, drawn once for all its steps (drawing it runs the
+        sampler over the whole dataset)."""
+        if self._legacy is None or self._legacy[0] != epoch:
+            self._legacy = (epoch, self._order.epoch(epoch))
+        return self._legacy[1]
+
+    def epoch_file(self, epoch: int) -> packed.EpochFile:
+        """A packed store's epoch file, its structure checked; a new map for each call."""
         m = self.manifest
+        steps = replay.kept_in_epoch(m["fkd_seed"], epoch, int(m["batches_per_epoch"]), keep_of(m))
+        return packed.EpochFile(self.root, epoch, m, steps, lambda s: replay.batch_len(
+            self.num_samples, int(m["batch_size"]), s))
+
+    def _read_packed(self, epoch: int, batch: int) -> BatchRecord:
         if self._epoch is None or self._epoch.epoch != epoch:
-            steps = replay.kept_in_epoch(m["fkd_seed"], epoch, int(m["batches_per_epoch"]), keep_of(m))
-            self._epoch = packed.EpochFile(self.root, epoch, m, steps, lambda s: replay.batch_len(
-                self.num_samples, int(m["batch_size"]), s))
+            self._epoch = self.epoch_file(epoch)
+        m = self.manifest
         where = self.where(epoch, batch)
         if batch not in self._epoch.row_of:
             raise UserError(f"store {self.root}: epoch {epoch} step {batch} has no labels (the store keeps "
@@ -255,8 +270,12 @@ class EpochSamples:
         self.seen[index] = True
 
 
-# Crop fractions of a top-k store are rounded to 1/65535: their sum may pass 1 by that much.
-EDGE_SLACK = 2.0 / COORD_SCALE
+def check_steps(reader: Reader, epoch: int, steps: list[int]) -> None:
+    """Steps of one epoch read in order through the reader, the one validator (types, ranges, NaN,
+    geometry), then each sample once in the epoch."""
+    shown = EpochSamples(reader.num_samples, epoch)
+    for b in steps:
+        shown.add(reader.read(epoch, b).index, reader.where(epoch, b))
 
 
 def check_geometry(record: "BatchRecord", path: str, manifest: dict, batch: int) -> None:
@@ -324,7 +343,11 @@ def parse_record(data: Any, path: str, num_samples: int, num_classes: int, maske
     if b and not (float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
         raise bad("coords outside [0, 1]")
     finite = torch.isfinite(soft_label)
-    if not bool((finite | (masked & torch.isneginf(soft_label))).all()) or (b and not bool(finite.any(dim=1).all())):
+    if masked:  # a top-k store's left-out classes may be -inf, but not a whole row
+        ok = bool((finite | torch.isneginf(soft_label)).all()) and (not b or bool(finite.any(dim=1).all()))
+    else:  # every row holds a logit (num_classes >= 1): all finite says it
+        ok = bool(finite.all())
+    if not ok:
         raise bad("soft_label holds NaN or infinite values")
     if mix_index is not None:
         if not (isinstance(mix_index, torch.Tensor) and mix_index.shape == (b,)):
@@ -486,21 +509,24 @@ class BatchStore(Store):
     def source_name(self) -> str:
         return "ours"
 
-    def check(self, index: Optional[FolderIndex] = None) -> str:
-        m = self.manifest
-        epochs = int(m["epochs"])
+    def check(self, index: Optional[FolderIndex] = None, sample: int = 0) -> str:
+        epochs = int(self.manifest["epochs"])
         self.check_complete(epochs)
-        reader = self.reader()
-        jobs = self.jobs(epochs)
-        shown = None
+        reader, steps = self.reader(), {}
+        every = self.jobs(epochs)
+        jobs = spread(every, sample)
         for e, b in jobs:
-            if shown is None or shown.epoch != e:
-                shown = EpochSamples(int(m["num_samples"]), e)
-            # the store's one validator: types, ranges, NaN, geometry, then each sample once an epoch
-            shown.add(reader.read(e, b).index, reader.where(e, b))
-        if m.get("container") == "epoch":
-            return f"{len(jobs)} steps checked in {epochs} epoch files"
-        return f"{len(jobs)} files checked"
+            steps.setdefault(e, []).append(b)
+        with running_on(1):  # many small operations
+            for e, kept in steps.items():
+                # a whole epoch file's records are checked at once, and the reader reads the steps of
+                # one that fails, naming the first bad step; a file per step, or a sample, it reads all
+                if not (reader.packed and len(jobs) == len(every)
+                        and packed.epoch_ok(reader.epoch_file(e), reader.manifest)):
+                    check_steps(reader, e, kept)
+        if reader.packed:
+            return checked(len(jobs), len(every), "steps", f" in {epochs} epoch files")
+        return checked(len(jobs), len(every), "files")
 
     def with_images(self, index: FolderIndex, data_arg: str) -> tuple[Store, Optional[str]]:
         m = self.manifest

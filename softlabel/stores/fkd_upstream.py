@@ -32,7 +32,7 @@ from softlabel import files
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD, FolderIndex
 from softlabel.errors import UserError
 from softlabel.stores.base import FKD_UPSTREAM, Request
-from softlabel.stores.per_image import TOP_K, PerImageStore, check_labels, normalize_label_type
+from softlabel.stores.per_image import TOP_K, PerImageStore, normalize_label_type
 
 FORMAT = "fkd-upstream"
 DEFAULT_CLASSES, DEFAULT_SIZE = 1000, 224  # FKD's train_FKD.py: --num_classes 1000, 224 px crops
@@ -142,14 +142,14 @@ class FkdUpstreamStore(PerImageStore):
     def path_of(self, index: FolderIndex, i: int) -> str:
         return os.path.join(self.path, label_relpath(index, i))
 
-    def read_labels(self, index: FolderIndex, i: int) -> tuple:
+    def unchecked(self, index: FolderIndex, i: int) -> tuple[str, list]:
         path = self.path_of(index, i)
         coords, flips, labels = load(path)
         kind = label_type_of(labels, path)
         if TOP_K[kind] != self.manifest["top_k"]:
             raise UserError(f"FKD label file {path}: {kind} labels, the rest of the folder holds "
                             f"{self.manifest['label_type']}")
-        return check_labels(path, *to_tensors(coords, flips, labels, kind), self.manifest)
+        return path, list(to_tensors(coords, flips, labels, kind))
 
     def source_name(self) -> str:
         return FKD_UPSTREAM

@@ -30,9 +30,10 @@ import shutil
 import numpy as np
 import torch
 
-from softlabel import files
+from softlabel import files, replay
 from softlabel.errors import UserError
-from softlabel.stores.topk import COORD_SCALE, fill_temperature, residual_fill, topk_logits
+from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, fill_temperature, residual_fill, topk_logits,
+                                   topk_problem)
 
 MAGIC = b"SLPACK03"
 HEADER = np.dtype([("magic", "S8"), ("steps", "<u4"), ("samples", "<u4"), ("epoch", "<u4")])
@@ -189,7 +190,7 @@ def decode(row: np.void, samples: np.ndarray, num_classes: int) -> tuple[list, t
     fill = torch.from_numpy(samples["fill"].astype(np.float32)) if "fill" in names else None
     classes = torch.from_numpy(samples["classes"].astype(np.int64))
     logits, stored = topk_logits(torch.from_numpy(samples["values"].astype(np.float32)), classes, fill, num_classes)
-    coords = torch.from_numpy(samples["coords"].astype(np.float64) / COORD_SCALE).float()
+    coords = fractions(samples["coords"])
     lam = float(row["lam"])
     mixed = "mix" in names and not np.isnan(lam)
     bbox = [int(v) for v in row["bbox"]]
@@ -197,6 +198,68 @@ def decode(row: np.void, samples: np.ndarray, num_classes: int) -> tuple[list, t
             torch.from_numpy(samples["mix"].astype(np.int64)) if mixed else None,
             lam if mixed else None, bbox if mixed and bbox != [-1, -1, -1, -1] else None,
             logits, torch.from_numpy(samples["index"].astype(np.int64))], stored
+
+
+def fractions(coords: np.ndarray) -> torch.Tensor:
+    """(N, 4) fixed-point crop boxes as the float32 fractions a reader replays."""
+    return torch.from_numpy(coords.astype(np.float64) / COORD_SCALE).float()
+
+
+# Samples checked at once by ``epoch_ok``: bounds its memory at any epoch size.
+CHECK_ROWS = 1 << 16
+
+
+def epoch_ok(epoch: EpochFile, manifest: dict) -> bool:
+    """Whether every step of an epoch file passes what the reader checks of it (``decode``, then the
+    batch store's record and geometry checks) and no sample appears twice in the epoch: the records
+    checked as stored, many steps at once, no logits rebuilt. False does not say which step is bad:
+    the reader, step by step, names it (and is the judge: a step this refuses, it reads)."""
+    table = epoch.table
+    counts = table["count"].astype(np.int64)
+    mixed = np.full(len(table), "mix" in epoch.dtype.names) & ~np.isnan(table["lam"])
+    if not steps_ok(table, mixed, manifest):
+        return False
+    seen = np.zeros(int(manifest["num_samples"]), dtype=bool)
+    ends, first = np.cumsum(counts), 0  # the steps cover the sample table in order (EpochFile)
+    while first < len(table):  # whole steps, about CHECK_ROWS samples at a time
+        start = int(ends[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, start + CHECK_ROWS, side="right")))
+        rows = np.array(epoch.samples[start:int(ends[last - 1])])
+        if not rows_ok(rows, counts[first:last], mixed[first:last], manifest, seen):
+            return False
+        first = last
+    return True
+
+
+def steps_ok(table: np.ndarray, mixed: np.ndarray, manifest: dict) -> bool:
+    """Each step's mix as the store's (``mix_type``), its lambda in [0, 1], its cutmix box in the crop."""
+    lam, box = table["lam"], table["bbox"].astype(np.int64)
+    cut = mixed & (box != -1).any(axis=1)
+    kind = np.where(mixed, np.where(cut, "cutmix", "mixup"), "none")
+    if manifest.get("mix_type") and bool((kind != manifest["mix_type"]).any()):
+        return False
+    if not bool(((lam[mixed] >= 0) & (lam[mixed] <= 1)).all()):
+        return False
+    size = manifest.get("input_size")
+    x1, y1, x2, y2 = box[cut].T
+    return not size or bool(((0 <= x1) & (x1 <= x2) & (x2 <= size) & (0 <= y1) & (y1 <= y2) & (y2 <= size)).all())
+
+
+def rows_ok(rows: np.ndarray, counts: np.ndarray, mixed: np.ndarray, manifest: dict, seen: np.ndarray) -> bool:
+    """The sample records of consecutive steps (``counts`` each): top-k records as ``decode`` checks
+    them, crop boxes, indices in range and new to the epoch (``seen``, updated), mix partners in their step."""
+    names = rows.dtype.names
+    fill = torch.from_numpy(rows["fill"].astype(np.float32)) if "fill" in names else None
+    if topk_problem(torch.from_numpy(rows["values"].astype(np.float32)),
+                    torch.from_numpy(rows["classes"].astype(np.int64)), fill, int(manifest["num_classes"])):
+        return False
+    if replay.crop_box_problem(fractions(rows["coords"]), EDGE_SLACK):
+        return False
+    index = rows["index"].astype(np.int64)
+    if len(index) and (int(index.max()) >= len(seen) or len(np.unique(index)) != len(index) or seen[index].any()):
+        return False
+    seen[index] = True
+    return "mix" not in names or not bool((np.repeat(mixed, counts) & (rows["mix"] >= np.repeat(counts, counts))).any())
 
 
 def _short(values: list) -> str:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -41,9 +43,11 @@ from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import schema
-from softlabel.stores.base import PER_IMAGE, Request, Store, fmt_floats, weights_name
+from softlabel.stores.base import (PER_IMAGE, Request, Store, checked, fmt_floats, spread,
+                                   weights_name)
 from softlabel.stores.topk import smallest_int_dtype
 from softlabel.streams import Stream
+from softlabel.threads import running_on
 
 MANIFEST = "fkd_manifest.json"
 FORMAT = "fkd-per-image"
@@ -59,6 +63,8 @@ CONTENT_KEYS = ("format", "format_version", "num_crops", "label_type", "input_si
                 "max_scale_crops", "temperature", "use_fp16", "fkd_seed", "teacher", "num_samples",
                 "num_classes", "class_to_index", "dataset_fingerprint")
 
+WRITE_THREADS = 8        # files written at once (each mostly waits for its fsync)
+WRITES_IN_FLIGHT = 64    # serialized files waiting to be written, at most
 
 
 # ----------------------------------------------------------------------------- layout
@@ -148,57 +154,119 @@ def encode(coords: torch.Tensor, flips: torch.Tensor, classes: torch.Tensor, val
             None if values is None else values.clone()]
 
 
-def write_file(path: str, coords, flips, classes, values) -> None:
-    files.atomic_torch_save(encode(coords, flips, classes, values), path)
+def file_bytes(coords: torch.Tensor, flips: torch.Tensor, classes: torch.Tensor, values: Optional[torch.Tensor]
+               ) -> bytes:
+    """One image's file, as ``files.atomic_torch_save`` would write it."""
+    return files.torch_bytes(encode(coords, flips, classes, values))
+
+
+def load_file(path: str) -> list:
+    """One image's file as stored, [coords, flip, classes, values], before ``check_labels``."""
+    data = files.safe_torch_load(path, "FKD label file")
+    if not isinstance(data, (list, tuple)) or len(data) != 4:
+        n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
+        raise UserError(f"FKD label file {path}: expected a list of 4 entries [coords, flip, classes, values], "
+                        f"found {n}")
+    return list(data)
 
 
 def read_file(path: str, manifest: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Load and validate one image's file; any problem is one line naming the file."""
-    def bad(why: str) -> UserError:
-        return UserError(f"FKD label file {path}: {why}")
-
-    data = files.safe_torch_load(path, "FKD label file")
-    if not isinstance(data, (list, tuple)) or len(data) != 4:
-        n = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
-        raise bad(f"expected a list of 4 entries [coords, flip, classes, values], found {n}")
-    return check_labels(path, *data, manifest)
+    return check_labels(path, *load_file(path), manifest)
 
 
 def check_labels(path: str, coords: Any, flips: Any, classes: Any, values: Any, manifest: Mapping[str, Any]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """One image's crops and labels, validated against the store's settings (both per-image formats)."""
-    def bad(why: str) -> UserError:
-        return UserError(f"FKD label file {path}: {why}")
+    """One image's crops and labels, validated against the store's settings (both per-image formats):
+    each entry's type and shape, then its values, entry by entry."""
+    shapes = shape_problems(coords, flips, classes, values, manifest)
+    hard = manifest["label_type"] == "hard"
+    for problem in (lambda: shapes[0], lambda: coords_problem(coords), lambda: shapes[1], lambda: shapes[2],
+                    lambda: classes_problem(classes, int(manifest["num_classes"])), lambda: shapes[3],
+                    lambda: None if hard else values_problem(values)):
+        why = problem()
+        if why:
+            raise UserError(f"FKD label file {path}: {why}")
+    return coords.float(), flips.bool(), classes, values
 
+
+def shape_problems(coords: Any, flips: Any, classes: Any, values: Any, manifest: Mapping[str, Any]
+                   ) -> list[Optional[str]]:
+    """What is wrong with the type or shape of each of one file's entries (None where nothing is)."""
     n, c = int(manifest["num_crops"]), int(manifest["num_classes"])
     label_type = manifest["label_type"]
     k = min(TOP_K[label_type], c)
+    problems: list[Optional[str]] = [None] * 4
     if not (isinstance(coords, torch.Tensor) and coords.is_floating_point() and coords.shape == (n, 4)):
-        raise bad(f"coords must be a float ({n}, 4) tensor")
-    if not (bool(torch.isfinite(coords).all()) and float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
-        raise bad("coords outside [0, 1]")
-    problem = replay.crop_box_problem(coords, 1e-3)  # FKD's --use_fp16 files keep float16 fractions
-    if problem:
-        raise bad(problem)
+        problems[0] = f"coords must be a float ({n}, 4) tensor"
     if not (isinstance(flips, torch.Tensor) and flips.shape == (n,)):
-        raise bad(f"flip must be a ({n},) tensor")
+        problems[1] = f"flip must be a ({n},) tensor"
     if not (isinstance(classes, torch.Tensor) and not classes.is_floating_point() and classes.shape == (n, k)):
-        raise bad(f"classes must be an integer ({n}, {k}) tensor for label type {label_type}")
-    if int(classes.min()) < 0 or int(classes.max()) >= c:
-        raise bad(f"class index out of range for {c} classes")
+        problems[2] = f"classes must be an integer ({n}, {k}) tensor for label type {label_type}"
     if label_type == "hard":
-        if values is not None:
-            raise bad("label type hard stores no values")
+        problems[3] = None if values is None else "label type hard stores no values"
     elif not (isinstance(values, torch.Tensor) and values.is_floating_point() and values.shape == (n, k)):
-        raise bad(f"values must be a float ({n}, {k}) tensor for label type {label_type}")
-    elif not bool(torch.isfinite(values).all()) or float(values.min()) < 0 or float(values.max()) > 1:
-        raise bad("values must be probabilities in [0, 1]")
-    else:
-        empty = torch.nonzero(values.float().sum(dim=1) == 0).flatten()
-        if len(empty):  # a teacher's top class has probability >= 1 / classes: such a file is broken
-            raise bad(f"crop {int(empty[0])}'s probabilities are all zero ({len(empty)} of {n} crops); relabel "
-                      f"this image")
-    return coords.float(), flips.bool(), classes, values
+        problems[3] = f"values must be a float ({n}, {k}) tensor for label type {label_type}"
+    return problems
+
+
+def coords_problem(coords: torch.Tensor) -> Optional[str]:
+    """What is wrong with (N, 4) crop boxes, or None (of one file, or of several stacked)."""
+    if not (bool(torch.isfinite(coords).all()) and float(coords.min()) >= 0.0 and float(coords.max()) <= 1.0):
+        return "coords outside [0, 1]"
+    return replay.crop_box_problem(coords, 1e-3)  # FKD's --use_fp16 files keep float16 fractions
+
+
+def classes_problem(classes: torch.Tensor, num_classes: int) -> Optional[str]:
+    if int(classes.min()) < 0 or int(classes.max()) >= num_classes:
+        return f"class index out of range for {num_classes} classes"
+    return None
+
+
+def values_problem(values: torch.Tensor) -> Optional[str]:
+    """What is wrong with (N, k) probabilities of N crops, or None."""
+    if not bool(torch.isfinite(values).all()) or float(values.min()) < 0 or float(values.max()) > 1:
+        return "values must be probabilities in [0, 1]"
+    empty = torch.nonzero(values.float().sum(dim=1) == 0).flatten()
+    if len(empty):  # a teacher's top class has probability >= 1 / classes: such a file is broken
+        return f"crop {int(empty[0])}'s probabilities are all zero ({len(empty)} of {len(values)} crops); relabel " \
+               f"this image"
+    return None
+
+
+def labels_ok(loaded: Sequence[Sequence[Any]], manifest: Mapping[str, Any]) -> bool:
+    """Whether ``check_labels`` passes each of several files' entries: their types and shapes file by
+    file, their values all at once."""
+    if any(any(shape_problems(*entries, manifest)) for entries in loaded):
+        return False
+    if not loaded:
+        return True
+    stacked = [torch.cat([entries[j] for entries in loaded]) for j in ((0, 2) if manifest["label_type"] == "hard"
+                                                                      else (0, 2, 3))]
+    return not (coords_problem(stacked[0]) or classes_problem(stacked[1], int(manifest["num_classes"]))
+                or (len(stacked) > 2 and values_problem(stacked[2])))
+
+
+# Files read and checked together by ``check_files``.
+CHECK_FILES = 64
+
+
+def check_files(load: Callable[[int], tuple[str, list]], images: Sequence[int], manifest: Mapping[str, Any]) -> None:
+    """``check_labels`` of the files of ``images`` (``load``: an image's file and its entries as
+    stored), their values checked at once; where anything fails, file by file, so that the first bad
+    file is named as reading them in order names it."""
+    loaded, failure = [], None
+    for i in images:
+        try:
+            loaded.append(load(i))
+        except UserError as exc:  # raised after the files before it are checked
+            failure = exc
+            break
+    if failure is not None or not labels_ok([entries for _, entries in loaded], manifest):
+        for path, entries in loaded:
+            check_labels(path, *entries, manifest)
+    if failure is not None:
+        raise failure
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -422,9 +490,15 @@ class PerImageStore(Store):
         return PerImageSteps(self.path, index, dict(self.manifest), jobs, seed, images_per_step, crops_per_epoch,
                              targets, cache_bytes, rank, world, self.reader(index), passes)
 
+    def unchecked(self, index: FolderIndex, i: int) -> tuple[str, list]:
+        """Image i's file and its [coords, flips, classes, values] as stored, before ``check_labels``."""
+        path = label_path(self.path, index, i)
+        return path, load_file(path)
+
     def read_labels(self, index: FolderIndex, i: int) -> tuple:
         """Image i's (coords (K, 4), flips (K,), classes (K, k), values (K, k) | None), validated."""
-        return read_file(label_path(self.path, index, i), dict(self.manifest))
+        path, entries = self.unchecked(index, i)
+        return check_labels(path, *entries, self.manifest)
 
     def reader(self, index: FolderIndex) -> Callable[[int], tuple]:
         return lambda i: self.read_labels(index, i)
@@ -448,28 +522,37 @@ class PerImageStore(Store):
             ("made from", f"fingerprint {str(m.get('dataset_fingerprint'))[:12]}"),
         ]
 
-    def check(self, index: Optional[FolderIndex] = None) -> str:
+    def check(self, index: Optional[FolderIndex] = None, sample: int = 0) -> str:
         """With the images: each one's file, read as the trainer reads it; without (ours only): every
         file under the store."""
         if index is not None:
             self.check_complete(0, index)
-            for i in range(len(index)):
-                self.read_labels(index, i)
-            return f"{len(index)} files checked"
-        paths = sorted(str(p) for p in pathlib.Path(self.path).rglob("*.tar"))
-        m = self.manifest
-        if len(paths) != m["num_samples"]:
-            raise UserError(f"{self.flag} {self.path}: {len(paths)} label files for {m['num_samples']} images")
-        for path in paths:
-            read_file(path, dict(self.manifest))
-        return f"{len(paths)} files checked"
+            count, load = len(index), (lambda i: self.unchecked(index, i))
+        else:
+            paths = sorted(str(p) for p in pathlib.Path(self.path).rglob("*.tar"))
+            if len(paths) != self.manifest["num_samples"]:
+                raise UserError(f"{self.flag} {self.path}: {len(paths)} label files for "
+                                f"{self.manifest['num_samples']} images")
+            count, load = len(paths), (lambda i: (paths[i], load_file(paths[i])))
+        images = spread(range(count), sample)
+        with running_on(1):  # many small operations
+            for first in range(0, len(images), CHECK_FILES):
+                check_files(load, images[first:first + CHECK_FILES], self.manifest)
+        return checked(len(images), count, "files")
 
 
 class PerImageWriter:
-    """Writes the per-image files of a store created by ``create``, each atomically."""
+    """Writes the per-image files of a store created by ``create``, each atomically and durably.
+
+    Writing a file is mostly waiting for the disk (its fsync), and the disk commits concurrent
+    fsyncs together: the files are serialized here, then written by a few threads, at most
+    ``WRITES_IN_FLIGHT`` at a time, while labelling goes on. ``finish`` waits for every write; a
+    write's error (a full disk) is raised by a later ``write`` or by ``finish``."""
 
     def __init__(self, path: str, index: FolderIndex):
         self.path, self.index = path, index
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._in_flight: deque[Future] = deque()
 
     def path_of(self, image: int) -> str:
         return label_path(self.path, self.index, image)
@@ -477,11 +560,23 @@ class PerImageWriter:
     def exists(self, image: int) -> bool:
         return os.path.exists(self.path_of(image))
 
-    def finish(self) -> None:
-        """Nothing to do: every file is complete once written."""
-
     def write(self, image: int, coords, flips, classes, values) -> None:
-        write_file(self.path_of(image), coords, flips, classes, values)
+        data = file_bytes(coords, flips, classes, values)
+        while len(self._in_flight) >= WRITES_IN_FLIGHT:
+            self._in_flight.popleft().result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="fkd-write")
+        self._in_flight.append(self._pool.submit(files.atomic_write_bytes, self.path_of(image), data))
+
+    def finish(self) -> None:
+        """Wait until every file written so far is on disk under its name."""
+        try:
+            while self._in_flight:
+                self._in_flight.popleft().result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def create(path: str, manifest: dict, index: FolderIndex, info: Optional[DistInfo] = None,

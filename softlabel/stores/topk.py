@@ -13,6 +13,8 @@ import torch
 from softlabel.errors import UserError
 
 COORD_SCALE = 65535  # top-k stores (both formats) keep crop fractions as uint16 fixed point
+# Crop fractions of a top-k store are rounded to 1/65535: their sum may pass 1 by that much.
+EDGE_SLACK = 2.0 / COORD_SCALE
 
 
 def smallest_int_dtype(limit: int) -> torch.dtype:

@@ -144,7 +144,7 @@ class UpstreamStore(BatchStore):
             ("teacher", "not recorded (an upstream store has no manifest)"),
         ]
 
-    def check(self, index: Optional[FolderIndex] = None) -> str:
+    def check(self, index: Optional[FolderIndex] = None, sample: int = 0) -> str:
         """Every batch file there, then each validated (with ``index``: as those images say)."""
         epochs, batches, _ = layout(self.path)
         missing = [batch_path(self.path, e, b) for e in range(epochs) for b in range(batches)
@@ -152,7 +152,8 @@ class UpstreamStore(BatchStore):
         if missing:
             raise UserError(f"{self.flag} {self.path}: {len(missing)} of {epochs * batches} batch files missing "
                             f"(first: {missing[0]})")
-        return BatchStore.check(type(self).open(self.path, self.flag, index, self.request, need_pixels=False))
+        return BatchStore.check(type(self).open(self.path, self.flag, index, self.request, need_pixels=False),
+                                sample=sample)
 
     def with_images(self, index: FolderIndex, data_arg: str) -> tuple[BatchStore, None]:
         """Reopened with the images: their count and class names are the store's."""
