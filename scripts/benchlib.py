@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -124,10 +126,59 @@ def make_store(path: str, data: str, batch: int, epochs: int) -> str:
     return path
 
 
+def tiny_png_folder(root: str, images: int, classes: int) -> str:
+    """``images`` 8 x 8 PNGs spread over ``classes`` class folders, made once in ``root``: every
+    file holds the bytes of one encoded image (many files fast; what is measured is their count)."""
+    done = os.path.join(root, ".complete")
+    if os.path.isfile(done):
+        return root
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(192, dtype=np.uint8).reshape(8, 8, 3)).save(buf, "PNG")
+    data = buf.getvalue()
+    for n in range(images):
+        folder = os.path.join(root, f"n{n % classes:08d}")
+        if n < classes:
+            os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{n // classes:07d}.png"), "wb") as f:
+            f.write(data)
+    open(done, "w").close()
+    return root
+
+
 # ----------------------------------------------------------------------------- measured rates
 
 
 STEADY = re.compile(r"then ([\d.]+) img/s")
+
+
+# A child interpreter that runs ``setup`` (its imports: the baseline), then ``stmt``, and prints its
+# wall time and its peak resident memory above the baseline (VmHWM reset after the imports).
+_MEASURED = r"""
+import json, re, sys, time
+sys.path.insert(0, sys.argv[1])
+exec(sys.argv[2])
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) / 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base, start = status("VmRSS"), time.perf_counter()
+exec(sys.argv[3])
+wall = time.perf_counter() - start
+print("\nMEASURED " + json.dumps({"wall_s": wall, "base_mb": base, "peak_mb": status("VmHWM") - base}))
+"""
+
+
+def measured_child(tree: str, setup: str, stmt: str) -> dict:
+    """Wall seconds and peak RSS (MB above the interpreter after ``setup``) of ``stmt`` run in a
+    fresh interpreter with ``tree``'s ``softlabel`` (a checkout: compare two versions in one run)."""
+    proc = subprocess.run([PY, "-c", _MEASURED, os.path.abspath(tree), setup, stmt], cwd=tree,
+                          capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("MEASURED ")]
+    if proc.returncode != 0 or not line:
+        raise SystemExit(f"measured child failed ({tree}: {stmt}):\n{proc.stderr[-2000:]}")
+    return json.loads(line[-1][len("MEASURED "):])
 
 
 def in_memory_bound(steps: int, batch: int, size: int, classes: int = 10, *, amp: Optional[torch.dtype] = None,
@@ -355,3 +406,97 @@ def settle(args: argparse.Namespace) -> None:
                             if os.path.isdir(os.path.join(args.data_dir, args.train_subset, d))])
 
 
+# ----------------------------------------------------------------------------- growth with scale
+
+
+def run_measured(argv: list[str], log: str, env: Optional[dict] = None,
+                 stop: Optional[Callable[[], bool]] = None) -> dict:
+    """Run ``argv`` (output to ``log``); its wall and CPU seconds, exit code and peak resident
+    memory in MB, three ways: ``peak_mb``, the largest anonymous resident memory (heap, arrays:
+    what grows with the data) seen every 0.05 s while it runs; ``hwm_mb``, its high-water mark
+    (VmHWM, library pages included) as last seen; ``maxrss_mb``, ``os.wait4``'s rusage at its end,
+    which also counts the interpreter's exit (library pages it touches can add 100 MB) and the
+    largest descendant it waited for. ``stop``, polled as often, ends the child with SIGTERM once
+    it returns True (``stopped`` says so)."""
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        stopped, anon, hwm = False, 0.0, 0.0
+        while True:
+            now = _resident_mb(proc.pid)
+            anon, hwm = max(anon, now.get("RssAnon", 0.0)), max(hwm, now.get("VmHWM", 0.0))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if stop is not None and not stopped and stop():
+                proc.send_signal(signal.SIGTERM)
+                stopped = True
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rc": proc.returncode, "stopped": stopped,
+            "peak_mb": anon, "hwm_mb": hwm, "maxrss_mb": usage.ru_maxrss / 1024}
+
+
+def _resident_mb(pid: int) -> dict[str, float]:
+    """A running process's RssAnon and VmHWM in MB (empty once it has exited, or off Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    return {key: int(kb) / 1024 for key, kb in re.findall(r"(RssAnon|VmHWM):\s+(\d+)", text)}
+
+
+def tree_size(root: str) -> tuple[int, int]:
+    """(files, bytes) under ``root`` (0, 0 when it does not exist)."""
+    count = size = 0
+    for top, _, names in os.walk(root):
+        for name in names:
+            count += 1
+            size += os.path.getsize(os.path.join(top, name))
+    return count, size
+
+
+def growth_exponent(n1: float, v1: float, n2: float, v2: float) -> Optional[float]:
+    """k in v = c n^k through (n1, v1) and (n2, v2): 1.0 is linear growth; None without two
+    positive values at two sizes."""
+    if v1 <= 0 or v2 <= 0 or n1 <= 0 or n2 <= 0 or n1 == n2:
+        return None
+    return math.log(v2 / v1) / math.log(n2 / n1)
+
+
+def extrapolate(n1: float, v1: float, n2: float, v2: float, n: float) -> Optional[float]:
+    """v at size ``n`` on the power law through (n1, v1) and (n2, v2)."""
+    k = growth_exponent(n1, v1, n2, v2)
+    return None if k is None else v2 * (n / n2) ** k
+
+
+def extend_store(path: str, epochs: int, leave: int, image_size: tuple[int, int]) -> int:
+    """Grow the batch store at ``path`` (made by relabel, without a mix) to ``epochs`` epochs:
+    every step not yet written except the last ``leave`` gets crops and flips sampled as relabel
+    samples them (every image ``image_size``) and random logits, through the store's writer.
+    Returns the steps written. The store then reads as one that relabel left ``leave`` steps short."""
+    manifest = store.read_manifest(path)
+    if manifest.get("mix_type", "none") != "none":
+        raise UserError(f"{path}: a store without a mix is extended here (this one: {manifest['mix_type']})")
+    manifest = {**manifest, "epochs": max(epochs, int(manifest["epochs"]))}
+    writer = create_store(path, manifest)
+    seed, batch, count = manifest["fkd_seed"], manifest["batch_size"], manifest["num_samples"]
+    scale = (manifest["min_scale_crops"], manifest["max_scale_crops"])
+    jobs = replay.epoch_jobs(0, manifest["epochs"], manifest["batches_per_epoch"])
+    g, written, order = torch.Generator().manual_seed(0), 0, (None, None)
+    for e, b in jobs[:len(jobs) - leave]:
+        if writer.exists(e, b):
+            continue
+        if order[0] != e:
+            order = (e, replay.epoch_order(seed, e, count))
+        idx = order[1][replay.batch_slice(batch, b)]
+        coords, flips = replay.sample_crops_and_flips(replay.batch_rng(seed, e, b), [image_size] * len(idx), scale)
+        logits = torch.randn(len(idx), manifest["num_classes"], generator=g)
+        writer.write(e, b, store.BatchRecord(coords, flips, None, None, None,
+                                             logits.half() if manifest["use_fp16"] else logits,
+                                             torch.from_numpy(idx.astype(np.int64))))
+        written += 1
+    writer.finish()
+    return written

@@ -3,6 +3,7 @@ Below both the folder scan (data.py) and the image packs (packed_images.py), whi
 from __future__ import annotations
 
 import hashlib
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -13,9 +14,14 @@ from softlabel.errors import UserError
 def fingerprint_of(entries) -> str:
     """The dataset fingerprint of (relative path, file size, class) entries, in dataset order."""
     h = hashlib.sha256()
+    fingerprint_update(h, entries)
+    return h.hexdigest()
+
+
+def fingerprint_update(h, entries: Iterable[tuple[str, int, int]]) -> None:
+    """Add entries to a fingerprint's SHA-256 (a pack's index adds its rows a chunk at a time)."""
     for rel, size, target in entries:
         h.update(f"{rel}\t{size}\t{target}\n".encode())
-    return h.hexdigest()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import STORE_ARGS, relabel, run_script, train_in_process, tree_bytes
+from conftest import ROOT, STORE_ARGS, relabel, run_script, script_env, train_in_process, tree_bytes
 
 from softlabel.data import load_rgb, scan_image_folder
 from softlabel.errors import UserError
@@ -153,3 +154,44 @@ def test_pack_images_refuses_what_would_overwrite(packed, demo_data, tmp_path, m
         with pytest.raises(UserError, match=needle):
             module.main(module.get_args_parser().parse_args())
     assert not (demo_data / "ipc2" / "packed").exists() and not (tmp_path / "x").exists()
+
+
+# Packs 6,000 images with 8 MB of address space above the interpreter's after the imports and the
+# folder's scan (one malloc arena and 1 MB thread stacks: the limit bounds what is allocated, not
+# what threads reserve). Packing keeps each image's shape and size (12 bytes), so it needs 3-4 MB
+# whatever the count (chunks of the index, two threads); a future, a decoded image and a row per
+# image, and the indented index as one string, needed about 2 KB an image (12 MB here).
+BOUNDED_PACK = """
+import os, re, resource, sys, threading
+from softlabel import packed_images
+from softlabel.data import load_rgb, scan_image_folder
+index = scan_image_folder(sys.argv[1], "DIR")
+load_rgb(index.samples[0][0])  # PIL's decoders loaded
+threading.stack_size(1 << 20)
+with open("/proc/self/status") as f:
+    size = int(re.search(r"VmSize:\\s+(\\d+)", f.read()).group(1)) * 1024
+limit = size + int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+os.makedirs(sys.argv[2])
+packed_images.pack(index, sys.argv[2], threads=2)
+"""
+
+
+def test_packing_memory_does_not_grow_with_the_image_count(tmp_path):
+    import io
+
+    from PIL import Image
+    png = io.BytesIO()
+    Image.fromarray(np.arange(192, dtype=np.uint8).reshape(8, 8, 3)).save(png, "PNG")
+    count, folder = 6000, tmp_path / "tiny"
+    for c in range(10):
+        (folder / f"c{c}").mkdir(parents=True)
+        for n in range(count // 10):
+            (folder / f"c{c}" / f"{n:05d}.png").write_bytes(png.getvalue())
+    proc = subprocess.run([sys.executable, "-c", BOUNDED_PACK, folder, tmp_path / "packed", str(8 << 20)],
+                          cwd=ROOT, env=script_env(MALLOC_ARENA_MAX="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pack = scan_image_folder(str(tmp_path / "packed"), "--data")
+    assert len(pack) == count and pack.fingerprint() == scan_image_folder(str(folder), "--data").fingerprint()
+    last = np.asarray(pack.load(pack.samples[-1][0]))
+    assert np.array_equal(last, np.asarray(Image.open(io.BytesIO(png.getvalue()))))

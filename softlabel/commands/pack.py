@@ -57,13 +57,13 @@ def main(args: argparse.Namespace) -> None:
     start = time.time()
     bar = tracking.progress(len(index), "pack", disable=args.no_progress)
     if args.format == "lmdb":
-        total = packed_images.pack_lmdb(index, args.out, bar)
+        total, fingerprint = packed_images.pack_lmdb(index, args.out, bar)
     else:
-        total = packed_images.pack(index, args.out, args.threads, bar)
+        total, fingerprint = packed_images.pack(index, args.out, args.threads, bar)
     bar.close()
     what = "image files in an LMDB" if args.format == "lmdb" else "pixels"
     print(f"pack: {len(index)} images, {len(index.classes)} classes -> {args.out} ({total / 2**20:.1f} MiB of "
-          f"{what}) in {time.time() - start:.1f}s; fingerprint {index.fingerprint()[:12]} (the folder's)", flush=True)
+          f"{what}) in {time.time() - start:.1f}s; fingerprint {fingerprint[:12]} (the folder's)", flush=True)
 
 
 def cli() -> None:
