@@ -43,20 +43,24 @@ def kl_magnitude(num_classes: int, kl: float) -> float:
     return 2 * math.log(num_classes) + abs(kl)
 
 
-def within(got, want, n: int, magnitude, u: float = FLOAT32) -> bool:
-    """``got`` within ``between_orders(n, magnitude)`` of ``want`` (numbers, or tensors compared
-    elementwise, ``magnitude`` broadcast against them: the size of what each element sums)."""
-    tol = 2 * gamma(n, u) * torch.as_tensor(magnitude, dtype=torch.float64)
+def apart(got, want, n: int, magnitude, u: float = FLOAT32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|got - want|, ``between_orders(n, magnitude)``) elementwise in float64: numbers or tensors,
+    ``magnitude`` (the size of what each element sums) broadcast against them."""
     diff = (torch.as_tensor(got, dtype=torch.float64) - torch.as_tensor(want, dtype=torch.float64)).abs()
+    return diff, 2 * gamma(n, u) * torch.as_tensor(magnitude, dtype=torch.float64)
+
+
+def within(got, want, n: int, magnitude, u: float = FLOAT32) -> bool:
+    """``got`` within ``between_orders(n, magnitude)`` of ``want``, elementwise (see ``apart``)."""
+    diff, tol = apart(got, want, n, magnitude, u)
     return bool((diff <= tol).all())
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, n: int, magnitude, u: float = FLOAT32,
                  msg: str = "") -> None:
     """As ``within``, saying by how much when it fails."""
-    if not within(got, want, n, magnitude, u):
-        tol = 2 * gamma(n, u) * torch.as_tensor(magnitude, dtype=torch.float64)
-        diff = (got.double() - want.double()).abs()
+    diff, tol = apart(got, want, n, magnitude, u)
+    if not bool((diff <= tol).all()):
         raise AssertionError(f"{msg}: differs by {float(diff.max()):.3g}, bound {float(tol.max()):.3g}")
 
 

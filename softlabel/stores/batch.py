@@ -48,9 +48,9 @@ from softlabel.stores import packed, schema
 from softlabel.stores.base import (BATCH, Request, Store, check_digest, checked, fmt_floats,
                                    spread, weights_name)
 from softlabel.stores.legacy_order import LegacyOrder
-from softlabel.threads import running_on
 from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, residual_fill, smallest_int_dtype,
                                    writes_fill)
+from softlabel.threads import running_on
 
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
 PACKED_VERSION = 2          # top-k packed one file per epoch (stores/packed.py)
