@@ -103,6 +103,8 @@ def student_argv(args, row: str, seed: int, out: str) -> list[str]:
     argv += ["--distiller", row]
     if DISTILLERS[row].init_epochs:
         argv += ["--distill-init-epochs", str(init_epochs(args, row))]
+    if row == "ft":  # the rate the table was measured at: RepDistiller's 0.01, capped on large teacher features
+        argv += ["--distill-init-lr", "auto"]
     return argv
 
 

@@ -58,8 +58,8 @@ def imagenet_manifest(batch: int, images: int, epochs: int, k: int) -> dict:
 
 def synthetic_batch(n: int, images: int, g: torch.Generator) -> store.BatchRecord:
     boxes = torch.rand(n, 4, generator=g) * 0.49 + torch.tensor([0.0, 0.0, 0.01, 0.01])
-    return store.BatchRecord(boxes, torch.rand(n, generator=g) > 0.5, torch.randperm(n, generator=g), 0.3,
-                             [3, 5, 120, 160], torch.randn(n, 1000, generator=g).half(),
+    return store.BatchRecord(boxes, torch.rand(n, generator=g) > 0.5, torch.randperm(n, generator=g),
+                             1 - (120 - 3) * (160 - 5) / 224 ** 2, [3, 5, 120, 160], torch.randn(n, 1000, generator=g).half(),
                              torch.randperm(images, generator=g)[:n])
 
 

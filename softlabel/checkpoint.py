@@ -2,28 +2,47 @@
 read is ``weights_only``: a file that would run code when unpickled is refused."""
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-from softlabel import files, provenance
+from softlabel import files, provenance, zoo
 from softlabel.errors import UserError
 
 CHECKPOINT = "checkpoint.pth"
 # Metadata our trainer stores next to the weights, read back when a checkpoint is a teacher.
 META = ("arch", "num_classes", "mean", "std", "input_size", "class_names")
+# The entries of the files RepDistiller's train_teacher.py and train_student.py write (ckpt_epoch_N.pth,
+# <model>_best.pth, <model>_last.pth, the last with its flags as an argparse Namespace).
+REPDISTILLER_KEYS = {"epoch", "model", "accuracy", "best_acc", "optimizer", "opt"}
+
+
+def repdistiller_arch(ckpt: Any, path: str) -> Optional[str]:
+    """The model of a teacher file in RepDistiller's layout, named by its folder as RepDistiller's
+    train_student.py names it (``zoo.arch_from_folder``); None for any other file, or a folder
+    naming no model of its zoo."""
+    if not (isinstance(ckpt, dict) and "model" in ckpt and ("epoch" in ckpt or "opt" in ckpt)
+            and set(ckpt) <= REPDISTILLER_KEYS):
+        return None
+    return zoo.arch_from_folder(path)
 
 
 def read_weights(path: str, flag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights and metadata of a plain state_dict or a checkpoint dict (``model`` or the
-    upstream ``state_dict`` key); DDP/compile prefixes are removed."""
-    ckpt = files.safe_torch_load(path, flag)
+    upstream ``state_dict`` key); DDP/compile prefixes are removed. A file of RepDistiller's
+    layout names its model by its folder (meta ``arch``, with ``arch_from`` 'folder': a guess that
+    -a/--arch overrides)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):  # plain attributes, no code
+        ckpt = files.safe_torch_load(path, flag)
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         state = ckpt["model"]
         meta = {k: ckpt[k] for k in META if k in ckpt}
+        if arch := repdistiller_arch(ckpt, path):
+            meta.update(arch=arch, arch_from="folder")
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         state = ckpt["state_dict"]
     else:

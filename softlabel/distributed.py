@@ -2,10 +2,11 @@
 (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); gloo on CPU, NCCL on GPU; no hand-picked ports."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -106,6 +107,17 @@ def on_main_then_all(info: DistInfo, fn: Callable[[], R]) -> R | None:
     return result
 
 
+def ranks_differing(info: DistInfo, data: bytes) -> int:
+    """How many ranks hold other ``data`` than rank 0 (compared by sha256). 0 on one process."""
+    if not info.distributed:
+        return 0
+    device = info.device if info.device.type == "cuda" else torch.device("cpu")
+    mine = torch.tensor(list(hashlib.sha256(data).digest()), dtype=torch.uint8, device=device)
+    main = mine.clone()
+    dist.broadcast(main, src=0)
+    return int(reduce_across(info, float(not torch.equal(mine, main)))[0])
+
+
 def ranks_not_seeing(info: DistInfo, path: str) -> int:
     """How many ranks do not read ``path`` as rank 0 does (missing there, or other bytes): a
     folder on a node's own disk rather than one every node shares. 0 on one process."""
@@ -113,14 +125,35 @@ def ranks_not_seeing(info: DistInfo, path: str) -> int:
         return 0
     try:
         with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).digest()
+            data = f.read()
     except OSError:
-        digest = bytes(32)
-    device = info.device if info.device.type == "cuda" else torch.device("cpu")
-    mine = torch.tensor(list(digest), dtype=torch.uint8, device=device)
-    main = mine.clone()
-    dist.broadcast(main, src=0)
-    return int(reduce_across(info, float(not torch.equal(mine, main)))[0])
+        data = b"\0missing"
+    return ranks_differing(info, data)
+
+
+def require_same(info: DistInfo, data: bytes, what: str) -> None:
+    """Every rank holds rank 0's ``data`` (its inputs, the manifest it would write), or every rank
+    fails with one line before anything is written: ``what`` says what differs."""
+    differ = ranks_differing(info, data)
+    if differ:
+        raise UserError(f"{differ} of the {info.world_size} processes {what} than rank 0; with several nodes each "
+                        f"must see the same files at the same paths; nothing was written")
+
+
+@contextlib.contextmanager
+def together(info: DistInfo) -> Iterator[None]:
+    """Local work (scanning, loading, checking inputs) that every rank does before the next
+    collective step: if it refuses on one rank (a UserError), every rank stops with one line — that
+    rank its own, the others saying so — rather than wait for it in the next collective."""
+    try:
+        yield
+    except UserError:
+        reduce_across(info, 1.0)
+        raise
+    refused = int(reduce_across(info, 0.0)[0])
+    if refused:
+        raise UserError(f"{refused} of the {info.world_size} processes refused their inputs (their error line "
+                        f"says why); this one stops with them, before anything is written")
 
 
 def require_shared(info: DistInfo, path: str, flag: str, folder: str) -> None:

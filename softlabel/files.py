@@ -7,6 +7,7 @@ unpickled is refused, never executed.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -262,3 +263,13 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+

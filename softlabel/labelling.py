@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from softlabel.data import IndexedImageFolder, eval_pixels_transform, scan_image_folder
 from softlabel.errors import UserError
-from softlabel.evaluation import predict
+from softlabel.evaluation import batches
 from softlabel.teachers import Ensemble, Teacher
 
 PREFLIGHT_CROPS = 256  # the teachers' accuracy is checked on this many crops before anything is written
@@ -108,9 +108,11 @@ def evaluate_teachers(ens: Ensemble, val_dir: str, class_index_of_folder: dict[s
     def all_logits(pixels: torch.Tensor) -> torch.Tensor:  # (B, 1 + teachers, C)
         combined, outputs = ens(pixels, None, None, None)
         return torch.stack([combined] + outputs, dim=1)
-    logits, folder = predict(all_logits, loader, ens.device)
-    targets = torch.tensor([class_index_of_folder[c] for c in index.classes])[folder]
-    acc = 100.0 * (logits.argmax(2) == targets[:, None]).double().mean(dim=0)
+    class_of_folder = torch.tensor([class_index_of_folder[c] for c in index.classes])
+    correct = torch.zeros(len(ens.teachers) + 1, dtype=torch.float64)
+    for logits, folder in batches(all_logits, loader, ens.device):
+        correct += (logits.argmax(2) == class_of_folder[folder][:, None]).double().sum(dim=0)
+    acc = 100.0 * correct / max(len(index), 1)
     names = ", ".join(f"{t.arch} {a:.2f}%" for t, a in zip(ens.teachers, acc[1:].tolist()))
     print(f"evaluate: top-1 on --val-dir {val_dir} ({len(index)} images): ensemble {acc[0]:.2f}% ({names})",
           flush=True)

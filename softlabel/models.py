@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from softlabel import zoo
 from softlabel.checkpoint import read_weights
 from softlabel.cifar_resnet import DEPTHS, cifar_resnet
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD
@@ -52,6 +53,7 @@ LOCAL_MODELS = {
     "mlpnet": lambda num_classes: MLPNet(num_classes),
 }
 LOCAL_MODELS.update({name: (lambda num_classes, name=name: cifar_resnet(name, num_classes)) for name in DEPTHS})
+LOCAL_MODELS.update(zoo.MODELS)  # RepDistiller's CIFAR zoo (softlabel/zoo): no name clashes with the above
 
 
 def model_source(name: str) -> str:
@@ -64,6 +66,8 @@ def model_source(name: str) -> str:
     import timm
     if timm.is_model(name):
         return "timm"
+    if ours := zoo.from_repdistiller(name):
+        raise UserError(f"unknown model '{name}': RepDistiller's {name} is '{ours}' here")
     raise UserError(f"unknown model '{name}': not one of ours ({', '.join(LOCAL_MODELS)}), "
                     f"nor a torchvision or timm classification model")
 
@@ -87,7 +91,10 @@ def create_model(name: str, num_classes: int, builder: Optional[str] = None) -> 
 
 def default_normalization(name: str, model: Optional[nn.Module] = None,
                           builder: Optional[str] = None) -> tuple[list[float], list[float]]:
-    """Input mean/std a model expects: timm's data config for timm models, else ImageNet's."""
+    """Input mean/std a model expects: CIFAR-100's for RepDistiller's zoo (what its teachers were
+    trained with), timm's data config for timm models, else ImageNet's."""
+    if name in zoo.MODELS:
+        return list(zoo.CIFAR100_MEAN), list(zoo.CIFAR100_STD)
     if model is not None and (builder or model_source(name)) == "timm":
         import timm.data
         cfg = timm.data.resolve_data_config({}, model=model)
@@ -97,10 +104,15 @@ def default_normalization(name: str, model: Optional[nn.Module] = None,
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, flag: str, name: str) -> None:
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    # files older than batch norm's num_batches_tracked lack it; load_state_dict fills it in (version < 2)
+    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or wrong:
+        twin = zoo.TWINS.get(name)
+        if twin and _fits(twin, state):
+            raise UserError(f"{flag} {path}: holds a '{twin}' ({zoo.describe(twin)}), not a '{name}' "
+                            f"({zoo.describe(name)}); name the model {twin}")
         parts = []
         if wrong:
             k = wrong[0]
@@ -112,6 +124,26 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, fl
             parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]})")
         raise UserError(f"{flag} {path}: weights do not fit model '{name}': {'; '.join(parts)}")
     model.load_state_dict(state)
+
+
+def classes_in_state(state: dict, path: str) -> int:
+    """Output size of a classifier state_dict: the rows of its last 2-D weight."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    if not weights:
+        raise UserError(f"{path}: cannot tell the number of classes from the weights; pass --num-classes")
+    return int(weights[-1].shape[0])
+
+
+def _fits(name: str, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` holds exactly the weights of model ``name`` (built on the meta device:
+    no memory, no initialization)."""
+    try:
+        classes = classes_in_state(state, name)
+    except UserError:
+        return False
+    with torch.device("meta"):
+        own = create_model(name, classes).state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
 
 
 # What upstream loads: PRISM, SRe2L, G-VBSM, EDC, FKD_SLG (--teacher_source pytorch) and WSLD build

@@ -155,6 +155,29 @@ def crop_box_problem(coords: torch.Tensor, slack: float) -> Optional[str]:
     return None
 
 
+# How far a stored cutmix weight may be from 1 - its box's share of the crop. ``sample_mix`` computes
+# it with one product of integers, one division and one subtraction, each rounded to float64, and
+# stores keep it in float64 (a Python float in a batch file, <f8 in an epoch file): recomputed here
+# the same way it agrees to within a few float64 ulps of 1 (< 1e-15). One pixel more or less of box
+# moves it by 1 / input_size^2, at least 2^-24 (6e-8) for the largest crops (4096 px).
+CUTMIX_LAM_SLACK = 1e-12
+
+
+def cutmix_lam_problem(lam: Sequence[float] | float, boxes: Sequence, input_size: int) -> Optional[str]:
+    """What is wrong with cutmix weights for their boxes ([x1, y1, x2, y2] in crop pixels), or None:
+    each must be the share of the ``input_size`` px crop the box leaves unmixed, as ``sample_mix``
+    gives it (stores made by upstream code keep the Beta draw instead: not for those)."""
+    lam = np.asarray(lam, dtype=np.float64).reshape(-1)
+    box = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    unmixed = 1.0 - (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / float(input_size * input_size)
+    bad = np.flatnonzero(~(np.abs(lam - unmixed) <= CUTMIX_LAM_SLACK))
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    return (f"mix_lam {lam[k]:.6g} disagrees with the cutmix box {box[k].tolist()}, which leaves {unmixed[k]:.6g} "
+            f"of the {input_size}px crop unmixed (edited by hand?)")
+
+
 def crop_box(coords: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
     """Pixel box (left, top, right, bottom) of fractional coords, rounded as PIL's crop does."""
     top, left, h, w = (float(c) for c in coords)

@@ -5,12 +5,12 @@ A teacher comes from one of three sources (as FKD's ``--teacher_source``):
   cache;
 - ``timm``: timm's architecture with its published weights, from the Hugging Face cache;
 - ``private``: a checkpoint file (``--teacher-path``): a plain state_dict, a dict with
-  ``model`` (ours, which also names its architecture and normalization) or ``state_dict``.
+  ``model`` (ours, which also names its architecture and normalization; RepDistiller's, named by
+  its folder) or ``state_dict``.
 Nothing is ever downloaded. Each teacher keeps its own input normalization.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from softlabel import ensemble, models, replay
 from softlabel.errors import UserError
+from softlabel.files import file_sha256
 
 SOURCES = ("torchvision", "timm", "private")
 
@@ -46,14 +47,6 @@ class Teacher:
                 "mean": self.mean, "std": self.std}
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional[int] = None,
                  source: Optional[str] = None, flag: str = "--teacher-path",
                  weights: Optional[str] = None) -> Teacher:
@@ -61,7 +54,9 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
 
     With ``path``: the file's weights; a checkpoint written by our trainer also names its
     architecture, class count and normalization, used unless flags say otherwise (a
-    contradiction is an error). ``source`` 'torchvision'/'timm' then picks the library that
+    contradiction is an error); one RepDistiller's train_teacher.py wrote is named by its folder,
+    as RepDistiller's train_student.py names it (``zoo.arch_from_folder``), unless ``arch`` is
+    given. ``source`` 'torchvision'/'timm' then picks the library that
     builds ``arch``. Without ``path``: the published weights of ``source`` (default: the
     library that knows ``arch``, torchvision first), from the local cache only: ``weights``
     names them (see ``models.torchvision_weights``; for timm, a pretrained tag).
@@ -73,23 +68,7 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
                         f"has {flag} {path}; leave its --teacher-weights item empty")
     published = None
     if path:
-        state, meta = models.read_weights_file(path, flag)
-        if arch and meta.get("arch") and arch != meta["arch"]:
-            raise UserError(f"teacher '{arch}' (-a/--arch, --teachers) contradicts {flag} {path}, "
-                            f"which holds a '{meta['arch']}'")
-        arch = arch or meta.get("arch")
-        if not arch:
-            raise UserError(f"-a/--arch or --teachers is required: {flag} {path} does not say which "
-                            f"model it holds")
-        builder = source if source in ("torchvision", "timm") else models.model_source(arch)
-        if num_classes is None:
-            num_classes = meta.get("num_classes") or _classes_in_state(state, path)
-        model = models.create_model(arch, num_classes, builder)
-        models.load_weights(model, state, path, flag, arch)
-        if "mean" in meta and "std" in meta:
-            mean, std = list(meta["mean"]), list(meta["std"])
-        else:
-            mean, std = models.default_normalization(arch, model, builder)
+        arch, model, mean, std, num_classes, builder, meta = _from_file(arch, path, num_classes, source, flag)
         weights_from, digest = "private", file_sha256(path)
     else:
         arch = arch or "resnet18"
@@ -106,7 +85,7 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
             published = models.timm_tag(arch)
         state, _ = models.read_weights_file(wpath, "cached weights")
         if builder == "torchvision":
-            model = models.create_model(arch, _classes_in_state(state, wpath), builder)
+            model = models.create_model(arch, models.classes_in_state(state, wpath), builder)
             models.load_weights(model, state, wpath, "cached weights", arch)
         else:
             import timm
@@ -120,6 +99,37 @@ def load_teacher(arch: Optional[str], path: Optional[str], num_classes: Optional
         p.requires_grad_(False)
     return Teacher(arch, model, [float(v) for v in mean], [float(v) for v in std], int(num_classes),
                    weights_from, builder, digest, meta, published)
+
+
+def _from_file(arch: Optional[str], path: str, num_classes: Optional[int], source: Optional[str], flag: str
+               ) -> tuple[str, nn.Module, list[float], list[float], int, str, dict[str, Any]]:
+    """``load_teacher``'s model from a weights file: (arch, model, mean, std, classes, builder, meta)."""
+    state, meta = models.read_weights_file(path, flag)
+    guessed = meta.get("arch_from") == "folder"  # RepDistiller's layout: its folder's name, which -a overrides
+    if arch and meta.get("arch") and arch != meta["arch"] and not guessed:
+        raise UserError(f"teacher '{arch}' (-a/--arch, --teachers) contradicts {flag} {path}, "
+                        f"which holds a '{meta['arch']}'")
+    guessed = guessed and not arch
+    arch = arch or meta.get("arch")
+    if not arch:
+        raise UserError(f"-a/--arch or --teachers is required: {flag} {path} does not say which "
+                        f"model it holds")
+    builder = source if source in ("torchvision", "timm") else models.model_source(arch)
+    if num_classes is None:
+        num_classes = meta.get("num_classes") or models.classes_in_state(state, path)
+    model = models.create_model(arch, num_classes, builder)
+    try:
+        models.load_weights(model, state, path, flag, arch)
+    except UserError as exc:
+        if not guessed:
+            raise
+        raise UserError(f"{exc} (the model its folder's name gives, as RepDistiller's train_student.py reads "
+                        f"it; name the right one with -a/--arch or --teachers)") from None
+    if "mean" in meta and "std" in meta:
+        mean, std = list(meta["mean"]), list(meta["std"])
+    else:
+        mean, std = models.default_normalization(arch, model, builder)
+    return arch, model, mean, std, num_classes, builder, meta
 
 
 def split_list(value: Optional[str]) -> list[str]:
@@ -152,6 +162,9 @@ def weight_names(value: Optional[str], archs: Sequence[Optional[str]], paths: Se
         raise UserError(f"{flag} {files[0]}: takes weight names (IMAGENET1K_V1, DEFAULT, a timm tag); pass a "
                         f"file with --teacher-path")
     if len(given) == 1:
+        if all(paths):  # a name no teacher can take is an error, never dropped
+            raise UserError(f"{flag} {given[0]} names published weights, but every teacher has a weight file "
+                            f"(--teacher-path); leave {flag} out")
         return [None if p else given[0] for p in paths]
     if len(given) != len(archs):
         raise UserError(f"{flag} gives {len(given)} names for {len(archs)} teachers "
@@ -229,14 +242,6 @@ class Ensemble:
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 outputs.append(t.model(x).float())
         return ensemble.combine(outputs, self.rule, self.primary_weight), outputs
-
-
-def _classes_in_state(state: dict, path: str) -> int:
-    """Output size of a classifier state_dict: the rows of its last 2-D weight."""
-    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    if not weights:
-        raise UserError(f"{path}: cannot tell the number of classes from the weights; pass --num-classes")
-    return int(weights[-1].shape[0])
 
 
 def _model_outputs(model: nn.Module, path: str) -> int:

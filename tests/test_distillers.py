@@ -3,6 +3,7 @@ value computed by hand on tiny tensors, features taken by hooks at the stages, e
 trained end to end, trained parts optimized, checkpointed and resumed exactly, two gloo ranks."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -238,10 +239,6 @@ def test_kdss_by_hand():
     """SSKD's losses: the rotated copies' cosine similarities to the originals (self-supervision
     heads), KL at T 0.5 over the rows the teacher's filter keeps, plus KD at T 4 on the copies."""
     from softlabel.distill import kdss
-    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
-    r = kdss.rotations(x)
-    assert r.shape == (8, 3, 2, 2) and torch.equal(r[:2], x)
-    assert torch.equal(r[2:4], torch.from_numpy(np.rot90(x.numpy(), 1, axes=(2, 3)).copy()))  # as SSKD's np.rot90
     n = 3
     s, t = feats((4 * n, 5, 2, 2), seed=22), feats((4 * n, 6, 1, 1), seed=23)
     s.logits, t.logits = torch.randn(4 * n, 4, generator=torch.Generator().manual_seed(24)), \
@@ -282,6 +279,204 @@ def test_kdss_by_hand():
     assert near(float(d.init_loss(None, t).detach()), ce, 2 + math.log(n))
 
 
+def kdss_batches(demo_data, workers: int, crop: str, mix: str = "none") -> tuple:
+    """The training images (ipc1) and epoch 1's batches of the trainer's loader under --distiller kdss."""
+    from types import SimpleNamespace
+    from softlabel.commands.train import hard_label_epochs
+    from softlabel.data import scan_image_folder
+    from softlabel.distributed import DistInfo
+    cfg = SimpleNamespace(distiller="kdss", input_size=32, train_crop=crop, min_scale_crops=0.5, max_scale_crops=1.0,
+                          batch_size=4, seed=3, workers=workers, drop_last=False, mix_type=mix, mixup=0.8, cutmix=1.0)
+    index = scan_image_folder(str(demo_data / "ipc1"), "--train-dir")
+    epochs = hard_label_epochs(cfg, index, range(1, 2), DistInfo(0, 1, 0, torch.device("cpu")), False)
+    return index, [batch for _, batches in epochs for batch in batches]
+
+
+def test_kdss_views_are_sskds_flip_then_a_crop_per_rotation(demo_data):
+    """Every image comes as SSKD's cifar.py makes it: one flip, then its four rotations (np.rot90),
+    each cropped by its own RandomCrop(32, padding=4) draw; view-major in the batch, view 0 first.
+    Recomputed here from the image and the draws of (--seed, stream, epoch, image)."""
+    from softlabel import streams
+    from softlabel.streams import Stream
+    index, batches = kdss_batches(demo_data, 0, "padded")
+    differs = False
+    for batch in batches:
+        n = len(batch["target"])
+        assert batch["pixels"].shape == (4 * n, 3, 32, 32) and batch["batch_size"] == n
+        for j, i in enumerate(batch["index"].tolist()):
+            rng = streams.rng(3, Stream.TRAIN_EPOCH, 1, i)
+            image = np.asarray(index.load(index.samples[i][0]))
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+            for k in range(4):
+                turned = np.pad(np.rot90(image, k), ((4, 4), (4, 4), (0, 0)))  # zeros, as RandomCrop's padding
+                top, left = (int(rng.integers(0, side - 32 + 1)) for side in turned.shape[:2])
+                want = torch.from_numpy(turned[top:top + 32, left:left + 32].transpose(2, 0, 1).copy())
+                got = batch["pixels"][k * n + j]
+                assert torch.equal(got, want), (i, k)
+                differs |= not torch.equal(got, torch.rot90(batch["pixels"][j], k, dims=(1, 2)))
+    assert differs  # not rotations of one crop
+
+
+def test_kdss_views_do_not_depend_on_the_workers_and_mix_view_by_view(demo_data):
+    """-j 0 and -j 2 give the same views (resized crops here); with cutmix each view of an image is
+    mixed with the same partner's same view."""
+    batches = [kdss_batches(demo_data, workers, "resized", "cutmix")[1] for workers in (0, 2)]
+    assert len(batches[0]) == len(batches[1]) == 3
+    for a, b in zip(*batches):
+        assert all(torch.equal(a[key], b[key]) for key in ("pixels", "partners", "index", "target"))
+        n, pixels, partners = len(a["target"]), a["pixels"], a["partners"]
+        for j in range(n):
+            m = [r for r in range(n) if torch.equal(partners[j], pixels[r])]
+            assert m and all(torch.equal(partners[k * n + j], pixels[k * n + m[0]]) for k in range(4)), j
+
+
+def test_kdss_head_stage_milestones_scale_with_its_epochs():
+    """SSKD's --t-milestones 30 45 of --t-epoch 60, scaled to --distill-init-epochs (halves up);
+    RepDistiller's init stages keep one rate."""
+    from softlabel.training.distillation import init_milestones
+    assert [init_milestones(DISTILLERS["kdss"], e) for e in (60, 4, 3, 1)] == [[30, 45], [2, 3], [2, 2], [1, 1]]
+    assert all(init_milestones(DISTILLERS[n], 30) == [] for n in ("ab", "fsp", "ft"))
+
+
+def test_correlation_congruence_by_hand():
+    """CC: both embeddings through linear maps of their own to 128 dimensions; with d_i = |e_s - e_t|
+    of sample i, the mean over neighbouring samples of sum_k d_i[k] d_(i+1)[k]."""
+    s, t = feats((3, 4, 2, 2), seed=26), feats((3, 6, 1, 1), seed=27)
+    d = DISTILLERS["cc"](s, t)
+    assert (d.embed_s.in_features, d.embed_s.out_features, d.embed_t.in_features) == (4, 128, 6)
+
+    def embed(linear, f):
+        x = np.asarray(f.mean(dim=(2, 3)), dtype=np.float64)
+        w, b = (np.asarray(p.detach(), dtype=np.float64) for p in (linear.weight, linear.bias))
+        return x @ w.T + b, abs(x) @ abs(w).T + abs(b)
+    (es, ms), (et, mt) = embed(d.embed_s, s.stages[-1]), embed(d.embed_t, t.stages[-1])
+    delta, mag = abs(es - et), ms + mt
+    want = float(np.mean([(delta[i] * delta[i + 1]).sum() for i in range(2)]))
+    size = float(np.mean([(mag[i] * mag[i + 1]).sum() for i in range(2)]))  # each delta's terms, in absolute value
+    loss = d(s, t)
+    assert near(float(loss.detach()), want, size)
+    loss.backward()
+    assert d.embed_s.weight.grad is not None and d.embed_t.weight.grad is not None
+    one = Features([s.stages[-1][:1]]), Features([t.stages[-1][:1]])
+    assert float(d(*one).detach()) == 0.0  # one sample has no neighbour
+
+
+def pooled(x: np.ndarray, side: int) -> np.ndarray:
+    """Average-pooled to side x side (the side divides the map's)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, side, h // side, side, w // side).mean(axis=(3, 5))
+
+
+def test_neuron_selectivity_by_hand():
+    """NST: per stage, each channel's map L2-normalized; squared MMD under k(a, b) = (a . b)^2."""
+    s, t = feats((2, 3, 4, 4), (2, 2, 2, 2), seed=28), feats((2, 5, 2, 2), (2, 4, 2, 2), seed=29)
+    want = size = 0.0
+    for fs, ft in zip(s.stages, t.stages):
+        side = min(fs.shape[2], ft.shape[2])
+        a, b = (pooled(np.asarray(f, dtype=np.float64), side).reshape(2, f.shape[1], -1) for f in (fs, ft))
+        a, b = (x / np.linalg.norm(x, axis=2, keepdims=True) for x in (a, b))
+
+        def k(x, y):
+            return np.mean([(x[n, i] @ y[n, j]) ** 2 for n in range(2) for i in range(len(x[n]))
+                            for j in range(len(y[n]))])
+        want += k(b, b) + k(a, a) - 2 * k(a, b)
+        size += k(b, b) + k(a, a) + 2 * k(a, b)  # unit vectors: each term in [0, 1]
+    s.stages = [f.requires_grad_() for f in s.stages]
+    loss = DISTILLERS["nst"](s, t)(s, t)
+    assert near(float(loss.detach()), want, size)
+    loss.backward()
+    assert all(f.grad is not None and bool(f.grad.abs().sum() > 0) for f in s.stages)
+
+
+def test_flow_of_solution_by_hand():
+    """FSP: G[j, i] = mean over positions of top[j] x bottom[i] for consecutive stages (the larger map
+    pooled to the smaller), mean squared difference summed over pairs, in the init stage only."""
+    s, t = feats((2, 3, 4, 4), (2, 4, 2, 2), (2, 2, 1, 1), seed=30), feats((2, 3, 2, 2), (2, 4, 2, 2), (2, 2, 2, 2),
+                                                                        seed=31)
+
+    def grams(stages):
+        out = []
+        for bottom, top in zip(stages[:-1], stages[1:]):
+            side = min(bottom.shape[2], top.shape[2])
+            x, y = (pooled(np.asarray(f.detach(), dtype=np.float64), side) for f in (bottom, top))
+            g = np.zeros((2, y.shape[1], x.shape[1]))
+            m = np.zeros_like(g)
+            for n in range(2):
+                for j in range(y.shape[1]):
+                    for i in range(x.shape[1]):
+                        g[n, j, i] = (y[n, j] * x[n, i]).mean()
+                        m[n, j, i] = abs(y[n, j] * x[n, i]).mean()
+            out.append((g, m))
+        return out
+    want = size = 0.0
+    for (gs, ms), (gt, mt) in zip(grams(s.stages), grams(t.stages)):
+        want += float(((gs - gt) ** 2).mean())
+        size += float(((ms + mt) ** 2).mean())
+    d = DISTILLERS["fsp"](s, t)
+    s.stages = [f.requires_grad_() for f in s.stages]
+    loss = d.init_loss(s, t)
+    assert near(float(loss.detach()), want, size)
+    loss.backward()
+    assert all(bool(f.grad.abs().sum() > 0) for f in s.stages)
+    assert float(d(s, t)) == 0.0  # after the init stage FSP adds nothing (RepDistiller's loss_kd = 0)
+    assert (d.init_epochs, d.init_trains_student, d.distills, d.init_parts()) == (30, True, False, [])
+    assert d.stage_problem(0, torch.Size((2, 3, 4, 4)), torch.Size((2, 3, 2, 2))) is None
+    assert "3 channels against 5" in DISTILLERS["fsp"].stage_problem(0, torch.Size((2, 3, 4, 4)),
+                                                                      torch.Size((2, 5, 4, 4)))
+
+
+def test_singular_vector_distillation_by_hand():
+    """KDSVD: per stage and sample, the right singular vectors of the (positions x channels) map; the
+    student's of its first four closest to the teacher's first (|cosine|), signed to agree; RBFs
+    exp(-(v_i[c] - v_(i-1)[c'])^2 / 8) between consecutive stages, squared differences summed / B."""
+    from softlabel.distill import kdsvd
+    s, t = feats((2, 3, 4, 4), (2, 4, 2, 2), seed=32), feats((2, 3, 3, 3), (2, 4, 3, 3), seed=33)
+    d = DISTILLERS["kdsvd"](s, t)
+    vs, vt, kappa = [], [], 1.0
+    for fs, ft in zip(s.stages, t.stages):
+        # singular vectors are defined up to sign: the teacher's is the decomposition's choice, so it
+        # is taken from the implementation's decomposition; everything else is computed here
+        _, v_impl = kdsvd.singular(ft, 1)
+        per_s, per_t = [], []
+        for n in range(2):
+            xs, xt = (np.asarray(f[n], dtype=np.float64).reshape(f.shape[1], -1).T for f in (fs, ft))
+            _, sig_t, vh_t = np.linalg.svd(xt, full_matrices=False)
+            _, sig_s, vh_s = np.linalg.svd(xs, full_matrices=False)
+            v_t = vh_t[0] * np.sign(vh_t[0] @ np.asarray(v_impl[n, :, 0], dtype=np.float64))
+            cos = vh_s[:4] @ v_t
+            best = int(np.argmax(abs(cos)))
+            scale = sig_t[0] / abs(sig_t[0])  # the teacher's first singular value, normalized: 1
+            per_s.append(vh_s[best] * np.sign(cos[best]) * scale)
+            per_t.append(v_t * scale)
+            # a float32 singular vector j moves by about u sigma_1 / (the gap to its neighbours) (Wedin)
+            for sig, j in ((sig_s, best), (sig_t, 0)):
+                kappa = max(kappa, sig[0] / min(abs(sig[j] - sig[k]) for k in range(len(sig)) if k != j))
+        vs.append(np.array(per_s))
+        vt.append(np.array(per_t))
+
+    def rbf(v, before):
+        return np.exp(-(v[:, :, None] - before[:, None, :]) ** 2 / 8)
+    rs, rt = rbf(vs[1], vs[0]), rbf(vt[1], vt[0])
+    want = float(((rs - rt) ** 2).sum() / 2)
+    # each RBF carries its vectors' relative error (x kappa); a square moves by 2 |rs - rt| times it
+    size = float((2 * abs(rs - rt) * (rs + rt)).sum() / 2) * kappa
+    s.stages = [f.requires_grad_() for f in s.stages]
+    loss = d(s, t)
+    assert near(float(loss.detach()), want, size)
+    loss.backward()
+    assert all(f.grad is not None and bool(torch.isfinite(f.grad).all()) for f in s.stages)
+    assert bool(s.stages[1].grad.abs().sum() > 0)
+    assert d.stage_problem(1, torch.Size((2, 4, 2, 2)), torch.Size((2, 8, 2, 2))) is not None
+
+
+def test_repdistillers_methods_are_registered_with_its_weights():
+    """RepDistiller's -b of each (scripts/run_cifar_distill.sh; KDSVD has none there: 1)."""
+    assert {n: DISTILLERS[n].weight for n in ("cc", "fsp", "nst", "kdsvd")} == \
+        {"cc": 0.02, "fsp": 50.0, "nst": 50.0, "kdsvd": 1.0}
+    assert [n for n in sorted(DISTILLERS) if DISTILLERS[n].init_epochs] == ["ab", "fsp", "ft", "kdss"]
+
+
 def test_pre_activations_are_taken_by_hooks():
     """AB's features: the input of each stage's last ReLU, also where that ReLU works in place
     (torchvision's blocks), and the stage's output is its ReLU."""
@@ -301,11 +496,11 @@ def test_pre_activations_are_taken_by_hooks():
 
 
 def test_distilling_steps_take_no_features_for_a_method_with_no_loss_after_its_init_stage():
-    """AB adds nothing once its init stage is over: the steps then run without its hooks (which
-    clone every stage's pre-activation on torchvision models); other methods keep theirs."""
+    """AB and FSP add nothing once their init stage is over: the steps then run without their hooks
+    (AB's clone every stage's pre-activation on torchvision models); other methods keep theirs."""
     from softlabel.training.distillation import DistillRun, distilling
     student, teacher = models.create_model("resnet20", 10), models.create_model("resnet32", 10)
-    for name, kept in (("ab", False), ("at", True)):
+    for name, kept in (("ab", False), ("fsp", False), ("at", True)):
         taps = [FeatureTap(stage_modules(m, None), DISTILLERS[name].preact) for m in (student, teacher)]
         with torch.no_grad():
             student(torch.zeros(2, 3, 32, 32))
@@ -347,24 +542,37 @@ def train_args(demo_data, teacher, out, *extra) -> list[str]:
                              "--sgd", "-lr", 0.05, "--no-progress", "--output-dir", out, *extra)]
 
 
-@pytest.mark.parametrize("name", sorted(DISTILLERS))
+# CI runs these one epoch each (test_repdistillers_other_methods_train_one_epoch); their two-epoch and
+# resume runs are slow ones
+ONE_EPOCH_IN_CI = ("cc", "fsp", "kdsvd", "nst")
+EVERY = [pytest.param(n, marks=pytest.mark.slow) if n in ONE_EPOCH_IN_CI else n for n in sorted(DISTILLERS)]
+
+
+@pytest.mark.parametrize("name", EVERY)
 def test_every_distiller_trains_end_to_end(name, demo_data, teacher, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    init = ["--distill-init-epochs", 3] if DISTILLERS[name].init_epochs else []  # default 30: RepDistiller's
+    epochs = (4 if name == "kdss" else 3) if DISTILLERS[name].init_epochs else 0  # default 30: RepDistiller's
+    init = ["--distill-init-epochs", epochs] if epochs else []
     main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "run", "--distiller", name, *init)))
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert "distiller" in ckpt and ckpt["args"]["distiller"] == name
     assert ckpt["args"]["loss_type"] == DISTILLERS[name].loss_type == ("kd" if name == "kdss" else "ce")
-    assert ckpt["args"]["distill_init_epochs"] == (3 if init else 0)
+    assert ckpt["args"]["distill_init_epochs"] == epochs
     assert (tmp_path / "run" / "results.json").is_file()
+    captured = capsys.readouterr()
+    rates = [float(line.rsplit(" lr ", 1)[1]) for line in captured.out.splitlines()
+             if line.startswith(f"distill init ({name}) epoch ")]
+    # KDSS: SSKD's x0.1 at 30 and 45 of 60 init epochs, here 2 and 3 of 4; the others: one rate throughout
+    assert (rates == [0.05, 0.05, 0.005, 0.0005] if name == "kdss" else
+            len(rates) == epochs and len(set(rates)) <= 1), rates
     if name == "crd":  # 20 images: each class's pool of negatives (18) is short of K = 16384, said once
-        warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+        warnings = [line for line in captured.err.splitlines() if "warning:" in line]
         assert len(warnings) == 1 and "--distiller crd: 16384 negatives per sample, but the other classes hold " \
             "only 18 samples (for 10 of 10 classes): negatives are drawn from them with replacement, never from " \
             "the sample's own class" in warnings[0], warnings
 
 
-@pytest.mark.parametrize("name", sorted(DISTILLERS))
+@pytest.mark.parametrize("name", EVERY)
 def test_every_distiller_resumes_exactly(name, demo_data, teacher, tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed ends with the uninterrupted run's very weights,
     student and distiller (AB and FT after a 1-epoch init stage)."""
@@ -386,6 +594,24 @@ def test_every_distiller_resumes_exactly(name, demo_data, teacher, tmp_path, mon
             main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "whole", "--distiller",
                                                          "fitnet", "--lr-schedule", "step", "--lr-step-size", "100",
                                                          "--resume", "auto")))
+
+
+@pytest.mark.parametrize("name", ONE_EPOCH_IN_CI)
+def test_repdistillers_other_methods_train_one_epoch(name, demo_data, teacher, tmp_path, monkeypatch, capsys):
+    """CC (trained embeddings), FSP (the student trained in the init stage, nothing added after it),
+    NST and KDSVD (every stage) through the trainer: one epoch each, after FSP's one init epoch."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    init = ["--distill-init-epochs", 1] if DISTILLERS[name].init_epochs else []
+    main(get_args_parser().parse_args(train_args(demo_data, teacher, tmp_path / "run", "--distiller", name,
+                                                 "--epochs", 1, *init)))
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["distiller"] == name and ckpt["args"]["loss_type"] == "ce"
+    assert sorted(ckpt["distiller"]) == (["embed_s.bias", "embed_s.weight", "embed_t.bias", "embed_t.weight"]
+                                         if name == "cc" else [])
+    out = capsys.readouterr().out
+    assert ("distill init (fsp) epoch 1/1" in out) == (name == "fsp")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(r["train_loss"]) for r in rows)
 
 
 @pytest.mark.slow  # a torchrun launch per method; CRD and AB (their own test below) run in CI
@@ -449,7 +675,7 @@ def test_activation_boundaries_init_stage_on_two_ranks(demo_data, teacher, tmp_p
 def test_distiller_flags_that_cannot_work_are_one_line(demo_data, teacher, tmp_path):
     for extra, needle in ((["--distiller", "at", "--teacher", "resnet32,resnet32"], "one"),
                           (["--distill-weight", 5], "apply to --distiller"),
-                          (["--distiller", "fitnet", "--distill-init-epochs", 3], "init stage: ab, ft, kdss"),
+                          (["--distiller", "fitnet", "--distill-init-epochs", 3], "init stage: ab, fsp, ft, kdss"),
                           (["--distiller", "ab", "--distill-init-lr", 0], "--distill-init-lr must be in"),
                           (["--distiller", "kdss", "--distill-init-epochs", 0], "self-supervision head")):
         args = train_args(demo_data, teacher, tmp_path / "x", *map(str, extra))
@@ -473,11 +699,16 @@ SLOW = pytest.mark.slow  # the same check as the case above it, on another disti
     ("ab", ["--feat-layers", "layer3,fc"], ["fc (Linear): no ReLU module"]),
     pytest.param("ab", ["--feat-layers", "layer1,layer3", "--teacher-feat-layers", "layer3,layer1"],
                  ["the student's layer3 (2, 64, 8, 8) against the teacher's layer1"], marks=SLOW),
+    ("fsp", ["--feat-layers", "layer1,layer2", "--teacher-feat-layers", "layer2,layer3"],
+     ["the student's layer1 (2, 16, 32, 32) against the teacher's layer2 (2, 32, 16, 16): 16 channels against 32"]),
+    pytest.param("kdsvd", ["--feat-layers", "layer1,layer2", "--teacher-feat-layers", "layer2,layer3"],
+                 ["16 channels against 32"], marks=SLOW),
 ])
 def test_a_distiller_whose_layers_do_not_give_what_it_needs_is_one_line_at_the_probe(
         name, extra, needles, demo_data, teacher, tmp_path):
-    """AT, VID and AB need 4-D maps at every stage, FT at its last, FitNet two stages and a map
-    at its hint one that its regressor can map: anything else is refused naming the layer."""
+    """AT, VID, AB, NST, FSP and KDSVD need 4-D maps at every stage (FSP and KDSVD with the same
+    channels on both sides), FT at its last, FitNet two stages and a map at its hint one that its regressor can
+    map: anything else is refused naming the layer."""
     args = train_args(demo_data, teacher, tmp_path / "x", "--distiller", name, *extra)
     with pytest.raises(UserError) as err:
         main(get_args_parser().parse_args(args))
@@ -489,12 +720,12 @@ def test_a_distiller_whose_layers_do_not_give_what_it_needs_is_one_line_at_the_p
 
 
 def test_what_each_distiller_needs_of_its_layers():
-    """Only AT, VID, AB (every stage), FT (the last) and FitNet (the second, of two or more) need
-    4-D maps; the others take any batch-first output, e.g. the logits of a Linear layer."""
+    """Only AT, VID, AB, NST, FSP, KDSVD (every stage), FT (the last) and FitNet (the second, of two or
+    more) need 4-D maps; the others take any batch-first output, e.g. the logits of a Linear layer."""
     from softlabel.training.distillation import check_stages
     flat = feats((2, 16, 8, 8), (2, 10))
     for name, method in DISTILLERS.items():
-        needs_map = name in ("at", "vid", "ab", "ft", "fitnet")
+        needs_map = name in ("at", "vid", "ab", "ft", "fitnet", "nst", "fsp", "kdsvd")
         if needs_map:
             with pytest.raises(UserError, match=f"teacher's fc .* gives a \\(2, 10\\) tensor .* {name} needs a 4-D"):
                 check_stages(name, method, "teacher", flat, ["layer3", "fc"], "--teacher-feat-layers", 2)
@@ -519,7 +750,7 @@ def test_factor_transfer_init_stays_finite_on_large_teacher_features(demo_data, 
                                                                     capsys):
     """The paraphraser's MSE steps grow with the square of the teacher features' scale: RepDistiller's
     lr 0.01 blows up on features of mean square 8 or more (a teacher trained briefly on a few images
-    gives such). The default rate is capped at 0.02 / their mean square."""
+    gives such). --distill-init-lr auto caps it at 0.02 / their mean square."""
     from softlabel.distill.ft import LR_TIMES_SCALE
     f = feats((2, 64, 8, 8))
     d = DISTILLERS["ft"](f, f)
@@ -528,7 +759,8 @@ def test_factor_transfer_init_stays_finite_on_large_teacher_features(demo_data, 
     assert near(d.init_lr_limit(f), want, want, n=f.stages[0].numel() + 4)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     main(get_args_parser().parse_args(train_args(demo_data, loud_teacher, tmp_path / "run", "--distiller", "ft",
-                                                 "--distill-init-epochs", 3, "--epochs", 1)))
+                                                 "--distill-init-epochs", 3, "--epochs", 1,
+                                                 "--distill-init-lr", "auto")))
     out = capsys.readouterr().out
     assert "distill init (ft): lr " in out and "not 0.01" in out
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 1
@@ -536,11 +768,10 @@ def test_factor_transfer_init_stays_finite_on_large_teacher_features(demo_data, 
 
 @pytest.mark.slow
 def test_factor_transfer_init_at_repdistillers_rate_diverges_on_large_features(demo_data, loud_teacher, tmp_path):
-    """What the cap prevents: --distill-init-lr 0.01 (used as given) on the same features."""
-    with pytest.raises(UserError, match="init stage diverged"):
+    """What the cap prevents: RepDistiller's 0.01, the default, on the same features; the line names the cap."""
+    with pytest.raises(UserError, match="init stage diverged .* at lr 0.01; --distill-init-lr auto caps the rate"):
         main(get_args_parser().parse_args(train_args(demo_data, loud_teacher, tmp_path / "run", "--distiller", "ft",
-                                                     "--distill-init-epochs", 6, "--epochs", 1,
-                                                     "--distill-init-lr", 0.01)))
+                                                     "--distill-init-epochs", 6, "--epochs", 1)))
 
 
 def test_crd_on_one_class_is_refused(demo_data, teacher, tmp_path):

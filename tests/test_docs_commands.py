@@ -21,6 +21,7 @@ SCRIPT = re.compile(r"(?:^|\s)((?:relabel|validate|scripts)/[\w.]+\.(?:py|sh)|so
 CONSOLE = {"softlabel-relabel": "relabel/generate_soft_label.py",
            "softlabel-relabel-fkd": "relabel/generate_soft_label_fkd.py",
            "softlabel-train": "validate/train_FKD_parallel.py",
+           "softlabel-train-student": "validate/train_student.py",
            "softlabel-info": "scripts/fkd_info.py",
            "softlabel-convert": "scripts/convert_labels.py",
            "softlabel-pack": "scripts/pack_images.py",

@@ -12,7 +12,7 @@ from conftest import assert_user_error, run_script, train_in_process
 from rounding import FLOAT64, between_orders
 
 from softlabel.training.losses import LOSSES, keep_topk
-from softlabel.training.metrics import classification_metrics, expected_calibration_error
+from softlabel.training.metrics import SplitMetrics, classification_metrics, expected_calibration_error
 
 T = 3.0
 
@@ -45,7 +45,7 @@ def near(got: float, want: float, magnitude: float) -> bool:
 
 
 def call(name, s, t, y, **kw):
-    kw = {"temperature": T, "ce_weight": 0.3, "alpha": 2.5} | kw
+    kw = {"temperature": T, "alpha": 2.5} | ({} if name == "kd" else {"ce_weight": 0.3}) | kw
     return float(LOSSES[name](s, t, y, **kw))
 
 
@@ -148,6 +148,10 @@ def test_kd():
     # alpha = 0 is plain cross-entropy; alpha = 1 is T^2 x the kl loss: the same operations
     assert call("kd", s, t, y, alpha=0.0) == call("ce", s, t, y)
     assert near(call("kd", s, t, y, alpha=1.0), T * T * call("kl", s, t, y), T * T * 2 * log_prob_size(s, t))
+    # RepDistiller's -r 0.1 -a 0.9 and its CRD+KD -r 1 -a 1: independent weights of CE and KD
+    for gamma, a in ((0.1, 0.9), (1.0, 1.0)):
+        want = gamma * call("ce", s, t, y) + a * 16.0 * call("kl", s, t, y, temperature=4.0)
+        assert near(call("kd", s, t, y, temperature=4.0, alpha=a, ce_weight=gamma), want, size)
 
 
 def test_kd_defaults():
@@ -222,6 +226,21 @@ def test_classification_metrics():
     assert abs(m["top1"] - 100 / 3) <= between_orders(2, 100) and abs(m["top5"] - 200 / 3) <= between_orders(2, 100)
     assert abs(m["nll"] - float(F.cross_entropy(logits_, targets))) <= between_orders(3 + 6 + 8, log_prob_size(logits_, temp=1.0))
     assert 0 <= m["ece"] <= 100
+
+
+def test_metrics_batch_by_batch_equal_the_whole_split():
+    """Evaluation accumulates per batch (no logit kept per image): the same numbers as the split at once."""
+    g = torch.Generator().manual_seed(1)
+    logits_, targets = torch.randn(300, 7, generator=g) * 3, torch.randint(0, 7, (300,), generator=g)
+    whole = classification_metrics(logits_, targets)
+    parts = SplitMetrics()
+    for chunk in range(0, 300, 64):
+        parts.update(logits_[chunk:chunk + 64], targets[chunk:chunk + 64])
+    got = parts.result()
+    assert got["top1"] == whole["top1"] and got["top5"] == whole["top5"]
+    # float64 sums of 300 float32 terms in two orders: the nll (per-image log-softmax of 7 terms) and ECE
+    assert abs(got["nll"] - whole["nll"]) <= between_orders(300 + 16, 300 * log_prob_size(logits_, temp=1.0)) / 300
+    assert abs(got["ece"] - whole["ece"]) <= between_orders(300 + 8, 100.0 * 2)
 
 
 # ----------------------------------------------------------------------------- through the trainer

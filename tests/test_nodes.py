@@ -61,7 +61,7 @@ PORT_TAKEN = "EADDRINUSE"  # the rendezvous host's error when its port is in use
 
 
 def launch_nodes(script: str, args, hook: Path, env: dict, nodes: int, timeout: int,
-                 own_folder: Path | None) -> list[subprocess.CompletedProcess]:
+                 own_folder: Path | None, own_content: Path | None = None) -> list[subprocess.CompletedProcess]:
     """One try of run_nodes on a fresh port. The rendezvous waits for every node as long as the
     test waits for the run (``timeout``): on a busy machine one agent may start long after another."""
     port = free_port()
@@ -72,7 +72,9 @@ def launch_nodes(script: str, args, hook: Path, env: dict, nodes: int, timeout: 
                "--rdzv-id", f"test-{port}", "--rdzv-conf", f"join_timeout={timeout},is_host={int(n == 0)}",
                str(ROOT / script), *map(str, args)]
         if own_folder is not None and n > 0:
-            cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(own_folder), *cmd]
+            fill = f'cp -r "{own_content}/." "$0" && ' if own_content is not None else ""
+            cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && ' + fill + 'exec "$@"', str(own_folder),
+                   *cmd]
         with open(hook / f"out{n}", "w") as out, open(hook / f"err{n}", "w") as err:  # files: no pipe fills up
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True))
     try:
@@ -88,18 +90,20 @@ def launch_nodes(script: str, args, hook: Path, env: dict, nodes: int, timeout: 
 
 
 def run_nodes(script: str, *args, audit: Path, root: Path, nodes: int = 2, timeout: int = 300,
-              own_folder: Path | None = None, check: bool = True) -> list[subprocess.CompletedProcess]:
+              own_folder: Path | None = None, own_content: Path | None = None,
+              check: bool = True) -> list[subprocess.CompletedProcess]:
     """``nodes`` concurrent torchrun agents of one process each, as on ``nodes`` machines, meeting
     at a c10d rendezvous that the first hosts; a hang fails the test after ``timeout`` s (every
-    node killed). With ``own_folder``, every node but the first sees an empty folder of its own
-    there (a node's own disk rather than a shared one: a tmpfs in a mount namespace of its own)."""
+    node killed). With ``own_folder``, every node but the first sees a folder of its own there (a
+    node's own disk rather than a shared one: a tmpfs in a mount namespace of its own), empty or
+    holding a copy of ``own_content``."""
     hook = audit / "hook"
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
     env = script_env(AUDIT_ROOT=str(root), AUDIT_LOG=str(audit),
                      PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     for _ in range(5):  # the free port can be taken before the host binds it (other jobs on a busy machine)
-        done = launch_nodes(script, args, hook, env, nodes, timeout, own_folder)
+        done = launch_nodes(script, args, hook, env, nodes, timeout, own_folder, own_content)
         if not any(PORT_TAKEN in p.stderr for p in done):
             break
     assert not check or all(p.returncode == 0 for p in done), "\n".join(
@@ -239,3 +243,33 @@ def test_a_folder_not_shared_by_the_nodes_is_refused(demo_data, teacher_ckpt, cu
                       audit=tmp_path / "a3", root=own, own_folder=own, check=False)
     for p in procs:
         assert p.returncode != 0 and "the ranks resume from different epochs" in p.stderr, p.stderr
+
+
+def test_nodes_whose_images_differ_under_the_same_names_fail_together_before_writing(demo_data, teacher_ckpt,
+                                                                                   cutmix_store, tmp_path):
+    """One node's --data holds other images under the same names: relabel and the FKD generator compare
+    the manifest each node would write, the trainer each node's images and labels, before anything is
+    written: every node exits with one line (no gloo traceback), and the shared store stays empty."""
+    own, other = tmp_path / "own", tmp_path / "other"
+    shutil.copytree(demo_data / "ipc2", own / "data")
+    shutil.copytree(demo_data / "ipc2", other / "data")
+    for image in sorted((other / "data").rglob("*.png")):  # another image of its class, under this name
+        shutil.copyfile(sorted((demo_data / "ipc5" / image.parent.name).glob("*.png"))[-1], image)
+    shared = tmp_path / "shared"
+    runs = [(RELABEL, ("--data", own / "data", "--teacher-path", teacher_ckpt, "--fkd-path", shared / "s",
+                       *STORE_ARGS), "would write another manifest into --fkd-path"),
+            ("relabel/generate_soft_label_fkd.py", (own / "data", "--teacher-path", teacher_ckpt, "--save_path",
+                                                    shared / "fkd", "--num_crops", 2, "--num_seg", 2, "--input_size",
+                                                    24, "-j", 0), "would write another manifest into --save_path"),
+            (TRAIN, ("--train-dir", own / "data", "--model", "democnn_small", "--input-size", 24, "-b", 10,
+                     "--epochs", 1, "-j", 0, "--output-dir", shared / "run"), "train on other images")]
+    for n, (script, args, said) in enumerate(runs):
+        procs = run_nodes(script, *args, audit=tmp_path / f"a{n}", root=shared, own_folder=own, own_content=other,
+                          check=False)
+        for p in procs:  # torchrun's agent reports its child's exit with a traceback of its own: none of ours
+            assert p.returncode != 0 and "softlabel/" not in p.stderr, p.stderr
+            errors = [line for line in p.stderr.splitlines() if f"{Path(script).name}: error:" in line]
+            assert len(errors) == 1, p.stderr
+        assert any(said in line for p in procs for line in p.stderr.splitlines()), said
+    assert not [p for p in shared.rglob("*") if p.is_file() and p.name != ".lock"]
+

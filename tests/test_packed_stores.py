@@ -85,8 +85,9 @@ def synthetic_manifest(batch: int, num_samples: int, epochs: int, classes: int =
 
 def synthetic_record(batch: int, classes: int, num_samples: int, g: torch.Generator) -> store.BatchRecord:
     boxes = torch.rand(batch, 4, generator=g) * 0.49 + torch.tensor([0.0, 0.0, 0.01, 0.01])
-    return store.BatchRecord(boxes, torch.rand(batch, generator=g) > 0.5, torch.randperm(batch, generator=g), 0.3,
-                             [1, 2, 30, 40], torch.randn(batch, classes, generator=g).half(),
+    # the weight the writer stores for this box: 1 - its share of the 224 px crop
+    return store.BatchRecord(boxes, torch.rand(batch, generator=g) > 0.5, torch.randperm(batch, generator=g),
+                             1 - (30 - 1) * (40 - 2) / 224 ** 2, [1, 2, 30, 40], torch.randn(batch, classes, generator=g).half(),
                              torch.randperm(num_samples, generator=g)[:batch])
 
 

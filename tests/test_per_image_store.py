@@ -232,6 +232,10 @@ def test_labelling_on_fewer_threads_writes_the_bytes_of_the_default_threads(demo
         probs = teacher_probs(teacher, manifest, image, coords, flips)
         want = per_image.file_bytes(coords, flips, *per_image.quantize(probs, "marginal_smoothing_k5", True))
         assert open(per_image.label_path(str(tmp_path / "s"), index, i), "rb").read() == want, i
+    # a rerun with every file written times nothing: its start-up does not grow with a choice it does not need
+    generate_in_process(demo_data / "ipc1", teacher_ckpt, tmp_path / "s", *k5_args())
+    out = capsys.readouterr().out
+    assert "0 files to write" in out and "the teacher runs on" not in out
 
 
 def test_a_write_that_fails_is_one_error_line(demo_data, tmp_path):

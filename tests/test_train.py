@@ -21,7 +21,7 @@ def test_trains_from_a_store_end_to_end(cutmix_store, demo_data, tmp_path):
     out = tmp_path / "run"
     proc = train("--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
                  "--model", "democnn_small", "--loss-type", "kl", "-T", 4, "--cos", "-j", 2,
-                 "--eval-interval", 2, "--output-dir", out)
+                 "--eval-interval", 2, "--save-best", "--output-dir", out)
     assert "soft (kl) labels, epochs 0..3, batch 8, input 24px" in proc.stdout
     assert "since the process started (start-up to the first step " in proc.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -41,6 +41,14 @@ def test_trains_from_a_store_end_to_end(cutmix_store, demo_data, tmp_path):
     assert results["top1"] == rows[-1]["top1"] and results["labels"] == "soft (kl)"
     assert results["startup_since"] == "the process started" and results["startup_s"] > 0
     assert abs(results["data_wait_s"] - sum(r["data_wait_s"] for r in rows)) <= 0.01  # the whole run's
+    # both numbers, named: PRISM's trainer (this command's upstream) keeps the best top-1
+    best = max(rows, key=lambda r: r["top1"])  # the first of equals, as upstream's is_best = top1 > best
+    assert (results["top1_last"], results["epoch_last"]) == (rows[-1]["top1"], 3)
+    assert (results["top1_best"], results["epoch_best"]) == (best["top1"], best["epoch"])
+    assert results["reported"] == {"top1": best["top1"], "epoch": best["epoch"], "which": "best",
+                                   "as": "PRISM's train_FKD_parallel.py"}
+    assert f"{best['top1']:.2f}% best (epoch {best['epoch']}): PRISM's train_FKD_parallel.py reports the best" in proc.stdout
+    assert torch.load(out / "model_best.pth", weights_only=True)["epoch"] == best["epoch"]
 
 
 def test_throughput_splits_data_wait_from_compute():
@@ -130,3 +138,25 @@ def test_wandb_key_is_never_written(demo_data, tmp_path):
     for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_online_crops_padded_and_last_partial_batch_dropped(demo_data, tmp_path):
+    """--drop-last (WSLD's loader) leaves out an epoch's short batch; --train-crop padded (RepDistiller's
+    RandomCrop(32, padding=4)) keeps the image size; neither applies to a store."""
+    from conftest import train_in_process
+    from softlabel.errors import UserError
+    for drop, steps in ((False, 3), (True, 2)):  # 10 images at -b 4: 4, 4 and 2
+        out = tmp_path / f"run{drop}"
+        train_in_process("--train-dir", demo_data / "ipc1", "--model", "democnn_small", "--input-size", 32, "-b", 4,
+                         "--epochs", 1, "-j", 0, "--train-crop", "padded", *(["--drop-last"] if drop else []),
+                         "--output-dir", out, "--no-progress")
+        assert json.loads((out / "results.json").read_text())["steps"] == steps
+    for flag in (["--train-crop", "padded"], ["--drop-last"]):
+        try:
+            train_in_process("--train-dir", demo_data / "ipc1", "--fkd-path", tmp_path / "store", *flag,
+                             "--output-dir", tmp_path / "r")
+        except UserError as exc:
+            assert flag[0] in str(exc) and "store" in str(exc)
+        else:
+            raise AssertionError(f"{flag} with a store was accepted")
+

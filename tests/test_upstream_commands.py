@@ -145,5 +145,6 @@ def test_wsld_script_trains_with_wslds_optimizer_schedule_and_loss(demo_data, tm
     args = ckpt["args"]
     assert (args["loss_type"], args["temperature"], args["alpha"], args["teacher"]) == ("wsld", 2.0, 2.5, "resnet34")
     assert args["teacher_mode"] == "train" and ckpt["teacher_buffers"]  # WSLD's t_net.train()
+    assert args["drop_last"]  # WSLD's train loader drops the last partial batch
     assert json.loads((tmp_path / "run" / "results.json").read_text())["labels"] == \
         "online KD from resnet34 (wsld)"

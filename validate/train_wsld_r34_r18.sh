@@ -7,6 +7,7 @@
 #   SGD lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4 on every parameter   train_with_distillation.py
 #   lr x 0.1 every 30 epochs; epochs 0..100 (its loop runs to epochs + 1)      adjust_learning_rate, imagenet_train_cfg.py
 #   batch 256, RandomResizedCrop 224 (scale 0.08-1) + flip, no label smoothing imagenet_train_cfg.py
+#   an epoch's last partial batch left out (--drop-last)                       dataset/imagenet_data.py (drop_last=True)
 #   the teacher labels in train mode: batch norm on each batch's statistics,   train_with_distillation.py
 #   its running statistics updated (and restored on resume)                    (t_net.train(), train_state_dict)
 # Differences: WSLD reads ImageNet from LMDB (ours: the image folders); its batch 256 is split by
@@ -32,7 +33,7 @@ if [ "$GPUS" -gt 1 ]; then RUN=("$PY" -m torch.distributed.run --standalone --np
     --loss-type wsld -T 2 --alpha 2.5 \
     --sgd -lr 0.1 --momentum 0.9 --nesterov --weight-decay 1e-4 --weight-decay-norms \
     --lr-schedule step --lr-step-size 30 --lr-gamma 0.1 \
-    --epochs 101 -b 256 \
+    --epochs 101 -b 256 --drop-last \
     --input-size 224 --min-scale-crops 0.08 --max-scale-crops 1 --mix-type none \
     -j 8 --eval-interval 1 \
     --train-dir "$TRAIN_DIR" --val-dir "$VAL_DIR" --output-dir "$OUTPUT_DIR" \

@@ -16,47 +16,24 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import pickle
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from softlabel import tracking
+from softlabel.cifar import load_pickle
 from softlabel.errors import UserError, run_main
 from softlabel.files import atomic_write_bytes, ensure_dir, plain_name, refuse_output_inside, remove_stale_tmp
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Numpy arrays, dtypes and builtin containers only: what the CIFAR batches hold."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"),
-               ("_codecs", "encode")}  # how pickle protocol 2 writes bytes under Python 3
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
-
-
 def read_pickle(path: str) -> dict:
+    """A CIFAR batch file through the one safe reader (softlabel/cifar.py): no code from it runs."""
     if not os.path.isfile(path):
         raise UserError(f"--root: {path} is missing (pass --download to fetch the dataset)")
-    try:
-        with open(path, "rb") as f:
-            data = _PlainUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: refused to load: it names {exc}, which a CIFAR file never holds and which "
-                        f"could run code; nothing from it was executed") from None
-    except (EOFError, ValueError, TypeError) as exc:
-        raise UserError(f"{path}: not a CIFAR batch file, truncated or corrupt ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a CIFAR batch file (a {type(data).__name__}, not a dict)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+    return load_pickle(path)
 
 
 def _names(values: list) -> list[str]:

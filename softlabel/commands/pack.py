@@ -20,6 +20,7 @@ are. WSLD's own LMDB folders (dataset/img2lmdb.py) are read as image folders too
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from softlabel import files, packed_images, tracking
@@ -34,7 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["pixels", "lmdb"], default="pixels",
                    help="pixels: decoded uint8, memory-mapped (default); lmdb: the image files unchanged in an "
                         "LMDB, for training sets whose decoded pixels would not fit (as WSLD packs ImageNet)")
-    p.add_argument("--threads", type=int, default=8, help="decoding threads (default: 8)")
+    p.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1),
+                   help="decoding threads (default: one per core, at most 8: more only contend for the "
+                        "interpreter where decoding is quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

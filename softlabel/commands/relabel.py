@@ -15,6 +15,7 @@ Rerunning the same command skips finished batch files and writes the rest.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -28,7 +29,7 @@ from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
 from softlabel.ensemble import ENSEMBLES, RESCALING
 from softlabel.errors import UserError, run_main
-from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, evaluate_teachers
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, check_teacher_accuracy, evaluate_teachers
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
@@ -102,8 +103,9 @@ def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     g.add_argument("--crop-pct", type=float, default=0.875,
                    help="--evaluate: resize to input-size/crop-pct, center-crop (default: 0.875)")
     g.add_argument("--min-teacher-acc", type=float, default=None, metavar="PCT",
-                   help="stop with an error when the teachers' top-1 on the crops they label is below "
-                        "PCT percent (default: only warn below twice chance)")
+                   help="stop with an error, before the store is created, when the teachers' top-1 on the "
+                        f"first {PREFLIGHT_CROPS} crops they label is below PCT percent (0 to 100; default: "
+                        "only warn below twice chance)")
 
     g = p.add_argument_group("store and run")
     g.add_argument("--fkd-path", default="./FKD_soft_label", type=str, help="store directory")
@@ -178,6 +180,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--evaluate needs --val-dir DIR")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    if args.min_teacher_acc is not None and not 0 <= args.min_teacher_acc <= 100:  # NaN fails too
+        raise UserError(f"--min-teacher-acc is a top-1 in percent, in [0, 100], got {args.min_teacher_acc}")
     files.refuse_output_inside(args.fkd_path, "--fkd-path", [("--data", args.data), ("--val-dir", args.val_dir)])
 
 
@@ -194,6 +198,41 @@ def preflight(cfg: Any, num_classes: int, batches: int) -> list[tuple[int, int]]
         raise UserError(f"--label-keep {cfg.label_keep:g}: keeps no step of {cfg.epochs} epochs x {batches} "
                         f"batches; keep at least 1 / {cfg.epochs * batches:g}")
     return kept
+
+
+def check_teachers_first(cfg: Any, index: FolderIndex, mine: list[tuple[int, int]], ens: Ensemble,
+                         class_index: list[int], info: DistInfo) -> None:
+    """--min-teacher-acc on the first crops this rank will label, before the store is created: a
+    run it refuses (a class order unlike the folders') leaves no manifest, so its rerun with
+    --class-map into the same --fkd-path is a new store, not one "made with other settings".
+    Refusing before creating, rather than removing the store's first files after: nothing is ever
+    deleted from a folder that other ranks, nodes or users write to. The check's crops (a batch or
+    a few, only with this flag) are labelled again for the store, where HeldWrites checks them again."""
+    if cfg.min_teacher_acc is None:
+        return
+    first, jobs = 0, []
+    for e, b in mine:  # the batches that hold HeldWrites' first crops
+        if first >= PREFLIGHT_CROPS:
+            break
+        jobs.append((e, b))
+        first += replay.batch_len(len(index), cfg.batch_size, b)
+    acc = Accuracy(len(ens.teachers))
+    for item in batch_loader(RelabelBatches(index, jobs, cfg.fkd_seed, cfg.batch_size, cfg.input_size,
+                                            (cfg.min_scale_crops, cfg.max_scale_crops), cfg.mix_type, cfg.mixup,
+                                            cfg.cutmix, class_index), 0, pin_memory=False, background=False):
+        pixels = item["pixels"].to(info.device)
+        combined, outputs = ens(pixels, replay.partners_of(pixels, item["mix_index"]), item["mix_lam"],
+                                item["mix_bbox"])
+        acc.update(combined, outputs, item["target"], item["mix_index"])
+    below = bool(acc.seen) and acc.percent()[0] < cfg.min_teacher_acc
+    anywhere = distributed.reduce_across(info, float(below), op="max")[0] > 0  # every rank refuses together
+    one = len(ens.teachers) == 1
+    if below:
+        check_teacher_accuracy(acc, ens.teachers, len(index.classes), cfg.mix_type != "none", cfg.min_teacher_acc,
+                               f"the first {acc.seen} crops {'it' if one else 'they'} label{'s' if one else ''}")
+    if anywhere:
+        raise UserError(f"the teachers' top-1 on another rank's first crops is below --min-teacher-acc "
+                        f"{cfg.min_teacher_acc:g}; is their class order the folders' order? (see --class-map)")
 
 
 def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
@@ -344,21 +383,26 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Opti
     archs, paths, weights = teacher_specs(args, preset)
     info = distributed.setup(args.device)
     cfg = freeze(args, "RelabelConfig", workers=loader_workers(args.workers, info.device.type == "cuda"))
-    index, skipped = scan_images(cfg.data, "--data", cfg.skip_bad_images, info.is_main, "relabel")
-    teachers = load_teachers(archs, paths, cfg.num_classes, cfg.teacher_source, weights)
-    class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, cfg.class_map)
-    amp = precision.amp_dtype(cfg.amp, info.device)
-    ens = Ensemble(teachers, cfg.ensemble, cfg.primary_weight, info.device, amp)
-    batches = replay.batches_per_epoch(len(index), cfg.batch_size)
-    kept = preflight(cfg, teachers[0].num_classes, batches)
+    with distributed.together(info):  # a node that refuses its inputs stops every node, in one line each
+        index, skipped = scan_images(cfg.data, "--data", cfg.skip_bad_images, info.is_main, "relabel")
+        teachers = load_teachers(archs, paths, cfg.num_classes, cfg.teacher_source, weights)
+        class_index, class_mapping = classmap.resolve(index.classes, teachers[0].num_classes, cfg.class_map)
+        amp = precision.amp_dtype(cfg.amp, info.device)
+        ens = Ensemble(teachers, cfg.ensemble, cfg.primary_weight, info.device, amp)
+        batches = replay.batches_per_epoch(len(index), cfg.batch_size)
+        kept = preflight(cfg, teachers[0].num_classes, batches)
     if cfg.evaluate:
         distributed.on_main_then_all(info, lambda: evaluate_teachers(
             ens, cfg.val_dir, dict(zip(index.classes, class_index)), cfg.input_size, cfg.crop_pct, cfg.workers))
 
     manifest = build_manifest(cfg, index, teachers, class_index, class_mapping, batches, amp)
     manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
-    writer = create_store(cfg.fkd_path, manifest, info)
+    distributed.require_same(info, json.dumps(manifest, sort_keys=True).encode(),
+                             f"would write another manifest into --fkd-path {cfg.fkd_path} (other images in --data, "
+                             f"or other teachers or settings)")
     mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
+    check_teachers_first(cfg, index, mine, ens, class_index, info)
+    writer = create_store(cfg.fkd_path, manifest, info)
     todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
     images_todo = sum(replay.batch_len(len(index), cfg.batch_size, b) for _, b in todo)
     jobs = RelabelBatches(index, todo, cfg.fkd_seed, cfg.batch_size, cfg.input_size,

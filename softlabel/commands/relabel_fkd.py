@@ -18,6 +18,7 @@ split the images) share the work without clashing.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -32,7 +33,7 @@ from softlabel import classmap, distributed, files, precision, tracking
 from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, freeze, note_replaced_flags
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.labelling import Accuracy, HeldWrites, evaluate_teachers
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, check_teacher_accuracy, evaluate_teachers
 from softlabel.loader import batch_loader, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import create_store, per_image
@@ -101,8 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="JSON {class folder: teacher class index} (default: folder order; ImageNet WNIDs "
                         "map to 1000-class teachers)")
     g.add_argument("--min-teacher-acc", type=float, default=None, metavar="PCT",
-                   help="stop with an error, before any file is written, when the teacher's top-1 on the "
-                        "first crops it labels is below PCT percent (default: only warn below twice chance)")
+                   help="stop with an error, before the store is created, when the teacher's top-1 on the "
+                        "first crops it labels is below PCT percent (0 to 100; default: only warn below twice "
+                        "chance)")
     g.add_argument("-e", "--evaluate", action="store_true",
                    help="only report the teacher's top-1 on the validation images (--val-dir, else DIR/val), "
                         "as upstream; nothing is written")
@@ -148,6 +150,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--min_scale_crops {lo} / --max_scale_crops {hi}: need 0 < min <= max <= 1")
     if not 0 < args.crop_pct <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    if args.min_teacher_acc is not None and not 0 <= args.min_teacher_acc <= 100:  # NaN fails too
+        raise UserError(f"--min-teacher-acc is a top-1 in percent, in [0, 100], got {args.min_teacher_acc}")
     files.refuse_output_inside(args.save_path, "--save_path", [("DATA", args.data)])
     if args.reference_path and os.path.abspath(args.reference_path) == os.path.abspath(args.save_path):
         raise UserError(f"--reference_path {args.reference_path} is --save_path; use another --save_path")
@@ -311,29 +315,73 @@ def generation_workers(requested: Optional[int], on_gpu: bool, spare_cores: bool
     return loader_workers(requested, on_gpu)
 
 
-def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble, class_index: list[int],
-                 class_mapping: str, reference: Optional[dict], spare_cores: bool) -> None:
-    """Write the files of this rank's images that are not there yet (``spare_cores``: the teacher
-    runs on fewer intra-op threads than torch's default)."""
-    teacher = ens.teachers[0]
+def open_store(cfg, info: distributed.DistInfo, index: FolderIndex, teacher: Teacher, class_index: list[int],
+               class_mapping: str) -> tuple[Any, list[int], int]:
+    """(writer, this rank's images whose files are not there yet, how many this rank has)."""
     manifest = build_manifest(cfg, index, teacher, class_index, class_mapping)
     writer = create_store(cfg.save_path, manifest, info, flag="--save_path", index=index)
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
-    todo = [i for i in mine if not writer.exists(i)]
+    return writer, [i for i in mine if not writer.exists(i)], len(mine)
+
+
+def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble,
+                        class_index: list[int], reference: Optional[dict]) -> None:
+    """--min-teacher-acc on this rank's first images' crops, before the store is created: a refused
+    run (a class order unlike the folders') leaves nothing, so its --class-map rerun into the same
+    --save_path starts a new store rather than meet one made with other settings. Those crops are
+    labelled again for the files, where HeldWrites checks them again."""
+    if cfg.min_teacher_acc is None:
+        return
+    first = [i for i in range(len(index)) if i % info.world_size == info.rank][:-(-PREFLIGHT_CROPS // cfg.num_crops)]
+    jobs = per_image.GenerateImages(index, per_image.chunks_of(first, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
+                                    cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
+                                    None if reference is None else (cfg.reference_path, reference))
+    acc, targets = Accuracy(1), torch.tensor(class_index)[torch.tensor(index.targets)]
+    for chunk in batch_loader(jobs, 0, pin_memory=False, background=False):
+        for n, i in enumerate(chunk["image"].tolist()):
+            probs = label_crops(ens, chunk["pixels"][n], cfg.num_seg, cfg.temp)
+            acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
+    below = bool(acc.seen) and acc.percent()[0] < cfg.min_teacher_acc
+    if below:
+        check_teacher_accuracy(acc, ens.teachers, len(index.classes), False, cfg.min_teacher_acc,
+                               f"the first {acc.seen} crops it labels")
+    if distributed.reduce_across(info, float(below), op="max")[0] > 0:  # every rank refuses together
+        raise UserError(f"the teacher's top-1 on another rank's first crops is below --min-teacher-acc "
+                        f"{cfg.min_teacher_acc:g}; is its class order the folders' order? (see --class-map)")
+
+
+def choose_threads(info: distributed.DistInfo, ens: Ensemble, cfg) -> tuple[int, list[nn.Module]]:
+    """``labelling_threads``, said on the main process."""
+    default, chosen = torch.get_num_threads(), time.perf_counter()
+    threads, keep = labelling_threads(ens, cfg.num_crops, cfg.num_seg, cfg.input_size, cfg.temp)
+    if info.is_main and info.device.type == "cpu":
+        kept = f", {len(keep)} teacher module(s) on {default} (same results)" if keep else ""
+        print(f"fkd: the teacher runs on {threads} of {default} CPU threads{kept}: the fastest that "
+              f"labels as the default does (chosen in {time.perf_counter() - chosen:.1f}s)", flush=True)
+    return threads, keep
+
+
+def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble, class_index: list[int],
+                 class_mapping: str, reference: Optional[dict], writer: Any, todo: list[int], mine: int,
+                 spare_cores: bool) -> None:
+    """Write the files of ``todo`` (``spare_cores``: the teacher runs on fewer intra-op threads
+    than torch's default)."""
+    teacher = ens.teachers[0]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
                                     cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
                                     None if reference is None else (cfg.reference_path, reference))
     on_gpu = info.device.type == "cuda"
     # idle-priority workers only when the teacher's threads take every core: with cores to spare,
     # they would starve behind any other work on the machine while labelling waits for them
-    loader = batch_loader(jobs, cfg.workers, pin_memory=False, background=on_gpu,
+    workers = generation_workers(cfg.workers, on_gpu, spare_cores)
+    loader = batch_loader(jobs, workers, pin_memory=False, background=on_gpu,
                           yield_cpu=not (on_gpu or spare_cores))
     if info.is_main:
         crops = "crops of --reference_path" if reference else f"crops from --fkd_seed {cfg.fkd_seed}"
         print(f"fkd: {len(index)} images, {len(index.classes)} classes ({class_mapping}), teacher {teacher.arch} "
               f"({teacher.source}); {cfg.num_crops} {crops}, {cfg.label_type} labels at T={cfg.temp:g}; "
               f"{len(todo)} files to write"
-              + (f", {len(mine) - len(todo)} already done" if len(mine) > len(todo) else "")
+              + (f", {mine - len(todo)} already done" if mine > len(todo) else "")
               + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
 
     started = time.time()
@@ -367,12 +415,13 @@ def main(args: argparse.Namespace) -> None:
     train_dir, val_dir = data_dirs(args)
     info = distributed.setup(args.device)
     workers = loader_workers(args.workers, info.device.type == "cuda")
-    index = scan_image_folder(train_dir, "DIR")
-    per_image.check_unique_names(index, "DIR")
-    (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
-                               weight_names(args.teacher_weights, [args.arch], [args.teacher_path]))
-    class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
-    ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
+    with distributed.together(info):  # a node that refuses its inputs stops every node, in one line each
+        index = scan_image_folder(train_dir, "DIR")
+        per_image.check_unique_names(index, "DIR")
+        (teacher,) = load_teachers([args.arch], [args.teacher_path], args.num_classes, teacher_source(args),
+                                   weight_names(args.teacher_weights, [args.arch], [args.teacher_path]))
+        class_index, class_mapping = classmap.resolve(index.classes, teacher.num_classes, args.class_map)
+        ens = Ensemble([teacher], "mean", 0.5, info.device, precision.amp_dtype(args.amp, info.device))
 
     if args.evaluate:  # upstream: test the teacher, write nothing
         if not val_dir:
@@ -382,18 +431,21 @@ def main(args: argparse.Namespace) -> None:
         distributed.cleanup(info)
         return
 
-    crops, reference = settle_crops(args, index)
-    default_threads, chosen = torch.get_num_threads(), time.perf_counter()
-    threads, keep = labelling_threads(ens, args.num_crops, args.num_seg, args.input_size, args.temp)
-    spare = threads < default_threads
-    if info.is_main and info.device.type == "cpu":
-        kept = f", {len(keep)} teacher module(s) on {default_threads} (same results)" if keep else ""
-        print(f"fkd: the teacher runs on {threads} of {default_threads} CPU threads{kept}: the fastest that "
-              f"labels as the default does (chosen in {time.perf_counter() - chosen:.1f}s)", flush=True)
-    cfg = freeze(args, "FkdRelabelConfig", label_type=per_image.normalize_label_type(args.label_type),
-                 workers=generation_workers(args.workers, info.device.type == "cuda", spare), **crops)
+    with distributed.together(info):
+        crops, reference = settle_crops(args, index)
+    # -j stays as given here: its default depends on the thread choice, made only when files are left
+    cfg = freeze(args, "FkdRelabelConfig", label_type=per_image.normalize_label_type(args.label_type), **crops)
+    distributed.require_same(info, json.dumps(build_manifest(cfg, index, teacher, class_index, class_mapping),
+                                              sort_keys=True).encode(),
+                             f"would write another manifest into --save_path {cfg.save_path} (other images in DIR, "
+                             f"or another teacher or settings)")
+    check_teacher_first(cfg, info, index, ens, class_index, reference)
+    writer, todo, mine = open_store(cfg, info, index, teacher, class_index, class_mapping)
+    default_threads = torch.get_num_threads()
+    threads, keep = choose_threads(info, ens, cfg) if todo else (default_threads, [])
     with running_on(threads, keep):  # then the caller's setting again (main runs in-process too)
-        label_images(cfg, info, index, ens, class_index, class_mapping, reference, spare)
+        label_images(cfg, info, index, ens, class_index, class_mapping, reference, writer, todo, mine,
+                     threads < default_threads)
     distributed.cleanup(info)
 
 

@@ -55,7 +55,10 @@ mixing (its use_aug_for_hard false). The learning rate searched is SGD's -lr whe
 A rerun into the same --out continues its runs only with the same settings (OUT/settings.json:
 the sets, teacher file, student, epochs, batch, crops, mix, recipe, relabel flags, subset seed,
 --syn-lr; the two protocols keep their runs apart and may share it); other
-settings are refused before any work. --w, --gamma and more --seeds may change.
+settings are refused before any work. --w, --gamma and more --seeds may change. Every flag, folder,
+--recipe and --relabel-args (through the trainer's and relabel's own checks), the teacher and the student
+are checked before --out is written: a refused run leaves nothing there that its corrected rerun would
+meet as other settings.
 What our trainer does otherwise, and why:
   - optimizer, schedule, loss, temperature and batch come from --recipe and -b (the package's from
     its config; its "cosine" is a LambdaLR that ends at half the learning rate, its "step" needs a
@@ -79,13 +82,14 @@ import os
 import shlex
 import shutil
 import statistics
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, NoReturn, Optional
 
 from softlabel import files, streams
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.stores import begun, open_store
-from softlabel.streams import Stream
+from softlabel.stores.schema import MAX_INPUT_SIZE
+from softlabel.streams import Stream, check_seed
 from softlabel.teachers import file_sha256
 
 ARMS = ("syn_soft", "rand_soft", "syn_hard", "full_hard", "syn_noaug", "rand_noaug")
@@ -172,33 +176,49 @@ def write_subset(chosen: list[tuple[str, int]], syn: FolderIndex, real_root: str
 
 # ----------------------------------------------------------------------------- arms
 
+def words(text: str, flag: str) -> list[str]:
+    """A quoted flag of more flags (--recipe, --relabel-args) as its words."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"{flag} {text!r}: {exc}") from None
+
+
+def relabel_flags(args: argparse.Namespace, data: str, store: str, augment: bool) -> list[str]:
+    flags = ["--data", data, "--teacher-path", args.teacher_path, "-a", args.teacher, "--fkd-path", store,
+             "--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
+             "--min-scale-crops", args.min_scale_crops if augment else 1.0,
+             "--mix-type", args.mix_type if augment else "none", "-j", args.workers, "--print-freq", 10 ** 6,
+             *words(args.relabel_args, "--relabel-args")]
+    return [str(f) for f in flags]
+
+
 def relabel(args: argparse.Namespace, data: str, store: str, augment: bool) -> None:
     from softlabel.commands.relabel import get_args_parser, main
     if begun(store):  # begun: relabel resumes it, or it is complete
         index = scan_image_folder(data, "--data")
         if not open_store(store, index).missing(args.epochs, index):
             return
-    flags = ["--data", data, "--teacher-path", args.teacher_path, "-a", args.teacher, "--fkd-path", store,
-             "--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
-             "--min-scale-crops", args.min_scale_crops if augment else 1.0,
-             "--mix-type", args.mix_type if augment else "none", "-j", args.workers, "--print-freq", 10 ** 6,
-             *shlex.split(args.relabel_args)]
-    main(get_args_parser().parse_args([str(f) for f in flags]))
+    main(get_args_parser().parse_args(relabel_flags(args, data, store, augment)))
+
+
+def train_flags(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: Optional[str]) -> list[str]:
+    flags = ["--train-dir", train_dir, "--val-dir", args.val, "--model", args.model, "--seed", seed,
+             "-j", args.workers, "--no-progress", "--output-dir", out, "--eval-interval", args.epochs,
+             "--resume", "auto", *words(args.recipe, "--recipe")]
+    if store:
+        flags += ["--fkd-path", store]
+    else:
+        flags += ["--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
+                  "--min-scale-crops", args.min_scale_crops, "--mix-type", args.mix_type]
+    return [str(f) for f in flags]
 
 
 def train(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: Optional[str]) -> dict:
     from softlabel.commands.train import get_args_parser, main
     results = os.path.join(out, "results.json")
     if not os.path.isfile(results):
-        flags = ["--train-dir", train_dir, "--val-dir", args.val, "--model", args.model, "--seed", seed,
-                 "-j", args.workers, "--no-progress", "--output-dir", out, "--eval-interval", args.epochs,
-                 "--resume", "auto", *shlex.split(args.recipe)]
-        if store:
-            flags += ["--fkd-path", store]
-        else:
-            flags += ["--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
-                      "--min-scale-crops", args.min_scale_crops, "--mix-type", args.mix_type]
-        main(get_args_parser().parse_args([str(f) for f in flags]))
+        main(get_args_parser().parse_args(train_flags(args, out, seed, train_dir, store)))
     return checked_result(results, "results.json")
 
 
@@ -232,13 +252,12 @@ def arm_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def check_same_settings(args: argparse.Namespace) -> None:
-    """The first run records its settings in --out; a rerun with others is refused before any
-    work (its arms would mix runs of two settings), naming what differs."""
+def check_same_settings(args: argparse.Namespace, want: dict) -> None:
+    """The first run records its settings (``want``) in --out; a rerun with others is refused before
+    any work (its arms would mix runs of two settings), naming what differs."""
     path = os.path.join(args.out, "settings.json")
-    want = arm_settings(args)
-    if not os.path.isfile(path):
-        files.atomic_write_json(path, want)
+    if not os.path.isfile(path):  # strict JSON: every number was range-checked, none is NaN or infinite
+        files.atomic_write_bytes(path, (json.dumps(want, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
         return
     have = files.read_json(path, "--out settings")
     changed = [k for k in want if not isinstance(have, dict) or have.get(k) != want[k]]
@@ -254,17 +273,26 @@ def given_full_hard(args: argparse.Namespace) -> dict:
     return checked_result(os.path.join(args.full_hard_run, "results.json"), "--full-hard-run")
 
 
-def run_arms(args: argparse.Namespace, seeds: list[int], subset: str) -> dict[str, list[dict]]:
-    stores = {}
-    for name, data, augment in (("syn", args.syn, True), ("rand", subset, True), ("syn_noaug", args.syn, False),
-                                ("rand_noaug", subset, False)):
-        stores[name] = os.path.join(args.out, "stores", name)
-        relabel(args, data, stores[name], augment)
-    plan = {"syn_soft": (args.syn, stores["syn"]), "rand_soft": (subset, stores["rand"]),
+def fixed_stores(args: argparse.Namespace, subset: str) -> dict[str, tuple[str, str, bool]]:
+    """The stores --protocol fixed relabels: name -> (images, store folder, augmented)."""
+    sets = (("syn", args.syn, True), ("rand", subset, True), ("syn_noaug", args.syn, False),
+            ("rand_noaug", subset, False))
+    return {name: (data, os.path.join(args.out, "stores", name), augment) for name, data, augment in sets}
+
+
+def fixed_plan(args: argparse.Namespace, subset: str) -> dict[str, tuple[str, Optional[str]]]:
+    """Each arm of --protocol fixed: (training images, its store; None: hard labels)."""
+    stores = {name: store for name, (_, store, _) in fixed_stores(args, subset).items()}
+    return {"syn_soft": (args.syn, stores["syn"]), "rand_soft": (subset, stores["rand"]),
             "syn_hard": (args.syn, None), "full_hard": (args.real_train, None),
             "syn_noaug": (args.syn, stores["syn_noaug"]), "rand_noaug": (subset, stores["rand_noaug"])}
+
+
+def run_arms(args: argparse.Namespace, seeds: list[int], subset: str) -> dict[str, list[dict]]:
+    for data, store, augment in fixed_stores(args, subset).values():
+        relabel(args, data, store, augment)
     results: dict[str, list[dict]] = {}
-    for arm, (data, store) in plan.items():
+    for arm, (data, store) in fixed_plan(args, subset).items():
         if arm == "full_hard" and (args.full_hard_run or args.full_hard_top1 is not None):
             results[arm] = [given_full_hard(args)]
             continue
@@ -309,20 +337,24 @@ def lr_flag(recipe: str) -> str:
     return "-lr" if "--sgd" in shlex.split(recipe) else "--adamw-lr"
 
 
+def ddranking_flags(args: argparse.Namespace, run: Run) -> list[str]:
+    flags = ["--train-dir", run.data, "--val-dir", args.val, "--model", args.model, "--seed", run.seed,
+             "-j", args.workers, "--no-progress", "--output-dir", run.out, "--eval-interval", TEST_INTERVAL,
+             "--resume", "auto", *words(args.recipe, "--recipe"), "--epochs", args.epochs, "-b", args.batch_size,
+             "--input-size", args.input_size, "--min-scale-crops", args.min_scale_crops if run.augment else 1.0,
+             "--mix-type", args.mix_type if run.augment and run.teacher else "none"]
+    if run.teacher:
+        flags += ["--teacher", args.teacher, "--teacher-path", args.teacher_path]
+    if run.lr is not None:
+        flags += [lr_flag(args.recipe), run.lr]
+    return [str(f) for f in flags]
+
+
 def train_ddranking(args: argparse.Namespace, run: Run) -> float:
     """The run's best validation top-1 over epochs 20, 40, ... (the package's best_acc1; 0 with none)."""
     from softlabel.commands.train import get_args_parser, main
     if not os.path.isfile(os.path.join(run.out, "results.json")):
-        flags = ["--train-dir", run.data, "--val-dir", args.val, "--model", args.model, "--seed", run.seed,
-                 "-j", args.workers, "--no-progress", "--output-dir", run.out, "--eval-interval", TEST_INTERVAL,
-                 "--resume", "auto", *shlex.split(args.recipe), "--epochs", args.epochs, "-b", args.batch_size,
-                 "--input-size", args.input_size, "--min-scale-crops", args.min_scale_crops if run.augment else 1.0,
-                 "--mix-type", args.mix_type if run.augment and run.teacher else "none"]
-        if run.teacher:
-            flags += ["--teacher", args.teacher, "--teacher-path", args.teacher_path]
-        if run.lr is not None:
-            flags += [lr_flag(args.recipe), run.lr]
-        main(get_args_parser().parse_args([str(f) for f in flags]))
+        main(get_args_parser().parse_args(ddranking_flags(args, run)))
     return best_validation(os.path.join(run.out, "metrics.jsonl"))
 
 
@@ -346,11 +378,18 @@ def pick_lr(accs: list[tuple[Optional[float], float]]) -> tuple[float, Optional[
     return best, best_lr
 
 
+def subset_name(args: argparse.Namespace, evaluation: int) -> str:
+    """Where an evaluation's random subset goes under --out: one for --protocol fixed, one per
+    evaluation for ddranking."""
+    return "random_subset" if args.protocol == "fixed" else os.path.join("random_subsets", f"eval{evaluation}")
+
+
 def run_ddranking(args: argparse.Namespace, seeds: list[int], syn: FolderIndex,
-                  real: FolderIndex) -> tuple[dict[str, list[dict]], dict[str, list]]:
-    """Each arm's accuracy per evaluation (as results dicts with "top1") and its chosen learning rates."""
-    subsets = [write_subset(draw_subset(syn, real, args.subset_seed, i), syn, args.real_train, args.out,
-                            os.path.join("random_subsets", f"eval{i}")) for i in range(len(seeds))]
+                  drawn: list[list[tuple[str, int]]]) -> tuple[dict[str, list[dict]], dict[str, list]]:
+    """Each arm's accuracy per evaluation (as results dicts with "top1") and its chosen learning rates;
+    ``drawn``: each evaluation's random subset."""
+    subsets = [write_subset(chosen, syn, args.real_train, args.out, subset_name(args, i))
+               for i, chosen in enumerate(drawn)]
     found: dict[tuple[str, int], list] = {}
     for run in ddranking_plan(args, seeds, subsets):
         found.setdefault((run.arm, run.evaluation), []).append((run.lr, train_ddranking(args, run)))
@@ -479,29 +518,127 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def main(args: argparse.Namespace) -> None:
+def check_numbers(args: argparse.Namespace) -> list[int]:
+    """Every number of the flags in range (NaN and infinities refused); returns the seeds."""
     seeds = parse_seeds(args.seeds or DEFAULT_SEEDS[args.protocol])
-    if not seeds or not 0 <= args.w <= 1 or not 0 <= args.gamma <= 1 or args.epochs < 1:
-        raise UserError("--seeds needs one seed at least; --w and --gamma are in [0, 1]; --epochs at least 1")
+    if not seeds:
+        raise UserError("--seeds needs one seed at least")
+    for seed in seeds:
+        check_seed(seed, "--seeds")
+    check_seed(args.subset_seed, "--subset-seed")
+    for flag, value in (("--w", args.w), ("--gamma", args.gamma)):
+        if not 0 <= value <= 1:
+            raise UserError(f"{flag} must be in [0, 1], got {value}")
+    for flag, value in (("--epochs", args.epochs), ("-b/--batch-size", args.batch_size),
+                        ("--input-size", args.input_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.input_size > MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {args.input_size}: at most {MAX_INPUT_SIZE} px")
+    if not 0 < args.min_scale_crops <= 1:
+        raise UserError(f"--min-scale-crops must be in (0, 1], got {args.min_scale_crops}")
+    if args.workers < 0:
+        raise UserError(f"-j/--workers must be >= 0, got {args.workers}")
     if args.protocol == "ddranking" and args.epochs < TEST_INTERVAL:
         raise UserError(f"--protocol ddranking validates every {TEST_INTERVAL} epochs (the package's test_interval) "
                         f"and keeps the best: --epochs must be at least {TEST_INTERVAL}, got {args.epochs}")
     if args.full_hard_top1 is not None and (args.full_hard_run or not 0 <= args.full_hard_top1 <= 100):
         raise UserError("--full-hard-top1 is a top-1 in percent, 0 to 100, instead of --full-hard-run")
-    if args.syn_lr is not None and (args.protocol != "ddranking" or not args.syn_lr > 0):
+    if args.syn_lr is not None:
+        check_syn_lr(args)
+    return seeds
+
+
+def check_syn_lr(args: argparse.Namespace) -> None:
+    """--syn-lr: positive, and in the range the trainer takes for the flag it is passed as."""
+    from softlabel.training.config import NUMBER_RANGES
+    if args.protocol != "ddranking" or not args.syn_lr > 0:
         raise UserError("--syn-lr is a positive learning rate for --protocol ddranking")
+    key = "learning_rate" if lr_flag(args.recipe) == "-lr" else "adamw_lr"
+    _, _, ok, where = next(r for r in NUMBER_RANGES if r[1] == key)
+    if not (math.isfinite(args.syn_lr) and ok(args.syn_lr)):
+        raise UserError(f"--syn-lr must be {where} (the trainer's {lr_flag(args.recipe)}), got {args.syn_lr}")
+
+
+def check_folders(args: argparse.Namespace, syn: FolderIndex, real: FolderIndex, val: FolderIndex) -> None:
+    """What the trainer asks of --val (the class folders of the set it trains on), and a
+    --full-hard-run that can be scored."""
+    if val.classes != syn.classes:
+        raise UserError(f"--val {args.val}: class folders differ from --syn {args.syn} ({len(val.classes)} vs "
+                        f"{len(syn.classes)} classes or other names); accuracy would be meaningless")
+    if args.full_hard_run:
+        checked_result(os.path.join(args.full_hard_run, "results.json"), "--full-hard-run")
+    elif args.full_hard_top1 is None and val.classes != real.classes:
+        raise UserError(f"--val {args.val}: class folders differ from --real-train {args.real_train}, which the "
+                        f"full_hard arm trains on; give --full-hard-run or --full-hard-top1 instead")
+
+
+def check_models(args: argparse.Namespace) -> None:
+    from softlabel.models import model_source
+    from softlabel.teachers import load_teacher
+    try:
+        model_source(args.model)
+    except UserError as exc:
+        raise UserError(f"--model: {exc}") from None
+    try:
+        load_teacher(args.teacher, args.teacher_path)
+    except UserError as exc:
+        raise UserError(f"--teacher {args.teacher}: {exc}") from None
+
+
+def check_run_flags(args: argparse.Namespace, seeds: list[int]) -> None:
+    """Every run's trainer and relabel flags (--recipe and --relabel-args with them) through those
+    commands' own checks, as the runs will get them."""
+    from softlabel.commands import relabel as labeller
+    from softlabel.commands import train as trainer
+    from softlabel.training.config import check_flags
+    if args.protocol == "ddranking":
+        runs = [ddranking_flags(args, run) for run in
+                ddranking_plan(args, seeds[:1], [os.path.join(args.out, subset_name(args, 0))])]
+    else:
+        subset = os.path.join(args.out, subset_name(args, 0))
+        runs = [train_flags(args, os.path.join(args.out, "runs", arm), seeds[0], data, store)
+                for arm, (data, store) in fixed_plan(args, subset).items()]
+        nested(labeller.get_args_parser(), [relabel_flags(args, *s) for s in fixed_stores(args, subset).values()],
+               labeller.check_args, "--relabel-args", args.relabel_args)
+    nested(trainer.get_args_parser(), runs, check_flags, "--recipe", args.recipe)
+
+
+def nested(parser: argparse.ArgumentParser, runs: list[list[str]], check: Callable[[argparse.Namespace], None],
+           flag: str, value: str) -> None:
+    """Each flag list parsed and checked by a command's own parser and checks; a refusal is one
+    line naming ``flag``, which brought the user's part of them."""
+    def refuse(message: str) -> NoReturn:
+        raise UserError(message)
+    parser.error = refuse  # type: ignore[method-assign]  # argparse would print usage and exit
+    for flags in runs:
+        try:
+            check(parser.parse_args(flags))
+        except UserError as exc:
+            raise UserError(f"{flag} {value!r}: {exc}") from None
+
+
+def main(args: argparse.Namespace) -> None:
+    # Everything a run depends on is checked before --out is touched: a refusal after settings.json
+    # is written would make every corrected rerun into the same --out one "of other settings".
+    seeds = check_numbers(args)
     files.refuse_output_inside(args.out, "--out", [("--syn", args.syn), ("--real-train", args.real_train),
                                                    ("--val", args.val)])
+    syn, real = scan_image_folder(args.syn, "--syn"), scan_image_folder(args.real_train, "--real-train")
+    check_folders(args, syn, real, scan_image_folder(args.val, "--val"))
+    drawn = [draw_subset(syn, real, args.subset_seed, i)
+             for i in range(len(seeds) if args.protocol == "ddranking" else 1)]
+    check_models(args)
+    check_run_flags(args, seeds)
+    settings = arm_settings(args)
     files.ensure_dir(args.out, "--out")
     files.lock_dir(args.out, "--out", "another score_distilled.py is writing here")
-    check_same_settings(args)
-    syn, real = scan_image_folder(args.syn, "--syn"), scan_image_folder(args.real_train, "--real-train")
+    check_same_settings(args, settings)
     lrs = None
     if args.protocol == "ddranking":
-        results, lrs = run_ddranking(args, seeds, syn, real)
+        results, lrs = run_ddranking(args, seeds, syn, drawn)
     else:
-        results = run_arms(args, seeds, write_subset(draw_subset(syn, real, args.subset_seed), syn,
-                                                     args.real_train, args.out))
+        results = run_arms(args, seeds, write_subset(drawn[0], syn, args.real_train, args.out, subset_name(args, 0)))
     arms, s = summary(results), seed_scores(results, args.w, args.gamma)
     d = ddranking_seed_scores(results, args.w, args.gamma)
     text = table(arms, s, args.w, args.gamma) + "\n\n" + ddranking_table(d, args.w, args.gamma, lrs)

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from softlabel import (
@@ -56,6 +58,7 @@ from softlabel import (
     replay,
     streams,
     tracking,
+    zoo,
 )
 from softlabel.cli import add_mix_type, add_replaced_flags, note_replaced_flags
 from softlabel.data import (
@@ -67,6 +70,7 @@ from softlabel.data import (
     scan_images,
 )
 from softlabel.distill import DISTILLERS, Features
+from softlabel.distill.base import Crop
 from softlabel.distributed import DistInfo, require_same_start, slice_bounds
 from softlabel.errors import UserError, run_main
 from softlabel.classmap import class_index_of
@@ -80,15 +84,17 @@ from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
 from softlabel.streams import Stream
 from softlabel.teachers import SOURCES, Ensemble, load_teacher, load_teachers, split_list, weight_names, weight_paths
-from softlabel.training.config import RESUME_MUST_MATCH, TrainConfig, check_flags, data_folder, pass_batch, resolve
+from softlabel.training.config import (RESUME_MUST_MATCH, TRAIN_CROPS, TrainConfig, check_flags, data_folder,
+                                       init_lr_value, pass_batch, resolve)
 from softlabel.training.distillation import DistillRun, build_distiller, distilling, init_stage
 from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES, keep_topk
-from softlabel.training.metrics import classification_metrics
+from softlabel.training.metrics import BestAndLast, SplitMetrics
 from softlabel.training.schedules import SCHEDULES
 
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id",
                     "print_freq")
 SECRETS = ("wandb_api_key",)
+BEST_CHECKPOINT = "model_best.pth"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -132,6 +138,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="RandomResizedCrop min scale (default: the store's; hard labels: 0.08)")
     g.add_argument("--max-scale-crops", type=float, default=None,
                    help="RandomResizedCrop max scale (default: the store's; hard labels: 1.0)")
+    g.add_argument("--train-crop", choices=TRAIN_CROPS, default=None,
+                   help="online crops (hard labels, --teacher): resized = RandomResizedCrop(--input-size, scale "
+                        "--min/--max-scale-crops); padded = RandomCrop(--input-size, padding=4), RepDistiller's and "
+                        "SSKD's CIFAR crop; both then flipped (default: padded with --recipe repdistiller, else "
+                        "resized)")
+    g.add_argument("--drop-last", action="store_true",
+                   help="online crops: leave out each epoch's last partial batch (WSLD's loader, drop_last=True)")
     g.add_argument("--crop-pct", type=float, default=0.875,
                    help="validation: resize to input-size/crop-pct, center-crop (default: 0.875)")
     add_mix_type(g, None, "default: the store's; hard labels: none (online mix)")
@@ -170,12 +183,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="default: the epochs the store holds; hard labels: 300; --recipe fkd: 300, counted as "
                         "train_FKD.py counts them (a pass of --num-crops crops is that many epochs)")
     g.add_argument("--start-epoch", type=int, default=0, help="begin at this epoch (schedule and store)")
-    g.add_argument("--recipe", choices=["fkd", "ours"], default=None,
+    g.add_argument("--recipe", choices=["fkd", "ours", "repdistiller"], default=None,
                    help="fkd (the default with --softlabel_path): train_FKD.py's: SGD lr 0.1 momentum 0.9 wd 1e-4 "
                         "on every parameter, --epochs 300 counted as train_FKD.py counts them (a pass with "
                         "--num-crops N crops of every image is N epochs; the last epochs single-crop), -b crops per "
                         "step (default 1024), --cos its cosine; ours (the default otherwise): AdamW, -b images, "
-                        "one pass per epoch, --cos PRISM's")
+                        "one pass per epoch, --cos PRISM's; repdistiller: RepDistiller's train_student.py (online "
+                        "KD or hard labels): SGD lr 0.05 momentum 0.9 wd 5e-4 on every parameter, -b 64, 240 "
+                        "epochs, x0.1 at 150, 180, 210, 32 px, --train-crop padded")
     g.add_argument("--cos", action="store_true",
                    help="cosine schedule as upstream's --cos: PRISM's (= --lr-schedule prism-cos; default: linear), "
                         "with --recipe fkd train_FKD.py's (= --lr-schedule cosine; default: multistep 120,240)")
@@ -219,7 +234,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("-T", "--temperature", "--temp", dest="temperature", type=float, default=None,
                    help="distillation temperature (default: 3; wsld: 2; kd: 4; lo_*: 3; with --softlabel_path: 1, as "
                         "FKD's --temp)")
-    g.add_argument("--ce-weight", type=float, default=0.1, help="cross-entropy weight of mse_gt / mae_gt")
+    g.add_argument("--ce-weight", type=float, default=None,
+                   help="cross-entropy weight of mse_gt / mae_gt (default: 0.1) and of kd (default: 1 - --alpha; "
+                        "RepDistiller's -r)")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha), "
                         "lo_kd / lo_sl / lo_sl_gt (default: 0.1, the label-optimization study's --alpha)")
@@ -252,19 +269,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-feat-layers", default=None, metavar="NAME[,NAME]",
                    help="the teacher's (default: --feat-layers, else layer1, layer2, ...)")
     g.add_argument("--distill-init-epochs", type=int, default=None, metavar="N",
-                   help="ab, ft, kdss: epochs of the init stage that trains their parts before distilling "
+                   help=", ".join(k for k, v in sorted(DISTILLERS.items()) if v.init_epochs) + ": epochs of the "
+                        "init stage that trains their parts before distilling "
                         "(default: RepDistiller's --init_epochs, SSKD's --t-epoch for kdss: " + ", ".join(
-                            f"{k} {v.init_epochs}" for k, v in sorted(DISTILLERS.items()) if v.init_epochs) + ")")
-    g.add_argument("--distill-init-lr", type=float, default=None, metavar="LR",
+                            f"{k} {v.init_epochs}" for k, v in sorted(DISTILLERS.items()) if v.init_epochs) + "); "
+                        "kdss's rate drops x0.1 at init epochs 30 and 45 of 60 (SSKD's --t-milestones), of N at "
+                        "round(N x 30/60) and round(N x 45/60), halves up; the others keep one rate")
+    g.add_argument("--distill-init-lr", type=init_lr_value, default=None, metavar="LR|auto",
                    help="SGD learning rate of the init stage (default: RepDistiller's: ft 0.01 for CIFAR ResNet/WRN "
-                        "students, else --lr, at most 0.02 / the mean square of the teacher's features; kdss "
-                        "0.05, SSKD's --t-lr)")
+                        "students, else --lr; kdss 0.05, SSKD's --t-lr); auto: that rate, capped where the teacher's "
+                        "features make it diverge (ft: at most 0.02 / their mean square)")
 
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", "--save_checkpoint_path", dest="output_dir", type=str, default="./save",
                    help="checkpoint and metrics directory (train_FKD.py's --save_checkpoint_path)")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation and of hard-label augmentation")
     g.add_argument("--eval-interval", type=int, default=10, help="evaluate every N epochs and at the end")
+    g.add_argument("--save-best", action="store_true",
+                   help=f"also keep the best evaluation's weights in {BEST_CHECKPOINT} (as train_FKD.py's "
+                        f"model_best.pth.tar; its format: checkpoint.pth's)")
     g.add_argument("--save-interval", type=int, default=1,
                    help="write checkpoint.pth every N epochs and at the end (default: 1)")
     g.add_argument("--resume", default=None, metavar="PATH|auto",
@@ -349,33 +372,82 @@ def each_sample_once(batches: Iterator[dict], store: Store, epoch: int) -> Itera
 
 def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, epochs: range, info: DistInfo, pin: bool,
                       stream: Stream = Stream.TRAIN_EPOCH) -> Iterator[tuple[int, Iterator[dict]]]:
-    """Online RandomResizedCrop + flip as uint8 pixels (normalized later, per model); each
+    """Online crops (--train-crop) + flip as uint8 pixels (normalized later, per model); each
     rank draws its share of every epoch (DistributedSampler), mixes within its own batch.
-    ``stream``: a distiller's init stage draws its epochs from its own, and mixes nothing."""
-    transform = T.Compose([
-        T.RandomResizedCrop(cfg.input_size, scale=(cfg.min_scale_crops, cfg.max_scale_crops),
-                            interpolation=T.InterpolationMode.BILINEAR),
-        T.RandomHorizontalFlip(), T.PILToTensor()])
-    dataset = IndexedImageFolder(index, transform, with_index=True)
+    ``stream``: a distiller's init stage draws its epochs from its own, and mixes nothing. A
+    distiller of several views (KDSS) gets every image as its ``image_views``, drawn from
+    (--seed, ``stream``, epoch, image) whatever the workers, ranks or resumption."""
+    method = DISTILLERS[cfg.distiller] if cfg.distiller else None
+    views = method is not None and method.views > 1
+    crop = (T.RandomCrop(cfg.input_size, padding=4) if cfg.train_crop == "padded" else
+            T.RandomResizedCrop(cfg.input_size, scale=(cfg.min_scale_crops, cfg.max_scale_crops),
+                                interpolation=T.InterpolationMode.BILINEAR))
+    one_view = IndexedImageFolder(index, T.Compose([crop, T.RandomHorizontalFlip(), T.PILToTensor()]),
+                                  with_index=True)
     local_batch = max(1, cfg.batch_size // info.world_size)
     for epoch in epochs:
         seed = epoch_seed(cfg.seed, epoch, stream)
+        dataset = (ImageViews(index, method.image_views, drawn_crop(cfg), (cfg.seed, stream, epoch)) if views
+                   else one_view)
         if info.distributed:
             sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed)
         else:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
         loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=cfg.workers,
-                            pin_memory=pin, generator=torch.Generator().manual_seed(seed))
+                            pin_memory=pin, generator=torch.Generator().manual_seed(seed), drop_last=cfg.drop_last)
         yield epoch, _hard_label_batches(loader, epoch, cfg, info, stream == Stream.TRAIN_EPOCH)
+
+
+def drawn_crop(cfg: TrainConfig) -> Crop:
+    """The run's --train-crop with its draws from a numpy generator: padded = RandomCrop(--input-size,
+    padding=4) (PIL fills the box outside the image with zeros, as the padding); resized =
+    RandomResizedCrop's box drawn as torchvision draws it (replay.sample_crop)."""
+    size = cfg.input_size
+
+    def padded(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        top, left = (int(rng.integers(0, max(n + 8 - size, 0) + 1)) - 4 for n in image.size[::-1])
+        return image.crop((left, top, left + size, top + size))
+
+    def resized(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        box = replay.sample_crop(rng, *image.size, (cfg.min_scale_crops, cfg.max_scale_crops))
+        return replay.render_crop(image, box, False, size)
+    return padded if cfg.train_crop == "padded" else resized
+
+
+class ImageViews(torch.utils.data.Dataset):
+    """Every image as a distiller's views: uint8 (views, C, H, W), its class, its index; the draws
+    of image i from the stream at ``key`` + (i,)."""
+
+    def __init__(self, index: FolderIndex, views: Callable, crop: Crop, key: tuple[int, Stream, int]):
+        self.index, self.views, self.crop, self.key = index, views, crop, key
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        path, target = self.index.samples[i]
+        seed, stream, epoch = self.key
+        images = self.views(self.index.load(path), self.crop, streams.rng(seed, stream, epoch, i))
+        return torch.stack([T.functional.pil_to_tensor(image) for image in images]), target, i
+
+
+def view_major(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B, views, C, H, W) -> (views x B, C, H, W): each view's batch in turn."""
+    return None if x is None else x.transpose(0, 1).flatten(0, 1)
 
 
 def _hard_label_batches(loader: DataLoader, epoch: int, cfg: TrainConfig, info: DistInfo,
                         mix: bool) -> Iterator[dict]:
+    """``pixels`` (and ``partners``): the batch, or with a distiller's views every view of it, view-major;
+    each view mixed with its partner's same view."""
     for step, (pixels, target, sample_index) in enumerate(loader):
         rng = streams.rng(cfg.seed, Stream.HARD_LABEL_MIX, epoch, step, info.rank)
         mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, cfg.mix_type if mix else "none", len(target),
                                                          cfg.input_size, cfg.mixup, cfg.cutmix)
-        yield {"pixels": pixels, "partners": replay.partners_of(pixels, mix_index),
+        partners = replay.partners_of(pixels, mix_index)
+        if pixels.dim() == 5:
+            pixels, partners = view_major(pixels), view_major(partners)
+        yield {"pixels": pixels, "partners": partners,
                "mix_lam": mix_lam, "mix_bbox": mix_bbox, "target": target, "index": sample_index,
                "partner_target": replay.partners_of(target, mix_index),
                "batch_size": len(target) * info.world_size}
@@ -430,9 +502,17 @@ def online_teachers(cfg: TrainConfig, device: torch.device) -> Optional[Ensemble
         return None
     archs = split_list(cfg.teacher)
     paths = weight_paths(cfg.teacher_path, archs)
+    teachers = load_teachers(archs, paths, cfg.num_classes, cfg.teacher_source,
+                             weight_names(cfg.teacher_weights, archs, paths))
+    for t in teachers:  # before --output-dir exists: online KD compares the two networks' classes one to one
+        if t.num_classes != cfg.num_classes:
+            weights = f"{t.source} {t.weights}" if t.weights else "its weight file"
+            raise UserError(f"--teacher {t.arch} ({weights}) outputs {t.num_classes} classes, the student "
+                            f"{cfg.num_classes} (--train-dir {cfg.train_dir}); online distillation needs the same "
+                            f"classes: a teacher trained on them (--teacher-path), or relabel with --class-map and "
+                            f"train from the store")
     # float32 teachers (no autocast), as WSLD's, whatever the student's --amp
-    return Ensemble(load_teachers(archs, paths, cfg.num_classes, cfg.teacher_source,
-                                  weight_names(cfg.teacher_weights, archs, paths)), "mean", 0.5, device)
+    return Ensemble(teachers, "mean", 0.5, device)
 
 
 def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, partner: Optional[torch.Tensor],
@@ -467,14 +547,15 @@ class Run:
 
 
 def targets_of(run: Run, batch: dict, pixels: torch.Tensor, partners: Optional[torch.Tensor],
-               views: Optional[Callable] = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+               views: int = 1) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The soft targets of a batch: stored, or the online teachers' on the same pixels (None: hard
-    labels); and with a distiller's ``views`` (KDSS), the teacher's logits on every view."""
+    labels); and with a distiller's ``views`` (KDSS: ``pixels`` holds every view, view-major), the
+    teacher's logits on every view."""
     seen = None
     if run.teachers is not None:
-        soft, outputs = run.teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"], views)
-        if views is not None:
-            seen, soft = outputs[0].clone(), soft[:len(pixels)]
+        soft, outputs = run.teachers(pixels, partners, batch["mix_lam"], batch["mix_bbox"])
+        if views > 1:
+            seen, soft = outputs[0].clone(), soft[:len(pixels) // views]
     else:
         soft = batch["soft_label"].to(run.info.device, non_blocking=True) if "soft_label" in batch else None
     if soft is not None and run.cfg.keep_topk:
@@ -497,9 +578,8 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     partners = None if batch["partners"] is None else batch["partners"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     inputs = replay.slice_inputs(pixels, partners, run.mean, run.std, batch["mix_lam"], batch["mix_bbox"])
-    method = checkpoint.unwrap(run.step_distill.distiller) if run.step_distill else None
-    views = method.views if method is not None else 1
-    soft, teacher_logits = targets_of(run, batch, pixels, partners, method.expand if views > 1 else None)
+    views = checkpoint.unwrap(run.step_distill.distiller).views if run.step_distill else 1
+    soft, teacher_logits = targets_of(run, batch, pixels, partners, views)
     teacher_features = run.step_distill.teacher_tap.take().detached() if run.step_distill else None
     if cfg.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -517,11 +597,10 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
                         stack.enter_context(m.no_sync())
             stack.enter_context(torch.autocast(device.type, dtype=run.amp or torch.float32,
                                                enabled=run.amp is not None))
-            if views > 1:  # the distiller's views ride along; the run's loss takes the batch itself
-                every_view = run.model(method.expand(inputs[part])).float()
-                logits = every_view[:part.stop - part.start]
-            else:
-                logits = run.model(inputs[part]).float()
+            rows = view_rows(part, len(target), views)
+            # the distiller's views ride along; the run's loss takes the batch itself (the first view)
+            every_view = run.model(inputs[rows]).float()
+            logits = every_view[:part.stop - part.start]
             if soft is not None:
                 loss = LOSSES[cfg.loss_type](logits, soft[part], target[part], temperature=cfg.temperature,
                                              ce_weight=cfg.ce_weight, alpha=cfg.alpha)
@@ -532,7 +611,6 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
                 loss = mixed_cross_entropy(logits, target[part], None if partner is None else partner.to(device)[part],
                                            batch["mix_lam"], cfg.label_smoothing)
             if run.step_distill is not None:
-                rows = view_rows(part, len(target), views)
                 mine = Features([f[rows] for f in teacher_features.stages],
                                 teacher_logits[rows] if views > 1 else None)
                 theirs = run.step_distill.student_tap.take()
@@ -582,9 +660,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channel
              amp: Optional[torch.dtype]) -> dict[str, float]:
     """top-1, top-5, NLL and ECE of the model on the validation loader."""
     model.eval()
-    logits, targets = evaluation.predict(model, loader, device, channels_last=channels_last, amp=amp)
+    metrics = SplitMetrics()
+    for logits, targets in evaluation.batches(model, loader, device, channels_last=channels_last, amp=amp):
+        metrics.update(logits, targets)
     model.train()
-    return classification_metrics(logits, targets)
+    return metrics.result()
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -661,8 +741,8 @@ def distill_init(run: Run) -> None:
         save_checkpoint(run, 0)
 
 
-def save_checkpoint(run: Run, epoch: int) -> None:
-    """--output-dir/checkpoint.pth after ``epoch`` epochs (0: after a distiller's init stage); with
+def save_checkpoint(run: Run, epoch: int, filename: str = checkpoint.CHECKPOINT) -> None:
+    """--output-dir/``filename`` after ``epoch`` epochs (0: after a distiller's init stage); with
     --teacher-mode train also the teachers' running statistics, which that mode updates."""
     cfg, distill, teachers = run.cfg, run.distill, run.teachers
     for what, part in (("student", run.student), ("distiller", distill.distiller if distill else None)):
@@ -673,7 +753,7 @@ def save_checkpoint(run: Run, epoch: int) -> None:
     extra = {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else {}
     if teachers is not None and cfg.teacher_mode == "train":
         extra["teacher_buffers"] = teachers.buffers()
-    checkpoint.save(os.path.join(cfg.output_dir, checkpoint.CHECKPOINT), run.student, run.optimizer, run.scheduler,
+    checkpoint.save(os.path.join(cfg.output_dir, filename), run.student, run.optimizer, run.scheduler,
                     run.scaler, epoch, cfg, SECRETS, run.mean, run.std, run.index.classes, extra)
 
 
@@ -731,6 +811,19 @@ def log_epoch(run: Run, epoch: int, n_steps: int, train_loss: float, started: fl
     return row
 
 
+def read_rows(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl this run wrote (none yet: [])."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def upstream_of(cfg: TrainConfig) -> str:
+    """The upstream command whose reported top-1 this run's recipe mirrors (UPSTREAM_REPORTS)."""
+    return "wsld" if cfg.recipe == "ours" and cfg.loss_type == "wsld" else cfg.recipe
+
+
 def crossed(done: int, before: int, interval: int) -> bool:
     """Whether the epochs ``before`` .. ``done`` reached a multiple of ``interval``."""
     return done // interval > before // interval
@@ -749,7 +842,9 @@ def evaluate_only(args: argparse.Namespace) -> None:
     index, bad = drop_unreadable(scan_image_folder(args.val_dir, "--val-dir"))
     if bad:
         raise UserError(f"--val-dir {args.val_dir}: {len(bad)} images cannot be read (first: {bad[0]})")
-    loader = DataLoader(IndexedImageFolder(index, eval_transform(args.input_size or 224, args.crop_pct, teacher.mean,
+    # the size it was trained at: recorded in our checkpoints; CIFAR's 32 px for RepDistiller's zoo
+    size = args.input_size or meta.get("input_size") or (32 if teacher.arch in zoo.MODELS else 224)
+    loader = DataLoader(IndexedImageFolder(index, eval_transform(size, args.crop_pct, teacher.mean,
                                                                  teacher.std)),
                         batch_size=256, shuffle=False, num_workers=loader_workers(args.workers, device.type == "cuda"))
     metrics = evaluate(teacher.model.to(device), loader, device, False, None)
@@ -775,8 +870,11 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
     check_flags(args)
     info = distributed.setup(args.device)
     # the same images relabel left out with --skip-bad-images, so the same fingerprint
-    train_index, _ = scan_images(args.train_dir, "--train-dir", args.skip_bad_images, info.is_main, "train")
-    cfg, store = resolve(args, train_index, info, loader_workers(args.workers, info.device.type == "cuda"))
+    with distributed.together(info):  # a node that refuses its inputs stops every node, in one line each
+        train_index, _ = scan_images(args.train_dir, "--train-dir", args.skip_bad_images, info.is_main, "train")
+        cfg, store = resolve(args, train_index, info, loader_workers(args.workers, info.device.type == "cuda"))
+    distributed.require_same(info, f"{cfg.label_source} {train_index.fingerprint()}".encode(),
+                             f"train on other images (--train-dir {cfg.train_dir}) or other labels")
 
     torch.manual_seed(cfg.seed)
     student = models.create_model(cfg.model, cfg.num_classes).to(info.device)
@@ -839,6 +937,8 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
                             disable=cfg.no_progress or not info.is_main)
     student.train()
     started, speed, n_steps, result = time.time(), tracking.Throughput(origin), 0, {}
+    # rows of the epochs a resumed run starts after (a row of an epoch whose checkpoint a kill cut short is redone)
+    scores = BestAndLast([r for r in read_rows(metrics_path) if r["epoch"] <= done] if info.is_main else [])
     for epoch, batches in epochs:
         train_loss, steps = train_one_epoch(run, epoch, batches, bar, speed)
         n_steps += steps
@@ -850,6 +950,8 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
         if info.is_main and (crossed(done, first, cfg.eval_interval) or last):
             result = log_epoch(run, done, n_steps, train_loss, started, val_loader, metrics_path, tracker, bar,
                                speed.lap())
+            if scores.add(result) and cfg.save_best:
+                save_checkpoint(run, epoch + 1, BEST_CHECKPOINT)
         if info.is_main and (crossed(done, first, cfg.save_interval) or last):
             save_checkpoint(run, epoch + 1)
     bar.close()
@@ -860,11 +962,11 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
                        "train_time_s": round(end - started, 2), "steady_images_per_s": round(speed.rate(), 2),
                        "startup_s": round(speed.startup(), 2), "startup_since": origin.since,
                        "train_s": round(speed.busy, 2), "data_wait_s": round(speed.wait, 2),
-                       "compute_s": round(speed.compute, 2)})
+                       "compute_s": round(speed.compute, 2), **scores.summary(upstream_of(cfg))})
         files.atomic_write_json(os.path.join(cfg.output_dir, "results.json"), result)
         print(f"train: done in {time.perf_counter() - origin.at:.1f}s since {origin.since} (start-up to the first "
               f"step {speed.startup():.2f}s, then {speed.rate():.1f} img/s; data wait {speed.wait:.1f}s, compute "
-              f"{speed.compute:.1f}s)" + (f"; val top-1 {result['top1']:.2f}%" if "top1" in result else ""),
+              f"{speed.compute:.1f}s)" + scores.line(upstream_of(cfg)),
               flush=True)
     tracker.finish()
     distributed.cleanup(info)

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+
+# The run's crop (--train-crop) of one image, its random draws taken from the generator given
+Crop = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 
 @dataclass
@@ -45,8 +50,12 @@ class Distiller(nn.Module):
     # False: the loss after the init stage is nil (AB), so distilling steps need no features
     distills = True
     init_required = False  # True: --distill-init-epochs 0 is refused (KDSS: its teacher head must learn)
-    # > 1: both networks see ``expand(batch)``, the batch and views of it (KDSS: rotated copies),
-    # view-major; the run's loss takes the first view, the method gets every view's features and logits
+    # Init epochs, of ``init_epochs``, at which the init stage's rate is multiplied by 0.1; another
+    # --distill-init-epochs scales them (KDSS: SSKD's --t-milestones; the others keep one rate, as RepDistiller)
+    init_milestones: tuple[int, ...] = ()
+    # > 1: the loader gives every image as ``image_views`` (KDSS: the image and its rotated copies,
+    # each cropped on its own); both networks see all of them, view-major; the run's loss takes the
+    # first view, the method gets every view's features and logits
     views = 1
     loss_type = "ce"  # the trainer's --loss-type beside this method (RepDistiller's -a 0)
     # What the tapped stages must give, checked on the probe forward: at least ``min_stages``, and
@@ -68,9 +77,11 @@ class Distiller(nn.Module):
     def __init__(self, student: Features, teacher: Features, **context):
         super().__init__()
 
-    def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """The batch and its views, view-major (only with ``views`` > 1)."""
-        return x
+    @classmethod
+    def image_views(cls, image: Image.Image, crop: Crop, rng: np.random.Generator) -> list[Image.Image]:
+        """The ``views`` images one training image gives (only with ``views`` > 1), the first the
+        run's own; ``crop`` and every other random choice draw from ``rng``."""
+        raise NotImplementedError(f"{cls.name} has one view")
 
     def warnings(self) -> list[str]:
         """What the user should know about this run of the method (printed once, on rank 0)."""

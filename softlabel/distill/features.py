@@ -13,10 +13,12 @@ RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def stage_modules(model: nn.Module, names: Optional[list[str]], flag: str = "--feat-layers") -> list[nn.Module]:
-    """The modules whose outputs are the stages: ``names`` (module paths, e.g. ``layer1``), or a
-    ResNet's ``layer1``... (CIFAR ResNets have three, torchvision/timm ResNets four)."""
+    """The modules whose outputs are the stages: ``names`` (module paths, e.g. ``layer1``), else
+    the model's own ``feature_stages`` (the zoo's models name theirs), else a ResNet's ``layer1``...
+    (CIFAR ResNets have three, torchvision/timm ResNets four)."""
     model = getattr(model, "module", model)
     named = dict(model.named_modules())
+    names = names or list(getattr(model, "feature_stages", ()))
     if names:
         unknown = [n for n in names if n not in named]
         if unknown:

@@ -22,8 +22,10 @@ from softlabel.distill.base import Distiller, Features, pool_to_match
 RATE = 0.5  # factor channels per teacher channel (RepDistiller's k)
 LR_TIMES_SCALE = 0.02  # the init lr is capped at this / the teacher features' mean square (init_lr_limit)
 # RepDistiller's init stage uses lr 0.01 for these students (helper/pretrain.py), --learning_rate for others
+# (its names; here its option-B ResNets are resnet8_b .. resnet110_b, and the study's option-A ones keep the rule)
 SMALL_LR_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-                     "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+                     "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
+                     "resnet8_b", "resnet14_b", "resnet20_b", "resnet32_b", "resnet44_b", "resnet56_b", "resnet110_b")
 
 
 def _encoder(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:

@@ -6,14 +6,15 @@ Re-Identification* (Yin et al. 2020), clusters unlabeled target-domain images in
 identities and learns from a slowly evolving peer network: it has no teacher to compress and no
 CIFAR form, whereas SSKD reports CIFAR-100 resnet56 -> resnet20 (docs/validate.md).
 
-Every image comes with its copies rotated by 90, 180 and 270 degrees (``expand``; the trainer
-feeds the student and the teacher all four, view-major). Each network has a self-supervision
-head on its penultimate embedding (Linear-ReLU-Linear, the embedding's width); for each rotated
-copy the cosine similarities of its head output with the batch's originals form a row. The
-teacher's head is trained first, in the init stage, to find each copy's original (cross-entropy
-over its row, 60 epochs at lr 0.05: SSKD's --t-epoch, --t-lr) with the teacher frozen. Distilling
-then adds to the run's loss (by default --loss-type kd: SSKD's 0.1 CE + 0.9 KD at T 4 on the
-originals):
+Every image comes as SSKD's cifar.py makes it (``image_views``, in the loader): flipped or not,
+then rotated by 0, 90, 180 and 270 degrees, each rotation cropped on its own; the trainer feeds
+the student and the teacher all four, view-major. Each network has a self-supervision head on
+its penultimate embedding (Linear-ReLU-Linear, the embedding's width); for each rotated copy the
+cosine similarities of its head output with the batch's originals form a row. The teacher's head
+is trained first, in the init stage, to find each copy's original (cross-entropy over its row, 60
+epochs at lr 0.05, x0.1 at epochs 30 and 45: SSKD's --t-epoch, --t-lr, --t-milestones) with the
+teacher frozen. Distilling then adds to the run's loss (by default --loss-type kd: SSKD's 0.1 CE +
+0.9 KD at T 4 on the originals):
 - 10 x the KL divergence between the student's and the teacher's rows at T 0.5 (x T^2), over the
   rows whose original the teacher's similarities rank first plus the best-ranked 75% of the others
   (SSKD's --ss-weight 10, --ss-T 0.5, --ratio-ss 0.75);
@@ -26,22 +27,20 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from softlabel.distill.base import Distiller, Features
+from softlabel.distill.base import Crop, Distiller, Features
 
 VIEWS = 4  # rotations by 0, 90, 180, 270 degrees
+# counter-clockwise, as SSKD's np.rot90 of its (height, width, channel) arrays
+ROTATIONS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
 SS_T, SS_WEIGHT, SS_RATIO = 0.5, 10.0, 0.75
 TF_T, TF_WEIGHT, TF_RATIO = 4.0, 2.7, 1.0
-INIT_EPOCHS, INIT_LR = 60, 0.05
-
-
-def rotations(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (4B, C, H, W): the batch, then its copies rotated by 90, 180 and 270 degrees
-    (counter-clockwise, as SSKD's ``np.rot90``)."""
-    return torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(VIEWS)])
+INIT_EPOCHS, INIT_LR, INIT_MILESTONES = 60, 0.05, (30, 45)
 
 
 def ss_head(dim: int) -> nn.Sequential:
@@ -79,8 +78,9 @@ def kd_rows(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, t:
 class KDSS(Distiller):
     name, weight = "kdss", 1.0
     source = ("SSKD, Xu et al. 2020 (xuguodong03/SSKD): rotations, --ss-weight 10, --tf-weight 2.7, T 0.5/4, "
-              "ratios 0.75/1.0, teacher head 60 init epochs at lr 0.05")
+              "ratios 0.75/1.0, teacher head 60 init epochs at lr 0.05, x0.1 at 30 and 45")
     init_epochs, init_required, views, loss_type = INIT_EPOCHS, True, VIEWS, "kd"
+    init_milestones = INIT_MILESTONES
 
     def __init__(self, student: Features, teacher: Features, num_samples: int = 0,
                  targets: Optional[torch.Tensor] = None, **context):
@@ -91,8 +91,13 @@ class KDSS(Distiller):
         self.teacher_head = ss_head(teacher.embedding.shape[1])
         self.register_buffer("targets", targets.long().clone())
 
-    def expand(self, x: torch.Tensor) -> torch.Tensor:
-        return rotations(x)
+    @classmethod
+    def image_views(cls, image: Image.Image, crop: Crop, rng: np.random.Generator) -> list[Image.Image]:
+        """SSKD's (cifar.py): one flip (p 0.5) of the image, then its four rotations, each cropped
+        by its own draw; the first is the flipped image itself."""
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return [crop(image if turn is None else image.transpose(turn), rng) for turn in ROTATIONS]
 
     def init_parts(self) -> list[nn.Module]:
         return [self.teacher_head]

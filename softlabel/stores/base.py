@@ -213,6 +213,14 @@ def weights_name(t: Mapping[str, Any]) -> str:
     return "a weight file" if t.get("source") == "private" else "weights name not recorded"
 
 
+def cutmix_lam_is_area(manifest: Mapping[str, Any]) -> bool:
+    """Whether a store's cutmix weights are 1 - each box's share of the crop, as our relabel writes
+    them; SRe2L / G-VBSM / PRISM keep the Beta draw made before the box was clipped, and so do our
+    stores converted from theirs."""
+    source = manifest.get("converted_from") or {}
+    return "legacy_kind" not in manifest and source.get("kind", "ours") == "ours"
+
+
 def check_recorded(request: Request, manifest: Mapping[str, Any], where: str) -> None:
     """A flag given for a setting the store records must agree with it (None: not recorded)."""
     for attr, flag in RECORDED.items():

@@ -45,7 +45,7 @@ from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import packed, schema
-from softlabel.stores.base import (BATCH, Request, Store, check_digest, checked, fmt_floats,
+from softlabel.stores.base import (BATCH, Request, Store, check_digest, checked, cutmix_lam_is_area, fmt_floats,
                                    spread, weights_name)
 from softlabel.stores.legacy_order import LegacyOrder
 from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, residual_fill, smallest_int_dtype,
@@ -280,8 +280,9 @@ def check_steps(reader: Reader, epoch: int, steps: list[int]) -> None:
 
 def check_geometry(record: "BatchRecord", path: str, manifest: dict, batch: int) -> None:
     """What a batch must hold to replay as its teacher saw it: its share of the epoch, each image
-    once, crops of positive area inside the image, the store's mix, a cutmix box inside the crop.
-    The one validator every reader (trainer, tools) goes through."""
+    once, crops of positive area inside the image, the store's mix, a cutmix box inside the crop
+    whose weight is the share it leaves unmixed. The one validator every reader (trainer, tools)
+    goes through."""
     def bad(why: str) -> UserError:
         return UserError(f"store batch file {path}: {why}")
 
@@ -302,6 +303,9 @@ def check_geometry(record: "BatchRecord", path: str, manifest: dict, batch: int)
         x1, y1, x2, y2 = record.mix_bbox
         if not (0 <= x1 <= x2 <= size and 0 <= y1 <= y2 <= size):
             raise bad(f"cutmix box {record.mix_bbox} outside the {size}px crop")
+        problem = cutmix_lam_is_area(manifest) and replay.cutmix_lam_problem(record.mix_lam, record.mix_bbox, size)
+        if problem:
+            raise bad(problem)
 
 
 def _is_scalar_number(value: Any) -> bool:

@@ -32,6 +32,7 @@ import torch
 
 from softlabel import files, replay
 from softlabel.errors import UserError
+from softlabel.stores.base import cutmix_lam_is_area
 from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, fill_temperature, residual_fill, topk_logits,
                                    topk_problem)
 
@@ -232,7 +233,8 @@ def epoch_ok(epoch: EpochFile, manifest: dict) -> bool:
 
 
 def steps_ok(table: np.ndarray, mixed: np.ndarray, manifest: dict) -> bool:
-    """Each step's mix as the store's (``mix_type``), its lambda in [0, 1], its cutmix box in the crop."""
+    """Each step's mix as the store's (``mix_type``), its lambda in [0, 1], its cutmix box in the crop
+    and its lambda the share of the crop the box leaves unmixed."""
     lam, box = table["lam"], table["bbox"].astype(np.int64)
     cut = mixed & (box != -1).any(axis=1)
     kind = np.where(mixed, np.where(cut, "cutmix", "mixup"), "none")
@@ -242,7 +244,11 @@ def steps_ok(table: np.ndarray, mixed: np.ndarray, manifest: dict) -> bool:
         return False
     size = manifest.get("input_size")
     x1, y1, x2, y2 = box[cut].T
-    return not size or bool(((0 <= x1) & (x1 <= x2) & (x2 <= size) & (0 <= y1) & (y1 <= y2) & (y2 <= size)).all())
+    if not size:
+        return True
+    if not bool(((0 <= x1) & (x1 <= x2) & (x2 <= size) & (0 <= y1) & (y1 <= y2) & (y2 <= size)).all()):
+        return False
+    return not (cutmix_lam_is_area(manifest) and replay.cutmix_lam_problem(lam[cut], box[cut], size))
 
 
 def rows_ok(rows: np.ndarray, counts: np.ndarray, mixed: np.ndarray, manifest: dict, seen: np.ndarray) -> bool:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from softlabel import distributed, files, replay, streams
 from softlabel.data import FolderIndex, ImageCache
@@ -267,6 +267,39 @@ def check_files(load: Callable[[int], tuple[str, list]], images: Sequence[int], 
             check_labels(path, *entries, manifest)
     if failure is not None:
         raise failure
+
+
+class _CheckChunks(Dataset):
+    """``check_files`` of each chunk of CHECK_FILES images: its error message, or "" when it holds."""
+
+    def __init__(self, load: Callable[[int], tuple[str, list]], images: Sequence[int], manifest: Mapping[str, Any]):
+        self.load, self.images, self.manifest = load, images, manifest
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // CHECK_FILES)
+
+    def __getitem__(self, n: int) -> str:
+        try:
+            check_files(self.load, self.images[n * CHECK_FILES:(n + 1) * CHECK_FILES], self.manifest)
+        except UserError as exc:
+            return str(exc)
+        return ""
+
+
+def check_workers(files: int) -> int:
+    """Processes that check a store's files: reading one is a torch.load, bound by the interpreter,
+    so processes (not threads) share the work; none for a few chunks (starting them costs more)."""
+    return min(os.cpu_count() or 1, 8) if files >= 16 * CHECK_FILES else 0
+
+
+def check_in_processes(chunks: _CheckChunks, workers: int) -> None:
+    """Every chunk checked (by ``workers`` loader processes, or here), the results taken in order:
+    the error raised is the one reading the files in order meets first."""
+    results = DataLoader(chunks, batch_size=None, num_workers=workers,
+                                          prefetch_factor=4 if workers else None)
+    for message in results:
+        if message:
+            raise UserError(message)
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -536,8 +569,7 @@ class PerImageStore(Store):
             count, load = len(paths), (lambda i: (paths[i], load_file(paths[i])))
         images = spread(range(count), sample)
         with running_on(1):  # many small operations
-            for first in range(0, len(images), CHECK_FILES):
-                check_files(load, images[first:first + CHECK_FILES], self.manifest)
+            check_in_processes(_CheckChunks(load, images, self.manifest), check_workers(len(images)))
         return checked(len(images), count, "files")
 
 

@@ -7,9 +7,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from softlabel.ensemble import ENSEMBLES
 from softlabel.errors import UserError
 from softlabel.files import is_plain_name
-from softlabel.replay import MIX_TYPES
+from softlabel.replay import MIX_TYPES, RESAMPLE
+from softlabel.teachers import SOURCES
 
 # What a number read from a file (or a flag) may ask for: generous for real stores (ImageNet-21k
 # classes, a 300-epoch FKD store of all ImageNet at batch 1024 is 375,000 files), far below what
@@ -24,12 +26,16 @@ MAX_CROPS = 100_000
 
 @dataclass(frozen=True)
 class Field:
-    kind: str                              # int, number, str, bool, list, dict, floats3, names, class_index
+    kind: str        # int, number, str, bool, list, dict, floats3, names, strs, class_index, sha256
     lo: Optional[float] = None
     hi: Optional[float] = None
     choices: tuple = ()
     nullable: bool = False
     positive: bool = False                 # number: strictly above lo
+    optional: bool = False                 # may be absent: stores written before the entry existed lack it
+    entries: Optional[Mapping[str, "Field"]] = None  # dict: its own schema; list: each item's (an object)
+    same_as: Optional[str] = None          # must equal this entry of the manifest itself
+    requires: Optional[str] = None         # set (not null) only beside this entry of the same object
 
 
 def _is_int(v: Any) -> bool:
@@ -55,6 +61,15 @@ def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]
     elif f.kind == "str":
         if not isinstance(value, str):
             return f"must be a string, found {value!r:.60}"
+    elif f.kind == "sha256":
+        if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+            return f"must be a sha256 (64 hexadecimal digits), found {value!r:.60}"
+    elif f.kind == "strs":
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"must be a list of strings, found {value!r:.60}"
+    elif f.kind == "dict":
+        if not isinstance(value, dict):
+            return f"must be a JSON object, found {value!r:.60}"
     elif f.kind == "bool":
         if not isinstance(value, bool):
             return f"must be true or false, found {value!r:.60}"
@@ -82,30 +97,69 @@ def _problem(value: Any, f: Field, manifest: Mapping[str, Any]) -> Optional[str]
         return f"must be in [{f.lo}, {f.hi}], found {value}"
     if f.choices and value not in f.choices:
         return f"must be one of {', '.join(map(str, f.choices))}, found {value!r:.60}"
+    if f.same_as is not None and _is_int(manifest.get(f.same_as)) and value != manifest[f.same_as]:
+        return f"must be the store's {f.same_as} {manifest[f.same_as]}, found {value!r:.60}"
     return None
 
 
 def check(manifest: Any, schema: Mapping[str, Field], where: str) -> None:
-    """Every entry of ``schema`` present and valid in ``manifest``, or one UserError."""
+    """Every entry of ``schema`` present (unless optional) and valid in ``manifest``, nested entries
+    too (a teacher entry's fields), or one UserError naming the entry ("teachers[0].mean")."""
     if not isinstance(manifest, dict):
         raise UserError(f"{where}: not a JSON object")
+    _check_entries(manifest, schema, where, "", manifest)
+
+
+def _check_entries(obj: dict, schema: Mapping[str, Field], where: str, prefix: str, manifest: dict) -> None:
     for key, f in schema.items():
-        if key not in manifest:
-            raise UserError(f"{where}: missing entry {key}")
-        problem = _problem(manifest[key], f, manifest)
+        name = prefix + key
+        if key not in obj:
+            if f.optional:
+                continue
+            raise UserError(f"{where}: missing entry {name}")
+        value = obj[key]
+        if f.requires is not None and value is not None and obj.get(f.requires) is None:  # read as a pair
+            raise UserError(f"{where}: {name} is given without {prefix}{f.requires}")
+        problem = _problem(value, f, manifest)
         if problem:
-            raise UserError(f"{where}: {key} {problem}")
+            raise UserError(f"{where}: {name} {problem}")
+        if f.entries is None or value is None:
+            continue
+        items = [(name, value)] if f.kind == "dict" else [(f"{name}[{n}]", v) for n, v in enumerate(value)]
+        for item_name, item in items:
+            if not isinstance(item, dict):
+                raise UserError(f"{where}: {item_name} must be a JSON object, found {item!r:.60}")
+            _check_entries(item, f.entries, where, item_name + ".", manifest)
 
 
 SIZE = Field("int", 1, MAX_INPUT_SIZE)
-SCALE = Field("number", 0.0, 1.0, nullable=True, positive=True)  # null: converted from an upstream store
+# null: converted from an upstream store (both, since readers take them as a pair)
+SCALE = {end: Field("number", 0.0, 1.0, nullable=True, positive=True, requires=other)
+         for end, other in (("min_scale_crops", "max_scale_crops"), ("max_scale_crops", "min_scale_crops"))}
+# A teacher entry as ``Teacher.describe`` writes it. Only ``arch`` is required: entries written
+# before ``weights`` (or the others) were recorded lack them, and readers take them as unrecorded.
+TEACHER = {
+    "arch": Field("str"),
+    "source": Field("str", choices=SOURCES, optional=True),
+    "builder": Field("str", choices=("local", "torchvision", "timm"), optional=True),  # models.model_source's
+    "weights": Field("str", nullable=True, optional=True),    # null: a weight file, not published weights
+    "weights_sha256": Field("sha256", optional=True),
+    "num_classes": Field("int", 1, MAX_CLASSES, optional=True, same_as="num_classes"),
+    "mean": Field("floats3", optional=True, requires="std"),
+    "std": Field("floats3", positive=True, optional=True, requires="mean"),
+}
+# What a store converted by convert_labels.py says of its source (``kind``: ``Store.source_name``).
+CONVERTED_FROM = {"kind": Field("str", choices=("ours", "sre2l", "prism", "fkd-upstream")),
+                  "path": Field("str", optional=True), "label_type": Field("str", optional=True),
+                  "label_format": Field("str", choices=("full", "topk"), optional=True),
+                  "topk": Field("int", 1, MAX_CLASSES, nullable=True, optional=True),
+                  "topk_fill": Field("str", choices=("residual",), nullable=True, optional=True)}
 COMMON = {
     "fkd_seed": Field("int"),
     "num_samples": Field("int", 1, MAX_SAMPLES),
     "num_classes": Field("int", 1, MAX_CLASSES),
     "input_size": Field("int", 1, MAX_INPUT_SIZE, nullable=True),   # null: converted from an upstream store
-    "min_scale_crops": SCALE,
-    "max_scale_crops": SCALE,
+    **SCALE,
     "use_fp16": Field("bool"),
     "temperature": Field("number", 0.0, nullable=True, positive=True),
     "class_to_index": Field("class_index"),
@@ -113,6 +167,16 @@ COMMON = {
     "class_names": Field("names"),
     "mean": Field("floats3"),
     "std": Field("floats3", positive=True),
+    # entries only some stores have, read by summaries, the image checks and conversions (created_by and
+    # versions by people): typed all the same, so that no reader meets a value it cannot use
+    "args": Field("dict", nullable=True, optional=True, entries={"data": Field("str", nullable=True, optional=True)}),
+    "class_mapping": Field("str", nullable=True, optional=True),
+    "converted_from": Field("dict", optional=True, entries=CONVERTED_FROM),
+    "skipped_images": Field("strs", optional=True),
+    "images_digest": Field("str", nullable=True, optional=True),
+    "amp": Field("str", choices=("bfloat16", "float16"), nullable=True, optional=True),  # precision.dtype_name's
+    "created_by": Field("str", optional=True),
+    "versions": Field("dict", optional=True),
 }
 BATCH = {
     **COMMON,
@@ -122,8 +186,8 @@ BATCH = {
     "mix_type": Field("str", choices=MIX_TYPES),
     "mixup": Field("number", 0.0, nullable=True),
     "cutmix": Field("number", 0.0, nullable=True),
-    "teachers": Field("list"),
-    "ensemble": Field("str", nullable=True),
+    "teachers": Field("list", entries=TEACHER),
+    "ensemble": Field("str", choices=tuple(ENSEMBLES), nullable=True),
     "primary_weight": Field("number", 0.0, 1.0, nullable=True),
     "label_format": Field("str", choices=("full", "topk")),
     "topk": Field("int", 1, MAX_CLASSES, nullable=True),
@@ -131,11 +195,16 @@ BATCH = {
     "container": Field("str", choices=("batch", "epoch")),
     "label_keep": Field("number", 0.0, 1.0, positive=True),
     "topk_fill_temperature": Field("number", 0.0, 1000.0, positive=True, nullable=True),
+    "label_dtype": Field("str", choices=("float16", "float32"), optional=True),
+    # set in memory for an upstream store read without a manifest (its sample order, numpy scalars)
+    "legacy_kind": Field("str", choices=("sre2l", "prism"), optional=True),
 }
 # fkd_seed null: FKD's own files, which record none
+# teacher null: converted from FKD's own files, which record none
 PER_IMAGE = {**COMMON, "input_size": SIZE, "fkd_seed": Field("int", nullable=True),
              "temperature": Field("number", 0.0, positive=True), "num_crops": Field("int", 1, MAX_CROPS),
-             "top_k": Field("int", 1, MAX_CLASSES)}
+             "top_k": Field("int", 1, MAX_CLASSES), "teacher": Field("dict", nullable=True, entries=TEACHER),
+             "interpolation": Field("str", choices=tuple(RESAMPLE), nullable=True, optional=True)}
 
 
 def as_recorded_teachers(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict:

@@ -14,7 +14,7 @@ from softlabel import files, replay
 from softlabel.data import FolderIndex
 from softlabel.distill import DISTILLERS
 from softlabel.distributed import DistInfo
-from softlabel.errors import UserError
+from softlabel.errors import UserError, optional_import
 from softlabel.stores import Request, Store, open_store
 from softlabel.stores.base import same_path
 from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
@@ -35,7 +35,17 @@ RECIPES = {
             "weight_decay_norms": True},
     "ours": {"model": "resnet18", "sgd": False, "learning_rate": 1.024, "momentum": 0.875, "weight_decay": 3e-5,
              "weight_decay_norms": False},
+    # RepDistiller's train_student.py (HobbitLong/RepDistiller): --model_s resnet8, --learning_rate 0.05 (its
+    # 0.01 for MobileNetV2 and the ShuffleNets is the front end's), --momentum 0.9, --weight_decay 5e-4 on every
+    # parameter of optim.SGD(trainable_list.parameters(), ...)
+    "repdistiller": {"model": "resnet8", "sgd": True, "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                     "weight_decay_norms": True},
 }
+# ... and its --batch_size 64, --epochs 240, CIFAR's 32 px, --lr_decay_epochs 150,180,210 (helper/util.py's
+# adjust_learning_rate: x --lr_decay_rate 0.1 from the epoch after each) and RandomCrop(32, padding=4) + flip
+REPDISTILLER_HARD_LABEL_DEFAULTS = {"batch_size": 64, "epochs": 240, "input_size": 32}
+REPDISTILLER_MILESTONES = (150, 180, 210)
+TRAIN_CROPS = ("resized", "padded")
 # train_FKD.py's --epochs 300, -b 1024 (crops per step: it loads ceil(b / --num_crops) images) and,
 # without --cos, adjust_learning_rate's x0.1 at each of --schedule 120 240.
 FKD_EPOCHS, FKD_CROPS_PER_STEP, FKD_MILESTONES = 300, 1024, (120, 240)
@@ -64,6 +74,9 @@ class TrainConfig:
     skip_bad_images: bool = free()
     cache_images: int = free()
     input_size: int = match()
+    train_crop: Optional[str] = match()    # online crops: resized (RandomResizedCrop) or padded (RepDistiller's
+                                           # RandomCrop(size, padding=4)); None: a store's
+    drop_last: bool = match()              # online crops: an epoch's last partial batch left out (WSLD)
     min_scale_crops: float = match()
     max_scale_crops: float = match()
     crop_pct: float = free()
@@ -104,7 +117,7 @@ class TrainConfig:
     # loss
     loss_type: str = match()
     temperature: float = match()
-    ce_weight: float = match()
+    ce_weight: Optional[float] = match()   # None: kd's 1 - alpha
     alpha: float = match()
     kd_t2: bool = match()
     keep_topk: Optional[int] = match()
@@ -120,12 +133,13 @@ class TrainConfig:
     feat_layers: Optional[str] = match()   # module names of the student's stages (None: layer1, layer2, ...)
     teacher_feat_layers: Optional[str] = match()
     distill_init_epochs: int = match()     # AB, FT: epochs of their init stage (resolved: the method's, else 0)
-    distill_init_lr: Optional[float] = match()  # its SGD learning rate (None: the method's)
+    distill_init_lr: Optional[float | str] = match()  # its SGD rate (None: the method's; auto: capped)
     # run
     output_dir: str = free()
     seed: int = match()
     eval_interval: int = free()
     save_interval: int = free()
+    save_best: bool = free()
     resume: Optional[str] = free()
     device: Optional[str] = free()
     wandb_mode: str = free()
@@ -163,6 +177,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError("--train-dir DIR is required (or train_FKD.py's DATA, a folder holding train/ and val/)")
     check_ranges(vars(args))
     check_seed(args.seed, "--seed")
+    if getattr(args, "wandb_mode", "disabled") != "disabled":  # before an init stage or a checkpoint is written
+        optional_import("wandb", "wandb", f"--wandb-mode {args.wandb_mode}")
     if args.fkd_seed is not None:
         check_seed(args.fkd_seed, "--fkd-seed")
     files.refuse_output_inside(args.output_dir, "--output-dir", [
@@ -218,7 +234,7 @@ def check_flags(args: argparse.Namespace) -> None:
     multistep = lr_schedule_of(args) == "multistep"
     if args.lr_milestones is not None and not multistep:
         raise UserError("--lr-milestones applies to --lr-schedule multistep")
-    if multistep and args.lr_milestones is None and args.schedule is None and recipe_of(args) != "fkd":
+    if multistep and args.lr_milestones is None and args.schedule is None and recipe_of(args) == "ours":
         raise UserError("--lr-schedule multistep needs --lr-milestones E[,E]")
     if args.keep_topk and loss_type_of(args) not in PROBABILITY_LOSSES:
         raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
@@ -229,7 +245,7 @@ def check_flags(args: argparse.Namespace) -> None:
 NUMBER_RANGES = (
     ("-lr/--lr", "learning_rate", lambda v: 0 <= v <= 100, "in [0, 100]"),  # 0: the weights stay put
     ("--adamw-lr", "adamw_lr", lambda v: 0 <= v <= 100, "in [0, 100]"),
-    ("--distill-init-lr", "distill_init_lr", lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("--distill-init-lr", "distill_init_lr", lambda v: v == "auto" or 0 < v <= 100, "auto or in (0, 100]"),
     ("--momentum", "momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("--weight-decay", "weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("--adamw-weight-decay", "adamw_weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -238,14 +254,28 @@ NUMBER_RANGES = (
     ("--distill-weight", "distill_weight", lambda v: 0 <= v <= 1e4, "in [0, 10000]"),
     ("--label-smoothing", "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("--lr-gamma", "lr_gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    # the Beta(alpha, alpha) of a mix: alpha > 0 (relabel checks its flags alike)
+    ("--mixup", "mixup", lambda v: 0 < v <= 1e4, "a Beta parameter in (0, 10000]"),
+    ("--cutmix", "cutmix", lambda v: 0 < v <= 1e4, "a Beta parameter in (0, 10000]"),
+    ("-T/--temperature", "temperature", lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000]"),
 )
+
+
+def init_lr_value(text: str) -> float | str:
+    """--distill-init-lr: a rate, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a learning rate or auto, got {text!r}") from None
 
 
 def check_ranges(values: dict) -> None:
     """Counts, sizes and optimizer/loss numbers in range (flags as given, and again once resolved)."""
     for flag, key, ok, where in NUMBER_RANGES:
         v = values.get(key)
-        if v is not None and not (math.isfinite(v) and ok(v)):
+        if v is not None and not ((isinstance(v, str) or math.isfinite(v)) and ok(v)):
             raise UserError(f"{flag} must be {where}, got {v}")
     for flag, key in (("-b/--batch-size", "batch_size"), ("--epochs", "epochs"), ("--input-size", "input_size"),
                       ("--eval-interval", "eval_interval"), ("--save-interval", "save_interval"),
@@ -260,8 +290,6 @@ def check_ranges(values: dict) -> None:
             raise UserError(f"{flag} must be >= 0, got {values[key]}")
     if values["input_size"] is not None and values["input_size"] > MAX_INPUT_SIZE:
         raise UserError(f"--input-size {values['input_size']}: at most {MAX_INPUT_SIZE} px")
-    if values["temperature"] is not None and values["temperature"] <= 0:
-        raise UserError(f"-T/--temperature must be positive, got {values['temperature']}")
     if not 0 < values["crop_pct"] <= 1:
         raise UserError(f"--crop-pct must be in (0, 1], got {values['crop_pct']}")
     epochs = values["epochs"]
@@ -274,6 +302,14 @@ def check_ranges(values: dict) -> None:
 def check_recipe_flags(args: argparse.Namespace, layout: str) -> None:
     if recipe_of(args) == "fkd" and layout != "per-image":
         raise UserError("--recipe fkd is train_FKD.py's recipe for FKD's per-image labels: give --softlabel_path DIR")
+    stored = bool(args.fkd_path or args.softlabel_path)
+    if recipe_of(args) == "repdistiller" and stored:
+        raise UserError("--recipe repdistiller is RepDistiller's train_student.py recipe: online distillation "
+                        "(--teacher) or hard labels, not a label store")
+    if getattr(args, "train_crop", None) and stored:
+        raise UserError(f"--train-crop {args.train_crop} crops online; a store's crops are the ones it holds")
+    if getattr(args, "drop_last", False) and stored:
+        raise UserError("--drop-last applies to online crops; a store's steps are the ones it holds")
     if args.mixup_cutmix and layout != "per-image":
         raise UserError("--mixup_cutmix mixes FKD's per-image crops and labels online (train_FKD.py); a batch "
                         "store holds its mix, and hard labels mix with --mix-type")
@@ -348,6 +384,8 @@ def lr_schedule_of(args: argparse.Namespace) -> str:
         return args.lr_schedule
     if recipe_of(args) == "fkd":
         return "cosine" if args.cos else "multistep"
+    if recipe_of(args) == "repdistiller" and not args.cos:
+        return "multistep"
     return "prism-cos" if args.cos else "linear"
 
 
@@ -355,24 +393,28 @@ def lr_milestones_of(args: argparse.Namespace) -> tuple[int, ...]:
     """--lr-milestones, or train_FKD.py's --schedule E E ..., else its 120 240 under --recipe fkd."""
     if args.schedule is not None:
         return milestones_of(",".join(str(e) for e in args.schedule)) if args.schedule else ()
-    if args.lr_milestones is None and recipe_of(args) == "fkd" and lr_schedule_of(args) == "multistep":
-        return FKD_MILESTONES
+    if args.lr_milestones is None and recipe_of(args) != "ours" and lr_schedule_of(args) == "multistep":
+        return FKD_MILESTONES if recipe_of(args) == "fkd" else REPDISTILLER_MILESTONES
     return milestones_of(args.lr_milestones)
 
 
-def label_source_of(store: Optional[Store], args: argparse.Namespace, epochs: Optional[int] = None) -> str:
+def label_source_of(store: Optional[Store], args: argparse.Namespace, epochs: Optional[int] = None,
+                    index: Optional[FolderIndex] = None) -> str:
     """Where the labels come from, as a resumed run must match it: a store by its content (not
     its path; with a pruned store's cycle where the run's ``epochs`` come round to its first labels
-    again, which extending the store changes), an online teacher by its weights, or the ground truth."""
+    again, which extending the store changes; the store checks its images), an online teacher by its
+    weights, or the ground truth, each of these two on the images ``index`` fingerprints (other images
+    under the same names would otherwise continue the run)."""
     if store is not None:
         cycle = store.label_cycle(epochs) if epochs else None
         return store.identity() + (f" (label pruning: the {cycle} labelled steps it held cycled)" if cycle else "")
+    images = f" of images {index.fingerprint()[:16]}" if index is not None else ""
     if args.teacher:
         paths = split_list(args.teacher_path)
         weights = ",".join(file_sha256(p)[:16] if os.path.isfile(p) else "?" for p in paths) or "published"
         named = getattr(args, "teacher_weights", None)
-        return f"online {args.teacher} ({weights}" + (f" {named}" if named and not paths else "") + ")"
-    return "hard labels"
+        return f"online {args.teacher} ({weights}" + (f" {named}" if named and not paths else "") + ")" + images
+    return "hard labels" + images
 
 
 def milestones_of(value: Optional[str]) -> tuple[int, ...]:
@@ -415,10 +457,13 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
         values.update(hard_label_settings(args, len(index.classes)))
     values["distill_init_epochs"] = (args.distill_init_epochs if args.distill_init_epochs is not None else
                                      DISTILLERS[args.distiller].init_epochs if args.distiller else 0)
-    values["label_source"] = label_source_of(store, args, values.get("epochs"))
+    values["label_source"] = label_source_of(store, args, values.get("epochs"), index)
     values["loss_type"] = loss_type_of(args)
     values["temperature"] = temperature_of(args, values["loss_type"])
     values["alpha"] = args.alpha if args.alpha is not None else DEFAULT_ALPHA.get(values["loss_type"], 1.0)
+    # kd: its CE weight is 1 - alpha unless given (RepDistiller's -r); mse_gt / mae_gt: 0.1
+    values["ce_weight"] = args.ce_weight if args.ce_weight is not None else (
+        None if values["loss_type"] == "kd" else 0.1)
     check_ranges(values)
     config = TrainConfig(**values)
     if store is not None:
@@ -439,6 +484,9 @@ def from_store(store: Store, args: argparse.Namespace, info: DistInfo) -> dict:
                         f"the {s.num_crops} crops {store.where} holds per image)")
     epochs = args.epochs or FKD_EPOCHS
     num_crops = args.num_crops or DEFAULT_CROPS_PER_STEP
+    if num_crops > s.num_crops:  # given, the store's check_request refused it already
+        raise UserError(f"--num_crops defaults to {DEFAULT_CROPS_PER_STEP} crops of each image per step (train_FKD.py's)"
+                        f"; {store.where} holds {s.num_crops} per image: pass --num_crops {s.num_crops} or fewer")
     # train_FKD.py: a pass of N crops counts as N epochs, so every epoch uses one crop of each image
     used = (epochs - args.start_epoch) * (1 if fkd else num_crops)
     if used > s.num_crops and info.is_main:
@@ -451,7 +499,11 @@ def from_store(store: Store, args: argparse.Namespace, info: DistInfo) -> dict:
 
 
 def hard_label_settings(args: argparse.Namespace, num_folders: int) -> dict:
-    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in HARD_LABEL_DEFAULTS.items()}
+    """Online crops: the flags, else the recipe's defaults."""
+    repdistiller = recipe_of(args) == "repdistiller"
+    defaults = HARD_LABEL_DEFAULTS | (REPDISTILLER_HARD_LABEL_DEFAULTS if repdistiller else {})
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    values["train_crop"] = getattr(args, "train_crop", None) or ("padded" if repdistiller else "resized")
     values["mix_type"] = args.mix_type or "none"
     values["num_classes"] = args.num_classes or num_folders
     if num_folders > values["num_classes"]:
@@ -480,3 +532,17 @@ def check_batch_shares(config: TrainConfig, num_images: int, store: Optional[Sto
         raise UserError(f"{'the store' if store else '-b/--batch-size'} holds batches of {smallest} "
                         f"{'crops' if config.per_image else 'images'}, "
                         f"fewer than the {world} ranks; every rank needs a share of every batch")
+    if config.teacher_mode == "train" and store is None:
+        check_train_mode_batches(config, num_images, world)
+
+
+def check_train_mode_batches(config: TrainConfig, num_images: int, world: int) -> None:
+    """--teacher-mode train normalizes each rank's batch by its own statistics, which a batch of one
+    image at a 1x1 map does not have: every rank's smallest batch (an epoch's last) holds two or more."""
+    local = max(1, config.batch_size // world)
+    last = -(-num_images // world) % local or local  # DistributedSampler: each rank ceil(N / world) images
+    smallest = local if config.drop_last else min(local, last)
+    if smallest < 2:
+        raise UserError(f"--teacher-mode train: a rank's batch of {smallest} image ({num_images} images at -b "
+                        f"{config.batch_size} on {world} rank(s): an epoch's last) has no batch statistics to "
+                        f"normalize by; pass --drop-last (WSLD's loader) or another -b")

@@ -158,42 +158,75 @@ def _capped_lr(cfg: TrainConfig, d: nn.Module, teacher: Features, lr: float, opt
     for group in optimizer.param_groups:
         group["lr"] = float(limit)
     log(f"distill init ({cfg.distiller}): lr {float(limit):.3g}, not {lr:g}, on teacher features of this scale "
-        f"(--distill-init-lr sets it)")
+        f"(--distill-init-lr auto; a rate given is used as given)")
     return float(limit)
+
+
+def diverged(cfg: TrainConfig, d: nn.Module, teacher: Features, epoch: int, loss: float, lr: float) -> UserError:
+    """The one line of an init stage that diverged, naming the cap a method's default rate lacks where
+    the teacher's features are what makes that rate diverge (FT's paraphraser)."""
+    capped = cfg.distill_init_lr is None and math.isfinite(d.init_lr_limit(teacher))
+    return UserError(f"--distiller {cfg.distiller}: its init stage diverged in epoch {epoch + 1} (loss {loss}) at lr "
+                     f"{lr:g}" + ("; --distill-init-lr auto caps the rate where the teacher's features are as large "
+                                  "as these, or give a smaller --distill-init-lr" if capped
+                                  else "; try a smaller --distill-init-lr"))
+
+
+INIT_GAMMA = 0.1  # the factor at each init milestone (SSKD's --gamma)
+
+
+def init_milestones(method: type[Distiller], epochs: int) -> list[int]:
+    """The init epochs at which the rate drops by INIT_GAMMA: the method's ``init_milestones``, of its
+    default ``init_epochs``, scaled to ``epochs`` and rounded to the nearest epoch (halves up)."""
+    return [math.floor(epochs * m / method.init_epochs + 0.5) for m in method.init_milestones]
+
+
+def _init_step(run: DistillRun, student: nn.Module, teachers: Ensemble, batch: dict, info: DistInfo,
+               mean: list[float], std: list[float]) -> tuple[torch.Tensor, Features]:
+    """The init loss of one batch (this rank's share of the global mean) and the teacher's features."""
+    d = run.distiller
+    pixels = batch["pixels"].to(info.device, non_blocking=True)  # every view of each image, view-major
+    teachers(pixels, None, None, None)
+    teacher_features = run.teacher_tap.take().detached()
+    student_features = None
+    if d.init_trains_student:
+        student(replay.slice_inputs(pixels, None, mean, std, None, None))
+        student_features = run.student_tap.take()
+    share = len(batch["target"]) * info.world_size / batch["batch_size"]  # this rank's part of the global mean
+    return d.init_loss(student_features, teacher_features).float() * share, teacher_features
 
 
 def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: Ensemble, epochs: Iterator,
                info: DistInfo, mean: list[float], std: list[float], log: Callable[[str], None]) -> list[float]:
     """RepDistiller's ``init``: before distilling, train the method's init parts (AB: its
     connectors and the student; FT: its paraphraser; KDSS: the teacher's self-supervision head, on
-    the teacher's views) on the method's init loss alone, with SGD at
-    the init learning rate, the run's momentum and weight decay, for --distill-init-epochs epochs
-    of the run's crops and flips (no mixing; each rank's batch whole). Gradients are averaged
-    over ranks by hand, the student not being under DDP yet. Returns each epoch's mean loss."""
+    the teacher's views) on the method's init loss alone, with SGD at the init learning rate (x0.1
+    at the method's scaled ``init_milestones``: KDSS's), the run's momentum and weight decay, for
+    --distill-init-epochs epochs of the run's crops and flips (no mixing; each rank's batch whole).
+    Gradients are averaged over ranks by hand, the student not being under DDP yet. Returns each
+    epoch's mean loss."""
     d = run.distiller
     params = [p for part in d.init_parts() for p in part.parameters()]
     if d.init_trains_student:
         params += list(student.parameters())
-    lr = cfg.distill_init_lr if cfg.distill_init_lr is not None else d.init_lr(cfg.model, cfg.learning_rate)
+    given = isinstance(cfg.distill_init_lr, float)
+    lr = cfg.distill_init_lr if given else d.init_lr(cfg.model, cfg.learning_rate)
     for part in d.init_parts():
         part.requires_grad_(True)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     student.train(d.init_trains_student)
-    losses, capped = [], cfg.distill_init_lr is not None  # a rate given is used as given
+    milestones = init_milestones(type(d), cfg.distill_init_epochs)
+    losses, capped = [], cfg.distill_init_lr != "auto"  # the method's rate and a rate given are used as they are
     for epoch, batches in epochs:
+        rate = lr * INIT_GAMMA ** sum(epoch >= m for m in milestones)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         total, seen = torch.zeros((), device=info.device), 0
         for batch in batches:
-            pixels = batch["pixels"].to(info.device, non_blocking=True)
-            teachers(pixels, None, None, None, d.expand if d.views > 1 else None)
-            teacher_features = run.teacher_tap.take().detached()
+            loss, teacher_features = _init_step(run, student, teachers, batch, info, mean, std)
             if not capped:
                 lr, capped = _capped_lr(cfg, d, teacher_features, lr, optimizer, info, log), True
-            student_features = None
-            if d.init_trains_student:
-                student(replay.slice_inputs(pixels, None, mean, std, None, None))
-                student_features = run.student_tap.take()
-            share = len(pixels) * info.world_size / batch["batch_size"]  # this rank's part of the global mean
-            loss = d.init_loss(student_features, teacher_features).float() * share
+                rate = lr  # the first epoch's
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if info.distributed:
@@ -205,9 +238,15 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
             dist.all_reduce(total)
         losses.append(float(total) / max(seen, 1))
         if not math.isfinite(losses[-1]):
-            raise UserError(f"--distiller {cfg.distiller}: its init stage diverged in epoch {epoch + 1} (loss "
-                            f"{losses[-1]}); try a smaller --distill-init-lr")
-        log(f"distill init ({cfg.distiller}) epoch {epoch + 1}/{cfg.distill_init_epochs}: loss {losses[-1]:.4f}")
+            raise diverged(cfg, d, teacher_features, epoch, losses[-1], rate)
+        log(f"distill init ({cfg.distiller}) epoch {epoch + 1}/{cfg.distill_init_epochs}: loss {losses[-1]:.4f}, "
+            f"lr {rate:g}")
+    _end_init(d, params, student, info)
+    return losses
+
+
+def _end_init(d: Distiller, params: list[nn.Parameter], student: nn.Module, info: DistInfo) -> None:
+    """The init parts frozen again, their gradients dropped; the student as DDP would start it."""
     for part in d.init_parts():
         part.requires_grad_(False)
     for p in params:
@@ -216,4 +255,3 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
         for b in student.buffers():
             dist.broadcast(b, 0)
     student.train()
-    return losses

@@ -31,12 +31,14 @@ def kl(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
     return F.kl_div(F.log_softmax(student / temperature, dim=1), p_teacher, reduction="batchmean")
 
 
-def kd(student, teacher, targets, *, temperature, ce_weight=0.0, alpha):
+def kd(student, teacher, targets, *, temperature, ce_weight=None, alpha):
     """Hinton et al. 2015: (1 - alpha) * CE(s, y) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)),
     the KL summed over classes and averaged over samples ('batchmean'); the T^2 is built in (do not
-    add --kd-t2). The ground truth y is each sample's own label (a mixed partner's is not used)."""
+    add --kd-t2). ``ce_weight`` replaces the 1 - alpha (RepDistiller's independent -r and -a). The
+    ground truth y is each sample's own label (a mixed partner's is not used)."""
     soft = kl(student, teacher, targets, temperature=temperature)
-    return (1.0 - alpha) * F.cross_entropy(student, targets) + alpha * temperature ** 2 * soft
+    gamma = 1.0 - alpha if ce_weight is None else ce_weight
+    return gamma * F.cross_entropy(student, targets) + alpha * temperature ** 2 * soft
 
 
 def soft_ce(student, teacher, targets, *, temperature, ce_weight=0.0, alpha=1.0):
