@@ -131,7 +131,7 @@ def build_jobs(args) -> tuple[list[Job], dict]:
 def markdown(args, cells: dict) -> str:
     teacher = read_result(os.path.join(teacher_run(args), "results.json"))
     vanilla = [read_result(p)["top1"] for p in cells["vanilla"]]
-    rows = ["| method | top-1 (%) | gap over vanilla (points) | seed's gap (CIFAR-100) |", "|---|---|---|---|"]
+    rows = ["| method | top-1 (%) | gap over vanilla (points) | the study's gap (CIFAR-100) |", "|---|---|---|---|"]
     for row in args.rows:
         top1 = [read_result(p)["top1"] for p in cells[row]]
         if row == "vanilla":

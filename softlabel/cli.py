@@ -1,4 +1,4 @@
-"""Command-line pieces shared by the scripts: upstream flags our design replaces."""
+"""Command-line pieces shared by the scripts: upstream flags our design replaces, --config files."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from typing import Any, Optional
 
+from softlabel.errors import UserError
 from softlabel.replay import MIX_TYPES, normalize_mix_type
 
 # Accepted so old scripts run; each prints one note of what replaces it.
@@ -66,3 +67,79 @@ def freeze(args: argparse.Namespace, name: str, **resolved: Any) -> Any:
     if unknown:  # a resolved value is one of the flags, never a new setting
         raise ValueError(f"freeze: not flags: {sorted(unknown)}")
     return dataclasses.make_dataclass(name, list(values), frozen=True)(**values)
+
+
+CONFIG_FILE = "args.yaml"  # what the trainer writes into its --output-dir: --config of it reruns the run
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help=f"YAML of flag values, keyed by the flags' long names (dashes or underscores, as "
+                             f"the trainer's {CONFIG_FILE} writes them); flags on the command line override it")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args`` with --config FILE's values as the defaults (timm's --config)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**config_values(parser, known.config))
+    return parser.parse_args(argv)
+
+
+def config_values(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The flag values a --config file holds, each converted and checked as its flag's would be."""
+    import yaml
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of flags to values, found a {type(data).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest not in actions:
+            raise UserError(f"--config {path}: '{key}' is not a flag of this command")
+        values[dest] = _config_value(actions[dest], value, f"--config {path}: {key}")
+    return values
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    if action.nargs == 0:  # a switch
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, found {value!r}")
+        return value
+    many = action.nargs in ("*", "+") or isinstance(action.nargs, int)
+    if isinstance(value, list) != many or isinstance(value, dict):
+        raise UserError(f"{where}: expected {'a list' if many else 'one value'}, found {value!r}")
+    items = [_one(action, v, where) for v in (value if many else [value])]
+    return items if many else items[0]
+
+
+def _one(action: argparse.Action, value: Any, where: str) -> Any:
+    if isinstance(value, (dict, list)):
+        raise UserError(f"{where}: expected a value, found {value!r}")
+    try:
+        value = action.type(str(value)) if action.type is not None else value
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise UserError(f"{where}: {value!r} is not a valid value ({exc})") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{where}: {value!r} is not one of {sorted(map(str, action.choices))}")
+    return value
+
+
+def config_of(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> str:
+    """The parsed flags as --config YAML (``leave_out``: secrets), keys sorted."""
+    import yaml
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items())
+              if k not in leave_out + ("config",)}
+    return yaml.safe_dump(values, sort_keys=False)
+

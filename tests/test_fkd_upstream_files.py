@@ -1,4 +1,4 @@
-"""FKD's own per-image soft labels (FKD_SLG's files, ../shared/seeds/001): written here in FKD's
+"""FKD's own per-image soft labels (FKD_SLG's files, FKD_SLG/README.md of szq0214/FKD): written here in FKD's
 layout and array types, then trained from as train_FKD.py is given them (--softlabel_path)."""
 from __future__ import annotations
 

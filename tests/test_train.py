@@ -21,9 +21,11 @@ def test_trains_from_a_store_end_to_end(cutmix_store, demo_data, tmp_path):
     out = tmp_path / "run"
     proc = train("--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--fkd-path", cutmix_store,
                  "--model", "democnn_small", "--loss-type", "kl", "-T", 4, "--cos", "-j", 2,
-                 "--eval-interval", 2, "--save-best", "--output-dir", out)
+                 "--eval-interval", 2, "--save-best", "--print-freq", 2, "--output-dir", out)
     assert "soft (kl) labels, epochs 0..3, batch 8, input 24px" in proc.stdout
     assert "since the process started (start-up to the first step " in proc.stdout
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if " step " in line and "loss" in line] == \
+        [f"epoch {e} step 2" for e in (1, 2, 3)]  # --print-freq 2: every second of each epoch's 3 steps
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [2, 3]  # every 2 epochs and at the end
     assert rows[-1]["step"] == 9  # 3 epochs x 3 stored batches
@@ -160,3 +162,47 @@ def test_online_crops_padded_and_last_partial_batch_dropped(demo_data, tmp_path)
         else:
             raise AssertionError(f"{flag} with a store was accepted")
 
+
+
+def test_evaluation_batch_and_workers_do_not_change_the_numbers(demo_data, tmp_path):
+    from conftest import train_in_process
+    top1 = []
+    for n, extra in enumerate(((), ("--val-batch-size", 7, "--val-workers", 0))):
+        out = tmp_path / f"run{n}"
+        train_in_process("--train-dir", demo_data / "ipc1", "--val-dir", demo_data / "val", "--model", "mlpnet",
+                         "--input-size", 16, "-b", 10, "--epochs", 1, "-j", 0, *extra, "--output-dir", out,
+                         "--no-progress")
+        top1.append(json.loads((out / "results.json").read_text())["top1"])
+    assert top1[0] == top1[1]
+
+
+def test_args_yaml_reruns_the_run_and_flags_override_a_config(demo_data, tmp_path):
+    """Every run writes its flags to args.yaml (timm's habit); --config of it trains the same weights,
+    a flag given beside it wins, and a config naming no flag of the command is one line."""
+    import yaml
+
+    from softlabel.cli import parse_with_config
+    from softlabel.commands import relabel
+    from softlabel.commands.train import get_args_parser, main
+    from softlabel.errors import UserError
+    first = tmp_path / "first"
+    main(parse_with_config(get_args_parser(), [
+        "--train-dir", str(demo_data / "ipc1"), "--model", "mlpnet", "--input-size", "16", "-b", "5", "--epochs", "1",
+        "-j", "0", "--lr-schedule", "cosine", "--mix-type", "cutmix", "--no-progress", "--output-dir", str(first)]))
+    written = yaml.safe_load((first / "args.yaml").read_text())
+    assert written["mix_type"] == "cutmix" and written["batch_size"] == 5 and "wandb_api_key" not in written
+    again = tmp_path / "again"
+    main(parse_with_config(get_args_parser(), ["--config", str(first / "args.yaml"), "--output-dir", str(again)]))
+    one, two = (torch.load(p / "checkpoint.pth", weights_only=True)["model"] for p in (first, again))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert yaml.safe_load((again / "args.yaml").read_text()) == written | {"output_dir": str(again)}
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nno_such_flag: 1\n")
+    try:
+        parse_with_config(relabel.get_args_parser(), ["--config", str(tmp_path / "bad.yaml")])
+    except UserError as exc:
+        assert "'no_such_flag' is not a flag of this command" in str(exc)
+    else:
+        raise AssertionError("a config key that is no flag was accepted")
+    (tmp_path / "relabel.yaml").write_text("mix-type: mixup\nbatch_size: 7\nuse_fp16: true\n")
+    args = parse_with_config(relabel.get_args_parser(), ["--config", str(tmp_path / "relabel.yaml"), "-b", "9"])
+    assert (args.mix_type, args.batch_size, args.use_fp16) == ("mixup", 9, True)

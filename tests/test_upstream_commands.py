@@ -1,10 +1,9 @@
-"""The upstream commands, reproduced: PRISM's relabel presets and shell scripts carry exactly the
-seed's command (../shared/seeds/000 and 002; r50/r101 from PRISM's own scripts), its schedules and
-its single-teacher ensemble rule."""
+"""The upstream commands, reproduced: PRISM's relabel presets and shell scripts carry exactly
+PRISM's command (the READMEs of relabel/ and validate/ of Brian-Moser/prism; r50/r101 from PRISM's
+own scripts), its schedules and its single-teacher ensemble rule."""
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from pathlib import Path
 
@@ -22,32 +21,28 @@ from softlabel.training.config import lr_schedule_of
 from softlabel.training.schedules import SCHEDULES
 from softlabel.commands.train import get_args_parser as train_parser
 
-SEEDS = ROOT.parent / "shared" / "seeds"
-# The commands as the seeds print them (relabel/README.md and validate/README.md of PRISM), used
-# when ../shared/seeds is not beside the checkout; the test reads the seeds themselves when it is.
-SEED_RELABEL_R18 = """python generate_soft_label_r18.py -b 50 -j 8 --epochs 300 --fkd-seed 42 --input-size 224
+# The commands as PRISM's READMEs print them (relabel/README.md and validate/README.md of
+# Brian-Moser/prism), their line continuations joined.
+UPSTREAM_RELABEL_R18 = """python generate_soft_label_r18.py -b 50 -j 8 --epochs 300 --fkd-seed 42 --input-size 224
     --min-scale-crops 0.25 --max-scale-crops 1 --use-fp16 --candidate-number 4 --fkd-path FKD_prism_r18
     --mode 'fkd_save' --mix-type 'cutmix' --data /path/to/recover/syn_data/full_r18_10"""
-SEED_TRAIN_R18 = """python train_FKD_parallel.py --wandb-project 'val_rn18_imnet_10' --batch-size 50
+UPSTREAM_TRAIN_R18 = """python train_FKD_parallel.py --wandb-project 'val_rn18_imnet_10' --batch-size 50
     --gradient-accumulation-steps 2 --model resnet18 --cos --loss-type "mse_gt" --ce-weight 0.1 -j 4 -T 20
     --mix-type 'cutmix' --output-dir ./save/val_rn18_imnet_10/ --train-dir /path/to/recover/syn_data/full_r18/
     --val-dir /path/to/imagenet/val/ --fkd-path /path/to/relabel/FKD_prism_r18/"""
 # PRISM's relabel_r50.sh / relabel_r101.sh and train_FKD_10_r50.sh / _r101.sh (Brian-Moser/prism),
 # without the cluster's srun wrapper and with our paths.
-UPSTREAM_RELABEL = {"50": SEED_RELABEL_R18.replace("r18", "r50"),
-                    "101": SEED_RELABEL_R18.replace("r18", "r101").replace("-b 50", "-b 100")}
-UPSTREAM_TRAIN = {"50": SEED_TRAIN_R18.replace("rn18", "rn50").replace("resnet18", "resnet50").replace("r18", "r50"),
-                  "101": SEED_TRAIN_R18.replace("rn18", "rn101").replace("resnet18", "resnet101").replace("r18", "r101")}
+UPSTREAM_RELABEL = {"50": UPSTREAM_RELABEL_R18.replace("r18", "r50"),
+                    "101": UPSTREAM_RELABEL_R18.replace("r18", "r101").replace("-b 50", "-b 100")}
+UPSTREAM_TRAIN = {"50": UPSTREAM_TRAIN_R18.replace("rn18", "rn50").replace("resnet18", "resnet50").replace("r18", "r50"),
+                  "101": UPSTREAM_TRAIN_R18.replace("rn18", "rn101").replace("resnet18", "resnet101").replace("r18", "r101")}
 PRESETS = {arch: PRESETS_BY_NAME[f"r{arch}"] for arch in ("18", "50", "101")}
 PATHS = ("data", "fkd_path", "train_dir", "val_dir", "output_dir", "resume")
 
 
-def seed_command(name: str, script: str, fallback: str) -> list[str]:
-    """The tokens after ``python SCRIPT`` in a seed's first code block that runs it."""
-    text = (SEEDS / name).read_text() if (SEEDS / name).is_file() else fallback
-    found = re.search(rf"python {re.escape(script)}(.*?)(?:```|$)", text, re.S)
-    assert found, f"no `python {script}` command in {name}"
-    return shlex.split(found.group(1).replace("\\\n", " "))
+def upstream_command(command: str, script: str) -> list[str]:
+    """The tokens after ``python SCRIPT`` in an upstream command."""
+    return shlex.split(command.split(script, 1)[1])
 
 
 def script_command(path: Path, script: str) -> list[str]:
@@ -57,16 +52,12 @@ def script_command(path: Path, script: str) -> list[str]:
     return shlex.split(body.replace("\\\n", " "))
 
 
-def seed_file(prefix: str) -> str:
-    return next(p.name for p in SEEDS.glob(f"{prefix}_*.txt")) if SEEDS.is_dir() else ""
-
-
 @pytest.mark.parametrize("arch", ["18", "50", "101"])
 def test_relabel_presets_default_to_the_upstream_command_and_the_scripts_say_it(arch):
     parser = relabel_parser(PRESETS[arch])
     defaults = vars(parser.parse_args([]))
-    upstream = (seed_command(seed_file("000"), "generate_soft_label_r18.py", SEED_RELABEL_R18) if arch == "18"
-                else shlex.split(UPSTREAM_RELABEL[arch].split("generate_soft_label_r%s.py" % arch)[1]))
+    upstream = (upstream_command(UPSTREAM_RELABEL_R18, "generate_soft_label_r18.py") if arch == "18"
+                else upstream_command(UPSTREAM_RELABEL[arch], f"generate_soft_label_r{arch}.py"))
     ours = script_command(ROOT / "relabel" / f"relabel_r{arch}.sh", f"generate_soft_label_r{arch}.py")
     family = teacher_specs(parser.parse_args([]), PRESETS[arch])
     assert family[0] == PRESETS[arch].teachers  # upstream's --candidate-number 4: the whole family
@@ -85,8 +76,7 @@ def test_relabel_presets_default_to_the_upstream_command_and_the_scripts_say_it(
 @pytest.mark.parametrize("arch", ["18", "50", "101"])
 def test_training_scripts_are_the_upstream_command(arch):
     parser = train_parser()
-    upstream = (seed_command(seed_file("002"), "train_FKD_parallel.py", SEED_TRAIN_R18) if arch == "18"
-                else shlex.split(UPSTREAM_TRAIN[arch].split("train_FKD_parallel.py")[1]))
+    upstream = upstream_command(UPSTREAM_TRAIN_R18 if arch == "18" else UPSTREAM_TRAIN[arch], "train_FKD_parallel.py")
     ours = script_command(ROOT / "validate" / f"train_FKD_10_r{arch}.sh", "validate/train_FKD_parallel.py")
     theirs, mine = vars(parser.parse_args(upstream)), vars(parser.parse_args(ours))
     differ = {k for k in theirs if k not in PATHS and theirs[k] != mine[k]}

@@ -24,7 +24,8 @@ from typing import Any, Optional
 import torch
 
 from softlabel import classmap, distributed, files, precision, provenance, replay, tracking
-from softlabel.cli import LABELLING_REPLACED, add_mix_type, add_replaced_flags, freeze, note_replaced_flags
+from softlabel.cli import (LABELLING_REPLACED, add_config_flag, add_mix_type, add_replaced_flags, freeze,
+                           note_replaced_flags, parse_with_config)
 from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
 from softlabel.ensemble import ENSEMBLES, RESCALING
@@ -53,6 +54,7 @@ PRISM_RELABEL = {"workers": 8, "epochs": 300, "fkd_seed": 42, "input_size": 224,
 def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     title = f"PRISM {preset.name} preset: " if preset else ""
     p = argparse.ArgumentParser(description=f"{title}soft-label generation (relabel) with crop/flip/mix replay")
+    add_config_flag(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="image folder to relabel (class sub-folders)")
     g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
@@ -421,7 +423,7 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Opti
 def cli(preset_name: Optional[str] = None) -> None:
     """The console command (or a preset's script): parse sys.argv, run, report a user error as one line."""
     preset = PRESETS[preset_name] if preset_name else None
-    run_main(lambda: main(get_args_parser(preset).parse_args(), preset, tracking.StartUp.of_process()))
+    run_main(lambda: main(parse_with_config(get_args_parser(preset)), preset, tracking.StartUp.of_process()))
 
 
 if __name__ == "__main__":

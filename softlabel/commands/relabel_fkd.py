@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from softlabel import classmap, distributed, files, precision, tracking
-from softlabel.cli import LABELLING_REPLACED, add_replaced_flags, freeze, note_replaced_flags
+from softlabel.cli import (LABELLING_REPLACED, add_config_flag, add_replaced_flags, freeze, note_replaced_flags,
+                           parse_with_config)
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, check_teacher_accuracy, evaluate_teachers
@@ -48,6 +49,7 @@ DEFAULT_SCALE = (0.08, 0.936)  # FKD_SLG's RandomResizedCrop scale
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="FKD soft-label generation: per-image files of many crops each")
+    add_config_flag(p)
     p.add_argument("data", metavar="DIR", help="image folder (class sub-folders), or a folder with train/ "
                                                 "(and val/) as upstream")
     g = p.add_argument_group("crops and labels (FKD flags)")
@@ -451,7 +453,7 @@ def main(args: argparse.Namespace) -> None:
 
 def cli() -> None:
     """The console command: parse sys.argv, run, report a user error as one line."""
-    run_main(lambda: main(get_args_parser().parse_args()))
+    run_main(lambda: main(parse_with_config(get_args_parser())))
 
 
 if __name__ == "__main__":

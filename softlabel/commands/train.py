@@ -60,7 +60,8 @@ from softlabel import (
     tracking,
     zoo,
 )
-from softlabel.cli import add_mix_type, add_replaced_flags, note_replaced_flags
+from softlabel.cli import (CONFIG_FILE, add_config_flag, add_mix_type, add_replaced_flags, config_of,
+                           note_replaced_flags, parse_with_config)
 from softlabel.data import (
     FolderIndex,
     IndexedImageFolder,
@@ -91,8 +92,7 @@ from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES, keep_topk
 from softlabel.training.metrics import BestAndLast, SplitMetrics
 from softlabel.training.schedules import SCHEDULES
 
-TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id",
-                    "print_freq")
+TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id")
 SECRETS = ("wandb_api_key",)
 BEST_CHECKPOINT = "model_best.pth"
 
@@ -100,6 +100,7 @@ BEST_CHECKPOINT = "model_best.pth"
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="FKD-style student training from stored soft labels "
                                             "(or hard labels, or online distillation)")
+    add_config_flag(p)
     g = p.add_argument_group("data")
     g.add_argument("data", nargs="?", default=None, metavar="DATA",
                    help="train_FKD.py's positional folder holding train/ and val/: --train-dir DATA/train "
@@ -285,6 +286,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint and metrics directory (train_FKD.py's --save_checkpoint_path)")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation and of hard-label augmentation")
     g.add_argument("--eval-interval", type=int, default=10, help="evaluate every N epochs and at the end")
+    g.add_argument("--val-batch-size", type=int, default=256, metavar="N",
+                   help="images per evaluation step (default: 256; the numbers do not depend on it)")
+    g.add_argument("--val-workers", type=int, default=None, metavar="N",
+                   help="loader workers of the evaluation (default: -j, at most 2)")
+    g.add_argument("-p", "--print-freq", type=int, default=None, metavar="N",
+                   help="also print every N steps: the step's loss (this rank's), lr and images/s (default: the "
+                        "progress bar and one line per evaluation)")
     g.add_argument("--save-best", action="store_true",
                    help=f"also keep the best evaluation's weights in {BEST_CHECKPOINT} (as train_FKD.py's "
                         f"model_best.pth.tar; its format: checkpoint.pth's)")
@@ -641,10 +649,14 @@ def train_one_epoch(run: Run, epoch: int, batches: Iterator[dict], bar,
     # holds without a synchronisation per step.
     for batch in speed.timed(batches):
         steps += 1
-        loss_sum += train_step(run, batch) * batch["batch_size"]
+        loss = train_step(run, batch)
+        loss_sum += loss * batch["batch_size"]
         seen += batch["batch_size"]
         speed.step_done(batch["batch_size"])
         bar.update(batch["batch_size"])
+        if run.cfg.print_freq and steps % run.cfg.print_freq == 0 and run.info.is_main:  # this rank's loss
+            bar.write(f"epoch {epoch + 1} step {steps}: loss {float(loss):.4f} lr "
+                      f"{run.optimizer.param_groups[0]['lr']:.4g} {speed.rate():.1f} img/s")
     if run.info.distributed:
         dist.all_reduce(loss_sum)
     loss = float(loss_sum) / max(seen, 1)
@@ -688,7 +700,8 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
     val_classes = None if store is None else class_index_of(store.manifest, val_index.classes)
     return DataLoader(IndexedImageFolder(val_index, eval_transform(cfg.input_size, cfg.crop_pct, mean, std),
                                          val_classes),
-                      batch_size=256, shuffle=False, num_workers=min(cfg.workers, 2), pin_memory=pin)
+                      batch_size=cfg.val_batch_size, shuffle=False,
+                      num_workers=min(cfg.workers, 2) if cfg.val_workers is None else cfg.val_workers, pin_memory=pin)
 
 
 def resume(run: Run) -> tuple[int, bool]:
@@ -856,6 +869,7 @@ def evaluate_only(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) -> None:
     """``origin``: where the logged start-up begins (default: this call)."""
     origin = origin or tracking.StartUp.of_main()
+    given = argparse.Namespace(**vars(args))  # the flags as parsed: args.yaml, which --config reruns
     note_replaced_flags(args, TRAINER_REPLACED)
     if args.wandb_api_key:  # this process only; never logged or saved (SECRETS)
         os.environ["WANDB_API_KEY"] = args.wandb_api_key
@@ -894,6 +908,8 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
               amp)
     first_epoch, resumed = resume(run)
     require_same_start(info, first_epoch, "--output-dir", cfg.output_dir)
+    if info.is_main:
+        files.atomic_write_bytes(os.path.join(cfg.output_dir, CONFIG_FILE), config_of(given, SECRETS).encode())
 
     if distill is not None and cfg.distill_init_epochs and not resumed:
         distill_init(run)
@@ -974,7 +990,7 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
 
 def cli() -> None:
     """The console command: parse sys.argv, run, report a user error as one line."""
-    run_main(lambda: main(get_args_parser().parse_args(), tracking.StartUp.of_process()))
+    run_main(lambda: main(parse_with_config(get_args_parser()), tracking.StartUp.of_process()))
 
 
 if __name__ == "__main__":

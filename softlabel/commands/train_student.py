@@ -21,6 +21,7 @@ import sys
 from typing import Optional
 
 from softlabel import tracking, zoo
+from softlabel.cli import parse_with_config
 from softlabel.commands import train
 from softlabel.errors import UserError, run_main
 
@@ -43,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 epilog="Other flags of validate/train_FKD_parallel.py (--resume auto, --wandb-mode, "
                                        "--device, --amp, --no-progress, ...) pass through to it.")
     g = p.add_argument_group("RepDistiller's flags (its defaults)")
-    g.add_argument("--print_freq", type=int, default=100, help="accepted; the progress bar shows every step")
+    g.add_argument("--print_freq", type=int, default=100, help="a line every N steps (the trainer's --print-freq)")
     g.add_argument("--tb_freq", type=int, default=500, help="accepted; no tensorboard (metrics.jsonl, --wandb-mode)")
     g.add_argument("--save_freq", type=int, default=40, help="epochs between checkpoints (checkpoint.pth)")
     g.add_argument("--batch_size", type=int, default=64)
@@ -144,6 +145,7 @@ def trainer_args(opt: argparse.Namespace, passed: list[str]) -> list[str]:
             "--lr-gamma", opt.lr_decay_rate, "--weight-decay", opt.weight_decay, "--momentum", opt.momentum,
             "--loss-type", "kd", "--ce-weight", opt.gamma, "--alpha", alpha, "-T", opt.kd_T,
             "--crop-pct", 1.0, "--eval-interval", 1, "--save-interval", opt.save_freq, "--save-best",
+            "--print-freq", opt.print_freq,
             "--output-dir", out]
     if distiller:
         argv += ["--distiller", distiller, "--distill-weight", beta]
@@ -172,7 +174,7 @@ def main(argv: Optional[list[str]] = None, origin: Optional[tracking.StartUp] = 
     check(opt)
     args = trainer_args(opt, passed)
     print("train_student.py: " + " ".join(["validate/train_FKD_parallel.py"] + args), flush=True)
-    train.main(train.get_args_parser().parse_args(args), origin or tracking.StartUp.of_main())
+    train.main(parse_with_config(train.get_args_parser(), args), origin or tracking.StartUp.of_main())
 
 
 def cli() -> None:

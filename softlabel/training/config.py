@@ -140,6 +140,9 @@ class TrainConfig:
     eval_interval: int = free()
     save_interval: int = free()
     save_best: bool = free()
+    print_freq: Optional[int] = free()
+    val_batch_size: int = free()
+    val_workers: Optional[int] = free()
     resume: Optional[str] = free()
     device: Optional[str] = free()
     wandb_mode: str = free()
@@ -279,11 +282,12 @@ def check_ranges(values: dict) -> None:
             raise UserError(f"{flag} must be {where}, got {v}")
     for flag, key in (("-b/--batch-size", "batch_size"), ("--epochs", "epochs"), ("--input-size", "input_size"),
                       ("--eval-interval", "eval_interval"), ("--save-interval", "save_interval"),
+                      ("-p/--print-freq", "print_freq"), ("--val-batch-size", "val_batch_size"),
                       ("--num-classes", "num_classes"), ("--gradient-accumulation-steps", "gradient_accumulation_steps"),
                       ("--keep-topk", "keep_topk"), ("--num-crops", "num_crops"), ("--lr-step-size", "lr_step_size")):
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{flag} must be at least 1, got {values[key]}")
-    for flag, key in (("-j/--workers", "workers"), ("--cache-images", "cache_images"),
+    for flag, key in (("-j/--workers", "workers"), ("--cache-images", "cache_images"), ("--val-workers", "val_workers"),
                       ("--distill-init-epochs", "distill_init_epochs"),
                       ("--warmup-epochs", "warmup_epochs"), ("--start-epoch", "start_epoch")):
         if values[key] is not None and values[key] < 0:
