@@ -16,8 +16,7 @@ from softlabel import replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.files import ensure_dir
-from softlabel.stores.batch import StoreBatches
-from softlabel.stores import open_store
+from softlabel.stores import open_store, store_class
 
 CELL = 112  # pixels per drawn image
 TEXT_W = 150
@@ -44,20 +43,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    opened = open_store(args.store)
-    manifest = dict(opened.manifest)
+    if store_class(args.store, "STORE").layout != "batch":
+        raise UserError(f"STORE {args.store} holds per-image labels (FKD's layout), not stored steps; this draws "
+                        f"the steps of a batch store")
     index = scan_image_folder(args.data, "--data")
-    if index.fingerprint() != manifest["dataset_fingerprint"]:
-        raise UserError(f"--data {args.data}: not the images the store {args.store} was made from")
-    if not (0 <= args.epoch < manifest["epochs"] and 0 <= args.batch < manifest["batches_per_epoch"]):
-        raise UserError(f"--epoch/--batch: the store holds epochs 0..{manifest['epochs'] - 1} and batches "
-                        f"0..{manifest['batches_per_epoch'] - 1}")
-    item = StoreBatches(args.store, index, manifest, [(args.epoch, args.batch)])[0]
+    opened = open_store(args.store, index, flag="STORE", data_arg="--data")
+    s = opened.settings
+    if not (0 <= args.epoch < s.epochs and 0 <= args.batch < s.batches_per_epoch):
+        raise UserError(f"--epoch/--batch: the store holds epochs 0..{s.epochs - 1} and batches "
+                        f"0..{s.batches_per_epoch - 1}")
+    item = opened.stored_steps(index, [(args.epoch, args.batch)])[0]
     record = opened.reader().read(args.epoch, args.batch)
-    inputs = replay.model_inputs(item["pixels"], manifest["mean"], manifest["std"], item["mix_index"],
-                                 item["mix_lam"], item["mix_bbox"])
+    inputs = replay.model_inputs(item["pixels"], s.mean, s.std, item["mix_index"], item["mix_lam"], item["mix_bbox"])
     probs = torch.softmax(item["soft_label"].float(), dim=1)
-    names = manifest["class_names"]
+    names = s.class_names
     rows = min(args.samples, len(item["index"]))
 
     sheet = Image.new("RGB", (2 * CELL + TEXT_W + 20, rows * (CELL + 10) + 10), "white")
@@ -72,10 +71,10 @@ def main(args: argparse.Namespace) -> None:
         ImageDraw.Draw(shown).rectangle([left * sx, top * sy, right * sx - 1, bottom * sy - 1],
                                         outline=(255, 60, 60), width=2)
         sheet.paste(shown, (5, y))
-        seen = to_image(inputs[r], manifest["mean"], manifest["std"]).resize((CELL, CELL), Image.NEAREST)
+        seen = to_image(inputs[r], s.mean, s.std).resize((CELL, CELL), Image.NEAREST)
         if item["mix_bbox"] is not None:
             x1, y1, x2, y2 = item["mix_bbox"]  # rows x1:x2, columns y1:y2 (upstream convention)
-            f = CELL / manifest["input_size"]
+            f = CELL / s.input_size
             ImageDraw.Draw(seen).rectangle([y1 * f, x1 * f, y2 * f - 1, x2 * f - 1], outline=(60, 160, 255), width=2)
         sheet.paste(seen, (CELL + 10, y))
         top_p, top_c = probs[r].topk(min(args.topk, probs.shape[1]))

@@ -443,7 +443,7 @@ def test_devices_this_machine_lacks_are_one_line_errors(device, needle, cutmix_s
 
 def poison_weights_after(monkeypatch, steps: int) -> None:
     """The trainer's weights turn NaN after its first ``steps`` steps, as a diverging run's do."""
-    import softlabel.commands.train as trainer
+    from softlabel.training import loop as trainer
     real_step, done = trainer.train_step, []
 
     def poisoned(step, batch):

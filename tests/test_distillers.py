@@ -282,7 +282,7 @@ def test_kdss_by_hand():
 def kdss_batches(demo_data, workers: int, crop: str, mix: str = "none") -> tuple:
     """The training images (ipc1) and epoch 1's batches of the trainer's loader under --distiller kdss."""
     from types import SimpleNamespace
-    from softlabel.commands.train import hard_label_epochs
+    from softlabel.training.epochs import hard_label_epochs
     from softlabel.data import scan_image_folder
     from softlabel.distributed import DistInfo
     cfg = SimpleNamespace(distiller="kdss", input_size=32, train_crop=crop, min_scale_crops=0.5, max_scale_crops=1.0,
@@ -639,7 +639,7 @@ def test_init_stage_trains_its_parts_then_freezes_them_and_resumes_after_it(demo
                                                                            monkeypatch):
     """FT: the paraphraser trains in the init stage only; a run stopped right after the init stage
     (its checkpoint at epoch 0) resumes to the uninterrupted run's weights."""
-    import softlabel.commands.train as trainer
+    from softlabel.training import loop as trainer
     monkeypatch.setattr(files, "lock_dir", lambda *a, **k: None)
     args = lambda out, *extra: train_args(demo_data, teacher, out, "--distiller", "ft",  # noqa: E731
                                           "--distill-init-epochs", 2, *extra)

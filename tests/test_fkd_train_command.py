@@ -24,7 +24,9 @@ from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
 from softlabel.training.config import check_flags, data_folder, resolve
 from softlabel.training.schedules import fkd_passes
-from softlabel.commands.train import TRAINER_REPLACED, build_optimizer, get_args_parser, main, mix_per_image
+from softlabel.commands.train import TRAINER_REPLACED, get_args_parser, main
+from softlabel.training.epochs import mix_per_image
+from softlabel.training.optim import build_optimizer
 
 # FKD/README.md of szq0214/FKD, "FKD Training on CNNs" and "Evaluation", as written there.
 FKD_TRAIN = ("python train_FKD.py -a resnet50 --lr 0.1 --num_crops 4 -b 1024 --cos --temp 1.0 "
@@ -154,7 +156,7 @@ def test_fkd_readme_command_trains_and_evaluates(fkd_data, tmp_path, capsys):
                      "--input-size", SIZE)
     assert f" * Acc@1 {rows[-1]['top1']:.3f}" in capsys.readouterr().out
     # killed after its first pass, resumed: the same weights, and a run of another recipe is refused
-    import softlabel.commands.train as trainer
+    from softlabel.training import loop as trainer
     cut, passes = tmp_path / "cut", []
     real = trainer.train_one_epoch
 

@@ -84,3 +84,64 @@ def test_softlabel_has_no_import_cycles():
     found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(
         " <-> ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found)
+
+
+# Reads of a manifest outside softlabel/stores/ that stay, each with its reason: (file, function).
+MANIFEST_READERS = {
+    ("softlabel/files.py", "read_manifest_json"): "the JSON reader every store's manifest is read through",
+    ("softlabel/classmap.py", "class_index_of"): "the class mapping, asked by stores/ and the trainer (moved by "
+                                                 "the trainer refactor)",
+    ("softlabel/training/epochs.py", "store_epochs"): "moved by the trainer refactor",
+    ("softlabel/training/report.py", "store_notes"): "moved by the trainer refactor",
+    ("softlabel/training/report.py", "validation_loader"): "moved by the trainer refactor",
+    ("scripts/bench_check.py", "make_batch_store"): "a benchmark writing a store from the manifest it builds",
+    ("scripts/benchlib.py", "extend_store"): "a benchmark extending a store it made, through the store's writer",
+    ("scripts/bench_storage.py", "label_distance"): "a benchmark comparing two stores' steps",
+}
+
+
+def manifest_reads(path: pathlib.Path) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each ``manifest[...]`` / ``manifest.get(`` and each use of a
+    Store's ``.manifest`` outside ``self``."""
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        value = None
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            value = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            value = node.func.value
+        if isinstance(value, ast.Name) and value.id == "manifest":
+            found.append((function, node.lineno))
+        if isinstance(node, ast.Attribute) and node.attr == "manifest" and not (
+                isinstance(node.value, ast.Name) and node.value.id == "self"):
+            found.append((function, node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+    visit(ast.parse(path.read_text()), "<module>")
+    return found
+
+
+def test_the_manifest_finder_sees_reads():
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        p = pathlib.Path(tmp) / "m.py"
+        p.write_text("def f(store, manifest):\n    a = manifest['x']\n    b = store.manifest.get('y')\n"
+                     "    manifest['z'] = 1\n    return self.manifest\n")
+        assert manifest_reads(p) == [("f", 2), ("f", 3)]
+
+
+def test_manifests_are_read_only_inside_stores():
+    """A command or tool asks the Store (settings, teachers(), labelling(), summary()...), so a
+    format's manifest keys are known to its own module only."""
+    top = ROOT.parent
+    paths = [p for p in sorted(ROOT.rglob("*.py")) if "stores" not in p.relative_to(ROOT).parts[:1]]
+    paths += sorted((top / "scripts").glob("*.py"))
+    reads = {(str(p.relative_to(top)), f, line) for p in paths for f, line in manifest_reads(p)}
+    unexpected = sorted(r for r in reads if r[:2] not in MANIFEST_READERS)
+    assert not unexpected, "manifest read outside softlabel/stores/: " + "; ".join(
+        f"{f} in {fn}() line {line}" for f, fn, line in unexpected)
+    stale = set(MANIFEST_READERS) - {r[:2] for r in reads}
+    assert not stale, f"allowed but no longer reading a manifest: {sorted(stale)}"

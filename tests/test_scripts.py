@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT, assert_user_error, run_script
 from PIL import Image
@@ -78,6 +79,16 @@ def test_draw_fkd_mix_draws_the_stored_crops_and_mix(cutmix_store, demo_data, tm
         assert (sheet[y:y + cell, 2 * cell + 20:] < 128).any(), r
     proc = run_script("scripts/draw_fkd_mix.py", cutmix_store, "--data", demo_data / "ipc5", "--out", out, check=False)
     assert_user_error(proc, "--data")
+
+
+def test_draw_fkd_mix_refuses_a_per_image_store_in_one_line(demo_data, tmp_path):
+    """A per-image store holds no stored steps to draw: one error, before its manifest is read."""
+    from softlabel.errors import UserError
+    (tmp_path / "fkd_manifest.json").write_text("{}")
+    module = script_module("draw_fkd_mix")
+    args = module.get_args_parser().parse_args([str(tmp_path), "--data", str(demo_data / "ipc2")])
+    with pytest.raises(UserError, match="per-image labels"):
+        module.main(args)
 
 
 def test_plot_metrics_draws_a_panel_per_metric_and_a_curve_per_run(cutmix_store, demo_data, tmp_path):

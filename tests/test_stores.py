@@ -22,8 +22,8 @@ from softlabel.stores.batch import StoreBatches
 TRAIN = "validate/train_FKD_parallel.py"
 
 
-def read_all(root: Path, manifest: dict) -> list[store.BatchRecord]:
-    reader = store.Reader(str(root), manifest)
+def read_all(root: Path, manifest: dict, reader=None) -> list[store.BatchRecord]:
+    reader = reader or store.Reader(str(root), manifest)  # an upstream store: its Store's reader()
     return [reader.read(e, b) for e in range(manifest["epochs"]) for b in range(manifest["batches_per_epoch"])]
 
 
@@ -136,11 +136,12 @@ def test_upstream_stores_are_read_safely_and_trained(kind, cutmix_store, demo_da
     with pytest.raises(pickle.UnpicklingError):  # why upstream trainers fail on torch >= 2.6
         torch.load(legacy / "epoch_0" / "batch_0.tar", weights_only=True)
     index = scan_image_folder(str(demo_data / "ipc2"), "--train-dir")
-    manifest = dict(open_store(str(legacy), index, request=Request(input_size=24)).manifest)
+    opened = open_store(str(legacy), index, request=Request(input_size=24))
+    manifest = dict(opened.manifest)
     assert manifest["legacy_kind"] == kind and manifest["epochs"] == 3 and manifest["batches_per_epoch"] == 3
     ours = read_all(cutmix_store, store.read_manifest(str(cutmix_store)))
     order = legacy_order.LegacyOrder(42, 20)
-    for n, rec in enumerate(read_all(legacy, manifest)):
+    for n, rec in enumerate(read_all(legacy, manifest, opened.reader())):
         e, b = divmod(n, 3)
         want = ours[n].index if kind == "prism" else order.epoch(e)[b * 8:(b + 1) * 8]
         assert torch.equal(rec.index, want)

@@ -23,9 +23,8 @@ from typing import Optional
 from softlabel import files, tracking
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.stores import (FKD_UPSTREAM, PER_IMAGE, UPSTREAM, Request, Store, create_store, open_store, per_image,
-                              store_class, topk)
-from softlabel.stores import batch as store
+from softlabel.stores import Store, create_store, open_store, store_class, topk
+from softlabel.stores.base import Conversion
 from softlabel.streams import DEFAULT_SEED, check_seed
 
 
@@ -55,80 +54,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-# What SRC lacks without its images, per kind that needs them.
-NEEDS_DATA = {UPSTREAM: "is an upstream store (no manifest): pass --data DIR, the image folder it was made from, "
-                        "and --input-size",
-              FKD_UPSTREAM: "holds FKD's own per-image files, found through the images they label: pass --data DIR "
-                            "(FKD's train folder)"}
-
-
 def open_source(args: argparse.Namespace) -> tuple[Store, Optional[FolderIndex]]:
     """SRC through the store interface, complete, and the images it needs (None: it needs none)."""
     cls = store_class(args.src, "SRC")
-    if cls.kind == PER_IMAGE:
-        raise UserError(f"SRC {args.src} is our per-image store already; this converts batch stores and FKD's "
-                        f"own per-image files")
+    if cls.not_converted:
+        raise UserError(f"SRC {args.src} {cls.not_converted}")
     if cls.needs_images and not args.data:
-        raise UserError(f"SRC {args.src} {NEEDS_DATA[cls.kind]}")
+        raise UserError(f"SRC {args.src} {cls.needs_images_hint}")
     index = scan_image_folder(args.data, "--data") if cls.needs_images else None
-    if cls.layout == "per-image":
-        request = Request(input_size=args.input_size, num_classes=args.num_classes, label_type=args.soft_label_type)
-    else:
-        request = Request(input_size=args.input_size, fkd_seed=args.fkd_seed)
+    request = cls.request({"input_size": args.input_size, "fkd_seed": args.fkd_seed, "num_classes": args.num_classes,
+                           "label_type": args.soft_label_type})
     src = open_store(args.src, index, flag="SRC", layout=cls.layout, data_arg="--data", request=request)
     src.check_complete(src.settings.epochs or 0, index)
     return src, index
 
 
-def target_manifest(source: Store, args: argparse.Namespace) -> dict:
-    src = source.manifest
-    if src["label_format"] == "topk":
-        if args.label_format == "full":
-            raise UserError(f"--label-format full: SRC {args.src} keeps only the top {src['topk']} logits; "
-                            f"the others cannot be restored")
-        if args.topk > src["topk"]:
-            raise UserError(f"--topk {args.topk}: SRC {args.src} keeps only the top {src['topk']} logits")
-    if args.label_format == "topk" and args.topk > src["num_classes"]:
-        raise UserError(f"--topk {args.topk}: SRC {args.src} has {src['num_classes']} classes; keep at most "
-                        f"{src['num_classes']}")
-    manifest = source.content()
-    manifest.update(store.container_of(args.label_format))  # top-k: packed, one file per epoch
-    manifest["label_keep"] = store.keep_of(src)               # a pruned store stays pruned
-    manifest["label_format"] = args.label_format
-    manifest["topk"] = args.topk if args.label_format == "topk" else None
-    manifest["topk_fill"] = topk.fill_setting(args.label_format, args.topk_fill)
-    manifest["topk_fill_temperature"] = manifest["topk_fill"] and args.topk_fill_temperature
-    if args.label_format == "topk":
-        manifest["label_dtype"] = "float16"
-    manifest["converted_from"] = {"path": os.path.abspath(args.src), "kind": source.source_name(),
-                                  "label_format": src["label_format"], "topk": src["topk"],
-                                  "topk_fill": src.get("topk_fill")}
-    return manifest
-
-
-def convert_per_image(args: argparse.Namespace, src: Store, index: FolderIndex) -> None:
-    """FKD's own per-image files into our per-image store: the same crops and quantized labels,
-    with a manifest that records what FKD's files do not (classes, crop size, the images)."""
-    m = dict(src.manifest)
-    manifest = {k: m.get(k) for k in per_image.CONTENT_KEYS}
-    manifest.update({"format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
-                     "created_by": "scripts/convert_labels.py", "class_names": m["class_names"],
-                     "mean": m["mean"], "std": m["std"], "top_k": m["top_k"], "interpolation": m["interpolation"],
-                     "dataset_fingerprint": index.fingerprint(), "temperature": args.temp,
-                     "converted_from": {"kind": src.source_name(), "label_type": m["label_type"]}})
-    writer = create_store(args.dst, manifest, flag="DST", index=index)
-    bar = tracking.progress(len(index), "convert", disable=args.no_progress)
-    written, start = 0, time.time()
-    for i in range(len(index)):
-        if not writer.exists(i):
-            coords, flips, classes, values = src.read_labels(index, i)
-            classes = classes.to(store.smallest_int_dtype(m["num_classes"]))
-            values = None if values is None else (values.half() if m["use_fp16"] else values.float())
-            writer.write(i, coords, flips, classes, values)
-            written += 1
-        bar.update(1)
-    bar.close()
-    print(f"convert: wrote {written} of {len(index)} per-image files in {time.time() - start:.1f}s", flush=True)
+def disk_mib(root: str) -> float:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)
+               for f in fs if not f.startswith(".")) / 2**20
 
 
 def main(args: argparse.Namespace) -> None:
@@ -142,26 +85,21 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"DST {args.dst} is SRC; write the converted store to a new directory")
     files.refuse_output_inside(args.dst, "DST", [("SRC", args.src), ("--data", args.data)])
     src, index = open_source(args)
-    if src.layout == "per-image":
-        return convert_per_image(args, src, index)
-    writer = create_store(args.dst, target_manifest(src, args), flag="DST")
-    reader = src.reader()
-    jobs = src.jobs(src.settings.epochs)
-    bar = tracking.progress(len(jobs), "convert", disable=args.no_progress)
+    plan = src.conversion(Conversion(os.path.abspath(args.src), args.label_format, args.topk, args.topk_fill,
+                                     args.topk_fill_temperature, args.temp), index)
+    writer = create_store(args.dst, plan.target, flag="DST", index=index)
+    bar = tracking.progress(len(plan.keys), "convert", disable=args.no_progress)
     written, start = 0, time.time()
-    for e, b in jobs:
-        if not writer.exists(e, b):
-            writer.write(e, b, reader.read(e, b))
+    for key in plan.keys:
+        if not writer.exists(*key):
+            writer.write(*key, *plan.labels(*key))
             written += 1
         bar.update(1)
     bar.close()
     writer.finish()
-    size = lambda root: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)  # noqa: E731
-                            for f in fs if not f.startswith("."))
-    src_bytes, dst_bytes = size(args.src), size(args.dst)
-    print(f"convert: wrote {written} of {len(jobs)} batches in {time.time() - start:.1f}s; "
-          f"store {src_bytes / 2**20:.2f} MiB -> {dst_bytes / 2**20:.2f} MiB "
-          f"({src_bytes / max(dst_bytes, 1):.1f}x smaller)", flush=True)
+    src_mib, dst_mib = disk_mib(args.src), disk_mib(args.dst)
+    print(f"convert: wrote {written} of {len(plan.keys)} {plan.unit} in {time.time() - start:.1f}s; "
+          f"store {src_mib:.2f} MiB -> {dst_mib:.2f} MiB ({src_mib / max(dst_mib, 2**-20):.1f}x smaller)", flush=True)
 
 
 def cli() -> None:

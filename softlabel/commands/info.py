@@ -153,21 +153,21 @@ def verify_per_image(store, index, args: argparse.Namespace) -> None:
     from softlabel.teachers import Ensemble, load_teacher
     if index is None:
         raise UserError("--verify-teacher needs --data DIR, the image folder the store was made from")
-    m = store.manifest
-    if m["label_type"] == "hard":
+    s, labelling = store.settings, store.labelling()
+    if s.label_format == "hard":
         raise UserError(f"--verify-teacher: STORE {store.path} holds hard labels (classes only): nothing to compare")
-    recorded = m.get("teacher") or {}
-    teacher = load_teacher(args.verify_teacher, args.teacher_path, m["num_classes"], args.teacher_source,
+    recorded = labelling.teachers[0] if labelling.teachers else {}
+    teacher = load_teacher(args.verify_teacher, args.teacher_path, s.num_classes, args.teacher_source,
                            weights=recorded_weights(recorded, args.verify_teacher, args.teacher_path))
     if recorded.get("mean"):
         teacher.mean, teacher.std = list(recorded["mean"]), list(recorded["std"])
     ens = Ensemble([teacher], "mean", 0.5, torch.device(args.device or "cpu"))
-    temperature = float(m.get("temperature") or args.temp)
+    temperature = labelling.temperature or args.temp
     read, worst, where = store.reader(index), 0.0, None
     for i in spread(range(len(index)), verify_sample(args)):
         coords, flips, classes, values = read(i)
         img = index.load(index.samples[i][0])
-        pixels = replay.render_batch([img] * len(coords), coords, flips, int(m["input_size"]),
+        pixels = replay.render_batch([img] * len(coords), coords, flips, int(s.input_size),
                                      store.labelled_resample)
         probs = torch.softmax(ens(pixels.to(ens.device), None, None, None)[0].float() / temperature, dim=1).cpu()
         err = (probs.gather(1, classes.long()) - values.float()).abs().max().item()
@@ -207,54 +207,47 @@ def compare(stored: torch.Tensor, recomputed: torch.Tensor, tol: float,
     return {"rel": rel, "agree": agree, "tie": tie}
 
 
-def amp_of(manifest: dict, device: torch.device) -> Optional[torch.dtype]:
-    """Relabel's autocast, reproduced where it ran (CUDA); elsewhere float32."""
-    return precision.dtype_of_name(manifest.get("amp")) if device.type == "cuda" else None
+def amp_of(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
+    """Relabel's autocast (``amp``: its name, None: off), reproduced where it ran (CUDA); elsewhere float32."""
+    return precision.dtype_of_name(amp) if device.type == "cuda" else None
 
 
 def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
-    from softlabel.stores.batch import StoreBatches
-    root, manifest = bs.path, dict(bs.manifest)
     from softlabel.teachers import Ensemble, load_teachers, split_list, weight_paths
-
+    s, labelling = bs.settings, bs.labelling()
     archs = split_list(args.verify_teacher)
     if not archs:
         raise UserError("--verify-teacher: name the teacher's architecture (several: A,B,C)")
     paths = weight_paths(args.teacher_path, archs)
-    recorded = manifest.get("teachers") or []
+    recorded = list(labelling.teachers)
     if recorded and len(recorded) != len(archs):
         raise UserError(f"--verify-teacher {args.verify_teacher}: the store was labelled by {len(recorded)} "
                         f"teacher(s) ({', '.join(str(t.get('arch')) for t in recorded)}); name them all, in order")
     teachers = load_teachers(archs, paths, None, args.teacher_source,
                              [recorded_weights(rec, a, p)
                               for rec, a, p in zip(recorded or [{}] * len(archs), archs, paths)])
-    if teachers[0].num_classes != int(manifest["num_classes"]):
+    if teachers[0].num_classes != s.num_classes:
         raise UserError(f"--verify-teacher {args.verify_teacher}: the teacher has {teachers[0].num_classes} "
-                        f"outputs, the store {manifest['num_classes']} classes")
+                        f"outputs, the store {s.num_classes} classes")
     for t, rec in zip(teachers, recorded):  # each teacher in the normalization relabel gave it
         if rec.get("mean") and rec.get("std"):
             t.mean, t.std = [float(v) for v in rec["mean"]], [float(v) for v in rec["std"]]
         if rec.get("weights_sha256") and rec["weights_sha256"] != t.weights_sha256:
             print(f"note: teacher {t.arch}'s weights (sha256 {t.weights_sha256[:12]}) are not the store's "
                   f"(sha256 {rec['weights_sha256'][:12]}); comparing anyway", flush=True)
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as exc:
-        raise UserError(f"--device {args.device}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
-    amp = amp_of(manifest, device)
-    ens = Ensemble(teachers, manifest.get("ensemble") or "mean", manifest.get("primary_weight") or 0.5, device, amp)
-    temperature = float(manifest.get("temperature") or 1.0)
-    unmatched = manifest.get("amp") in ("bfloat16", "float16") and amp is None
+    device = verify_device(args.device)
+    amp = amp_of(labelling.amp, device)
+    ens = Ensemble(teachers, labelling.ensemble, labelling.primary_weight, device, amp)
+    temperature = labelling.temperature or 1.0
+    unmatched = labelling.amp in ("bfloat16", "float16") and amp is None
     if unmatched:
-        print(f"note: the store was labelled under {manifest['amp']} autocast on a GPU; in float32 on {device} "
+        print(f"note: the store was labelled under {labelling.amp} autocast on a GPU; in float32 on {device} "
               f"the check is looser (tolerance {TOLERANCE_UNMATCHED:g}); run it on a GPU for a tight one", flush=True)
     tol = args.tolerance if args.tolerance is not None else TOLERANCE_UNMATCHED if unmatched else TOLERANCE
 
-    bs.check_complete(int(manifest["epochs"]))
-    jobs = spread(bs.jobs(int(manifest["epochs"])), verify_sample(args))
-    dataset = StoreBatches(root, index, manifest, jobs, with_stored=True)
+    bs.check_complete(s.epochs)
+    jobs = spread(bs.jobs(s.epochs), verify_sample(args))
+    dataset = bs.stored_steps(index, jobs)
     rel, agree, tie, where = [], [], [], []
     for i, (e, b) in enumerate(jobs):
         item = dataset[i]
@@ -270,7 +263,7 @@ def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
     worst = int(rel_all.argmax())
     e, b, k = where[worst]
     n, n_agree, n_tie = len(rel_all), int(agree_all.sum()), int(tie_all.sum())
-    label = "full logits" if manifest.get("label_format") != "topk" else f"the stored top-{manifest['topk']} logits"
+    label = "full logits" if s.label_format != "topk" else f"the stored top-{s.topk} logits"
     print(f"verify: {len(jobs)} batches, {n} samples re-rendered from {args.data} and labelled by "
           f"{', '.join(t.arch for t in teachers)} (temperature {temperature:g}"
           f"{', autocast ' + str(amp).replace('torch.', '') if amp else ''}); compared on {label}", flush=True)
@@ -280,13 +273,24 @@ def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
           + (f"; {n_tie} disagreement(s) are near-ties" if n_tie else ""), flush=True)
     wrong = n - n_agree - n_tie
     if float(rel_all[worst]) > tol or wrong:
-        raise UserError(f"--verify-teacher {args.verify_teacher}: does not reproduce the labels of STORE {root}: "
+        raise UserError(f"--verify-teacher {args.verify_teacher}: does not reproduce the labels of STORE {bs.path}: "
                         f"worst relative error {float(rel_all[worst]):.3g} > tolerance {tol:g} at "
                         f"{bs.reader().where(e, b)} sample {k}, argmax agreement {100.0 * n_agree / n:.1f}%; "
                         f"wrong teacher, wrong --data, or wrong --fkd_seed/--input-size?"
                         if float(rel_all[worst]) > tol else
-                        f"--verify-teacher {args.verify_teacher}: {wrong} of {n} argmax disagree with STORE {root}")
+                        f"--verify-teacher {args.verify_teacher}: {wrong} of {n} argmax disagree with STORE {bs.path}")
     print(f"ok: the teacher reproduces the stored labels ({n} samples)", flush=True)
+
+
+def verify_device(name: Optional[str]) -> torch.device:
+    """--device (default: cuda where there is one, as relabel)."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UserError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
+    return device
 
 
 # ----------------------------------------------------------------------------- teacher weight files

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from torch.utils.data import Dataset
 
@@ -28,6 +28,7 @@ UPSTREAM = "upstream"            # SRe2L / G-VBSM / PRISM batch files, no manife
 PER_IMAGE = "per-image"          # ours, FKD's layout
 FKD_UPSTREAM = "fkd-upstream"    # the per-image files FKD itself writes
 KINDS = (BATCH, UPSTREAM, PER_IMAGE, FKD_UPSTREAM)
+OURS = "ours"  # ``converted_from.kind`` of a store converted from a BATCH store (upstream ones: their name)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,16 @@ class StoreWriter(Protocol):
     def finish(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Labelling:
+    """How a store's labels were made, as ``--verify-teacher`` runs its teachers again."""
+    teachers: tuple                   # the teacher entries (arch, source, weights, sha256, mean, std...)
+    ensemble: str = "mean"
+    primary_weight: float = 0.5
+    temperature: Optional[float] = None  # None: not recorded
+    amp: Optional[str] = None         # relabel's autocast on a GPU ("bfloat16", "float16"; None: off)
+
+
 VOLATILE = ("epochs", "args", "versions", "created_by", "amp", "converted_from")
 
 
@@ -98,6 +109,10 @@ class Store:
     format = ""
     layout = "batch"
     needs_images = False  # found, or counted, only through the images it was made from (upstream stores)
+    needs_images_hint = ""  # what a command given no images says of it: "is ...: pass --data DIR ..."
+    # The Request fields a command's flags may set when opening a store of this layout.
+    request_fields: tuple[str, ...] = ("input_size", "fkd_seed")
+    not_converted = ""  # why a conversion refuses it as its source ("": it converts)
 
     def __init__(self, path: str, manifest: dict, flag: str):
         self.path, self.flag = path, flag
@@ -178,10 +193,48 @@ class Store:
         """The teacher entries the store records (arch, source, weights, sha256...; none: [])."""
         return list(self.manifest.get("teachers") or [])
 
+    def labelling(self) -> Labelling:
+        """Its teachers and how they were run (ensemble rule, temperature, autocast)."""
+        m = self.manifest
+        temperature = m.get("temperature")
+        return Labelling(tuple(self.teachers()), m.get("ensemble") or "mean", m.get("primary_weight") or 0.5,
+                         None if temperature is None else float(temperature), m.get("amp"))
+
+    def conversion(self, options: "Conversion", index: Optional[FolderIndex]) -> "Converted":
+        """What converting it into our format writes: the new store's manifest, its keys (steps, or
+        images) and each key's labels as its writer takes them."""
+        raise NotImplementedError
+
+    @classmethod
+    def request(cls, given: Mapping[str, Any]) -> Request:
+        """The Request of the flags ``given`` (field -> value) that apply to this layout."""
+        return Request(**{k: given.get(k) for k in cls.request_fields})
+
     def with_images(self, index: FolderIndex, data_arg: str) -> tuple["Store", Optional[str]]:
         """This store read with ``index``, the images it was made from (``data_arg`` names them),
         to recompute its labels; and a note to print when the images differ from those it records."""
         return self, None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a user asks of a conversion into our format (``convert_labels``); the source store
+    tells what it makes of it (``Store.conversion``)."""
+    source: str                       # the source's path, as the new store records it
+    label_format: str = "topk"        # batch stores: "full" or "topk"
+    topk: int = 5
+    topk_fill: str = "residual"       # a --topk-fill choice
+    fill_temperature: float = 1.0
+    temperature: float = 1.0          # FKD's own files: FKD_SLG's --temp
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A conversion's plan: the new store's manifest, the keys to write, and each key's labels."""
+    target: dict
+    keys: list
+    labels: Callable[..., tuple]      # labels(*key) -> what the writer's write(*key, ...) takes after the key
+    unit: str                         # what a key is in the report: "batches", "per-image files"
 
 
 def spread(items: Sequence, k: int) -> list:
@@ -218,7 +271,7 @@ def cutmix_lam_is_area(manifest: Mapping[str, Any]) -> bool:
     them; SRe2L / G-VBSM / PRISM keep the Beta draw made before the box was clipped, and so do our
     stores converted from theirs."""
     source = manifest.get("converted_from") or {}
-    return "legacy_kind" not in manifest and source.get("kind", "ours") == "ours"
+    return "legacy_kind" not in manifest and source.get("kind", OURS) == OURS
 
 
 def check_recorded(request: Request, manifest: Mapping[str, Any], where: str) -> None:

@@ -23,11 +23,8 @@ left out, chosen so that those classes keep the probability mass the teacher gav
 written before it existed, whose list holds only [values, classes]) the left-out classes read as
 -inf: probability 0, the top K renormalized, which costs a student far more (docs/stores.md).
 
-The reader also accepts stores made by the upstream repositories, which have no manifest:
-SRe2L / G-VBSM lists of 6 (no index: the sample order is the upstream one, a RandomSampler over
-the ImageFolder driven by one torch.Generator seeded with --fkd_seed and continued across
-epochs) and PRISM lists of 7 (with the index). Their cutmix boxes are numpy scalars, which
-``weights_only`` refuses by default; exactly those numpy types are admitted, nothing else.
+Stores made by the upstream repositories (no manifest) are read through the same validator by
+``stores/upstream.py``.
 """
 from __future__ import annotations
 
@@ -45,11 +42,10 @@ from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import packed, schema
-from softlabel.stores.base import (BATCH, Request, Store, check_digest, checked, cutmix_lam_is_area, fmt_floats,
-                                   spread, weights_name)
-from softlabel.stores.legacy_order import LegacyOrder
-from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, residual_fill, smallest_int_dtype,
-                                   writes_fill)
+from softlabel.stores.base import (BATCH, OURS, Conversion, Converted, Request, Store, check_digest, checked,
+                                   cutmix_lam_is_area, fmt_floats, spread, weights_name)
+from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, fill_entries, residual_fill,
+                                   smallest_int_dtype, writes_fill)
 from softlabel.threads import running_on
 
 FORMAT_VERSION = 1          # one file per step (full, and the first top-k stores)
@@ -138,17 +134,17 @@ class Reader:
 
     def __init__(self, root: str, manifest: dict):
         self.root, self.manifest = root, manifest
-        self.kind = manifest.get("legacy_kind", "ours")
         self.num_samples, self.num_classes = int(manifest["num_samples"]), int(manifest["num_classes"])
+        self.input_size = manifest["input_size"]
         self.packed = manifest.get("container") == "epoch"
         self._epoch: Optional[packed.EpochFile] = None  # the last epoch file read (memory-mapped)
-        self._order = None
-        self._legacy: Optional[tuple[int, torch.Tensor]] = None  # the last epoch's order drawn
-        if self.kind == "sre2l":  # no sample indices stored: the upstream sampler's order
-            self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples)
 
     def __getstate__(self) -> dict:  # loader workers open their own maps
-        return {**self.__dict__, "_epoch": None, "_legacy": None}
+        return {**self.__dict__, "_epoch": None}
+
+    def class_index(self, classes: list[str]) -> list[int]:
+        """The teacher's class number of each named folder, as the store records it."""
+        return class_index_of(self.manifest, classes)
 
     def where(self, epoch: int, batch: int) -> str:
         """The file (and step) of a batch, as errors name it."""
@@ -160,25 +156,16 @@ class Reader:
         if self.packed:
             return self._read_packed(epoch, batch)
         path = batch_path(self.root, epoch, batch)
-        data = files.safe_torch_load(path, "store batch file", allow_numpy=self.kind != "ours")
-        if self.kind == "sre2l":
-            if not isinstance(data, (list, tuple)) or len(data) != 6:
-                raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
-            size = len(data[0]) if hasattr(data[0], "__len__") else 0
-            index = self.legacy_order(epoch)[replay.batch_slice(int(self.manifest["batch_size"]), batch)][:size]
-            data = list(data) + [index.clone()]
-        topk = self.manifest.get("label_format") == "topk"
+        data = self.load(path, epoch, batch)
         stored = None
-        if topk:
+        if self.manifest.get("label_format") == "topk":
             data, stored = decode_topk(data, path, self.num_classes, writes_fill(self.manifest))
         return self._checked(data, path, batch, stored)
 
-    def legacy_order(self, epoch: int) -> torch.Tensor:
-        """An SRe2L / G-VBSM epoch's sample order, drawn once for all its steps (drawing it runs the
-        sampler over the whole dataset)."""
-        if self._legacy is None or self._legacy[0] != epoch:
-            self._legacy = (epoch, self._order.epoch(epoch))
-        return self._legacy[1]
+    def load(self, path: str, epoch: int, batch: int) -> Any:
+        """A batch file as stored, the list of 7 the validator takes (a format read through this
+        reader turns its own list into that one here)."""
+        return files.safe_torch_load(path, "store batch file")
 
     def epoch_file(self, epoch: int) -> packed.EpochFile:
         """A packed store's epoch file, its structure checked; a new map for each call."""
@@ -217,14 +204,15 @@ class StoreBatches(Dataset):
     uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
 
     def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
-                 cache_bytes: int = 0, rank: int = 0, world: int = 1, with_stored: bool = False):
+                 cache_bytes: int = 0, rank: int = 0, world: int = 1, with_stored: bool = False,
+                 reader: Optional[Reader] = None):
         self.root, self.index, self.jobs = root, index, jobs
         self.with_stored = with_stored
         self.rank, self.world = rank, world
         self.cache = ImageCache(cache_bytes, index)
-        self.reader = Reader(root, manifest)
-        self.input_size = int(manifest["input_size"])
-        self.targets = folder_targets(index, class_index_of(manifest, index.classes))
+        self.reader = reader or Reader(root, manifest)  # an upstream store's: its Store's reader()
+        self.input_size = int(self.reader.input_size)
+        self.targets = folder_targets(index, self.reader.class_index(index.classes))
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -248,7 +236,6 @@ class StoreBatches(Dataset):
         if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
             item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
         return item
-
 
 
 def keep_of(manifest: Any) -> float:
@@ -508,10 +495,40 @@ class BatchStore(Store):
     def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
                 world: int = 1, with_stored: bool = False) -> Dataset:
         return StoreBatches(self.path, index, dict(self.manifest), self.replayed(jobs), cache_bytes, rank, world,
-                            with_stored)
+                            with_stored, self.reader())
+
+    def stored_steps(self, index: FolderIndex, jobs: list[tuple[int, int]]) -> Dataset:
+        """The stored steps ``jobs`` themselves (no replay cycle) with their pixels, and which logits
+        each holds: what the tools draw and check."""
+        return StoreBatches(self.path, index, dict(self.manifest), jobs, with_stored=True, reader=self.reader())
+
+    def conversion(self, options: Conversion, index: Optional[FolderIndex] = None) -> Converted:
+        """Into our batch store: top-k packed one file per epoch, full one file per step; a pruned
+        store stays pruned. A top-k source gives at most its top k."""
+        m, src = self.manifest, f"{self.flag} {self.path}"
+        if m["label_format"] == "topk":
+            if options.label_format == "full":
+                raise UserError(f"--label-format full: {src} keeps only the top {m['topk']} logits; "
+                                f"the others cannot be restored")
+            if options.topk > m["topk"]:
+                raise UserError(f"--topk {options.topk}: {src} keeps only the top {m['topk']} logits")
+        if options.label_format == "topk" and options.topk > m["num_classes"]:
+            raise UserError(f"--topk {options.topk}: {src} has {m['num_classes']} classes; keep at most "
+                            f"{m['num_classes']}")
+        manifest = {**self.content(), **container_of(options.label_format), "label_keep": keep_of(m),
+                    "label_format": options.label_format,
+                    "topk": options.topk if options.label_format == "topk" else None,
+                    **fill_entries(options.label_format, options.topk_fill, options.fill_temperature)}
+        if options.label_format == "topk":
+            manifest["label_dtype"] = "float16"
+        manifest["converted_from"] = {"path": options.source, "kind": self.source_name(),
+                                      "label_format": m["label_format"], "topk": m["topk"],
+                                      "topk_fill": m.get("topk_fill")}
+        reader = self.reader()
+        return Converted(manifest, self.jobs(int(m["epochs"])), lambda e, b: (reader.read(e, b),), "batches")
 
     def source_name(self) -> str:
-        return "ours"
+        return OURS
 
     def check(self, index: Optional[FolderIndex] = None, sample: int = 0) -> str:
         epochs = int(self.manifest["epochs"])
@@ -557,7 +574,7 @@ class BatchStore(Store):
         source = m.get("converted_from")
         rows = [
             ("format", "ours v%d (manifest.json)" % m["format_version"]
-             + (f", converted from {'our' if source.get('kind') == 'ours' else 'an upstream'} "
+             + (f", converted from {'our' if source.get('kind') == OURS else 'an upstream'} "
                 f"{source.get('kind')} store" if source else "")),
             ("epochs", str(epochs)),
             ("batches per epoch", str(batches)),

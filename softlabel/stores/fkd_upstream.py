@@ -31,8 +31,10 @@ import torch
 from softlabel import files
 from softlabel.data import IMAGENET_MEAN, IMAGENET_STD, FolderIndex
 from softlabel.errors import UserError
-from softlabel.stores.base import FKD_UPSTREAM, Request
+from softlabel.stores import per_image
+from softlabel.stores.base import FKD_UPSTREAM, Conversion, Converted, Request
 from softlabel.stores.per_image import TOP_K, PerImageStore, normalize_label_type
+from softlabel.stores.topk import smallest_int_dtype
 
 FORMAT = "fkd-upstream"
 DEFAULT_CLASSES, DEFAULT_SIZE = 1000, 224  # FKD's train_FKD.py: --num_classes 1000, 224 px crops
@@ -101,6 +103,9 @@ class FkdUpstreamStore(PerImageStore):
 
     kind = FKD_UPSTREAM
     needs_images = True
+    needs_images_hint = "holds FKD's own per-image files, found through the images they label: pass --data DIR " \
+                        "(FKD's train folder)"
+    not_converted = ""
     labelled_resample = "bicubic"  # FKD_SLG labelled bicubic crops
     format = FORMAT
 
@@ -153,6 +158,24 @@ class FkdUpstreamStore(PerImageStore):
 
     def source_name(self) -> str:
         return FKD_UPSTREAM
+
+    def conversion(self, options: Conversion, index: Optional[FolderIndex]) -> Converted:
+        """Into our per-image store: the same crops and quantized labels, with a manifest that
+        records what FKD's files do not (classes, crop size, the images)."""
+        m = self.manifest
+        manifest = {k: m.get(k) for k in per_image.CONTENT_KEYS}
+        manifest.update({"format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
+                         "created_by": "scripts/convert_labels.py", "class_names": m["class_names"],
+                         "mean": m["mean"], "std": m["std"], "top_k": m["top_k"], "interpolation": m["interpolation"],
+                         "dataset_fingerprint": index.fingerprint(), "temperature": options.temperature,
+                         "converted_from": {"kind": self.source_name(), "label_type": m["label_type"]}})
+        class_type, fp16 = smallest_int_dtype(m["num_classes"]), m["use_fp16"]
+
+        def labels(i: int) -> tuple:
+            coords, flips, classes, values = self.read_labels(index, i)
+            return coords, flips, classes.to(class_type), None if values is None else (
+                values.half() if fp16 else values.float())
+        return Converted(manifest, [(i,) for i in range(len(index))], labels, "per-image files")
 
     def summary(self, index: Optional[FolderIndex] = None) -> list[tuple[str, str]]:
         m = self.manifest

@@ -485,6 +485,8 @@ class PerImageStore(Store):
 
     kind = format = layout = PER_IMAGE
     labelled_resample = "bilinear"  # how the generator resampled the crops it labelled
+    request_fields = ("input_size", "num_classes", "label_type")
+    not_converted = "is our per-image store already; this converts batch stores and FKD's own per-image files"
 
     @classmethod
     def open(cls, path: str, flag: str = "--fkd-path") -> "PerImageStore":

@@ -47,6 +47,13 @@ def fill_setting(label_format: str, choice: str) -> Optional[str]:
     return choice if label_format == "topk" and choice != "none" else None
 
 
+def fill_entries(label_format: str, choice: str, temperature: float) -> dict:
+    """The manifest's ``topk_fill`` and ``topk_fill_temperature`` for --topk-fill and
+    --topk-fill-temperature (no fill: both None)."""
+    fill = fill_setting(label_format, choice)
+    return {"topk_fill": fill, "topk_fill_temperature": fill and temperature}
+
+
 FILL_TEMPERATURE_HELP = ("the softmax temperature at which the residual fill keeps the left-out probability "
                          "exactly: give the student's -T (default: 1; docs/stores.md measures the error elsewhere)")
 

@@ -17,13 +17,18 @@ from typing import Optional
 
 import torch
 
-from softlabel import files, streams
+from softlabel import files, replay, streams
 from softlabel.data import FolderIndex
 from softlabel.errors import UserError
 from softlabel.stores.base import UPSTREAM, Request
-from softlabel.stores.batch import BatchStore, batch_path, manifest_path
+from softlabel.stores.batch import BatchStore, Reader, batch_path, manifest_path
+from softlabel.stores.legacy_order import LegacyOrder
 
 LEGACY_SEED = streams.DEFAULT_SEED  # upstream --fkd_seed default (42)
+# Which upstream store it is, as its manifest's ``legacy_kind`` (and a store converted from it,
+# ``converted_from.kind``) records it.
+SRE2L = "sre2l"   # SRe2L / G-VBSM: lists of 6, no sample indices
+PRISM = "prism"   # lists of 7, with the indices
 
 
 def is_legacy(root: str) -> bool:
@@ -64,11 +69,44 @@ def samples_from_batches(root: str, batches: int, batch_size: int) -> Optional[i
     return (batches - 1) * batch_size + len(load_upstream(last)[0])
 
 
+class UpstreamReader(Reader):
+    """Reads an upstream store's batch files as our reader's lists of 7: numpy scalars admitted;
+    SRe2L / G-VBSM batches given the indices their sampler drew."""
+
+    def __init__(self, root: str, manifest: dict):
+        super().__init__(root, manifest)
+        self.indexless = manifest["legacy_kind"] == SRE2L
+        self._order = LegacyOrder(manifest["fkd_seed"], self.num_samples) if self.indexless else None
+        self._drawn: Optional[tuple[int, torch.Tensor]] = None  # the last epoch's order drawn
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_drawn": None}
+
+    def load(self, path: str, epoch: int, batch: int) -> list:
+        data = files.safe_torch_load(path, "store batch file", allow_numpy=True)
+        if not self.indexless:
+            return data
+        if not isinstance(data, (list, tuple)) or len(data) != 6:
+            raise UserError(f"store batch file {path}: expected the 6 entries of an SRe2L/G-VBSM store")
+        size = len(data[0]) if hasattr(data[0], "__len__") else 0
+        index = self.epoch_order(epoch)[replay.batch_slice(int(self.manifest["batch_size"]), batch)][:size]
+        return list(data) + [index.clone()]
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """An SRe2L / G-VBSM epoch's sample order, drawn once for all its steps (drawing it runs the
+        sampler over the whole dataset)."""
+        if self._drawn is None or self._drawn[0] != epoch:
+            self._drawn = (epoch, self._order.epoch(epoch))
+        return self._drawn[1]
+
+
 class UpstreamStore(BatchStore):
     """An SRe2L / G-VBSM / PRISM store, its manifest built from its files and the flags."""
 
     kind = UPSTREAM
     needs_images = True
+    needs_images_hint = "is an upstream store (no manifest): pass --data DIR, the image folder it was made from, " \
+                        "and --input-size"
 
     @classmethod
     def open(cls, path: str, flag: str, index: Optional[FolderIndex], request: Request,
@@ -105,8 +143,11 @@ class UpstreamStore(BatchStore):
         store.request = request
         return store
 
+    def reader(self, index: Optional[FolderIndex] = None) -> UpstreamReader:
+        return UpstreamReader(self.path, dict(self.manifest))
+
     def source_name(self) -> str:
-        return self.manifest["legacy_kind"]  # "sre2l" or "prism"
+        return self.manifest["legacy_kind"]  # SRE2L or PRISM
 
     def content(self) -> dict:
         return {k: v for k, v in self.manifest.items() if k != "legacy_kind"}
@@ -116,7 +157,7 @@ class UpstreamStore(BatchStore):
         root, request = self.path, self.request
         epochs, batches, files_found = layout(root)
         first = load_upstream(batch_path(root, 0, 0))
-        kind = "sre2l" if len(first) == 6 else "prism"
+        kind = SRE2L if len(first) == 6 else PRISM
         batch_size, soft = len(first[0]), first[5]
         samples = samples_from_batches(root, batches, batch_size)
         said = ("from the last batch of epoch 0" if samples is not None
@@ -128,7 +169,7 @@ class UpstreamStore(BatchStore):
         mix = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
         return [
             ("format", f"legacy {kind} (no manifest; lists of {len(first)} "
-                       f"{'without' if kind == 'sre2l' else 'with'} sample indices)"),
+                       f"{'without' if kind == SRE2L else 'with'} sample indices)"),
             ("epochs", str(epochs)),
             ("batches per epoch", str(batches)),
             ("batch files", f"{files_found} of {epochs * batches} present"),
@@ -163,7 +204,7 @@ class UpstreamStore(BatchStore):
 def legacy_manifest(first: list, class_names: list[str], num_samples: int, fkd_seed: Optional[int],
                     input_size: Optional[int]) -> dict:
     """A manifest for an upstream store from its first batch and the user's flags."""
-    kind = "sre2l" if len(first) == 6 else "prism"
+    kind = SRE2L if len(first) == 6 else PRISM
     soft = first[5]
     mix_type = "none" if first[2] is None else ("cutmix" if first[4] is not None else "mixup")
     return {

@@ -248,7 +248,7 @@ def check_flags(args: argparse.Namespace) -> None:
 NUMBER_RANGES = (
     ("-lr/--lr", "learning_rate", lambda v: 0 <= v <= 100, "in [0, 100]"),  # 0: the weights stay put
     ("--adamw-lr", "adamw_lr", lambda v: 0 <= v <= 100, "in [0, 100]"),
-    ("--distill-init-lr", "distill_init_lr", lambda v: v == "auto" or 0 < v <= 100, "auto or in (0, 100]"),
+    ("--distill-init-lr", "distill_init_lr", lambda v: v == "auto" or 0 < v <= 100, "in (0, 100], or auto"),
     ("--momentum", "momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("--weight-decay", "weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("--adamw-weight-decay", "adamw_weight_decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
