@@ -161,9 +161,10 @@ def confidence(run: str, val_dir: str) -> dict:
     from torch.utils.data import DataLoader
 
     from softlabel.checkpoint import read_weights
-    from softlabel.data import IndexedImageFolder, eval_pixels_transform, scan_image_folder
+    from softlabel.data import IndexedImageFolder, scan_image_folder
     from softlabel.evaluation import predict
     from softlabel.models import create_model
+    from softlabel.transforms import eval_pixels_transform
     state, meta = read_weights(os.path.join(run, "checkpoint.pth"), "checkpoint")
     model = create_model(meta["arch"], meta["num_classes"])
     model.load_state_dict(state)

@@ -1,5 +1,5 @@
-"""ImageFolder datasets: listing in torchvision's order, fingerprints, image loading and the
-plain (non-replayed) transforms used for validation and hard-label training."""
+"""ImageFolder datasets: listing in torchvision's order, fingerprints, image loading (the
+transforms applied to the images are in transforms.py)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -197,27 +196,6 @@ class ImageCache:
             self.images[path] = img
             self.used += size
         return img
-
-
-def eval_transform(input_size: int, crop_pct: float, mean, std) -> T.Compose:
-    """Resize the short side to ``input_size / crop_pct`` and center-crop (256 -> 224 upstream)."""
-    resize = int(round(input_size / crop_pct))
-    return T.Compose([
-        T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
-        T.CenterCrop(input_size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
-
-
-def eval_pixels_transform(input_size: int, crop_pct: float) -> T.Compose:
-    """The resize and center crop of ``eval_transform``, as uint8 pixels (normalized later,
-    per teacher)."""
-    return T.Compose([
-        T.Resize(int(round(input_size / crop_pct)), interpolation=T.InterpolationMode.BILINEAR),
-        T.CenterCrop(input_size),
-        T.PILToTensor(),
-    ])
 
 
 class IndexedImageFolder(torch.utils.data.Dataset):

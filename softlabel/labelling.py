@@ -9,10 +9,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from softlabel.data import IndexedImageFolder, eval_pixels_transform, scan_image_folder
+from softlabel.data import IndexedImageFolder, scan_image_folder
 from softlabel.errors import UserError
 from softlabel.evaluation import batches
 from softlabel.teachers import Ensemble, Teacher
+from softlabel.transforms import eval_pixels_transform
 
 PREFLIGHT_CROPS = 256  # the teachers' accuracy is checked on this many crops before anything is written
 

@@ -75,7 +75,7 @@ def parser_of(script: str) -> argparse.ArgumentParser:
     preset = re.fullmatch(r"relabel/(?:generate_soft_label_|relabel_)(r\d+)\.(?:py|sh)", script)
     if preset:
         from softlabel.commands.relabel import get_args_parser
-        from softlabel.presets import PRESETS
+        from softlabel.relabel_presets import PRESETS
         return get_args_parser(PRESETS[preset.group(1)])
     if script.startswith("validate/") and script.endswith(".sh"):
         script = "validate/train_FKD_parallel.py"  # each passes its arguments on to the trainer

@@ -145,7 +145,7 @@ def test_published_weights_by_name_and_their_defaults(tmp_path, monkeypatch):
     from softlabel.commands.relabel import get_args_parser, teacher_specs
     from softlabel.commands.relabel_fkd import get_args_parser as fkd_parser
     from softlabel.commands.relabel_fkd import teacher_source
-    from softlabel.presets import PRESETS
+    from softlabel.relabel_presets import PRESETS
     PRESET = PRESETS["r50"]
     from softlabel.models import torchvision_weights
     from softlabel.teachers import load_teacher, weight_names

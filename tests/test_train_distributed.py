@@ -56,3 +56,16 @@ def test_two_ranks_and_accumulation_match_one_process(cutmix_store, demo_data, t
     # sample (mlpnet has no batch norm, so nothing but the order of these sums differs)
     tol = between_orders(LOSS_DEPTH, kl_magnitude(CLASSES, losses[0]))
     assert abs(losses[1] - losses[0]) <= tol and abs(losses[2] - losses[0]) <= tol, (losses, tol)
+
+
+def test_evaluation_is_sharded_over_the_ranks_and_reports_one_process_numbers(demo_data, tmp_path):
+    """Each rank evaluates its contiguous share of --val-dir and the counts are summed: the same top-1
+    and top-5 as one process (learning rate 0: both evaluate the same weights)."""
+    base = ["--train-dir", demo_data / "ipc2", "--val-dir", demo_data / "val", "--model", "mlpnet", "--input-size",
+            16, "-b", 10, "--epochs", 1, "-j", 0, "--sgd", "-lr", 0, "--val-batch-size", 64]
+    train(*base, "--output-dir", tmp_path / "one")
+    train(*base, "--output-dir", tmp_path / "ranks", nproc=2)
+    one, ranks = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("one", "ranks"))
+    assert (ranks["top1"], ranks["top5"]) == (one["top1"], one["top5"])
+    # NLL and ECE: sums of 450 per-image float32 terms, in another order on two ranks
+    assert abs(ranks["nll"] - one["nll"]) <= between_orders(450 + 32, 450 * (2 * 16 + 3)) / 450

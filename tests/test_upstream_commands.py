@@ -12,11 +12,11 @@ import torch
 from conftest import ROOT
 from rounding import FLOAT64, within
 
-from softlabel.presets import PRESETS as PRESETS_BY_NAME
 from softlabel.commands.relabel import get_args_parser as relabel_parser
 from softlabel.commands.relabel import teacher_specs
 from softlabel.ensemble import combine
 from softlabel.precision import amp_dtype
+from softlabel.relabel_presets import PRESETS as PRESETS_BY_NAME
 from softlabel.training.config import lr_schedule_of
 from softlabel.training.schedules import SCHEDULES
 from softlabel.commands.train import get_args_parser as train_parser

@@ -34,12 +34,12 @@ from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, check_tea
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
+from softlabel.relabel_presets import PRESETS, Preset
 from softlabel.stores import batch as store
 from softlabel.stores import topk
 from softlabel.stores import create_store
 from softlabel.stores.schema import MAX_BATCH_FILES, MAX_EPOCHS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED, check_seed
-from softlabel.presets import PRESETS, Preset
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_names, weight_paths
 
 

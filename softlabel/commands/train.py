@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from softlabel import distributed, models, tracking, zoo
 from softlabel.cli import (add_config_flag, add_mix_type, add_replaced_flags, config_of, note_replaced_flags,
                            parse_with_config)
-from softlabel.data import IndexedImageFolder, drop_unreadable, eval_transform, scan_image_folder, scan_images
+from softlabel.data import IndexedImageFolder, drop_unreadable, scan_image_folder, scan_images
 from softlabel.distill import DISTILLERS
 from softlabel.errors import UserError, run_main
 from softlabel.loader import loader_workers
@@ -49,6 +49,7 @@ from softlabel.training.loop import train
 from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES
 from softlabel.training.report import evaluate
 from softlabel.training.schedules import SCHEDULES
+from softlabel.transforms import eval_transform
 
 TRAINER_REPLACED = ("multiprocessing_distributed", "dist_url", "dist_backend", "world_size", "rank", "gpu", "gpu_id")
 

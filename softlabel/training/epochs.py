@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Optional
 
-import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from softlabel import replay, streams
@@ -22,6 +20,7 @@ from softlabel.stores import Store
 from softlabel.stores import batch as batch_store
 from softlabel.streams import Stream
 from softlabel.training.config import TrainConfig, pass_batch
+from softlabel.transforms import drawn_train_crop, train_crop_transform
 
 
 def epoch_seed(seed: int, epoch: int, stream: Stream = Stream.TRAIN_EPOCH) -> int:
@@ -91,15 +90,14 @@ def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, epochs: range, info:
     (--seed, ``stream``, epoch, image) whatever the workers, ranks or resumption."""
     method = DISTILLERS[cfg.distiller] if cfg.distiller else None
     views = method is not None and method.views > 1
-    crop = (T.RandomCrop(cfg.input_size, padding=4) if cfg.train_crop == "padded" else
-            T.RandomResizedCrop(cfg.input_size, scale=(cfg.min_scale_crops, cfg.max_scale_crops),
-                                interpolation=T.InterpolationMode.BILINEAR))
-    one_view = IndexedImageFolder(index, T.Compose([crop, T.RandomHorizontalFlip(), T.PILToTensor()]),
+    scale = (cfg.min_scale_crops, cfg.max_scale_crops)
+    one_view = IndexedImageFolder(index, train_crop_transform(cfg.train_crop, cfg.input_size, scale),
                                   with_index=True)
+    crop = drawn_train_crop(cfg.train_crop, cfg.input_size, scale)
     local_batch = max(1, cfg.batch_size // info.world_size)
     for epoch in epochs:
         seed = epoch_seed(cfg.seed, epoch, stream)
-        dataset = (ImageViews(index, method.image_views, drawn_crop(cfg), (cfg.seed, stream, epoch)) if views
+        dataset = (ImageViews(index, method.image_views, crop, (cfg.seed, stream, epoch)) if views
                    else one_view)
         if info.distributed:
             sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed)
@@ -108,22 +106,6 @@ def hard_label_epochs(cfg: TrainConfig, index: FolderIndex, epochs: range, info:
         loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=cfg.workers,
                             pin_memory=pin, generator=torch.Generator().manual_seed(seed), drop_last=cfg.drop_last)
         yield epoch, _hard_label_batches(loader, epoch, cfg, info, stream == Stream.TRAIN_EPOCH)
-
-
-def drawn_crop(cfg: TrainConfig) -> Crop:
-    """The run's --train-crop with its draws from a numpy generator: padded = RandomCrop(--input-size,
-    padding=4) (PIL fills the box outside the image with zeros, as the padding); resized =
-    RandomResizedCrop's box drawn as torchvision draws it (replay.sample_crop)."""
-    size = cfg.input_size
-
-    def padded(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        top, left = (int(rng.integers(0, max(n + 8 - size, 0) + 1)) - 4 for n in image.size[::-1])
-        return image.crop((left, top, left + size, top + size))
-
-    def resized(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        box = replay.sample_crop(rng, *image.size, (cfg.min_scale_crops, cfg.max_scale_crops))
-        return replay.render_crop(image, box, False, size)
-    return padded if cfg.train_crop == "padded" else resized
 
 
 class ImageViews(torch.utils.data.Dataset):

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from softlabel import files, models, precision, provenance, tracking
+from softlabel import distributed, files, models, precision, provenance, tracking
 from softlabel.cli import CONFIG_FILE
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo, require_same_start
@@ -25,8 +25,8 @@ from softlabel.training.distillation import build_distiller, distilling
 from softlabel.training.epochs import epoch_seed, hard_label_epochs, store_epochs
 from softlabel.training.metrics import BestAndLast
 from softlabel.training.optim import build_optimizer
-from softlabel.training.report import (Log, crossed, describe, log_epoch, read_rows, store_notes, upstream_of,
-                                       validation_loader)
+from softlabel.training.report import (Log, crossed, describe, evaluate_run, log_epoch, read_rows, store_notes,
+                                       upstream_of, validation_loader)
 from softlabel.training.step import Run, train_step
 
 
@@ -141,8 +141,9 @@ def announce(cfg: TrainConfig, store: Optional[Store], index: FolderIndex, info:
 
 
 def train_epochs(run: Run, epochs: Iterator[tuple[int, Iterator[dict]]], log: Log) -> tuple[int, dict]:
-    """Every epoch's steps, then on the main rank its evaluation every --eval-interval epochs and its
-    checkpoint every --save-interval, both at the end; returns (steps, the last row written)."""
+    """Every epoch's steps, then its evaluation every --eval-interval epochs (sharded over the ranks) and,
+    on the main rank, its row and its checkpoint every --save-interval, both at the end; returns (steps,
+    the last row written)."""
     cfg, passes, bar = run.cfg, run.cfg.passes, log.bar
     n_steps, result = 0, {}
     for epoch, batches in epochs:
@@ -153,10 +154,12 @@ def train_epochs(run: Run, epochs: Iterator[tuple[int, Iterator[dict]]], log: Lo
         done = first + (crops if cfg.recipe == "fkd" else 1)  # epochs done; a pass may count as several
         bar.set_postfix(epoch=done, loss=f"{train_loss:.4f}", refresh=False)
         last = epoch + 1 == len(passes)
-        if run.info.is_main and (crossed(done, first, cfg.eval_interval) or last):
-            result = log_epoch(run, log, done, n_steps, train_loss)
-            if log.scores.add(result) and cfg.save_best:
-                save_checkpoint(run, epoch + 1, BEST_CHECKPOINT)
+        if crossed(done, first, cfg.eval_interval) or last:
+            metrics = evaluate_run(run, log)  # every rank: its share of the images
+            if run.info.is_main:
+                result = log_epoch(run, log, done, n_steps, train_loss, metrics)
+                if log.scores.add(result) and cfg.save_best:
+                    save_checkpoint(run, epoch + 1, BEST_CHECKPOINT)
         if run.info.is_main and (crossed(done, first, cfg.save_interval) or last):
             save_checkpoint(run, epoch + 1)
     return n_steps, result
@@ -196,7 +199,8 @@ def train(cfg: TrainConfig, store: Optional[Store], index: FolderIndex, info: Di
         distill_init(run)
     model = parallel(run)
     pin = info.device.type == "cuda"
-    val_loader = validation_loader(cfg, index, store, run.mean, run.std, pin) if info.is_main else None
+    with distributed.together(info):  # every rank scans --val-dir: each evaluates its share
+        val_loader = validation_loader(cfg, index, store, run.mean, run.std, info)
     metrics_path = metrics_file(cfg, info, resumed)
     tracker = tracking.Tracker(cfg.wandb_mode if info.is_main else "disabled", cfg.wandb_project,
                                os.path.basename(os.path.abspath(cfg.output_dir)), cfg.output_dir,

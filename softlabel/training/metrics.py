@@ -35,6 +35,21 @@ class SplitMetrics:
         self.bin_correct += torch.bincount(bins, weights=correct, minlength=self.n_bins)
         self.seen += len(targets)
 
+    def reduce(self, info) -> None:
+        """Sum the counts of every rank's share of the split (``info``: softlabel.distributed.DistInfo):
+        top-1 and top-5 are counts, so a sharded evaluation reports exactly one process's."""
+        if not info.distributed:
+            return
+        import torch.distributed as dist
+        device = info.device if info.device.type == "cuda" else torch.device("cpu")
+        sums = torch.cat([torch.tensor([self.seen, self.top1, self.top5, self.nll], dtype=torch.float64),
+                          self.bin_confidence, self.bin_correct]).to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+        self.seen, self.top1, self.top5 = (int(v) for v in sums[:3].tolist())
+        self.nll = float(sums[3])
+        self.bin_confidence, self.bin_correct = sums[4:4 + self.n_bins].clone(), sums[4 + self.n_bins:].clone()
+
     def ece(self) -> float:
         """The calibration error in [0, 1]."""
         return float((self.bin_correct - self.bin_confidence).abs().sum()) / max(self.seen, 1)

@@ -11,33 +11,39 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from softlabel import evaluation, tracking
 from softlabel.classmap import class_index_of
-from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, eval_transform, scan_image_folder
+from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, scan_image_folder
+from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import Store
 from softlabel.stores import topk
 from softlabel.training.config import TrainConfig
 from softlabel.training.metrics import BestAndLast, SplitMetrics
 from softlabel.training.step import Run
+from softlabel.transforms import eval_transform
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool,
-             amp: Optional[torch.dtype]) -> dict[str, float]:
-    """top-1, top-5, NLL and ECE of the model on the validation loader."""
+             amp: Optional[torch.dtype], info: Optional[DistInfo] = None) -> dict[str, float]:
+    """top-1, top-5, NLL and ECE of the model on the validation loader (under torchrun: this rank's
+    share, the counts summed over ``info``'s ranks)."""
     model.eval()
     metrics = SplitMetrics()
     for logits, targets in evaluation.batches(model, loader, device, channels_last=channels_last, amp=amp):
         metrics.update(logits, targets)
     model.train()
+    if info is not None:
+        metrics.reduce(info)
     return metrics.result()
 
 
 def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optional[Store], mean, std,
-                      pin: bool) -> Optional[DataLoader]:
+                      info: DistInfo) -> Optional[DataLoader]:
+    """This rank's share of the --val-dir images (every image on one process)."""
     if not cfg.val_dir:
         return None
     # every image decoded now: a bad one must stop the run before training, not at its first evaluation
@@ -53,10 +59,12 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
                         f"{cfg.train_dir} ({len(val_index.classes)} vs {len(train_index.classes)} classes "
                         f"or other names); accuracy would be meaningless")
     val_classes = None if store is None else class_index_of(store.manifest, val_index.classes)
-    return DataLoader(IndexedImageFolder(val_index, eval_transform(cfg.input_size, cfg.crop_pct, mean, std),
-                                         val_classes),
+    images = IndexedImageFolder(val_index, eval_transform(cfg.input_size, cfg.crop_pct, mean, std), val_classes)
+    lo, hi = slice_bounds(len(images), info.rank, info.world_size)  # each rank its contiguous share, no repeats
+    return DataLoader(Subset(images, range(lo, hi)) if info.distributed else images,
                       batch_size=cfg.val_batch_size, shuffle=False,
-                      num_workers=min(cfg.workers, 2) if cfg.val_workers is None else cfg.val_workers, pin_memory=pin)
+                      num_workers=min(cfg.workers, 2) if cfg.val_workers is None else cfg.val_workers,
+                      pin_memory=info.device.type == "cuda")
 
 
 def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
@@ -95,7 +103,7 @@ def describe(cfg: TrainConfig, store: Optional[Store], index: FolderIndex) -> tu
 
 @dataclass
 class Log:
-    """Where the loop reports, built once by the main rank: the validation images (None: no --val-dir),
+    """Where the loop reports: this rank's share of the validation images (None: no --val-dir),
     metrics.jsonl, the tracker, the progress bar, the loop's timings, the evaluations so far."""
     val_loader: Optional[DataLoader]
     metrics_path: str
@@ -106,14 +114,20 @@ class Log:
     scores: BestAndLast
 
 
-def log_epoch(run: Run, log: Log, epoch: int, n_steps: int, train_loss: float) -> dict:
-    """``epoch``: the epochs done (train_FKD.py's count with --recipe fkd); the row's timings: where the
-    time of the epochs since the previous row went (Throughput.lap())."""
+def evaluate_run(run: Run, log: Log) -> dict[str, float]:
+    """The student's metrics on --val-dir, every rank evaluating its share ({} without --val-dir)."""
+    if log.val_loader is None:
+        return {}
+    return evaluate(run.student, log.val_loader, run.info.device, run.cfg.channels_last, run.amp, run.info)
+
+
+def log_epoch(run: Run, log: Log, epoch: int, n_steps: int, train_loss: float, metrics: dict[str, float]) -> dict:
+    """``epoch``: the epochs done (train_FKD.py's count with --recipe fkd); ``metrics``: evaluate_run's;
+    the row's timings: where the time of the epochs since the previous row went (Throughput.lap())."""
     times = log.speed.lap()
     row = {"epoch": epoch, "step": n_steps, "train_loss": train_loss,
-           "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - log.started, 2), **times}
-    if log.val_loader is not None:
-        row.update(evaluate(run.student, log.val_loader, run.info.device, run.cfg.channels_last, run.amp))
+           "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - log.started, 2), **times,
+           **metrics}
     with open(log.metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
     log.tracker.log(row, n_steps)
