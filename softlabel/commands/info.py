@@ -213,28 +213,9 @@ def amp_of(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
 
 
 def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
-    from softlabel.teachers import Ensemble, load_teachers, split_list, weight_paths
+    from softlabel.teachers import Ensemble
     s, labelling = bs.settings, bs.labelling()
-    archs = split_list(args.verify_teacher)
-    if not archs:
-        raise UserError("--verify-teacher: name the teacher's architecture (several: A,B,C)")
-    paths = weight_paths(args.teacher_path, archs)
-    recorded = list(labelling.teachers)
-    if recorded and len(recorded) != len(archs):
-        raise UserError(f"--verify-teacher {args.verify_teacher}: the store was labelled by {len(recorded)} "
-                        f"teacher(s) ({', '.join(str(t.get('arch')) for t in recorded)}); name them all, in order")
-    teachers = load_teachers(archs, paths, None, args.teacher_source,
-                             [recorded_weights(rec, a, p)
-                              for rec, a, p in zip(recorded or [{}] * len(archs), archs, paths)])
-    if teachers[0].num_classes != s.num_classes:
-        raise UserError(f"--verify-teacher {args.verify_teacher}: the teacher has {teachers[0].num_classes} "
-                        f"outputs, the store {s.num_classes} classes")
-    for t, rec in zip(teachers, recorded):  # each teacher in the normalization relabel gave it
-        if rec.get("mean") and rec.get("std"):
-            t.mean, t.std = [float(v) for v in rec["mean"]], [float(v) for v in rec["std"]]
-        if rec.get("weights_sha256") and rec["weights_sha256"] != t.weights_sha256:
-            print(f"note: teacher {t.arch}'s weights (sha256 {t.weights_sha256[:12]}) are not the store's "
-                  f"(sha256 {rec['weights_sha256'][:12]}); comparing anyway", flush=True)
+    teachers = verified_teachers(bs, args)
     device = verify_device(args.device)
     amp = amp_of(labelling.amp, device)
     ens = Ensemble(teachers, labelling.ensemble, labelling.primary_weight, device, amp)
@@ -247,19 +228,7 @@ def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
 
     bs.check_complete(s.epochs)
     jobs = spread(bs.jobs(s.epochs), verify_sample(args))
-    dataset = bs.stored_steps(index, jobs)
-    rel, agree, tie, where = [], [], [], []
-    for i, (e, b) in enumerate(jobs):
-        item = dataset[i]
-        pixels = item["pixels"].to(device)
-        partners = None if item["partners"] is None else item["partners"].to(device)
-        combined, _ = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
-        r = compare(item["soft_label"], (combined / temperature).cpu(), tol, item["stored"])
-        rel.append(r["rel"])
-        agree.append(r["agree"])
-        tie.append(r["tie"])
-        where += [(e, b, k) for k in range(len(r["rel"]))]
-    rel_all, agree_all, tie_all = torch.cat(rel), torch.cat(agree), torch.cat(tie)
+    rel_all, agree_all, tie_all, where = relabelled(bs, index, jobs, ens, temperature, tol, device)
     worst = int(rel_all.argmax())
     e, b, k = where[worst]
     n, n_agree, n_tie = len(rel_all), int(agree_all.sum()), int(tie_all.sum())
@@ -280,6 +249,50 @@ def verify_teacher(bs: Store, index, args: argparse.Namespace) -> None:
                         if float(rel_all[worst]) > tol else
                         f"--verify-teacher {args.verify_teacher}: {wrong} of {n} argmax disagree with STORE {bs.path}")
     print(f"ok: the teacher reproduces the stored labels ({n} samples)", flush=True)
+
+
+def verified_teachers(bs: Store, args: argparse.Namespace) -> list:
+    """--verify-teacher's teachers, each with the weights and normalization the store records for it."""
+    from softlabel.teachers import load_teachers, split_list, weight_paths
+    archs = split_list(args.verify_teacher)
+    if not archs:
+        raise UserError("--verify-teacher: name the teacher's architecture (several: A,B,C)")
+    paths = weight_paths(args.teacher_path, archs)
+    recorded = list(bs.labelling().teachers)
+    if recorded and len(recorded) != len(archs):
+        raise UserError(f"--verify-teacher {args.verify_teacher}: the store was labelled by {len(recorded)} "
+                        f"teacher(s) ({', '.join(str(t.get('arch')) for t in recorded)}); name them all, in order")
+    teachers = load_teachers(archs, paths, None, args.teacher_source,
+                             [recorded_weights(rec, a, p)
+                              for rec, a, p in zip(recorded or [{}] * len(archs), archs, paths)])
+    if teachers[0].num_classes != bs.settings.num_classes:
+        raise UserError(f"--verify-teacher {args.verify_teacher}: the teacher has {teachers[0].num_classes} "
+                        f"outputs, the store {bs.settings.num_classes} classes")
+    for t, rec in zip(teachers, recorded):  # each teacher in the normalization relabel gave it
+        if rec.get("mean") and rec.get("std"):
+            t.mean, t.std = [float(v) for v in rec["mean"]], [float(v) for v in rec["std"]]
+        if rec.get("weights_sha256") and rec["weights_sha256"] != t.weights_sha256:
+            print(f"note: teacher {t.arch}'s weights (sha256 {t.weights_sha256[:12]}) are not the store's "
+                  f"(sha256 {rec['weights_sha256'][:12]}); comparing anyway", flush=True)
+    return teachers
+
+
+def relabelled(bs: Store, index, jobs: list, ens, temperature: float, tol: float, device: torch.device) -> tuple:
+    """The stored steps ``jobs`` re-rendered and labelled again by ``ens``: (relative error, argmax
+    agreement, near-tie per sample, and each sample's (epoch, batch, position))."""
+    dataset = bs.stored_steps(index, jobs)
+    rel, agree, tie, where = [], [], [], []
+    for i, (e, b) in enumerate(jobs):
+        item = dataset[i]
+        pixels = item["pixels"].to(device)
+        partners = None if item["partners"] is None else item["partners"].to(device)
+        combined, _ = ens(pixels, partners, item["mix_lam"], item["mix_bbox"])
+        r = compare(item["soft_label"], (combined / temperature).cpu(), tol, item["stored"])
+        rel.append(r["rel"])
+        agree.append(r["agree"])
+        tie.append(r["tie"])
+        where += [(e, b, k) for k in range(len(r["rel"]))]
+    return torch.cat(rel), torch.cat(agree), torch.cat(tie), where
 
 
 def verify_device(name: Optional[str]) -> torch.device:

@@ -202,19 +202,7 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError("--teacher runs a teacher online; --fkd-path reads stored labels: choose one")
     if getattr(args, "teacher_mode", "eval") != "eval" and not args.teacher:
         raise UserError(f"--teacher-mode {args.teacher_mode} applies to an online --teacher")
-    if args.distiller and (not args.teacher or len(split_list(args.teacher)) != 1):
-        raise UserError(f"--distiller {args.distiller} compares the student's features with one teacher's: "
-                        f"give --teacher ARCH (one) and --teacher-path")
-    if (args.distill_weight is not None or args.feat_layers or args.teacher_feat_layers) and not args.distiller:
-        raise UserError("--distill-weight / --feat-layers / --teacher-feat-layers apply to --distiller")
-    if args.distill_init_epochs is not None or args.distill_init_lr is not None:
-        if not args.distiller or not DISTILLERS[args.distiller].init_epochs:
-            raise UserError("--distill-init-epochs / --distill-init-lr apply to a --distiller with an init stage: "
-                            + ", ".join(k for k, v in sorted(DISTILLERS.items()) if v.init_epochs))
-        if args.distill_init_epochs is not None and args.distill_init_epochs < 1 and \
-                DISTILLERS[args.distiller].init_required:
-            raise UserError(f"--distill-init-epochs {args.distill_init_epochs}: --distiller {args.distiller} needs "
-                            f"its init stage (it trains the teacher's self-supervision head); give 1 or more")
+    check_distill_flags(args)
     if args.soft_label_type and layout != "per-image":
         raise UserError("--soft_label_type applies to FKD per-image stores (--softlabel_path or "
                         "--fkd-layout per-image)")
@@ -228,6 +216,31 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.kd_t2 and loss_type_of(args) != "kl":
         raise UserError(f"--kd-t2 applies to --loss-type kl (kd, wsld and dist already scale by T^2), "
                         f"not {loss_type_of(args)}")
+    check_schedule_flags(args)
+    if args.keep_topk and loss_type_of(args) not in PROBABILITY_LOSSES:
+        raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
+                        f"not --loss-type {loss_type_of(args)}")
+
+
+def check_distill_flags(args: argparse.Namespace) -> None:
+    """--distiller and its flags: one teacher to compare with, its init stage where it has one."""
+    if args.distiller and (not args.teacher or len(split_list(args.teacher)) != 1):
+        raise UserError(f"--distiller {args.distiller} compares the student's features with one teacher's: "
+                        f"give --teacher ARCH (one) and --teacher-path")
+    if (args.distill_weight is not None or args.feat_layers or args.teacher_feat_layers) and not args.distiller:
+        raise UserError("--distill-weight / --feat-layers / --teacher-feat-layers apply to --distiller")
+    if args.distill_init_epochs is not None or args.distill_init_lr is not None:
+        if not args.distiller or not DISTILLERS[args.distiller].init_epochs:
+            raise UserError("--distill-init-epochs / --distill-init-lr apply to a --distiller with an init stage: "
+                            + ", ".join(k for k, v in sorted(DISTILLERS.items()) if v.init_epochs))
+        if args.distill_init_epochs is not None and args.distill_init_epochs < 1 and \
+                DISTILLERS[args.distiller].init_required:
+            raise UserError(f"--distill-init-epochs {args.distill_init_epochs}: --distiller {args.distiller} needs "
+                            f"its init stage (it trains the teacher's self-supervision head); give 1 or more")
+
+
+def check_schedule_flags(args: argparse.Namespace) -> None:
+    """--cos, --lr-schedule, --lr-milestones and train_FKD.py's --schedule agree."""
     cos = cos_schedule(args)
     if args.cos and args.lr_schedule not in (None, cos):
         raise UserError(f"--cos is {'train_FKD.py' if cos == 'cosine' else 'PRISM'}'s --lr-schedule {cos}; it "
@@ -239,9 +252,6 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError("--lr-milestones applies to --lr-schedule multistep")
     if multistep and args.lr_milestones is None and args.schedule is None and recipe_of(args) == "ours":
         raise UserError("--lr-schedule multistep needs --lr-milestones E[,E]")
-    if args.keep_topk and loss_type_of(args) not in PROBABILITY_LOSSES:
-        raise UserError(f"--keep-topk applies to losses on probabilities ({', '.join(PROBABILITY_LOSSES)}), "
-                        f"not --loss-type {loss_type_of(args)}")
 
 
 # Optimizer and loss numbers: finite, and where training means something (flag, key, test, range).
