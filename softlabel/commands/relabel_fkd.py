@@ -23,6 +23,7 @@ import math
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -317,13 +318,22 @@ def generation_workers(requested: Optional[int], on_gpu: bool, spare_cores: bool
     return loader_workers(requested, on_gpu)
 
 
+@dataclass
+class Work:
+    """This rank's part of the store: its writer, the images whose files are not there yet, how many
+    images are this rank's, and the crops of --reference_path (None: drawn from --fkd_seed)."""
+    writer: Any
+    todo: list[int]
+    mine: int
+    reference: Optional[dict]
+
+
 def open_store(cfg, info: distributed.DistInfo, index: FolderIndex, teacher: Teacher, class_index: list[int],
-               class_mapping: str) -> tuple[Any, list[int], int]:
-    """(writer, this rank's images whose files are not there yet, how many this rank has)."""
+               class_mapping: str, reference: Optional[dict]) -> Work:
     manifest = build_manifest(cfg, index, teacher, class_index, class_mapping)
     writer = create_store(cfg.save_path, manifest, info, flag="--save_path", index=index)
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
-    return writer, [i for i in mine if not writer.exists(i)], len(mine)
+    return Work(writer, [i for i in mine if not writer.exists(i)], len(mine), reference)
 
 
 def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble,
@@ -364,10 +374,10 @@ def choose_threads(info: distributed.DistInfo, ens: Ensemble, cfg) -> tuple[int,
 
 
 def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble, class_index: list[int],
-                 class_mapping: str, reference: Optional[dict], writer: Any, todo: list[int], mine: int,
-                 spare_cores: bool) -> None:
-    """Write the files of ``todo`` (``spare_cores``: the teacher runs on fewer intra-op threads
+                 class_mapping: str, work: Work, spare_cores: bool) -> None:
+    """Write the files of ``work.todo`` (``spare_cores``: the teacher runs on fewer intra-op threads
     than torch's default)."""
+    writer, todo, mine, reference = work.writer, work.todo, work.mine, work.reference
     teacher = ens.teachers[0]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
                                     cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
@@ -442,12 +452,11 @@ def main(args: argparse.Namespace) -> None:
                              f"would write another manifest into --save_path {cfg.save_path} (other images in DIR, "
                              f"or another teacher or settings)")
     check_teacher_first(cfg, info, index, ens, class_index, reference)
-    writer, todo, mine = open_store(cfg, info, index, teacher, class_index, class_mapping)
+    work = open_store(cfg, info, index, teacher, class_index, class_mapping, reference)
     default_threads = torch.get_num_threads()
-    threads, keep = choose_threads(info, ens, cfg) if todo else (default_threads, [])
+    threads, keep = choose_threads(info, ens, cfg) if work.todo else (default_threads, [])
     with running_on(threads, keep):  # then the caller's setting again (main runs in-process too)
-        label_images(cfg, info, index, ens, class_index, class_mapping, reference, writer, todo, mine,
-                     threads < default_threads)
+        label_images(cfg, info, index, ens, class_index, class_mapping, work, threads < default_threads)
     distributed.cleanup(info)
 
 
