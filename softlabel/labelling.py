@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from softlabel.data import IndexedImageFolder, scan_image_folder
+from softlabel.distributed import DistInfo, reduce_across
 from softlabel.errors import UserError
 from softlabel.evaluation import batches
 from softlabel.teachers import Ensemble, Teacher
@@ -54,6 +55,22 @@ def check_teacher_accuracy(acc: Accuracy, teachers: list[Teacher], num_classes: 
               f"--class-map FILE. Other causes:\nwrong weights, or crops too small for these images "
               f"(--min-scale-crops).\n--min-teacher-acc PCT turns this into an error.\n{bar}",
               file=sys.stderr, flush=True)
+
+
+def refuse_below_together(acc: Accuracy, teachers: list[Teacher], num_classes: int, mixed: bool, minimum: float,
+                          info: DistInfo) -> None:
+    """--min-teacher-acc on the first crops each rank labels, before its store exists: every rank learns
+    whether any rank's teachers fall below (so none waits for another in a later collective), the rank
+    below says why, the others stop with it."""
+    below = bool(acc.seen) and acc.percent()[0] < minimum
+    anywhere = reduce_across(info, float(below), op="max")[0] > 0
+    one = len(teachers) == 1
+    if below:
+        check_teacher_accuracy(acc, teachers, num_classes, mixed, minimum,
+                               f"the first {acc.seen} crops {'it' if one else 'they'} label{'s' if one else ''}")
+    if anywhere:
+        raise UserError(f"the teachers' top-1 on another rank's first crops is below --min-teacher-acc "
+                        f"{minimum:g}; is their class order the folders' order? (see --class-map)")
 
 
 class HeldWrites:

@@ -15,7 +15,6 @@ Rerunning the same command skips finished batch files and writes the rest.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -30,7 +29,7 @@ from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
 from softlabel.ensemble import ENSEMBLES, RESCALING
 from softlabel.errors import UserError, run_main
-from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, check_teacher_accuracy, evaluate_teachers
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, evaluate_teachers, refuse_below_together
 from softlabel.loader import RelabelBatches, batch_loader, cache_bytes, loader_workers
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
@@ -226,15 +225,7 @@ def check_teachers_first(cfg: Any, index: FolderIndex, mine: list[tuple[int, int
         combined, outputs = ens(pixels, replay.partners_of(pixels, item["mix_index"]), item["mix_lam"],
                                 item["mix_bbox"])
         acc.update(combined, outputs, item["target"], item["mix_index"])
-    below = bool(acc.seen) and acc.percent()[0] < cfg.min_teacher_acc
-    anywhere = distributed.reduce_across(info, float(below), op="max")[0] > 0  # every rank refuses together
-    one = len(ens.teachers) == 1
-    if below:
-        check_teacher_accuracy(acc, ens.teachers, len(index.classes), cfg.mix_type != "none", cfg.min_teacher_acc,
-                               f"the first {acc.seen} crops {'it' if one else 'they'} label{'s' if one else ''}")
-    if anywhere:
-        raise UserError(f"the teachers' top-1 on another rank's first crops is below --min-teacher-acc "
-                        f"{cfg.min_teacher_acc:g}; is their class order the folders' order? (see --class-map)")
+    refuse_below_together(acc, ens.teachers, len(index.classes), cfg.mix_type != "none", cfg.min_teacher_acc, info)
 
 
 def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
@@ -398,9 +389,6 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Opti
 
     manifest = build_manifest(cfg, index, teachers, class_index, class_mapping, batches, amp)
     manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
-    distributed.require_same(info, json.dumps(manifest, sort_keys=True).encode(),
-                             f"would write another manifest into --fkd-path {cfg.fkd_path} (other images in --data, "
-                             f"or other teachers or settings)")
     mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
     check_teachers_first(cfg, index, mine, ens, class_index, info)
     writer = create_store(cfg.fkd_path, manifest, info)

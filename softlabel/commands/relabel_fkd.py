@@ -18,7 +18,6 @@ split the images) share the work without clashing.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -35,7 +34,7 @@ from softlabel.cli import (LABELLING_REPLACED, add_config_flag, add_replaced_fla
                            parse_with_config)
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
-from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, check_teacher_accuracy, evaluate_teachers
+from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, evaluate_teachers, refuse_below_together
 from softlabel.loader import batch_loader, loader_workers
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores import create_store, per_image
@@ -353,13 +352,7 @@ def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens
         for n, i in enumerate(chunk["image"].tolist()):
             probs = label_crops(ens, chunk["pixels"][n], cfg.num_seg, cfg.temp)
             acc.update(probs, [probs], targets[i].repeat(len(probs)), None)
-    below = bool(acc.seen) and acc.percent()[0] < cfg.min_teacher_acc
-    if below:
-        check_teacher_accuracy(acc, ens.teachers, len(index.classes), False, cfg.min_teacher_acc,
-                               f"the first {acc.seen} crops it labels")
-    if distributed.reduce_across(info, float(below), op="max")[0] > 0:  # every rank refuses together
-        raise UserError(f"the teacher's top-1 on another rank's first crops is below --min-teacher-acc "
-                        f"{cfg.min_teacher_acc:g}; is its class order the folders' order? (see --class-map)")
+    refuse_below_together(acc, ens.teachers, len(index.classes), False, cfg.min_teacher_acc, info)
 
 
 def choose_threads(info: distributed.DistInfo, ens: Ensemble, cfg) -> tuple[int, list[nn.Module]]:
@@ -447,10 +440,6 @@ def main(args: argparse.Namespace) -> None:
         crops, reference = settle_crops(args, index)
     # -j stays as given here: its default depends on the thread choice, made only when files are left
     cfg = freeze(args, "FkdRelabelConfig", label_type=per_image.normalize_label_type(args.label_type), **crops)
-    distributed.require_same(info, json.dumps(build_manifest(cfg, index, teacher, class_index, class_mapping),
-                                              sort_keys=True).encode(),
-                             f"would write another manifest into --save_path {cfg.save_path} (other images in DIR, "
-                             f"or another teacher or settings)")
     check_teacher_first(cfg, info, index, ens, class_index, reference)
     work = open_store(cfg, info, index, teacher, class_index, class_mapping, reference)
     default_threads = torch.get_num_threads()

@@ -138,7 +138,7 @@ def trainer_args(opt: argparse.Namespace, passed: list[str]) -> list[str]:
         0.01 if opt.model_s in SMALL_LR_STUDENTS else 0.05)
     distiller, beta = METHODS[opt.distill], opt.beta
     alpha = opt.alpha + (beta if distiller is None else 0.0)  # --distill kd: its -b weights a second KD term
-    out = opt.output_dir or os.path.join("./save/student_model", model_name(opt, opt_name(model_t)))
+    out = opt.output_dir or os.path.join("./save/student_model", model_name(opt, zoo.repdistiller_name(model_t)))
     argv = ["--recipe", "repdistiller", "--train-dir", train_dir, "--val-dir", val_dir, "--model", student,
             "--teacher", model_t, "--teacher-path", opt.path_t, "-b", opt.batch_size, "-j", opt.num_workers,
             "--epochs", opt.epochs, "--lr", lr, "--lr-milestones", opt.lr_decay_epochs,
@@ -154,11 +154,6 @@ def trainer_args(opt: argparse.Namespace, passed: list[str]) -> list[str]:
         if opt.distill == "hint" and opt.hint_layer == 3:  # FitNet guides the second of the stages it is given
             argv += ["--feat-layers", stages(student, 2, 3), "--teacher-feat-layers", stages(model_t, 2, 3)]
     return [str(a) for a in argv] + passed
-
-
-def opt_name(ours: str) -> str:
-    """RepDistiller's name of our zoo model ``ours`` (folder names keep its spelling)."""
-    return next((rd for rd, name in zoo.RENAMED.items() if name == ours), ours)
 
 
 def stages(arch: str, *feats: int) -> str:

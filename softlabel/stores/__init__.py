@@ -15,11 +15,12 @@ dataset of a rank. Adding a format means one ``Store`` subclass in its own modul
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
 from softlabel.data import FolderIndex
-from softlabel.distributed import DistInfo
+from softlabel.distributed import DistInfo, require_same
 from softlabel.errors import UserError
 from softlabel.stores import batch, fkd_upstream, per_image, upstream
 from softlabel.stores.base import (BATCH, FKD_UPSTREAM, KINDS, PER_IMAGE, UPSTREAM, Request, Store, StoreSettings,
@@ -102,7 +103,13 @@ def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "-
 def create_store(path: str, manifest: dict, info: Optional[DistInfo] = None, *, flag: str = "--fkd-path",
                  index: Optional[FolderIndex] = None) -> StoreWriter:
     """The writer of a new store, or of an existing one made with the same content settings
-    (finished or extended). The format is the manifest's."""
+    (finished or extended). The format is the manifest's. Under torchrun every rank must bring
+    rank 0's manifest (a node with other images under the same names would not), or every rank
+    stops with one line before anything is written."""
+    if info is not None:
+        require_same(info, json.dumps(manifest, sort_keys=True).encode(),
+                     f"would write another manifest into {flag} {path} (other images, or other teachers or "
+                     f"settings)")
     if manifest.get("format") == per_image.FORMAT:
         return per_image.create(path, manifest, index, info, flag)
     return batch.create(path, manifest, info, flag)

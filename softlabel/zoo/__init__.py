@@ -46,6 +46,11 @@ def from_repdistiller(name: str) -> Optional[str]:
     return ours if ours in MODELS else None
 
 
+def repdistiller_name(ours: str) -> str:
+    """RepDistiller's name of our zoo model ``ours`` (the inverse of ``from_repdistiller``)."""
+    return next((rd for rd, name in RENAMED.items() if name == ours), ours)
+
+
 def arch_from_folder(path: str) -> Optional[str]:
     """The model a RepDistiller teacher file holds, read from its folder's name as RepDistiller's
     ``get_teacher_name`` (train_student.py) reads it: the part before the first '_'
@@ -62,5 +67,5 @@ def describe(name: str) -> str:
     if name in OPTION_A:
         return "He et al.'s CIFAR ResNet: option-A shortcuts, parameter-free"
     if name in MODELS:
-        return f"RepDistiller's CIFAR {next((rd for rd, ours in RENAMED.items() if ours == name), name)}"
+        return f"RepDistiller's CIFAR {repdistiller_name(name)}"
     return f"torchvision's ImageNet {name}"
