@@ -28,6 +28,7 @@ from benchlib import (
     PY,
     ROOT,
     Job,
+    Schedule,
     data_root,
     fmt,
     front_end,
@@ -110,8 +111,9 @@ def student_argv(args, row: str, seed: int, out: str) -> list[str]:
 
 def build_jobs(args) -> tuple[list[Job], dict]:
     full = data_root(args, "teachers", args.train_subset)
-    teacher = Job("teacher-r56", front_end(args, full, TEACHER, "Vanilla", args.batch, args.teacher_epochs,
-                                           args.teacher_seed, teacher_dir(args, TEACHER)),
+    teacher = Job("teacher-r56", front_end(args, full, TEACHER, "Vanilla",
+                                           Schedule(args.batch, args.teacher_epochs, args.teacher_seed),
+                                           teacher_dir(args, TEACHER)),
                   os.path.join(teacher_run(args), "results.json"), 3.0 * args.train_images * args.teacher_epochs)
     jobs, cells = [teacher], {}
     base = os.path.join(args.work, f"distillers_{args.train_subset}_e{args.train_epochs}_b{args.batch}_"

@@ -32,14 +32,18 @@ import torch
 from benchlib import demo_images, demo_store, make_set, make_store, trainer_rate
 from benchlib import in_memory_bound as train_bound
 
-from softlabel import packed_images, replay
+from softlabel import files, packed_images, replay
+from softlabel.cli import config_of
+from softlabel.commands.train import main as train_main
+from softlabel.commands.train import train_args
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError, run_main
 
 SETTINGS = {
-    # name: (batch, crop px, classes, trainer flags beyond the store's)
-    "demo": (20, 64, 10, []),
-    "imagenet": (256, 224, 1000, ["--amp", "bf16", "--channels-last", "--sgd", "-T", "1"]),  # T: the fill's
+    # name: (batch, crop px, classes, trainer flags beyond the store's, by dest name)
+    "demo": (20, 64, 10, {}),
+    "imagenet": (256, 224, 1000, {"amp": "bf16", "channels_last": True, "sgd": True,
+                                  "temperature": 1.0}),  # temperature: the fill's
 }
 
 
@@ -47,19 +51,19 @@ def in_memory_bound(setting: str, steps: int) -> float:
     """Images/s of the trainer's step on tensors already on the device (bench_train.py's bound,
     with this setting's autocast, memory format, optimizer and temperature)."""
     batch, size, classes, flags = SETTINGS[setting]
-    return train_bound(steps, batch, size, classes, amp=torch.bfloat16 if "bf16" in flags else None,
-                       channels_last="--channels-last" in flags, sgd="--sgd" in flags,
-                       temperature=float(flags[flags.index("-T") + 1]) if "-T" in flags else 3.0)
+    return train_bound(steps, batch, size, classes, amp=torch.bfloat16 if flags.get("amp") == "bf16" else None,
+                       channels_last=flags.get("channels_last", False), sgd=flags.get("sgd", False),
+                       temperature=flags.get("temperature", 3.0))
 
 
-def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
+def prepare(setting: str, work: str, steps: int) -> tuple[dict, int]:
     """The trainer's data flags for a setting (the set, packed where ImageNet-shaped, and a store
     holding at least ``steps`` steps), and its steps per epoch."""
     batch = SETTINGS[setting][0]
     if setting == "demo":  # bench_train.py's images, teacher and store (batch 20, 64 px)
         per_epoch = replay.batches_per_epoch(len(scan_image_folder(demo_images(work), "--data")), batch)
         train, _, store = demo_store(work, -(-steps // per_epoch))
-        return ["--train-dir", train, "--fkd-path", store], per_epoch
+        return {"train_dir": train, "fkd_path": store}, per_epoch
     data = make_set(os.path.join(work, "jpeg_ipc1"), 1, "jpeg")
     index = scan_image_folder(data, "--data")
     packed = os.path.join(work, "jpeg_ipc1_packed")
@@ -68,28 +72,34 @@ def prepare(setting: str, work: str, steps: int) -> tuple[list[str], int]:
     per_epoch = replay.batches_per_epoch(len(index), batch)
     epochs = -(-steps // per_epoch)
     store = make_store(os.path.join(work, f"store_imagenet_b{batch}_e{epochs}"), data, batch, epochs)
-    return ["--train-dir", packed, "--fkd-path", store], per_epoch
+    return {"train_dir": packed, "fkd_path": store}, per_epoch
 
 
-def trainer_args(setting: str, data_flags: list[str], per_epoch: int, steps: int, workers: int, out: str
-                 ) -> list[str]:
-    # bench_train.trainer_rate adds --no-progress and no evaluation or checkpoint before the end
-    return ["--model", "resnet18", "--loss-type", "kl", "--epochs", str(-(-steps // per_epoch)), "-j", str(workers),
-            "--output-dir", out, *data_flags, *SETTINGS[setting][3]]
+def trainer_args(setting: str, data: dict, per_epoch: int, steps: int, workers: int, out: str) -> dict:
+    """The trainer's flags, by dest name, for ``train_args``."""
+    return {"model": "resnet18", "loss_type": "kl", "epochs": -(-steps // per_epoch), "workers": workers,
+            "output_dir": out, **data, **SETTINGS[setting][3]}
 
 
-def profile(setting: str, args: list[str], out_dir: str, device: torch.device) -> None:
-    from softlabel.commands.train import get_args_parser, main
-    shutil.rmtree(args[args.index("--output-dir") + 1], ignore_errors=True)
-    args = [*args, "--no-progress", "--eval-interval", "1000", "--save-interval", "1000"]
+def trainer_process_rate(values: dict, work: str, setting: str) -> float:
+    """benchlib.trainer_rate (the trainer in its own process) on these flags, passed as a --config
+    file; it adds --no-progress and no evaluation or checkpoint before the end."""
+    config = os.path.join(work, f"run_{setting}.yaml")
+    files.atomic_write_bytes(config, config_of(train_args(**values)).encode())
+    return trainer_rate(["--config", config, "--output-dir", values["output_dir"]])
+
+
+def profile(setting: str, values: dict, out_dir: str, device: torch.device) -> None:
+    shutil.rmtree(values["output_dir"], ignore_errors=True)
+    values = {**values, "no_progress": True, "eval_interval": 1000, "save_interval": 1000}
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        main(get_args_parser().parse_args(args))
+        train_main(train_args(**values))
     table = prof.key_averages()
     with open(os.path.join(out_dir, f"profile_{setting}.txt"), "w") as f:
-        f.write(f"{setting}: {' '.join(args)}\n\nby self CPU time:\n")
+        f.write(f"{setting}: {', '.join(f'{k}={v!r}' for k, v in values.items())}\n\nby self CPU time:\n")
         f.write(table.table(sort_by="self_cpu_time_total", row_limit=25))
         if device.type == "cuda":
             f.write("\n\nby self device time:\n" + table.table(sort_by="self_cuda_time_total", row_limit=25))
@@ -122,7 +132,7 @@ def main(args: argparse.Namespace) -> None:
         for s in settings:
             rates.setdefault((s, "a"), []).append(in_memory_bound(s, args.steps))
             run = trainer_args(s, *prepared[s], args.steps, args.workers, os.path.join(args.work, f"run_{s}"))
-            rates.setdefault((s, "b"), []).append(trainer_rate(run))
+            rates.setdefault((s, "b"), []).append(trainer_process_rate(run, args.work, s))
         print(f"  repeat {rep + 1}: " + ", ".join(f"{s} ({k}) {v[-1]:.0f}" for (s, k), v in rates.items()), flush=True)
     print("\n| setting | (a) in memory, img/s | (b) trainer from the store, img/s | (b) time / (a) |")
     print("|---|---|---|---|")

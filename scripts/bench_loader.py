@@ -76,7 +76,8 @@ def store_epochs(data: str, store_path: str, batch: int, workers: int):
 def relabel_epochs(data: str, batch: int, workers: int, epochs: int):
     index = scan_image_folder(data, "--data")
     per_epoch = replay.batches_per_epoch(len(index), batch)
-    dataset = RelabelBatches(index, replay.epoch_jobs(0, epochs, per_epoch), 42, batch, SIZE, (0.08, 1.0), "none",
+    augment = replay.Augment(42, batch, SIZE, (0.08, 1.0), "none")
+    dataset = RelabelBatches(index, replay.epoch_jobs(0, epochs, per_epoch), augment,
                              cache_bytes=cache_bytes(1024, workers))
     items = iter(batch_loader(dataset, workers, pin_memory=False, background=False))
     while True:

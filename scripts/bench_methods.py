@@ -24,8 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from benchlib import (ROOT, TEACHERS, Job, data_root, fmt, front_end, mean_std, read_result, run_jobs, settle,
-                      teacher_dir, teacher_run, write_readme)
+from benchlib import (ROOT, TEACHERS, Job, Schedule, data_root, fmt, front_end, mean_std, read_result, run_jobs,
+                      settle, teacher_dir, teacher_run, write_readme)
 
 from softlabel.errors import UserError, run_main
 MARK_START, MARK_END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
@@ -115,7 +115,7 @@ def build_jobs(args) -> tuple[list[Job], dict]:
     n_train = args.train_images
     full = data_root(args, "teachers", args.train_subset)
     for role, arch in TEACHERS.items():
-        argv = front_end(args, full, arch, "Vanilla", args.batch, args.teacher_epochs, args.teacher_seed,
+        argv = front_end(args, full, arch, "Vanilla", Schedule(args.batch, args.teacher_epochs, args.teacher_seed),
                          teacher_dir(args, role))
         jobs.append(Job(f"teacher-{role}", argv, os.path.join(teacher_run(args, role), "results.json"),
                         train_cost.get(arch, 2.0) * n_train * args.teacher_epochs))
@@ -126,8 +126,8 @@ def build_jobs(args) -> tuple[list[Job], dict]:
         for seed in args.seeds:
             for r in (BY_NAME[n] for n in args.recipes):
                 run = run_of(args, s, r, seed)
-                argv = front_end(args, root, args.student, r.method, s.batch, s.epochs, seed, setting_dir(args, s),
-                                 r.smart)
+                argv = front_end(args, root, args.student, r.method, Schedule(s.batch, s.epochs, seed),
+                                 setting_dir(args, s), r.smart)
                 cost = images * s.epochs * (1.0 + sum(fwd_cost.get(TEACHERS[t], 1.0) for t in r.smart))
                 deps = [f"teacher-{t}" for t in r.smart if r.method != "random"]
                 jobs.append(Job(f"{s.key}-{r.name}-s{seed}", argv, os.path.join(run, "results.json"), cost, deps))

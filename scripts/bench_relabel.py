@@ -49,7 +49,7 @@ def decoded_batches(data: str, args) -> list[torch.Tensor]:
     index = scan_image_folder(data, "--data")
     batches = replay.batches_per_epoch(len(index), args.batch_size)
     jobs = [(e, b) for e in range(args.epochs) for b in range(batches)]
-    items = RelabelBatches(index, jobs, 42, args.batch_size, args.input_size, (0.08, 1.0), "cutmix")
+    items = RelabelBatches(index, jobs, replay.Augment(42, args.batch_size, args.input_size, (0.08, 1.0), "cutmix"))
     inputs = []
     for i in range(len(items)):
         it = items[i]

@@ -102,9 +102,18 @@ def baseline(bench: Bench, module: str) -> dict:
     return bench.baselines[module]
 
 
-def stage(bench: Bench, name: str, argv: list[str], base: str, unit: str, items: int, size: int,
-          out: Optional[str] = None, stop: Optional[Callable[[], bool]] = None) -> dict:
+@dataclass(frozen=True)
+class Count:
+    """What a stage's row counts: ``items`` of ``unit`` ("image", "step") at ``size`` (images or steps)."""
+    unit: str
+    items: int
+    size: int
+
+
+def stage(bench: Bench, name: str, argv: list[str], base: str, count: Count, out: Optional[str] = None,
+          stop: Optional[Callable[[], bool]] = None) -> dict:
     """Run one stage, add its row, return it (with the log's text under ``text``)."""
+    unit, items, size = count.unit, count.items, count.size
     log = bench.log(f"{name} {size}")
     before = tree_size(out) if out else (0, 0)
     got = run_measured(argv, log, bench.env, stop)
@@ -153,32 +162,32 @@ def at_size(bench: Bench, n: int) -> None:
     os.makedirs(out)
     if "scan" in groups:
         stage(bench, "scan + fingerprint", [PY, "-c", f"{SCAN}\nscan_image_folder({data!r}, '--data').fingerprint()"],
-              SCAN, "image", n, n)
+              SCAN, Count("image", n, n))
     steps = a.relabel_epochs * replay.batches_per_epoch(n, a.batch)
     stores = {}
     for fmt in ("full", "topk") if "relabel" in groups else ():
         stores[fmt] = os.path.join(out, f"store_{fmt}")
         row = stage(bench, f"relabel {fmt}", relabel_argv(bench, data, stores[fmt], a.relabel_epochs, fmt),
-                    RELABEL, "step", steps, n, stores[fmt])
+                    RELABEL, Count("step", steps, n), stores[fmt])
         bench.rows[-1].update(relabel_timing(row["text"], a.batch))
     if "fkd" in groups:
         stores["fkd"] = os.path.join(out, "fkd")
         stage(bench, "relabel fkd", [PY, FKD, data, "--teacher-path", bench.teacher, "--class-map", bench.class_map,
                                      "--input_size", "16", "--num_crops", "2", "--num_seg", "2",
-                                     "--save_path", stores["fkd"]], FKD, "image", n, n, stores["fkd"])
+                                     "--save_path", stores["fkd"]], FKD, Count("image", n, n), stores["fkd"])
     for fmt in ("pixels", "lmdb") if "pack" in groups else ():
         pack = os.path.join(out, f"pack_{fmt}")
-        stage(bench, f"pack {fmt}", [PY, PACK, data, pack, "--format", fmt, "--no-progress"], PACK, "image", n, n,
-              pack)
+        stage(bench, f"pack {fmt}", [PY, PACK, data, pack, "--format", fmt, "--no-progress"], PACK,
+              Count("image", n, n), pack)
         stage(bench, f"open {fmt}", [PY, "-c", f"{SCAN}\ni = scan_image_folder({pack!r}, '--data')\ni.fingerprint()\n"
                                                f"i.load(i.samples[0][0])\ni.load(i.samples[-1][0])"],
-              SCAN, "image", n, n)
+              SCAN, Count("image", n, n))
     for kind, path in stores.items() if "check" in groups else ():
-        stage(bench, f"check {kind}", [PY, INFO, path, "--check"], INFO, "image" if kind == "fkd" else "step",
-              n if kind == "fkd" else steps, n)
+        stage(bench, f"check {kind}", [PY, INFO, path, "--check"], INFO,
+              Count("image", n, n) if kind == "fkd" else Count("step", steps, n))
     if "evaluate" in groups:
         stage(bench, "evaluate", [PY, TRAIN, "-e", "--resume", bench.teacher, "--model", "mlpnet", "--val-dir", data,
-                                  "--input-size", "16"], TRAIN, "image", n, n)
+                                  "--input-size", "16"], TRAIN, Count("image", n, n))
     shutil.rmtree(out, ignore_errors=True)
 
 
@@ -222,7 +231,7 @@ def trainer_rows(bench: Bench, data: str, path: str, steps: int, per_epoch: int)
     started = time.perf_counter()
     argv = [PY, TRAIN, "--train-dir", data, "--fkd-path", path, "--model", "mlpnet", "--output-dir", out,
             "--eval-interval", "1", "--save-interval", "100000", "--no-progress"]
-    row = stage(bench, "trainer start-up", argv, TRAIN, "step", steps, steps, out, rows_done)
+    row = stage(bench, "trainer start-up", argv, TRAIN, Count("step", steps, steps), out, rows_done)
     rows_done()
     epochs = [json.loads(line) for line in open(metrics).read().splitlines()]
     if not epochs:
@@ -255,12 +264,12 @@ def on_store(bench: Bench) -> None:
         if not os.path.isdir(path):
             start_store(bench, data, path, epochs)
         fill_store(bench, path, epochs)
-        row = stage(bench, "relabel resume", relabel_argv(bench, data, path, epochs, "topk"), RELABEL, "step",
-                    steps, steps, path)
+        row = stage(bench, "relabel resume", relabel_argv(bench, data, path, epochs, "topk"), RELABEL,
+                    Count("step", steps, steps), path)
         done = re.search(r"(\d+) already done", row["text"])
         bench.rows[-1].update(relabel_timing(row["text"], a.batch), already_done=int(done.group(1)) if done else 0)
         trainer_rows(bench, data, path, steps, per_epoch)
-        stage(bench, "check store", [PY, INFO, path, "--check"], INFO, "step", steps, steps)
+        stage(bench, "check store", [PY, INFO, path, "--check"], INFO, Count("step", steps, steps))
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -277,11 +277,21 @@ def data_root(args, s_key: str, subset: str) -> str:
     return root
 
 
-def front_end(args, root: str, student: str, method: str, batch: int, epochs: int, seed: int, out: str,
+@dataclass(frozen=True)
+class Schedule:
+    """How a front-end run trains: its batch size, epochs and seed."""
+    batch: int
+    epochs: int
+    seed: int
+
+
+def front_end(args, root: str, student: str, method: str, schedule: Schedule, out: str,
               smart: tuple[str, ...] = ()) -> list[str]:
+    s = schedule
     argv = [PY, FRONT_END, "--dataset", "folder", "--data-root", root, "--n_class", str(args.num_classes),
-            "--student_model", student, "--method", method, "--batch_size", str(batch), "--epochs", str(epochs),
-            *STUDY, "--seed", str(seed), "--eval-interval", str(epochs), "--result", out, "--no-progress"]
+            "--student_model", student, "--method", method, "--batch_size", str(s.batch),
+            "--epochs", str(s.epochs), *STUDY, "--seed", str(s.seed), "--eval-interval", str(s.epochs),
+            "--result", out, "--no-progress"]
     if smart:
         argv += ["--smart_model", ",".join(TEACHERS[t] for t in smart)]
         if method != "random":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -70,14 +71,24 @@ def rng_states() -> dict[str, Any]:
     return states
 
 
-def save(path: str, model: nn.Module, optimizer, scheduler, scaler, epoch: int, config: Any,
-         secrets: tuple[str, ...], mean, std, class_names: list[str], extra: Optional[dict] = None) -> None:
-    """A training checkpoint, written atomically: a kill never leaves a partial one. ``extra``:
-    more state the run resumes from (a distiller's trained parts)."""
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint saves for a run to resume from: the model, what trains it (``scaler``:
+    None without float16 loss scaling) and ``extra`` state (a distiller's trained parts)."""
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    scaler: Any = None
+    extra: Optional[dict] = None
+
+
+def save(path: str, state: TrainingState, epoch: int, config: Any, secrets: tuple[str, ...], mean, std,
+         class_names: list[str]) -> None:
+    """A training checkpoint, written atomically: a kill never leaves a partial one."""
     files.atomic_torch_save({
-        **(extra or {}),
-        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+        **(state.extra or {}),
+        "model": unwrap(state.model).state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict() if state.scaler else None,
         "epoch": epoch, "args": provenance.args_dict(config, secrets), "rng": rng_states(),
         # What a later reader needs to use this model as a teacher without guessing.
         "arch": config.model, "num_classes": config.num_classes, "mean": list(mean), "std": list(std),

@@ -62,12 +62,3 @@ def folder_targets(index: FolderIndex, class_index: Optional[list[int]]) -> torc
     """Each sample's label as the teacher numbers classes (folder order unless mapped)."""
     folder = torch.tensor(index.targets, dtype=torch.int64)
     return folder if class_index is None else torch.tensor(class_index, dtype=torch.int64)[folder]
-
-
-def class_index_of(manifest: dict, classes: list[str]) -> list[int]:
-    """Teacher class index of each named folder, as the store's manifest records it."""
-    mapping = manifest["class_to_index"]
-    missing = [c for c in classes if c not in mapping]
-    if missing:
-        raise UserError(f"class folder '{missing[0]}' is not one of the store's classes")
-    return [int(mapping[c]) for c in classes]

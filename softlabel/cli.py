@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
 import sys
 from typing import Any, Optional
 
+from softlabel import files
 from softlabel.errors import UserError
 from softlabel.replay import MIX_TYPES, normalize_mix_type
 
@@ -69,13 +72,22 @@ def freeze(args: argparse.Namespace, name: str, **resolved: Any) -> Any:
     return dataclasses.make_dataclass(name, list(values), frozen=True)(**values)
 
 
-CONFIG_FILE = "args.yaml"  # what the trainer writes into its --output-dir: --config of it reruns the run
+# What the trainer writes into its --output-dir and relabel into its store: --config of it reruns the run.
+CONFIG_FILE = "args.yaml"
+# Left out of a store's args.yaml: its files are the same whatever the loader processes (-j).
+NOT_IN_STORE = ("workers",)
 
 
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help=f"YAML of flag values, keyed by the flags' long names (dashes or underscores, as "
-                             f"the trainer's {CONFIG_FILE} writes them); flags on the command line override it")
+                             f"the {CONFIG_FILE} of a run or a store writes them); flags on the command line "
+                             f"override it")
+
+
+def write_config(folder: str, given: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> None:
+    """The flags as parsed into ``folder``/args.yaml (atomically), less ``leave_out``."""
+    files.atomic_write_bytes(os.path.join(folder, CONFIG_FILE), config_of(given, leave_out).encode())
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -84,7 +96,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[list[str]]
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**config_values(parser, known.config))
+        values = config_values(parser, known.config)
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a positional the file gives may be left out (the FKD generator's DIR)
+            if not action.option_strings and action.dest in values and action.nargs is None:
+                action.nargs, action.required = "?", False
     return parser.parse_args(argv)
 
 
@@ -143,3 +159,30 @@ def config_of(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> str:
               if k not in leave_out + ("config",)}
     return yaml.safe_dump(values, sort_keys=False)
 
+
+def flags_from_keywords(parser: argparse.ArgumentParser, values: dict[str, Any], caller: str) -> argparse.Namespace:
+    """``parser``'s defaults with ``values`` (keyed by the flags' dest names) in place, each converted
+    and checked as its command-line value is (the flag's type, its choices, a switch's bool, a list
+    for many values): a bad value is the UserError the command line gives. ``config``: a --config
+    file whose values become the defaults, as on the command line. An unknown name is a TypeError,
+    as an unknown keyword argument of a function."""
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    for name in values:
+        if name not in actions:
+            near = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), actions, 1)
+            hint = f"; did you mean {near[0]!r}?" if near else " (the names are the flags' dest names)"
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{hint}")
+    values = {name: plain(value) for name, value in values.items()}
+    if values.get("config"):
+        parser.set_defaults(**config_values(parser, values["config"]))
+    args = parser.parse_args([])
+    for name, value in values.items():
+        setattr(args, name, _config_value(actions[name], value, f"{caller}(): {name}"))
+    return args
+
+
+def plain(value: Any) -> Any:
+    """A path as its string and a tuple as a list, as the command line and --config give them."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return list(value) if isinstance(value, tuple) else value

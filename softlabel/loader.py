@@ -1,8 +1,8 @@
 """Batch-level loading for both sides of a store.
 
 ``RelabelBatches`` samples a batch's augmentation and renders it (relabel side);
-``StoreBatches`` (``stores/batch.py``) reads a stored batch and renders the same pixels again
-(student side).
+``StoreBatches`` reads a stored batch (through its store's reader) and renders the same pixels
+again (student side).
 Both render through ``replay.render_batch``; one item is one whole batch, so DataLoader
 workers never need to know which batch they are in (no patched PyTorch internals), and
 the result is the same for any number of workers.
@@ -20,20 +20,17 @@ from torch.utils.data import DataLoader, Dataset
 from softlabel import replay
 from softlabel.classmap import folder_targets
 from softlabel.data import FolderIndex, ImageCache
+from softlabel.distributed import slice_bounds
 
 
 class RelabelBatches(Dataset):
     """One item per (epoch, batch) to label: its images with freshly sampled crops, flips
     and mix. The sample derives from (seed, epoch, batch) only, whichever worker draws it."""
 
-    def __init__(self, index: FolderIndex, jobs: list[tuple[int, int]], seed: int, batch_size: int,
-                 input_size: int, scale: tuple[float, float], mix_type: str,
-                 mixup: float = 0.8, cutmix: float = 1.0, class_index: Optional[list[int]] = None,
-                 cache_bytes: int = 0):
-        self.index, self.jobs, self.seed, self.batch_size = index, jobs, seed, batch_size
+    def __init__(self, index: FolderIndex, jobs: list[tuple[int, int]], augment: replay.Augment,
+                 class_index: Optional[list[int]] = None, cache_bytes: int = 0):
+        self.index, self.jobs, self.augment = index, jobs, augment
         self.cache = ImageCache(cache_bytes, index)
-        self.input_size, self.scale = input_size, scale
-        self.mix_type, self.mixup, self.cutmix = mix_type, mixup, cutmix
         self.targets = folder_targets(index, class_index)
         self._order: tuple[int, Any] = (-1, None)
 
@@ -42,20 +39,20 @@ class RelabelBatches(Dataset):
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._order[0] != epoch:  # one permutation per epoch, not one per batch
-            self._order = (epoch, replay.epoch_order(self.seed, epoch, len(self.index)))
+            self._order = (epoch, replay.epoch_order(self.augment.seed, epoch, len(self.index)))
         return self._order[1]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         epoch, batch = self.jobs[i]
-        idx = self._epoch_order(epoch)[replay.batch_slice(self.batch_size, batch)]
+        a = self.augment
+        idx = self._epoch_order(epoch)[replay.batch_slice(a.batch_size, batch)]
         images = [self.cache.load(self.index.samples[k][0]) for k in idx]
-        rng = replay.batch_rng(self.seed, epoch, batch)
-        coords, flips = replay.sample_crops_and_flips(rng, [im.size for im in images], self.scale)
-        mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, self.mix_type, len(idx), self.input_size,
-                                                         self.mixup, self.cutmix)
+        rng = replay.batch_rng(a.seed, epoch, batch)
+        coords, flips = replay.sample_crops_and_flips(rng, [im.size for im in images], a.scale)
+        mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, a.mix_type, len(idx), a.input_size, a.mixup, a.cutmix)
         return {"epoch": epoch, "batch": batch, "index": torch.from_numpy(idx.astype(np.int64)),
                 "target": self.targets[torch.from_numpy(idx.astype(np.int64))], "coords": coords, "flip": flips, "mix_index": mix_index, "mix_lam": mix_lam,
-                "mix_bbox": mix_bbox, "pixels": replay.render_batch(images, coords, flips, self.input_size)}
+                "mix_bbox": mix_bbox, "pixels": replay.render_batch(images, coords, flips, a.input_size)}
 
 
 def _as_is(item: Any) -> Any:
@@ -137,3 +134,45 @@ class _Background:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(BackgroundGenerator(iter(self.loader), max_prefetch=2))
+
+
+class StoreBatches(Dataset):
+    """One item per stored (epoch, batch): the stored record plus its pixels, re-rendered
+    from the raw images at the stored crops and flips. ``reader``: a store's ``reader()``, whose
+    ``read(epoch, batch)`` is a validated ``BatchRecord`` (any batch-layout format).
+
+    With ``world`` > 1 an item holds rank ``rank``'s contiguous slice of the batch, and only
+    the images that slice needs are decoded: its own and its mix partners' (``partners``,
+    uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
+
+    def __init__(self, reader: Any, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0,
+                 rank: int = 0, world: int = 1, with_stored: bool = False):
+        self.reader, self.index, self.jobs = reader, index, jobs
+        self.with_stored = with_stored
+        self.rank, self.world = rank, world
+        self.cache = ImageCache(cache_bytes, index)
+        self.input_size = int(reader.input_size)
+        self.targets = folder_targets(index, reader.class_index(index.classes))
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        epoch, batch = self.jobs[i]
+        rec = self.reader.read(epoch, batch)
+        lo, hi = slice_bounds(len(rec), self.rank, self.world)
+        mine = list(range(lo, hi))
+        partners = None if rec.mix_index is None else rec.mix_index[lo:hi].tolist()
+        needed = sorted(set(mine) | set(partners or []))
+        at = {k: n for n, k in enumerate(needed)}
+        images = [self.cache.load(self.index.samples[k][0]) for k in rec.index[needed].tolist()]
+        rendered = replay.render_batch(images, rec.coords[needed], rec.flip[needed], self.input_size)
+        item = {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
+                "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
+                "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
+                # rendered in the slice's order already unless partners came along: no copy of the batch then
+                "pixels": rendered if needed == mine else rendered[[at[k] for k in mine]],
+                "partners": None if partners is None else rendered[[at[k] for k in partners]]}
+        if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
+            item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
+        return item

@@ -1,7 +1,10 @@
 """PRISM's per-architecture relabel presets (Brian-Moser/prism: relabel/generate_soft_label_r18.py,
 _r50.py, _r101.py and their relabel_r*.sh): the teacher family, the ensemble rule and the batch size.
 The other defaults every preset shares are PRISM's relabel command (``PRISM_RELABEL`` in
-``softlabel.commands.relabel``)."""
+``softlabel.commands.relabel``).
+
+An entry here is a whole preset: ``relabel/generate_soft_label.py --preset NAME`` runs it and the
+tests of the presets run over this table; its row in docs/relabel.md's presets table is the rest."""
 from __future__ import annotations
 
 from dataclasses import dataclass

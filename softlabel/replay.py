@@ -12,6 +12,7 @@ to ``input_size`` -> horizontal flip -> to tensor -> normalize -> cutmix/mixup o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,6 +24,20 @@ from softlabel.streams import Stream
 
 MIX_TYPES = ("none", "mixup", "cutmix")
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """How relabelling samples each batch: the seed every choice derives from, the batch size,
+    the rendered size, the crops' area range, and the mix (``mixup`` / ``cutmix``: their Beta alphas)."""
+    seed: int
+    batch_size: int
+    input_size: int
+    scale: tuple[float, float]
+    mix_type: str
+    mixup: float = 0.8
+    cutmix: float = 1.0
+
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     """The dataset indices of one epoch, in the order batches take them."""

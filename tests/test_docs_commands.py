@@ -72,10 +72,10 @@ def _script_parser(script: str) -> argparse.ArgumentParser:
 @lru_cache(maxsize=None)
 def parser_of(script: str) -> argparse.ArgumentParser:
     script = CONSOLE.get(script, script)
-    preset = re.fullmatch(r"relabel/(?:generate_soft_label_|relabel_)(r\d+)\.(?:py|sh)", script)
-    if preset:
+    from softlabel.relabel_presets import PRESETS
+    preset = re.fullmatch(r"relabel/(?:generate_soft_label_|relabel_)(\w+)\.(?:py|sh)", script)
+    if preset and preset.group(1) in PRESETS:  # a preset's own scripts
         from softlabel.commands.relabel import get_args_parser
-        from softlabel.relabel_presets import PRESETS
         return get_args_parser(PRESETS[preset.group(1)])
     if script.startswith("validate/") and script.endswith(".sh"):
         script = "validate/train_FKD_parallel.py"  # each passes its arguments on to the trainer
@@ -137,3 +137,17 @@ def test_the_loss_table_lists_every_loss_and_keep_topk_its_losses():
     applies, refused = paragraph.split("refused")
     assert set(re.findall(r"`(\w+)`", applies)) == set(PROBABILITY_LOSSES)
     assert set(re.findall(r"`(\w+)`", refused)) == set(LOSSES) - set(PROBABILITY_LOSSES)
+
+
+def test_the_presets_table_is_the_presets():
+    """docs/relabel.md's presets table has one row per entry of PRESETS, with its teachers, ensemble
+    rule and batch size."""
+    from softlabel.relabel_presets import PRESETS
+    text = (ROOT / "docs" / "relabel.md").read_text()
+    lines = text[text.index("| preset |"):].splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in
+            lines[2:next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]]
+    assert [row[0] for row in rows] == list(PRESETS)
+    for name, teachers, ensemble, batch_size in rows:
+        preset = PRESETS[name]
+        assert (teachers.split(", "), ensemble, int(batch_size)) == (preset.teachers, preset.ensemble, preset.batch_size)

@@ -16,7 +16,7 @@ from torchvision.transforms import InterpolationMode
 
 from softlabel.data import load_rgb, scan_image_folder
 from softlabel.errors import UserError
-from softlabel.stores import Request, open_store
+from softlabel.stores import StepPlan, Request, open_store
 from softlabel.stores.per_image import sample_crops
 
 CROPS, SIZE, CLASSES = 6, 24, 10
@@ -92,8 +92,8 @@ def test_labels_are_inferred_and_recovered_as_train_fkd_does(label_type, fkd_dir
     store, index = open_fkd(folder, demo_data / "ipc1", num_classes=CLASSES, input_size=SIZE,
                             label_type="marginal_renorm_k5" if label_type == "marginal_renorm" else None)
     assert store.settings.label_format == label_type and store.settings.num_crops == CROPS
-    item = store.dataset(index, [(0, 0)], seed=0, images_per_step=3, crops_per_epoch=2,
-                         targets=torch.tensor(index.targets))[0]
+    item = store.dataset(index, [(0, 0)],
+                         plan=StepPlan(0, 3, 2, targets=torch.tensor(index.targets)))[0]
     for n, i in enumerate(item["index"].tolist()):
         _, _, labels = torch.load(store.path_of(index, i), weights_only=False)  # our own test file
         recovered = fkd_recover(torch.from_numpy(np.asarray(labels, dtype=np.float32)), label_type, CLASSES)
@@ -105,10 +105,10 @@ def test_labels_are_inferred_and_recovered_as_train_fkd_does(label_type, fkd_dir
 def test_the_student_sees_fkd_trainers_bilinear_crops_or_the_teachers_bicubic(fkd_dirs, demo_data):
     for interpolation, mode in (("bilinear", InterpolationMode.BILINEAR), ("bicubic", InterpolationMode.BICUBIC)):
         index = scan_image_folder(str(demo_data / "ipc1"), "--train-dir")
-        store = open_store(str(fkd_dirs["hard"]), index, layout="per-image", interpolation=interpolation,
-                           request=Request(num_classes=CLASSES, input_size=SIZE))
-        item = store.dataset(index, [(0, 0)], seed=0, images_per_step=2, crops_per_epoch=3,
-                             targets=torch.tensor(index.targets))[0]
+        store = open_store(str(fkd_dirs["hard"]), index, layout="per-image",
+                           request=Request(num_classes=CLASSES, input_size=SIZE, interpolation=interpolation))
+        item = store.dataset(index, [(0, 0)],
+                             plan=StepPlan(0, 2, 3, targets=torch.tensor(index.targets)))[0]
         for n, i in enumerate(item["index"].tolist()):
             coords, flips, _ = torch.load(store.path_of(index, i), weights_only=False)
             img = load_rgb(index.samples[i][0])
@@ -203,8 +203,8 @@ def test_inspector_and_converter_read_fkd_files(demo_data, teacher_ckpt, tmp_pat
         for x, y in zip(a.read_labels(index, i), b.read_labels(index, i)):
             assert torch.equal(x.float(), y.float())
     jobs = [(0, 0)]
-    items = [s.dataset(index, jobs, seed=0, images_per_step=4, crops_per_epoch=2,
-                       targets=torch.tensor(index.targets))[0] for s in (a, b)]
+    items = [s.dataset(index, jobs,
+                       plan=StepPlan(0, 4, 2, targets=torch.tensor(index.targets)))[0] for s in (a, b)]
     assert torch.equal(items[0]["pixels"], items[1]["pixels"])
     assert torch.equal(items[0]["soft_label"], items[1]["soft_label"])
 

@@ -86,24 +86,35 @@ def test_softlabel_has_no_import_cycles():
         " <-> ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found)
 
 
-# Reads of a manifest outside softlabel/stores/ that stay, each with its reason: (file, function).
+# Manifests read or built outside softlabel/stores/ that stay, each with its reason: (file, function).
 MANIFEST_READERS = {
     ("softlabel/files.py", "read_manifest_json"): "the JSON reader every store's manifest is read through",
-    ("softlabel/classmap.py", "class_index_of"): "the class mapping, asked by stores/ and the trainer (moved by "
-                                                 "the trainer refactor)",
-    ("softlabel/training/epochs.py", "store_epochs"): "moved by the trainer refactor",
-    ("softlabel/training/report.py", "store_notes"): "moved by the trainer refactor",
-    ("softlabel/training/report.py", "validation_loader"): "moved by the trainer refactor",
-    ("scripts/bench_check.py", "make_batch_store"): "a benchmark writing a store from the manifest it builds",
+    ("scripts/bench_check.py", "batch_manifest"): "a benchmark making a synthetic store of a size no relabel run "
+                                                  "on this machine reaches (random logits, no teacher)",
+    ("scripts/bench_check.py", "make_batch_store"): "the same",
+    ("scripts/bench_check.py", "make_per_image_store"): "the same, per image",
+    ("scripts/benchlib.py", "make_store"): "the same, for the loader and GPU benchmarks",
     ("scripts/benchlib.py", "extend_store"): "a benchmark extending a store it made, through the store's writer",
+    ("scripts/bench_storage.py", "imagenet_manifest"): "a benchmark of the storage formats' sizes on synthetic "
+                                                       "labels (no images at all)",
+    ("scripts/bench_storage.py", "store_sizes"): "the same",
     ("scripts/bench_storage.py", "label_distance"): "a benchmark comparing two stores' steps",
 }
 
+# Keys only a manifest has: a dict literal holding one is a manifest being built.
+MANIFEST_ONLY_KEYS = {"format_version", "created_by", "class_to_index", "batches_per_epoch", "dataset_fingerprint"}
+STORE_KINDS = {"BATCH", "UPSTREAM", "PER_IMAGE", "FKD_UPSTREAM"}
+
 
 def manifest_reads(path: pathlib.Path) -> list[tuple[str, int]]:
-    """(enclosing function, line) of each ``manifest[...]`` / ``manifest.get(`` and each use of a
-    Store's ``.manifest`` outside ``self``."""
+    """(enclosing function, line) of each ``manifest[...]`` / ``manifest.get(`` (and the same on a
+    name bound to a ``*manifest*(...)`` call's result), each use of a Store's ``.manifest`` outside
+    ``self``, each dict literal with a key only a manifest has, and each import of a store kind."""
     found = []
+    tree = ast.parse(path.read_text())
+    bound = {"manifest"} | {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                            and isinstance(node.value, ast.Call) and "manifest" in ast.unparse(node.value.func)
+                            for t in node.targets if isinstance(t, ast.Name)}
 
     def visit(node: ast.AST, function: str) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -113,14 +124,19 @@ def manifest_reads(path: pathlib.Path) -> list[tuple[str, int]]:
             value = node.value
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
             value = node.func.value
-        if isinstance(value, ast.Name) and value.id == "manifest":
+        if isinstance(value, ast.Name) and value.id in bound:
             found.append((function, node.lineno))
         if isinstance(node, ast.Attribute) and node.attr == "manifest" and not (
                 isinstance(node.value, ast.Name) and node.value.id == "self"):
             found.append((function, node.lineno))
+        if isinstance(node, ast.Dict) and any(isinstance(k, ast.Constant) and k.value in MANIFEST_ONLY_KEYS
+                                              for k in node.keys):
+            found.append((function, node.lineno))
+        if isinstance(node, ast.ImportFrom) and any(a.name in STORE_KINDS for a in node.names):
+            found.append((function, node.lineno))
         for child in ast.iter_child_nodes(node):
             visit(child, function)
-    visit(ast.parse(path.read_text()), "<module>")
+    visit(tree, "<module>")
     return found
 
 
@@ -129,19 +145,23 @@ def test_the_manifest_finder_sees_reads():
     with tempfile.TemporaryDirectory() as tmp:
         p = pathlib.Path(tmp) / "m.py"
         p.write_text("def f(store, manifest):\n    a = manifest['x']\n    b = store.manifest.get('y')\n"
-                     "    manifest['z'] = 1\n    return self.manifest\n")
-        assert manifest_reads(p) == [("f", 2), ("f", 3)]
+                     "    manifest['z'] = 1\n    return self.manifest\n"
+                     "def g(path):\n    ref = per_image.read_manifest(path)\n    return ref['num_crops']\n"
+                     "def h(index):\n    return {'created_by': 'x', 'n': len(index)}\n"
+                     "def k():\n    from softlabel.stores import PER_IMAGE\n")
+        assert manifest_reads(p) == [("f", 2), ("f", 3), ("g", 8), ("h", 10), ("k", 12)]
 
 
-def test_manifests_are_read_only_inside_stores():
-    """A command or tool asks the Store (settings, teachers(), labelling(), summary()...), so a
-    format's manifest keys are known to its own module only."""
+def test_manifests_are_read_and_built_only_inside_stores():
+    """A command or tool asks the Store (settings, teachers(), labelling(), summary(),
+    class_index()...) and has its manifest built there (``new_manifest`` of each writable format),
+    so a format's manifest keys and its kinds are known to ``softlabel/stores/`` only."""
     top = ROOT.parent
     paths = [p for p in sorted(ROOT.rglob("*.py")) if "stores" not in p.relative_to(ROOT).parts[:1]]
     paths += sorted((top / "scripts").glob("*.py"))
     reads = {(str(p.relative_to(top)), f, line) for p in paths for f, line in manifest_reads(p)}
     unexpected = sorted(r for r in reads if r[:2] not in MANIFEST_READERS)
-    assert not unexpected, "manifest read outside softlabel/stores/: " + "; ".join(
+    assert not unexpected, "manifest read or built outside softlabel/stores/: " + "; ".join(
         f"{f} in {fn}() line {line}" for f, fn, line in unexpected)
     stale = set(MANIFEST_READERS) - {r[:2] for r in reads}
     assert not stale, f"allowed but no longer reading a manifest: {sorted(stale)}"

@@ -253,13 +253,14 @@ def test_the_trainer_reports_every_loss_type_as_its_formula(cutmix_store, demo_d
     (their top 3 under --keep-topk 3), averaged over the epoch's 20 samples."""
     from softlabel import replay
     from softlabel.data import scan_image_folder
-    from softlabel.stores.batch import StoreBatches
+    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import Reader
     from softlabel.models import create_model
     train = "validate/train_FKD_parallel.py"
     manifest = json.loads((cutmix_store / "manifest.json").read_text())
     index = scan_image_folder(str(demo_data / "ipc2"), "--train-dir")
     jobs = [(0, b) for b in range(manifest["batches_per_epoch"])]
-    items = [StoreBatches(str(cutmix_store), index, manifest, jobs)[i] for i in range(len(jobs))]
+    items = [StoreBatches(Reader(str(cutmix_store), manifest), index, jobs)[i] for i in range(len(jobs))]
     assert sum(len(item["target"]) for item in items) == manifest["num_samples"] == 20
     for loss in sorted(LOSSES):
         out = tmp_path / loss

@@ -17,7 +17,7 @@ from rounding import between_orders
 from softlabel import replay
 from softlabel.data import scan_image_folder
 from softlabel.errors import UserError
-from softlabel.stores import per_image
+from softlabel.stores import StepPlan, open_store, per_image
 from softlabel.teachers import load_teacher
 from softlabel.threads import running_on
 from softlabel.training.losses import kl, soft_ce
@@ -317,9 +317,11 @@ def test_training_steps_take_unused_crops_and_ranks_split_every_step(stores, dem
     manifest = json.loads((root / per_image.MANIFEST).read_text())
     index = scan_image_folder(str(demo_data / "ipc1"), "--data")
     targets = torch.tensor(index.targets)
-    one = per_image.PerImageSteps(str(root), index, manifest, [(1, 2)], 0, 4, 2, targets)[0]
+    read = open_store(str(root), layout="per-image").reader(index)
+    plan = StepPlan(0, 4, 2, targets=targets)
+    one = per_image.PerImageSteps(read, manifest, index, [(1, 2)], plan)[0]
     assert one["batch_size"] == 4 and one["pixels"].shape == (4, 3, 24, 24)  # 10 = 4+4+2 images
-    parts = [per_image.PerImageSteps(str(root), index, manifest, [(1, 2)], 0, 4, 2, targets, rank=r, world=3)[0]
+    parts = [per_image.PerImageSteps(read, manifest, index, [(1, 2)], plan, rank=r, world=3)[0]
              for r in range(3)]
     for key in ("pixels", "soft_label", "target", "index"):
         assert torch.equal(torch.cat([p[key] for p in parts]), one[key]), key

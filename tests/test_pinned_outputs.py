@@ -22,9 +22,8 @@ from conftest import relabel, run_script
 
 from softlabel import models, replay
 from softlabel.data import scan_image_folder
-from softlabel.classmap import class_index_of
 from softlabel.loader import batch_loader
-from softlabel.stores import open_store
+from softlabel.stores import StepPlan, open_store
 from softlabel.stores import per_image as per_image_store
 
 REPLAY_DIGESTS = {  # the top-k format stores crop boxes in fixed point (packed.COORD_SCALE)
@@ -100,8 +99,7 @@ def plain_training(data: Path, store_path: Path, epochs: int, *, layout: str, mo
     options = {}
     if per_image:
         per_epoch = replay.batches_per_epoch(len(index), per_image["images_per_step"])
-        targets = torch.tensor(class_index_of(store.manifest, index.classes))[torch.tensor(index.targets)]
-        options = {"seed": seed, "targets": targets, **per_image}
+        options = {"plan": StepPlan(seed, per_image["images_per_step"], per_image["crops_per_epoch"])}
     else:
         per_epoch = s.batches_per_epoch
     torch.manual_seed(seed)

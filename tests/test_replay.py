@@ -15,7 +15,8 @@ from rounding import FLOAT64, UNIT, between_orders, logits_tolerance
 
 from softlabel import replay, streams
 from softlabel.data import scan_image_folder
-from softlabel.stores.batch import StoreBatches
+from softlabel.loader import StoreBatches
+from softlabel.stores.batch import Reader
 from softlabel.streams import Stream
 from softlabel.teachers import load_teacher
 
@@ -53,7 +54,7 @@ def student_inputs(store, epoch: int, batch: int, data_dir) -> tuple[torch.Tenso
     manifest = json.loads((store / "manifest.json").read_text())
     batches = manifest["batches_per_epoch"]
     jobs = [(e, b) for e in range(manifest["epochs"]) for b in range(batches)]
-    item = StoreBatches(str(store), scan_image_folder(str(data_dir), "--train-dir"), manifest, jobs)[
+    item = StoreBatches(Reader(str(store), manifest), scan_image_folder(str(data_dir), "--train-dir"), jobs)[
         epoch * batches + batch]
     x = replay.slice_inputs(item["pixels"], item["partners"], manifest["mean"], manifest["std"],
                             item["mix_lam"], item["mix_bbox"])
@@ -178,10 +179,11 @@ def test_relabel_side_and_student_side_render_the_same_batch(cutmix_store, demo_
     manifest = json.loads((cutmix_store / "manifest.json").read_text())
     index = scan_image_folder(str(demo_data / "ipc2"), "--data")
     jobs = [(e, b) for e in range(manifest["epochs"]) for b in range(manifest["batches_per_epoch"])]
-    teacher_side = RelabelBatches(index, jobs, manifest["fkd_seed"], manifest["batch_size"],
-                                  manifest["input_size"], (manifest["min_scale_crops"], manifest["max_scale_crops"]),
-                                  manifest["mix_type"], cutmix=manifest["cutmix"])
-    student_side = StoreBatches(str(cutmix_store), index, manifest, jobs)
+    augment = replay.Augment(manifest["fkd_seed"], manifest["batch_size"], manifest["input_size"],
+                             (manifest["min_scale_crops"], manifest["max_scale_crops"]), manifest["mix_type"],
+                             cutmix=manifest["cutmix"])
+    teacher_side = RelabelBatches(index, jobs, augment)
+    student_side = StoreBatches(Reader(str(cutmix_store), manifest), index, jobs)
     for i, (epoch, batch) in enumerate(jobs):
         t, s = teacher_side[i], student_side[i]
         assert torch.equal(t["pixels"], s["pixels"]), (epoch, batch)

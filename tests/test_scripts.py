@@ -38,7 +38,8 @@ def test_draw_fkd_mix_draws_the_stored_crops_and_mix(cutmix_store, demo_data, tm
     import torchvision
 
     from softlabel.data import scan_image_folder
-    from softlabel.stores.batch import StoreBatches
+    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import Reader
     out = tmp_path / "fig" / "mix.png"
     proc = run_script("scripts/draw_fkd_mix.py", cutmix_store, "--data", demo_data / "ipc2", "--epoch", 1,
                       "--batch", 2, "--samples", 3, "--out", out)
@@ -51,7 +52,7 @@ def test_draw_fkd_mix_draws_the_stored_crops_and_mix(cutmix_store, demo_data, tm
     size = manifest["input_size"]
     coords, flip, mix_index, lam, (x1, y1, x2, y2), _, index = torch.load(
         cutmix_store / "epoch_1" / "batch_2.tar", weights_only=True)
-    item = StoreBatches(str(cutmix_store), scan_image_folder(str(demo_data / "ipc2"), "--data"), manifest,
+    item = StoreBatches(Reader(str(cutmix_store), manifest), scan_image_folder(str(demo_data / "ipc2"), "--data"),
                         [(1, 2)])[0]
     pixels = item["pixels"].permute(0, 2, 3, 1).numpy()  # the uint8 crops the student sees, before the mix
     mixed = pixels.copy()

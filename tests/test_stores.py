@@ -17,7 +17,8 @@ from rounding import UNIT, between_orders
 from softlabel.data import scan_image_folder
 from softlabel.stores import Request, legacy_order, open_store
 from softlabel.stores import batch as store
-from softlabel.stores.batch import StoreBatches
+from softlabel.loader import StoreBatches
+from softlabel.stores.batch import Reader
 
 TRAIN = "validate/train_FKD_parallel.py"
 
@@ -62,8 +63,8 @@ def test_topk_store_keeps_the_top_logits_and_the_exact_replay(cutmix_store, topk
         assert float(diff) <= 2 * move + between_orders(2 * 10 + 4, 1.0)
     index = scan_image_folder(str(demo_data / "ipc2"), "--data")
     for epoch, batch in ((0, 0), (2, 2)):  # the student sees the very same pixels from both
-        a = StoreBatches(str(cutmix_store), index, full, [(epoch, batch)])[0]
-        b = StoreBatches(str(topk_store), index, compact, [(epoch, batch)])[0]
+        a = StoreBatches(Reader(str(cutmix_store), full), index, [(epoch, batch)])[0]
+        b = StoreBatches(Reader(str(topk_store), compact), index, [(epoch, batch)])[0]
         assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["partners"], b["partners"])
 
 

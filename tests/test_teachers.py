@@ -234,9 +234,10 @@ def test_class_map_reaches_the_student(demo_data, teacher_ckpt, tmp_path):
     m = json.loads((store / "manifest.json").read_text())
     assert m["class_to_index"] == mapping and m["class_mapping"] == "class-map"
     from softlabel.data import scan_image_folder
-    from softlabel.stores.batch import StoreBatches
+    from softlabel.loader import StoreBatches
+    from softlabel.stores.batch import Reader
     index = scan_image_folder(str(demo_data / "ipc1"), "--train-dir")
-    item = StoreBatches(str(store), index, m, [(0, 0)])[0]
+    item = StoreBatches(Reader(str(store), m), index, [(0, 0)])[0]
     folder = torch.tensor([index.samples[k][1] for k in item["index"].tolist()])
     assert torch.equal(item["target"], (folder + 3) % 10)
 

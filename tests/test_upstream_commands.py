@@ -13,7 +13,7 @@ from conftest import ROOT
 from rounding import FLOAT64, within
 
 from softlabel.commands.relabel import get_args_parser as relabel_parser
-from softlabel.commands.relabel import teacher_specs
+from softlabel.commands.relabel import parse_command, teacher_specs
 from softlabel.ensemble import combine
 from softlabel.precision import amp_dtype
 from softlabel.relabel_presets import PRESETS as PRESETS_BY_NAME
@@ -66,6 +66,8 @@ def test_relabel_presets_default_to_the_upstream_command_and_the_scripts_say_it(
         assert {k: v for k, v in vars(given).items() if k not in PATHS + ("candidate_number",)} == \
             {k: v for k, v in defaults.items() if k not in PATHS + ("candidate_number",)}
         assert given.candidate_number == 4 and teacher_specs(given, PRESETS[arch]) == family
+    # the generic script with --preset is the same command
+    assert vars(parse_command([f"--preset=r{arch}", *upstream])[0]) == vars(parser.parse_args(upstream))
     assert defaults["batch_size"] == (100 if arch == "101" else 50)
     assert defaults["min_scale_crops"] == 0.25 and defaults["workers"] == 8
     # float32 teachers, as upstream's (its --use-fp16 rounds the stored labels only), on a GPU too

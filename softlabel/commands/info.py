@@ -378,8 +378,8 @@ def main(args: argparse.Namespace) -> None:
     if layout == "per-image":
         return per_image_info(root, args)
     # the images are checked by --check and --verify-teacher, with a note rather than a refusal
-    store = open_store(root, flag="STORE", request=Request(input_size=args.input_size, fkd_seed=args.fkd_seed),
-                       need_pixels=False)
+    store = open_store(root, flag="STORE", request=Request(input_size=args.input_size, fkd_seed=args.fkd_seed,
+                                                           need_pixels=False))
     if args.verify_teacher is not None and store.settings.input_size is None:
         raise UserError(f"STORE {root} is an upstream store (no manifest), which does not record its crop "
                         f"size: --verify-teacher needs --input-size (and --fkd_seed, default {DEFAULT_SEED})")

@@ -22,9 +22,10 @@ from typing import Any, Optional
 
 import torch
 
-from softlabel import classmap, distributed, files, precision, provenance, replay, tracking
-from softlabel.cli import (LABELLING_REPLACED, add_config_flag, add_mix_type, add_replaced_flags, freeze,
-                           note_replaced_flags, parse_with_config)
+from softlabel import classmap, distributed, files, precision, replay, tracking
+from softlabel.cli import (LABELLING_REPLACED, NOT_IN_STORE, add_config_flag, add_mix_type, add_replaced_flags,
+                           config_values, flags_from_keywords, freeze, note_replaced_flags, parse_with_config,
+                           write_config)
 from softlabel.data import FolderIndex, scan_images
 from softlabel.distributed import DistInfo
 from softlabel.ensemble import ENSEMBLES, RESCALING
@@ -36,7 +37,7 @@ from softlabel.precision import AMP_CHOICES
 from softlabel.relabel_presets import PRESETS, Preset
 from softlabel.stores import batch as store
 from softlabel.stores import topk
-from softlabel.stores import create_store
+from softlabel.stores import LabelledImages, create_store
 from softlabel.stores.schema import MAX_BATCH_FILES, MAX_EPOCHS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED, check_seed
 from softlabel.teachers import SOURCES, Ensemble, Teacher, load_teachers, split_list, weight_names, weight_paths
@@ -50,10 +51,17 @@ PRISM_RELABEL = {"workers": 8, "epochs": 300, "fkd_seed": 42, "input_size": 224,
                  "max_scale_crops": 1.0, "use_fp16": True, "mode": "fkd_save", "mix_type": "cutmix"}
 
 
+PRESET_HELP = ("a relabel preset (table: docs/relabel.md) sets the defaults: its teacher family (what --teachers "
+               "would give; -a may only name its first), its --ensemble and -b, and PRISM's relabel command "
+               "for the rest (-j 8, --epochs 300, cutmix, --use-fp16, ...); --config's values and the flags "
+               "given override them (default: %(default)s)")
+
+
 def get_args_parser(preset: Optional[Preset] = None) -> argparse.ArgumentParser:
     title = f"PRISM {preset.name} preset: " if preset else ""
     p = argparse.ArgumentParser(description=f"{title}soft-label generation (relabel) with crop/flip/mix replay")
     add_config_flag(p)
+    p.add_argument("--preset", choices=list(PRESETS), default=preset.name if preset else None, help=PRESET_HELP)
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="image folder to relabel (class sub-folders)")
     g.add_argument("-j", "--workers", default=None, type=int, metavar="N",
@@ -218,9 +226,9 @@ def check_teachers_first(cfg: Any, index: FolderIndex, mine: list[tuple[int, int
         jobs.append((e, b))
         first += replay.batch_len(len(index), cfg.batch_size, b)
     acc = Accuracy(len(ens.teachers))
-    for item in batch_loader(RelabelBatches(index, jobs, cfg.fkd_seed, cfg.batch_size, cfg.input_size,
-                                            (cfg.min_scale_crops, cfg.max_scale_crops), cfg.mix_type, cfg.mixup,
-                                            cfg.cutmix, class_index), 0, pin_memory=False, background=False):
+    augment = replay.Augment(cfg.fkd_seed, cfg.batch_size, cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
+                             cfg.mix_type, cfg.mixup, cfg.cutmix)
+    for item in batch_loader(RelabelBatches(index, jobs, augment, class_index), 0, pin_memory=False, background=False):
         pixels = item["pixels"].to(info.device)
         combined, outputs = ens(pixels, replay.partners_of(pixels, item["mix_index"]), item["mix_lam"],
                                 item["mix_bbox"])
@@ -250,47 +258,6 @@ def teacher_specs(args: argparse.Namespace, preset: Optional[Preset]
     return archs, paths, weight_names(args.teacher_weights, archs, paths)
 
 
-def build_manifest(cfg, index: FolderIndex, teachers: list[Teacher], class_index: list[int],
-                   class_mapping: str, batches: int, amp: Optional[torch.dtype]) -> dict:
-    return {
-        **store.container_of(cfg.label_format),
-        "label_keep": cfg.label_keep,
-        "created_by": "relabel/generate_soft_label.py",
-        "args": provenance.args_dict(cfg),
-        "fkd_seed": cfg.fkd_seed,
-        "batch_size": cfg.batch_size,
-        "epochs": cfg.epochs,
-        "batches_per_epoch": batches,
-        "num_samples": len(index),
-        "num_classes": teachers[0].num_classes,
-        "class_names": index.classes,
-        "class_to_index": dict(zip(index.classes, class_index)),
-        "class_mapping": class_mapping,
-        "input_size": cfg.input_size,
-        "min_scale_crops": cfg.min_scale_crops,
-        "max_scale_crops": cfg.max_scale_crops,
-        "mix_type": cfg.mix_type,
-        "mixup": cfg.mixup if cfg.mix_type == "mixup" else None,
-        "cutmix": cfg.cutmix if cfg.mix_type == "cutmix" else None,
-        "use_fp16": bool(cfg.use_fp16),
-        "label_dtype": "float16" if cfg.use_fp16 or cfg.label_format == "topk" else "float32",
-        "label_format": cfg.label_format,
-        "topk": cfg.topk if cfg.label_format == "topk" else None,
-        **topk.fill_entries(cfg.label_format, cfg.topk_fill, cfg.topk_fill_temperature),
-        "temperature": cfg.temperature,
-        "teachers": [t.describe() for t in teachers],
-        "ensemble": cfg.ensemble if len(teachers) > 1 or cfg.ensemble in RESCALING else None,
-        "primary_weight": cfg.primary_weight if cfg.ensemble == "primary-weighted" else None,
-        # The student sees the pixels normalized as the primary teacher wants them.
-        "mean": teachers[0].mean,
-        "std": teachers[0].std,
-        "amp": precision.dtype_name(amp),
-        "dataset_fingerprint": index.fingerprint(),
-        **({"images_digest": index.content_digest} if index.content_digest else {}),  # from a pack only
-        "versions": provenance.library_versions(),
-    }
-
-
 def announce(cfg, index: FolderIndex, teachers: list[Teacher], class_mapping: str, batches: int, todo: list,
              mine: int, info: DistInfo) -> None:
     family = ", ".join(f"{t.arch} ({t.source})" for t in teachers)
@@ -301,12 +268,13 @@ def announce(cfg, index: FolderIndex, teachers: list[Teacher], class_mapping: st
           + (f" (rank 0 of {info.world_size})" if info.distributed else ""), flush=True)
 
 
-def label_batches(cfg, loader, todo: list[tuple[int, int]], ens: Ensemble, writer, num_folders: int,
-                  images_todo: int, info: DistInfo, speed: tracking.Throughput) -> Accuracy:
-    """Label every batch the loader yields and write it; nothing is written before the teachers
-    pass the accuracy check on the first crops. Returns their accuracy; ``speed`` times the batches
-    (each one's logits come back to the CPU, so its compute time is the device's too)."""
-    teachers = ens.teachers
+def label_batches(cfg, jobs: RelabelBatches, loader, ens: Ensemble, writer, images_todo: int, info: DistInfo,
+                  speed: tracking.Throughput) -> Accuracy:
+    """Label every batch the loader yields (those of ``jobs``, in order) and write it; nothing is
+    written before the teachers pass the accuracy check on the first crops. Returns their accuracy;
+    ``speed`` times the batches (each one's logits come back to the CPU, so its compute time is the
+    device's too)."""
+    teachers, todo, num_folders = ens.teachers, jobs.jobs, len(jobs.index.classes)
     total, epoch_acc = Accuracy(len(teachers)), Accuracy(len(teachers))
     held = HeldWrites(writer.write, total, teachers, num_folders, cfg.mix_type != "none", cfg.min_teacher_acc,
                       min(PREFLIGHT_CROPS, images_todo))
@@ -368,8 +336,12 @@ def report(cfg, total: Accuracy, todo: list, speed: tracking.Throughput, info: D
 
 
 def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Optional[tracking.StartUp] = None) -> None:
-    """``origin``: where the logged start-up begins (default: this call)."""
+    """``args``: parsed by the parser of their preset (``parse_command``, ``relabel_args``), which
+    ``preset`` or else ``args.preset`` names; ``origin``: where the logged start-up begins (default:
+    this call)."""
+    preset = preset or (PRESETS[args.preset] if getattr(args, "preset", None) else None)
     speed = tracking.Throughput(origin or tracking.StartUp.of_main())
+    given = argparse.Namespace(**vars(args))  # the flags as parsed: the store's args.yaml
     note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
     archs, paths, weights = teacher_specs(args, preset)
@@ -387,30 +359,71 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Opti
         distributed.on_main_then_all(info, lambda: evaluate_teachers(
             ens, cfg.val_dir, dict(zip(index.classes, class_index)), cfg.input_size, cfg.crop_pct, cfg.workers))
 
-    manifest = build_manifest(cfg, index, teachers, class_index, class_mapping, batches, amp)
-    manifest["skipped_images"] = [os.path.relpath(p, index.root) for p in skipped]
+    manifest = store.new_manifest(cfg, LabelledImages.of(index, teachers, class_index, class_mapping), batches,
+                                  cfg.ensemble if len(teachers) > 1 or cfg.ensemble in RESCALING else None,
+                                  precision.dtype_name(amp), [os.path.relpath(p, index.root) for p in skipped])
     mine = [(e, b) for n, (e, b) in enumerate(kept) if n % info.world_size == info.rank]
     check_teachers_first(cfg, index, mine, ens, class_index, info)
     writer = create_store(cfg.fkd_path, manifest, info)
+    if info.is_main:
+        write_config(cfg.fkd_path, given, NOT_IN_STORE)
     todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
     images_todo = sum(replay.batch_len(len(index), cfg.batch_size, b) for _, b in todo)
-    jobs = RelabelBatches(index, todo, cfg.fkd_seed, cfg.batch_size, cfg.input_size,
-                          (cfg.min_scale_crops, cfg.max_scale_crops), cfg.mix_type, cfg.mixup,
-                          cfg.cutmix, class_index, cache_bytes(cfg.cache_images, cfg.workers))
+    augment = replay.Augment(cfg.fkd_seed, cfg.batch_size, cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
+                             cfg.mix_type, cfg.mixup, cfg.cutmix)
+    jobs = RelabelBatches(index, todo, augment, class_index, cache_bytes(cfg.cache_images, cfg.workers))
     on_gpu = info.device.type == "cuda"
     loader = batch_loader(jobs, cfg.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
         announce(cfg, index, teachers, class_mapping, batches, todo, len(mine), info)
-    total = label_batches(cfg, loader, todo, ens, writer, len(index.classes), images_todo, info, speed)
+    total = label_batches(cfg, jobs, loader, ens, writer, images_todo, info, speed)
     writer.finish()
     report(cfg, total, todo, speed, info)
     distributed.cleanup(info)
 
 
+def preset_of(argv: Optional[list[str]] = None, fixed: Optional[str] = None) -> Optional[Preset]:
+    """The preset a command line names, read before its parser is built (a preset sets that parser's
+    defaults): --preset, else the --config file's ``preset``, else ``fixed`` (a preset's own script).
+    An unknown --preset is left to the parser, whose choices refuse it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", nargs="?")
+    pre.add_argument("--config", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    name = known.preset
+    if name is None and known.config:
+        name = config_values(get_args_parser(), known.config).get("preset")
+    if fixed and name not in (None, fixed):
+        raise UserError(f"--preset {name}: this script is the {fixed} preset; run "
+                        f"relabel/generate_soft_label.py --preset {name} for another")
+    if name is None:
+        return PRESETS[fixed] if fixed else None
+    return PRESETS.get(name)
+
+
+def parse_command(argv: Optional[list[str]] = None, preset_name: Optional[str] = None
+                  ) -> tuple[argparse.Namespace, Optional[Preset]]:
+    """``argv`` (default: sys.argv) parsed by the parser of the preset it names, and that preset;
+    ``preset_name``: the preset of a preset's own script."""
+    preset = preset_of(argv, preset_name)
+    return parse_with_config(get_args_parser(preset), argv), preset
+
+
 def cli(preset_name: Optional[str] = None) -> None:
-    """The console command (or a preset's script): parse sys.argv, run, report a user error as one line."""
-    preset = PRESETS[preset_name] if preset_name else None
-    run_main(lambda: main(parse_with_config(get_args_parser(preset)), preset, tracking.StartUp.of_process()))
+    """The console command (or a preset's script, ``preset_name``): parse sys.argv, run, report a
+    user error as one line."""
+    def run() -> None:
+        args, preset = parse_command(None, preset_name)
+        main(args, preset, tracking.StartUp.of_process())
+    run_main(run)
+
+
+def relabel_args(**values: Any) -> argparse.Namespace:
+    """Relabel's flags from Python, for ``main(relabel_args(...))``: the defaults (``preset=``'s, as
+    ``--preset``) with ``values`` in place, keyed by the flags' dest names (``data=``, ``arch=`` for -a,
+    ``fkd_path=``, ``workers=``, ...), each converted and checked as on the command line. An unknown
+    name is a TypeError."""
+    return flags_from_keywords(get_args_parser(PRESETS.get(values.get("preset"))), values, "relabel_args")
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from softlabel import classmap, distributed, files, precision, tracking
-from softlabel.cli import (LABELLING_REPLACED, add_config_flag, add_replaced_flags, freeze, note_replaced_flags,
-                           parse_with_config)
+from softlabel.cli import (LABELLING_REPLACED, NOT_IN_STORE, add_config_flag, add_replaced_flags, freeze,
+                           note_replaced_flags, parse_with_config, write_config)
 from softlabel.data import FolderIndex, scan_image_folder
 from softlabel.errors import UserError, run_main
 from softlabel.labelling import PREFLIGHT_CROPS, Accuracy, HeldWrites, evaluate_teachers, refuse_below_together
 from softlabel.loader import batch_loader, loader_workers
 from softlabel.precision import AMP_CHOICES
-from softlabel.stores import create_store, per_image
+from softlabel.stores import LabelledImages, create_store, per_image
 from softlabel.stores.schema import MAX_CROPS, MAX_INPUT_SIZE
 from softlabel.streams import DEFAULT_SEED, check_seed
 from softlabel.teachers import Ensemble, Teacher, load_teachers, weight_names
@@ -169,27 +169,16 @@ def data_dirs(args: argparse.Namespace) -> tuple[str, Optional[str]]:
     return args.data, args.val_dir
 
 
-def settle_crops(args: argparse.Namespace, index: FolderIndex) -> tuple[dict, Optional[dict]]:
+def settle_crops(args: argparse.Namespace, index: FolderIndex) -> tuple[dict, Optional[tuple[str, dict]]]:
     """Seed and scales: the flags' (or defaults), or those of --reference_path, whose crops are
-    reused; a flag contradicting the reference is an error. Returns them and the reference manifest."""
-    if not args.reference_path:
-        return {"fkd_seed": DEFAULT_SEED if args.fkd_seed is None else args.fkd_seed,
-                "min_scale_crops": DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops,
-                "max_scale_crops": DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops}, None
-    ref = per_image.read_manifest(args.reference_path, "--reference_path")
-    where = f"--reference_path {args.reference_path}"
-    if ref["dataset_fingerprint"] != index.fingerprint():
-        raise UserError(f"{where}: made from other images than {index.root} (file names or sizes differ)")
-    if args.num_crops > ref["num_crops"]:
-        raise UserError(f"--num_crops {args.num_crops}: {where} holds only {ref['num_crops']} crops per image")
-    for flag, attr in (("--fkd_seed", "fkd_seed"), ("--min_scale_crops", "min_scale_crops"),
-                       ("--max_scale_crops", "max_scale_crops")):
-        given = getattr(args, attr)
-        if given is not None and given != ref[attr]:
-            raise UserError(f"{flag} {given} contradicts {where}, whose crops were made with {ref[attr]}; "
-                            f"omit {flag}")
-    return {attr: ref[attr] for attr in ("fkd_seed", "min_scale_crops", "max_scale_crops")}, ref
-
+    reused; a flag contradicting the reference is an error. Returns them and the reference."""
+    given = {"fkd_seed": args.fkd_seed, "min_scale_crops": args.min_scale_crops,
+             "max_scale_crops": args.max_scale_crops}
+    if args.reference_path:
+        return per_image.reference_crops(args.reference_path, index, args.num_crops, given)
+    return {"fkd_seed": DEFAULT_SEED if args.fkd_seed is None else args.fkd_seed,
+            "min_scale_crops": DEFAULT_SCALE[0] if args.min_scale_crops is None else args.min_scale_crops,
+            "max_scale_crops": DEFAULT_SCALE[1] if args.max_scale_crops is None else args.max_scale_crops}, None
 
 def teacher_source(args: argparse.Namespace) -> Optional[str]:
     """The library of the teacher: --teacher_source, else for published weights timm when it knows
@@ -201,25 +190,6 @@ def teacher_source(args: argparse.Namespace) -> Optional[str]:
         return None
     import timm
     return "timm" if timm.is_model(args.arch or "resnet18") else None
-
-
-def build_manifest(cfg, index: FolderIndex, teacher: Teacher, class_index: list[int], class_mapping: str) -> dict:
-    """Content settings only (no paths, workers or versions): a rerun with other settings is
-    refused, and concurrent runs write byte-identical manifests."""
-    return {
-        "format": per_image.FORMAT, "format_version": per_image.FORMAT_VERSION,
-        "created_by": "relabel/generate_soft_label_fkd.py",
-        "num_crops": cfg.num_crops, "label_type": cfg.label_type, "top_k": min(per_image.TOP_K[cfg.label_type],
-                                                                                 teacher.num_classes),
-        "input_size": cfg.input_size, "min_scale_crops": cfg.min_scale_crops,
-        "max_scale_crops": cfg.max_scale_crops, "temperature": cfg.temp, "use_fp16": bool(cfg.use_fp16),
-        "fkd_seed": cfg.fkd_seed, "teacher": teacher.describe(),
-        "num_samples": len(index), "num_classes": teacher.num_classes, "class_names": index.classes,
-        "class_to_index": dict(zip(index.classes, class_index)), "class_mapping": class_mapping,
-        "mean": teacher.mean, "std": teacher.std, "dataset_fingerprint": index.fingerprint(),
-        "layout": "<class>/<image stem>.tar: [coords (K,4) float32, flip (K,) bool, classes (K,k) int, "
-                  "values (K,k) float | None]",
-    }
 
 
 def label_crops(ens: Ensemble, pixels: torch.Tensor, num_seg: int, temp: float) -> torch.Tensor:
@@ -324,19 +294,19 @@ class Work:
     writer: Any
     todo: list[int]
     mine: int
-    reference: Optional[dict]
+    reference: Optional[tuple[str, dict]]
 
 
 def open_store(cfg, info: distributed.DistInfo, index: FolderIndex, teacher: Teacher, class_index: list[int],
-               class_mapping: str, reference: Optional[dict]) -> Work:
-    manifest = build_manifest(cfg, index, teacher, class_index, class_mapping)
+               class_mapping: str, reference: Optional[tuple[str, dict]]) -> Work:
+    manifest = per_image.new_manifest(cfg, LabelledImages.of(index, [teacher], class_index, class_mapping))
     writer = create_store(cfg.save_path, manifest, info, flag="--save_path", index=index)
     mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
     return Work(writer, [i for i in mine if not writer.exists(i)], len(mine), reference)
 
 
 def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensemble,
-                        class_index: list[int], reference: Optional[dict]) -> None:
+                        class_index: list[int], reference: Optional[tuple[str, dict]]) -> None:
     """--min-teacher-acc on this rank's first images' crops, before the store is created: a refused
     run (a class order unlike the folders') leaves nothing, so its --class-map rerun into the same
     --save_path starts a new store rather than meet one made with other settings. Those crops are
@@ -346,7 +316,7 @@ def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens
     first = [i for i in range(len(index)) if i % info.world_size == info.rank][:-(-PREFLIGHT_CROPS // cfg.num_crops)]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(first, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
                                     cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
-                                    None if reference is None else (cfg.reference_path, reference))
+                                    reference)
     acc, targets = Accuracy(1), torch.tensor(class_index)[torch.tensor(index.targets)]
     for chunk in batch_loader(jobs, 0, pin_memory=False, background=False):
         for n, i in enumerate(chunk["image"].tolist()):
@@ -374,7 +344,7 @@ def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensem
     teacher = ens.teachers[0]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(todo, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
                                     cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
-                                    None if reference is None else (cfg.reference_path, reference))
+                                    reference)
     on_gpu = info.device.type == "cuda"
     # idle-priority workers only when the teacher's threads take every core: with cores to spare,
     # they would starve behind any other work on the machine while labelling waits for them
@@ -415,6 +385,7 @@ def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensem
 
 
 def main(args: argparse.Namespace) -> None:
+    given = argparse.Namespace(**vars(args))  # the flags as parsed: the store's args.yaml
     note_replaced_flags(args, LABELLING_REPLACED)
     check_args(args)
     train_dir, val_dir = data_dirs(args)
@@ -442,6 +413,8 @@ def main(args: argparse.Namespace) -> None:
     cfg = freeze(args, "FkdRelabelConfig", label_type=per_image.normalize_label_type(args.label_type), **crops)
     check_teacher_first(cfg, info, index, ens, class_index, reference)
     work = open_store(cfg, info, index, teacher, class_index, class_mapping, reference)
+    if info.is_main:
+        write_config(cfg.save_path, given, NOT_IN_STORE)
     default_threads = torch.get_num_threads()
     threads, keep = choose_threads(info, ens, cfg) if work.todo else (default_threads, [])
     with running_on(threads, keep):  # then the caller's setting again (main runs in-process too)

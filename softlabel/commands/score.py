@@ -82,7 +82,7 @@ import os
 import shlex
 import shutil
 import statistics
-from typing import Callable, NamedTuple, NoReturn, Optional
+from typing import Any, Callable, NamedTuple, NoReturn, Optional
 
 from softlabel import files, streams
 from softlabel.data import FolderIndex, scan_image_folder
@@ -184,41 +184,62 @@ def words(text: str, flag: str) -> list[str]:
         raise UserError(f"{flag} {text!r}: {exc}") from None
 
 
-def relabel_flags(args: argparse.Namespace, data: str, store: str, augment: bool) -> list[str]:
-    flags = ["--data", data, "--teacher-path", args.teacher_path, "-a", args.teacher, "--fkd-path", store,
-             "--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
-             "--min-scale-crops", args.min_scale_crops if augment else 1.0,
-             "--mix-type", args.mix_type if augment else "none", "-j", args.workers, "--print-freq", 10 ** 6,
-             *words(args.relabel_args, "--relabel-args")]
-    return [str(f) for f in flags]
+def given_flags(parser: argparse.ArgumentParser, text: str, flag: str) -> dict[str, Any]:
+    """The flags a quoted --recipe or --relabel-args gives, parsed by the command's own parser: only
+    those it gives, by dest name, to be laid over score's own values as if given after them."""
+    def refuse(message: str) -> NoReturn:
+        raise UserError(f"{flag} {text!r}: {message}")
+    parser.error = refuse  # type: ignore[method-assign]  # argparse would print usage and exit
+    unset = object()
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    parsed = vars(parser.parse_args(words(text, flag), argparse.Namespace(**dict.fromkeys(actions, unset))))
+    # argparse sets a positional it found no word for (the trainer's DATA) to its default: not given
+    return {k: v for k, v in parsed.items()
+            if v is not unset and (actions[k].option_strings or v is not actions[k].default)}
+
+
+def relabel_values(args: argparse.Namespace, data: str, store: str, augment: bool) -> dict[str, Any]:
+    """Relabel's flags (by dest name) for one store, --relabel-args over them."""
+    from softlabel.commands.relabel import get_args_parser
+    return {"data": data, "teacher_path": args.teacher_path, "arch": args.teacher, "fkd_path": store,
+            "epochs": args.epochs, "batch_size": args.batch_size, "input_size": args.input_size,
+            "min_scale_crops": args.min_scale_crops if augment else 1.0,
+            "mix_type": args.mix_type if augment else "none", "workers": args.workers, "print_freq": 10 ** 6,
+            **given_flags(get_args_parser(), args.relabel_args, "--relabel-args")}
 
 
 def relabel(args: argparse.Namespace, data: str, store: str, augment: bool) -> None:
-    from softlabel.commands.relabel import get_args_parser, main
+    from softlabel.commands.relabel import main, relabel_args
     if begun(store):  # begun: relabel resumes it, or it is complete
         index = scan_image_folder(data, "--data")
         if not open_store(store, index).missing(args.epochs, index):
             return
-    main(get_args_parser().parse_args(relabel_flags(args, data, store, augment)))
+    main(relabel_args(**relabel_values(args, data, store, augment)))
 
 
-def train_flags(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: Optional[str]) -> list[str]:
-    flags = ["--train-dir", train_dir, "--val-dir", args.val, "--model", args.model, "--seed", seed,
-             "-j", args.workers, "--no-progress", "--output-dir", out, "--eval-interval", args.epochs,
-             "--resume", "auto", *words(args.recipe, "--recipe")]
+def run_values(args: argparse.Namespace, train_dir: str, out: str, seed: int, eval_interval: int) -> dict[str, Any]:
+    """The trainer's flags (by dest name) every run of score begins with, --recipe over them."""
+    from softlabel.commands.train import get_args_parser
+    return {"train_dir": train_dir, "val_dir": args.val, "model": args.model, "seed": seed, "workers": args.workers,
+            "no_progress": True, "output_dir": out, "eval_interval": eval_interval, "resume": "auto",
+            **given_flags(get_args_parser(), args.recipe, "--recipe")}
+
+
+def train_values(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: Optional[str]
+                 ) -> dict[str, Any]:
+    """A --protocol fixed run's trainer flags: its store, or the hard-label arm's crops, over --recipe."""
+    values = run_values(args, train_dir, out, seed, args.epochs)
     if store:
-        flags += ["--fkd-path", store]
-    else:
-        flags += ["--epochs", args.epochs, "-b", args.batch_size, "--input-size", args.input_size,
-                  "--min-scale-crops", args.min_scale_crops, "--mix-type", args.mix_type]
-    return [str(f) for f in flags]
+        return {**values, "fkd_path": store}
+    return {**values, "epochs": args.epochs, "batch_size": args.batch_size, "input_size": args.input_size,
+            "min_scale_crops": args.min_scale_crops, "mix_type": args.mix_type}
 
 
 def train(args: argparse.Namespace, out: str, seed: int, train_dir: str, store: Optional[str]) -> dict:
-    from softlabel.commands.train import get_args_parser, main
+    from softlabel.commands.train import main, train_args
     results = os.path.join(out, "results.json")
     if not os.path.isfile(results):
-        main(get_args_parser().parse_args(train_flags(args, out, seed, train_dir, store)))
+        main(train_args(**train_values(args, out, seed, train_dir, store)))
     return checked_result(results, "results.json")
 
 
@@ -337,24 +358,27 @@ def lr_flag(recipe: str) -> str:
     return "-lr" if "--sgd" in shlex.split(recipe) else "--adamw-lr"
 
 
-def ddranking_flags(args: argparse.Namespace, run: Run) -> list[str]:
-    flags = ["--train-dir", run.data, "--val-dir", args.val, "--model", args.model, "--seed", run.seed,
-             "-j", args.workers, "--no-progress", "--output-dir", run.out, "--eval-interval", TEST_INTERVAL,
-             "--resume", "auto", *words(args.recipe, "--recipe"), "--epochs", args.epochs, "-b", args.batch_size,
-             "--input-size", args.input_size, "--min-scale-crops", args.min_scale_crops if run.augment else 1.0,
-             "--mix-type", args.mix_type if run.augment and run.teacher else "none"]
+LR_DESTS = {"-lr": "learning_rate", "--adamw-lr": "adamw_lr"}  # lr_flag's flags by dest name
+
+
+def ddranking_values(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """A --protocol ddranking run's trainer flags: its crops, mix, teacher and learning rate over --recipe."""
+    values = {**run_values(args, run.data, run.out, run.seed, TEST_INTERVAL), "epochs": args.epochs,
+              "batch_size": args.batch_size, "input_size": args.input_size,
+              "min_scale_crops": args.min_scale_crops if run.augment else 1.0,
+              "mix_type": args.mix_type if run.augment and run.teacher else "none"}
     if run.teacher:
-        flags += ["--teacher", args.teacher, "--teacher-path", args.teacher_path]
+        values.update(teacher=args.teacher, teacher_path=args.teacher_path)
     if run.lr is not None:
-        flags += [lr_flag(args.recipe), run.lr]
-    return [str(f) for f in flags]
+        values[LR_DESTS[lr_flag(args.recipe)]] = run.lr
+    return values
 
 
 def train_ddranking(args: argparse.Namespace, run: Run) -> float:
     """The run's best validation top-1 over epochs 20, 40, ... (the package's best_acc1; 0 with none)."""
-    from softlabel.commands.train import get_args_parser, main
+    from softlabel.commands.train import main, train_args
     if not os.path.isfile(os.path.join(run.out, "results.json")):
-        main(get_args_parser().parse_args(ddranking_flags(args, run)))
+        main(train_args(**ddranking_values(args, run)))
     return best_validation(os.path.join(run.out, "metrics.jsonl"))
 
 
@@ -554,7 +578,7 @@ def check_syn_lr(args: argparse.Namespace) -> None:
     from softlabel.training.config import NUMBER_RANGES
     if args.protocol != "ddranking" or not args.syn_lr > 0:
         raise UserError("--syn-lr is a positive learning rate for --protocol ddranking")
-    key = "learning_rate" if lr_flag(args.recipe) == "-lr" else "adamw_lr"
+    key = LR_DESTS[lr_flag(args.recipe)]
     _, _, ok, where = next(r for r in NUMBER_RANGES if r[1] == key)
     if not (math.isfinite(args.syn_lr) and ok(args.syn_lr)):
         raise UserError(f"--syn-lr must be {where} (the trainer's {lr_flag(args.recipe)}), got {args.syn_lr}")
@@ -593,27 +617,25 @@ def check_run_flags(args: argparse.Namespace, seeds: list[int]) -> None:
     from softlabel.commands import train as trainer
     from softlabel.training.config import check_flags
     if args.protocol == "ddranking":
-        runs = [ddranking_flags(args, run) for run in
+        runs = [ddranking_values(args, run) for run in
                 ddranking_plan(args, seeds[:1], [os.path.join(args.out, subset_name(args, 0))])]
     else:
         subset = os.path.join(args.out, subset_name(args, 0))
-        runs = [train_flags(args, os.path.join(args.out, "runs", arm), seeds[0], data, store)
+        runs = [train_values(args, os.path.join(args.out, "runs", arm), seeds[0], data, store)
                 for arm, (data, store) in fixed_plan(args, subset).items()]
-        nested(labeller.get_args_parser(), [relabel_flags(args, *s) for s in fixed_stores(args, subset).values()],
+        nested([relabel_values(args, *s) for s in fixed_stores(args, subset).values()], labeller.relabel_args,
                labeller.check_args, "--relabel-args", args.relabel_args)
-    nested(trainer.get_args_parser(), runs, check_flags, "--recipe", args.recipe)
+    nested(runs, trainer.train_args, check_flags, "--recipe", args.recipe)
 
 
-def nested(parser: argparse.ArgumentParser, runs: list[list[str]], check: Callable[[argparse.Namespace], None],
-           flag: str, value: str) -> None:
-    """Each flag list parsed and checked by a command's own parser and checks; a refusal is one
-    line naming ``flag``, which brought the user's part of them."""
-    def refuse(message: str) -> NoReturn:
-        raise UserError(message)
-    parser.error = refuse  # type: ignore[method-assign]  # argparse would print usage and exit
-    for flags in runs:
+def nested(runs: list[dict[str, Any]], flags: Callable[..., argparse.Namespace],
+           check: Callable[[argparse.Namespace], None], flag: str, value: str) -> None:
+    """Each run's values made into a command's flags (``flags``: its train_args or relabel_args)
+    and checked by its own checks; a refusal is one line naming ``flag``, which brought the
+    user's part of them."""
+    for values in runs:
         try:
-            check(parser.parse_args(flags))
+            check(flags(**values))
         except UserError as exc:
             raise UserError(f"{flag} {value!r}: {exc}") from None
 

@@ -28,20 +28,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from torch.utils.data import DataLoader
 
 from softlabel import distributed, models, tracking, zoo
-from softlabel.cli import (add_config_flag, add_mix_type, add_replaced_flags, config_of, note_replaced_flags,
-                           parse_with_config)
+from softlabel.cli import (add_config_flag, add_mix_type, add_replaced_flags, config_of, flags_from_keywords,
+                           note_replaced_flags, parse_with_config)
 from softlabel.data import IndexedImageFolder, drop_unreadable, scan_image_folder, scan_images
 from softlabel.distill import DISTILLERS
 from softlabel.errors import UserError, run_main
 from softlabel.loader import loader_workers
 from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
-from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
+from softlabel.stores.base import DEFAULT_CROPS_PER_STEP
 from softlabel.teachers import SOURCES, load_teacher
 from softlabel.training.checkpoints import BEST_CHECKPOINT, SECRETS
 from softlabel.training.config import TRAIN_CROPS, check_flags, data_folder, init_lr_value, resolve
@@ -338,8 +338,10 @@ def evaluate_only(args: argparse.Namespace) -> None:
     print(" * Acc@1 {top1:.3f} Acc@5 {top5:.3f}".format(**metrics), flush=True)
 
 
-def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) -> None:
-    """``origin``: where the logged start-up begins (default: this call)."""
+def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) -> dict:
+    """Run the trainer on ``args`` (the parsed flags, or train_args()); returns results.json's content
+    ({} with -e/--evaluate and on ranks other than the main one). ``origin``: where the logged
+    start-up begins (default: this call)."""
     origin = origin or tracking.StartUp.of_main()
     given = argparse.Namespace(**vars(args))  # the flags as parsed: args.yaml, which --config reruns
     note_replaced_flags(args, TRAINER_REPLACED)
@@ -352,7 +354,7 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
     data_folder(args)
     if args.evaluate:
         evaluate_only(args)
-        return
+        return {}
     check_flags(args)
     info = distributed.setup(args.device)
     # the same images relabel left out with --skip-bad-images, so the same fingerprint
@@ -361,8 +363,23 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
         cfg, store = resolve(args, train_index, info, loader_workers(args.workers, info.device.type == "cuda"))
     distributed.require_same(info, f"{cfg.label_source} {train_index.fingerprint()}".encode(),
                              f"train on other images (--train-dir {cfg.train_dir}) or other labels")
-    train(cfg, store, train_index, info, origin, config_of(given, SECRETS))
+    results = train(cfg, store, train_index, info, origin, config_of(given, SECRETS))
     distributed.cleanup(info)
+    return results
+
+
+def train_args(**values: Any) -> argparse.Namespace:
+    """The trainer's flags from Python: the defaults with ``values`` in place, keyed by the flags'
+    dest names (``train_dir=``, ``fkd_path=``, ``workers=``, ``learning_rate=`` for -lr, ...), given as
+    Python values (ints, floats, None, lists), each converted and checked as on the command line;
+    ``main(train_args(...))`` then runs what the same flags run (the same args.yaml). An unknown name
+    is a TypeError."""
+    return flags_from_keywords(get_args_parser(), values, "train_args")
+
+
+def run(**values: Any) -> dict:
+    """``main(train_args(**values))``: train, and return results.json's content."""
+    return main(train_args(**values))
 
 
 def cli() -> None:

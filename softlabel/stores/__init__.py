@@ -23,11 +23,11 @@ from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo, require_same
 from softlabel.errors import UserError
 from softlabel.stores import batch, fkd_upstream, per_image, upstream
-from softlabel.stores.base import (BATCH, FKD_UPSTREAM, KINDS, PER_IMAGE, UPSTREAM, Request, Store, StoreSettings,
-                                   StoreWriter, check_images, check_recorded)
+from softlabel.stores.base import (BATCH, FKD_UPSTREAM, KINDS, PER_IMAGE, UPSTREAM, LabelledImages, Request, StepPlan,
+                                   Store, StoreSettings, StoreWriter, check_images, check_recorded)
 
-__all__ = ["BATCH", "FKD_UPSTREAM", "KINDS", "PER_IMAGE", "UPSTREAM", "Request", "Store", "StoreSettings", "detect",
-           "begun", "layout_of", "open_store", "create_store", "store_class"]
+__all__ = ["BATCH", "FKD_UPSTREAM", "KINDS", "PER_IMAGE", "UPSTREAM", "LabelledImages", "Request", "StepPlan", "Store",
+           "StoreSettings", "detect", "begun", "layout_of", "open_store", "create_store", "store_class"]
 
 # The one class of each kind.
 CLASSES: dict[str, type[Store]] = {BATCH: batch.BatchStore, UPSTREAM: upstream.UpstreamStore,
@@ -67,15 +67,14 @@ def layout_of(path: str, flag: str) -> str:
 
 def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "--fkd-path",
                request: Request = Request(), layout: Optional[str] = None, skip_bad_images: bool = False,
-               data_arg: str = "--train-dir", epochs: Optional[int] = None, need_pixels: bool = True,
-               interpolation: str = "bilinear") -> Store:
+               data_arg: str = "--train-dir", epochs: Optional[int] = None) -> Store:
     """Open the store at ``path`` after every check.
 
     ``index``: the images the store must have been made from (fingerprint, skipped images);
     ``data_arg`` names them in errors. ``layout``: the layout the caller expects ("batch" or
     "per-image"; None: any). ``epochs``: the files of that many epochs must all be there.
-    ``need_pixels``: an upstream store must then be given its crop size (``request.input_size``).
-    ``interpolation``: how FKD's own files are re-rendered (bilinear as its trainer, bicubic as its teacher)."""
+    ``request``: the flags given for what the store records, and how its labels are to be read
+    (``interpolation``, ``need_pixels``)."""
     if layout == "per-image":  # ours, or FKD's own files; else our reader names what is missing
         fkd = os.path.isdir(path) and not per_image.is_store(path) and fkd_upstream.looks_like(path)
         kind = FKD_UPSTREAM if fkd else PER_IMAGE
@@ -83,14 +82,7 @@ def open_store(path: str, index: Optional[FolderIndex] = None, *, flag: str = "-
         kind = detect(path, flag)
     if layout == "batch" and CLASSES[kind].layout == "per-image":
         raise UserError(f"{flag} {path} holds FKD per-image labels; pass --fkd-layout per-image --epochs N")
-    if kind == PER_IMAGE:
-        store: Store = per_image.PerImageStore.open(path, flag)
-    elif kind == FKD_UPSTREAM:
-        store = fkd_upstream.FkdUpstreamStore.open(path, flag, index, request, interpolation)
-    elif kind == BATCH:
-        store = batch.BatchStore.open(path, flag)
-    else:
-        store = upstream.UpstreamStore.open(path, flag, index, request, need_pixels)
+    store = CLASSES[kind].open(path, flag, index, request)
     store.check_request(request)
     check_recorded(request, store.manifest, store.where)
     if index is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
+import torch
 from torch.utils.data import Dataset
 
 from softlabel.data import FolderIndex
@@ -45,11 +46,43 @@ class Request:
     mix_type: Optional[str] = None
     label_type: Optional[str] = None   # per-image: FKD's --soft_label_type
     num_crops: Optional[int] = None    # per-image: crops used per image and epoch
+    # How the labels are to be read, not settings the store records:
+    interpolation: str = "bilinear"    # FKD's own files: crops re-rendered as its trainer (or "bicubic")
+    need_pixels: bool = True           # an upstream store is then refused without input_size
 
 
 # Request fields every format records, with the flag that sets each.
 RECORDED = {"input_size": "--input-size", "min_scale_crops": "--min-scale-crops",
             "max_scale_crops": "--max-scale-crops", "fkd_seed": "--fkd-seed", "num_classes": "--num-classes"}
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """What every new store records of its images and teachers, whatever its format: the images
+    (``index``), each folder's teacher class and how it was found, the teachers' identities and
+    the normalization of the first (the student sees the pixels as the primary teacher wants them)."""
+    index: FolderIndex
+    class_index: tuple[int, ...]
+    class_mapping: str
+    teachers: tuple[Mapping[str, Any], ...]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, index: FolderIndex, teachers: Sequence[Any], class_index: Sequence[int],
+           class_mapping: str) -> "LabelledImages":
+        """From loaded teachers (``teachers.Teacher``: ``describe()``, ``num_classes``, ``mean``, ``std``)."""
+        first = teachers[0]
+        return cls(index, tuple(class_index), class_mapping, tuple(t.describe() for t in teachers),
+                   first.num_classes, first.mean, first.std)
+
+    def entries(self) -> dict[str, Any]:
+        """The manifest entries every format writes alike."""
+        return {"num_samples": len(self.index), "num_classes": self.num_classes,
+                "class_names": self.index.classes, "class_to_index": dict(zip(self.index.classes, self.class_index)),
+                "class_mapping": self.class_mapping, "mean": list(self.mean), "std": list(self.std),
+                "dataset_fingerprint": self.index.fingerprint()}
 
 
 @dataclass(frozen=True)
@@ -102,6 +135,22 @@ class Labelling:
 VOLATILE = ("epochs", "args", "versions", "created_by", "amp", "converted_from")
 
 
+DEFAULT_CROPS_PER_STEP = 4  # the trainer's --num-crops default: FKD's train_FKD.py --num_crops
+
+
+@dataclass(frozen=True, eq=False)
+class StepPlan:
+    """How training draws a per-image store's crops: ``images_per_step`` images of each epoch's
+    order (from (``seed``, epoch)), ``crops_per_epoch`` stored crops of each; ``passes``:
+    train_FKD.py's epoch loop (below); ``targets``: each image's class as the teacher numbers
+    them (None: the store's class mapping of the folders)."""
+    seed: int = 0
+    images_per_step: int = 1
+    crops_per_epoch: int = DEFAULT_CROPS_PER_STEP
+    passes: Optional[Sequence[tuple[int, int]]] = None
+    targets: Optional[torch.Tensor] = None
+
+
 class Store:
     """An opened store: its manifest (read-only), its settings and its loader dataset."""
 
@@ -142,12 +191,27 @@ class Store:
         text = json.dumps(content, sort_keys=True, default=str)
         return f"{self.format} store {hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
+    def class_index(self, classes: list[str]) -> list[int]:
+        """The teacher's class number of each named folder, as the store records it."""
+        return class_index_of(self.manifest, classes)
+
+    def fill_temperature(self) -> Optional[float]:
+        """The temperature the store's residual top-k fill is exact at (None: no such fill)."""
+        return None
+
     def label_cycle(self, epochs: int) -> Optional[int]:
         """How many stored steps a student's ``epochs`` epochs replay in a cycle, where they come
         round again (a pruned store); None where every student step replays its own."""
         return None
 
     # ---- what a format provides
+    @classmethod
+    def open(cls, path: str, flag: str, index: Optional[FolderIndex] = None,
+             request: Request = Request()) -> "Store":
+        """The store at ``path`` (``flag`` names it in errors); ``index`` (the images) and
+        ``request`` (the flags given) for a format that needs them to read its files."""
+        raise NotImplementedError
+
     def check_request(self, request: Request) -> None:
         """Refuse flags that contradict the store (the recorded settings are checked by the caller)."""
 
@@ -264,6 +328,15 @@ def weights_name(t: Mapping[str, Any]) -> str:
     if t.get("weights"):
         return str(t["weights"])
     return "a weight file" if t.get("source") == "private" else "weights name not recorded"
+
+
+def class_index_of(manifest: Mapping[str, Any], classes: list[str]) -> list[int]:
+    """Teacher class index of each named folder, as a store's manifest records it."""
+    mapping = manifest["class_to_index"]
+    missing = [c for c in classes if c not in mapping]
+    if missing:
+        raise UserError(f"class folder '{missing[0]}' is not one of the store's classes")
+    return [int(mapping[c]) for c in classes]
 
 
 def cutmix_lam_is_area(manifest: Mapping[str, Any]) -> bool:

@@ -36,15 +36,15 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Dataset
 
-from softlabel import distributed, files, replay
-from softlabel.classmap import class_index_of, folder_targets
-from softlabel.data import FolderIndex, ImageCache
-from softlabel.distributed import DistInfo, slice_bounds
+from softlabel import distributed, files, provenance, replay
+from softlabel.data import FolderIndex
+from softlabel.distributed import DistInfo
 from softlabel.errors import UserError
+from softlabel.loader import StoreBatches
 from softlabel.stores import packed, schema
-from softlabel.stores.base import (BATCH, OURS, Conversion, Converted, Request, Store, check_digest, checked,
-                                   cutmix_lam_is_area, fmt_floats, spread, weights_name)
-from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, fill_entries, residual_fill,
+from softlabel.stores.base import (BATCH, OURS, Conversion, Converted, LabelledImages, Request, Store, check_digest,
+                                   checked, class_index_of, cutmix_lam_is_area, fmt_floats, spread, weights_name)
+from softlabel.stores.topk import (COORD_SCALE, EDGE_SLACK, decode_topk, fill_entries, fill_temperature, residual_fill,
                                    smallest_int_dtype, writes_fill)
 from softlabel.threads import running_on
 
@@ -193,49 +193,6 @@ class Reader:
         check_geometry(record, where, self.manifest, batch)
         record.stored = stored
         return record
-
-
-class StoreBatches(Dataset):
-    """One item per stored (epoch, batch): the stored record plus its pixels, re-rendered
-    from the raw images at the stored crops and flips.
-
-    With ``world`` > 1 an item holds rank ``rank``'s contiguous slice of the batch, and only
-    the images that slice needs are decoded: its own and its mix partners' (``partners``,
-    uint8 like ``pixels``; None without mixing). ``batch_size`` is the whole batch's size."""
-
-    def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]],
-                 cache_bytes: int = 0, rank: int = 0, world: int = 1, with_stored: bool = False,
-                 reader: Optional[Reader] = None):
-        self.root, self.index, self.jobs = root, index, jobs
-        self.with_stored = with_stored
-        self.rank, self.world = rank, world
-        self.cache = ImageCache(cache_bytes, index)
-        self.reader = reader or Reader(root, manifest)  # an upstream store's: its Store's reader()
-        self.input_size = int(self.reader.input_size)
-        self.targets = folder_targets(index, self.reader.class_index(index.classes))
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        epoch, batch = self.jobs[i]
-        rec = self.reader.read(epoch, batch)
-        lo, hi = slice_bounds(len(rec), self.rank, self.world)
-        mine = list(range(lo, hi))
-        partners = None if rec.mix_index is None else rec.mix_index[lo:hi].tolist()
-        needed = sorted(set(mine) | set(partners or []))
-        at = {k: n for n, k in enumerate(needed)}
-        images = [self.cache.load(self.index.samples[k][0]) for k in rec.index[needed].tolist()]
-        rendered = replay.render_batch(images, rec.coords[needed], rec.flip[needed], self.input_size)
-        item = {"epoch": epoch, "batch": batch, "batch_size": len(rec), "index": rec.index[lo:hi],
-                "target": self.targets[rec.index[lo:hi]], "soft_label": rec.soft_label[lo:hi],
-                "mix_index": rec.mix_index, "mix_lam": rec.mix_lam, "mix_bbox": rec.mix_bbox,
-                # rendered in the slice's order already unless partners came along: no copy of the batch then
-                "pixels": rendered if needed == mine else rendered[[at[k] for k in mine]],
-                "partners": None if partners is None else rendered[[at[k] for k in partners]]}
-        if self.with_stored:  # which logits a top-k store holds (None: all); the trainer needs none
-            item["stored"] = None if rec.stored is None else rec.stored[lo:hi]
-        return item
 
 
 def keep_of(manifest: Any) -> float:
@@ -440,7 +397,8 @@ class BatchStore(Store):
     kind = format = BATCH
 
     @classmethod
-    def open(cls, path: str, flag: str = "--fkd-path") -> "BatchStore":
+    def open(cls, path: str, flag: str = "--fkd-path", index: Optional[FolderIndex] = None,
+             request: Request = Request()) -> "BatchStore":
         return cls(path, read_manifest(path, flag), flag)
 
     def check_request(self, request: Request) -> None:
@@ -494,13 +452,15 @@ class BatchStore(Store):
 
     def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
                 world: int = 1, with_stored: bool = False) -> Dataset:
-        return StoreBatches(self.path, index, dict(self.manifest), self.replayed(jobs), cache_bytes, rank, world,
-                            with_stored, self.reader())
+        return StoreBatches(self.reader(), index, self.replayed(jobs), cache_bytes, rank, world, with_stored)
+
+    def fill_temperature(self) -> Optional[float]:
+        return fill_temperature(self.manifest) if self.manifest.get("topk_fill") else None
 
     def stored_steps(self, index: FolderIndex, jobs: list[tuple[int, int]]) -> Dataset:
         """The stored steps ``jobs`` themselves (no replay cycle) with their pixels, and which logits
         each holds: what the tools draw and check."""
-        return StoreBatches(self.path, index, dict(self.manifest), jobs, with_stored=True, reader=self.reader())
+        return StoreBatches(self.reader(), index, jobs, with_stored=True)
 
     def conversion(self, options: Conversion, index: Optional[FolderIndex] = None) -> Converted:
         """Into our batch store: top-k packed one file per epoch, full one file per step; a pruned
@@ -610,6 +570,45 @@ class BatchStore(Store):
         data = (m.get("args") or {}).get("data")
         rows.append(("made from", f"{data or '?'} (fingerprint {str(m.get('dataset_fingerprint'))[:12]})"))
         return rows
+
+
+def new_manifest(cfg: Any, images: LabelledImages, batches: int, ensemble: Optional[str], amp: Optional[str],
+                 skipped: list[str]) -> dict:
+    """The manifest of a store relabel writes: ``cfg`` is relabel's resolved config (its label,
+    crop, mix and ensemble settings, recorded with its arguments), ``ensemble`` the rule recorded
+    (None: one teacher, nothing combined), ``amp`` the autocast dtype's name, ``skipped`` the
+    images --skip-bad-images left out (relative to the folder)."""
+    index = images.index
+    return {
+        **container_of(cfg.label_format),
+        "label_keep": cfg.label_keep,
+        "created_by": "relabel/generate_soft_label.py",
+        "args": provenance.args_dict(cfg),
+        "fkd_seed": cfg.fkd_seed,
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "batches_per_epoch": batches,
+        **images.entries(),
+        "input_size": cfg.input_size,
+        "min_scale_crops": cfg.min_scale_crops,
+        "max_scale_crops": cfg.max_scale_crops,
+        "mix_type": cfg.mix_type,
+        "mixup": cfg.mixup if cfg.mix_type == "mixup" else None,
+        "cutmix": cfg.cutmix if cfg.mix_type == "cutmix" else None,
+        "use_fp16": bool(cfg.use_fp16),
+        "label_dtype": "float16" if cfg.use_fp16 or cfg.label_format == "topk" else "float32",
+        "label_format": cfg.label_format,
+        "topk": cfg.topk if cfg.label_format == "topk" else None,
+        **fill_entries(cfg.label_format, cfg.topk_fill, cfg.topk_fill_temperature),
+        "temperature": cfg.temperature,
+        "teachers": list(images.teachers),
+        "ensemble": ensemble,
+        "primary_weight": cfg.primary_weight if ensemble == "primary-weighted" else None,
+        "amp": amp,
+        **({"images_digest": index.content_digest} if index.content_digest else {}),  # from a pack only
+        "versions": provenance.library_versions(),
+        "skipped_images": skipped,
+    }
 
 
 def container_of(label_format: str) -> dict:

@@ -110,8 +110,8 @@ class FkdUpstreamStore(PerImageStore):
     format = FORMAT
 
     @classmethod
-    def open(cls, path: str, flag: str, index: Optional[FolderIndex], request: Request,
-             interpolation: str = "bilinear") -> "FkdUpstreamStore":
+    def open(cls, path: str, flag: str, index: Optional[FolderIndex] = None,
+             request: Request = Request()) -> "FkdUpstreamStore":
         if index is None:
             raise UserError(f"{flag} {path}: FKD's label files are found through the images they label; "
                             f"pass the image folder (--train-dir / --data)")
@@ -132,7 +132,7 @@ class FkdUpstreamStore(PerImageStore):
             "class_names": list(index.classes), "class_to_index": {c: i for i, c in enumerate(index.classes)},
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),  # FKD's trainer normalizes so
             "fkd_seed": None, "min_scale_crops": None, "max_scale_crops": None, "mix_type": "none",
-            "interpolation": interpolation, "use_fp16": coords.dtype == np.float16, "dataset_fingerprint": None,
+            "interpolation": request.interpolation, "use_fp16": coords.dtype == np.float16, "dataset_fingerprint": None,
             "args": {"data": index.root},
         }
         if len(index.classes) > manifest["num_classes"]:

@@ -32,6 +32,7 @@ import os
 import pathlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -39,11 +40,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from softlabel import distributed, files, replay, streams
+from softlabel.classmap import folder_targets
 from softlabel.data import FolderIndex, ImageCache
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import schema
-from softlabel.stores.base import (PER_IMAGE, Request, Store, checked, fmt_floats, spread,
+from softlabel.stores.base import (PER_IMAGE, LabelledImages, Request, StepPlan, Store, checked, fmt_floats, spread,
                                    weights_name)
 from softlabel.stores.topk import smallest_int_dtype
 from softlabel.streams import Stream
@@ -323,6 +325,45 @@ def read_manifest(root: str, flag: str = "--fkd-path") -> dict:
     return manifest
 
 
+def new_manifest(cfg: Any, images: LabelledImages) -> dict:
+    """The manifest of a store the FKD generator writes, from its resolved config (crops, label
+    type, temperature): content settings only (no paths, workers or versions), so a rerun with
+    other settings is refused and concurrent runs write byte-identical manifests."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "created_by": "relabel/generate_soft_label_fkd.py",
+        "num_crops": cfg.num_crops, "label_type": cfg.label_type,
+        "top_k": min(TOP_K[cfg.label_type], images.num_classes),
+        "input_size": cfg.input_size, "min_scale_crops": cfg.min_scale_crops,
+        "max_scale_crops": cfg.max_scale_crops, "temperature": cfg.temp, "use_fp16": bool(cfg.use_fp16),
+        "fkd_seed": cfg.fkd_seed, "teacher": images.teachers[0], **images.entries(),
+        "layout": "<class>/<image stem>.tar: [coords (K,4) float32, flip (K,) bool, classes (K,k) int, "
+                  "values (K,k) float | None]",
+    }
+
+
+# What a store made on the crops of another (--reference_path) takes from it.
+CROP_SETTINGS = (("--fkd_seed", "fkd_seed"), ("--min_scale_crops", "min_scale_crops"),
+                 ("--max_scale_crops", "max_scale_crops"))
+
+
+def reference_crops(path: str, index: FolderIndex, num_crops: int, given: Mapping[str, Any]
+                    ) -> tuple[dict, tuple[str, dict]]:
+    """The crop settings of the store at ``path`` (--reference_path), whose crops a new store reuses,
+    and the reference as ``GenerateImages`` reads it. ``given``: the crop flags given (None: not
+    given); one contradicting the reference, other images or more crops than it holds: one error."""
+    ref = read_manifest(path, "--reference_path")
+    where = f"--reference_path {path}"
+    if ref["dataset_fingerprint"] != index.fingerprint():
+        raise UserError(f"{where}: made from other images than {index.root} (file names or sizes differ)")
+    if num_crops > ref["num_crops"]:
+        raise UserError(f"--num_crops {num_crops}: {where} holds only {ref['num_crops']} crops per image")
+    for flag, attr in CROP_SETTINGS:
+        if given.get(attr) is not None and given[attr] != ref[attr]:
+            raise UserError(f"{flag} {given[attr]} contradicts {where}, whose crops were made with {ref[attr]}; "
+                            f"omit {flag}")
+    return {attr: ref[attr] for _, attr in CROP_SETTINGS}, (path, ref)
+
+
 def first_clash(old: dict, new: dict) -> Optional[str]:
     return files.first_clash(CONTENT_KEYS, old, schema.as_recorded_teachers(new, old))
 
@@ -399,6 +440,8 @@ def crops_for(seed: int, image: int, epoch: int, per_epoch: int, num_crops: int)
     return out
 
 
+
+
 class PerImageSteps(Dataset):
     """One item per (epoch, step) of training: ``images_per_step`` images of the epoch's
     order (from (seed, epoch)), ``per_epoch`` stored crops of each (``crops_for``), image by
@@ -411,19 +454,16 @@ class PerImageSteps(Dataset):
     pass position first with ``per_epoch`` times the images per step, so every epoch of
     train_FKD.py's count uses one crop of each image."""
 
-    def __init__(self, root: str, index: FolderIndex, manifest: dict, jobs: list[tuple[int, int]], seed: int,
-                 images_per_step: int, per_epoch: int, targets: torch.Tensor, cache_bytes: int = 0,
-                 rank: int = 0, world: int = 1, read: Optional[Callable[[int], tuple]] = None,
-                 passes: Optional[Sequence[tuple[int, int]]] = None):
-        self.root, self.index, self.manifest, self.jobs, self.seed = root, index, manifest, jobs, seed
-        self.images_per_step, self.per_epoch, self.targets = images_per_step, per_epoch, targets
-        self.passes = passes
+    def __init__(self, read: Callable[[int], tuple], manifest: Mapping[str, Any], index: FolderIndex,
+                 jobs: list[tuple[int, int]], plan: StepPlan, cache_bytes: int = 0, rank: int = 0, world: int = 1):
+        self.read, self.index, self.manifest, self.jobs = read, index, manifest, jobs
+        self.seed, self.images_per_step, self.per_epoch = plan.seed, plan.images_per_step, plan.crops_per_epoch
+        self.passes, self.targets = plan.passes, plan.targets
         self.rank, self.world = rank, world
         self.cache = ImageCache(cache_bytes, index)
         self.num_crops, self.num_classes = int(manifest["num_crops"]), int(manifest["num_classes"])
         self.input_size, self.label_type = int(manifest["input_size"]), manifest["label_type"]
         self._order: tuple[int, Any] = (-1, None)
-        self.read = read or (lambda i: read_file(label_path(root, index, i), manifest))
         self.resample = manifest.get("interpolation") or "bilinear"
 
     def __len__(self) -> int:
@@ -477,7 +517,6 @@ def chunks_of(items: Sequence[int], size: int) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------- the store interface
 
-DEFAULT_CROPS_PER_STEP = 4  # the trainer's --num-crops default: FKD's train_FKD.py --num_crops
 
 
 class PerImageStore(Store):
@@ -489,7 +528,8 @@ class PerImageStore(Store):
     not_converted = "is our per-image store already; this converts batch stores and FKD's own per-image files"
 
     @classmethod
-    def open(cls, path: str, flag: str = "--fkd-path") -> "PerImageStore":
+    def open(cls, path: str, flag: str = "--fkd-path", index: Optional[FolderIndex] = None,
+             request: Request = Request()) -> "PerImageStore":
         manifest = dict(read_manifest(path, flag))
         manifest.setdefault("mix_type", "none")
         return cls(path, manifest, flag)
@@ -519,11 +559,10 @@ class PerImageStore(Store):
                             f"{missing[0]}); rerun the generate_soft_label_fkd.py command to finish the store")
 
     def dataset(self, index: FolderIndex, jobs: list[tuple[int, int]], cache_bytes: int = 0, rank: int = 0,
-                world: int = 1, seed: int = 0, images_per_step: int = 1,
-                crops_per_epoch: int = DEFAULT_CROPS_PER_STEP, targets: Optional[torch.Tensor] = None,
-                passes: Optional[Sequence[tuple[int, int]]] = None) -> Dataset:
-        return PerImageSteps(self.path, index, dict(self.manifest), jobs, seed, images_per_step, crops_per_epoch,
-                             targets, cache_bytes, rank, world, self.reader(index), passes)
+                world: int = 1, plan: StepPlan = StepPlan()) -> Dataset:
+        if plan.targets is None:
+            plan = replace(plan, targets=folder_targets(index, self.class_index(index.classes)))
+        return PerImageSteps(self.reader(index), dict(self.manifest), index, jobs, plan, cache_bytes, rank, world)
 
     def unchecked(self, index: FolderIndex, i: int) -> tuple[str, list]:
         """Image i's file and its [coords, flips, classes, values] as stored, before ``check_labels``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -109,11 +110,11 @@ class UpstreamStore(BatchStore):
                         "and --input-size"
 
     @classmethod
-    def open(cls, path: str, flag: str, index: Optional[FolderIndex], request: Request,
-             need_pixels: bool = True) -> "UpstreamStore":
+    def open(cls, path: str, flag: str, index: Optional[FolderIndex] = None,
+             request: Request = Request()) -> "UpstreamStore":
         """With ``index`` (the images it was made from) the sample count and class names are
         theirs; without (an inspection), counted from the batches and numbered."""
-        if need_pixels and request.input_size is None:
+        if request.need_pixels and request.input_size is None:
             raise UserError(f"{flag} {path}: an upstream store does not record its crop size; pass --input-size "
                             f"(the relabel command's --input-size, 224 for ImageNet)")
         epochs, batches, _ = layout(path)
@@ -193,7 +194,7 @@ class UpstreamStore(BatchStore):
         if missing:
             raise UserError(f"{self.flag} {self.path}: {len(missing)} of {epochs * batches} batch files missing "
                             f"(first: {missing[0]})")
-        return BatchStore.check(type(self).open(self.path, self.flag, index, self.request, need_pixels=False),
+        return BatchStore.check(type(self).open(self.path, self.flag, index, replace(self.request, need_pixels=False)),
                                 sample=sample)
 
     def with_images(self, index: FolderIndex, data_arg: str) -> tuple[BatchStore, None]:

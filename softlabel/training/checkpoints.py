@@ -11,7 +11,7 @@ from softlabel.errors import UserError
 from softlabel.stores.base import same_path
 from softlabel.streams import Stream
 from softlabel.training.config import RESUME_MUST_MATCH
-from softlabel.training.distillation import init_stage
+from softlabel.training.distillation import InitNets, init_stage
 from softlabel.training.epochs import hard_label_epochs
 from softlabel.training.step import Run
 
@@ -63,7 +63,7 @@ def distill_init(run: Run) -> None:
     cfg, info = run.cfg, run.info
     pin = info.device.type == "cuda"
     epochs = hard_label_epochs(cfg, run.index, range(cfg.distill_init_epochs), info, pin, Stream.DISTILL_INIT)
-    init_stage(run.distill, cfg, run.student, run.teachers, epochs, info, run.mean, run.std,
+    init_stage(run.distill, cfg, InitNets(run.student, run.teachers, run.mean, run.std), epochs, info,
                lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
         save_checkpoint(run, 0)
@@ -81,5 +81,6 @@ def save_checkpoint(run: Run, epoch: int, filename: str = checkpoint.CHECKPOINT)
     extra = {"distiller": checkpoint.unwrap(distill.distiller).state_dict()} if distill else {}
     if teachers is not None and cfg.teacher_mode == "train":
         extra["teacher_buffers"] = teachers.buffers()
-    checkpoint.save(os.path.join(cfg.output_dir, filename), run.student, run.optimizer, run.scheduler,
-                    run.scaler, epoch, cfg, SECRETS, run.mean, run.std, run.index.classes, extra)
+    state = checkpoint.TrainingState(run.student, run.optimizer, run.scheduler, run.scaler, extra)
+    checkpoint.save(os.path.join(cfg.output_dir, filename), state, epoch, cfg, SECRETS, run.mean, run.std,
+                    run.index.classes)

@@ -17,7 +17,7 @@ from softlabel.distributed import DistInfo
 from softlabel.errors import UserError, optional_import
 from softlabel.stores import Request, Store, open_store
 from softlabel.stores.base import same_path
-from softlabel.stores.per_image import DEFAULT_CROPS_PER_STEP
+from softlabel.stores.base import DEFAULT_CROPS_PER_STEP
 from softlabel.stores.schema import MAX_INPUT_SIZE
 from softlabel.streams import check_seed
 from softlabel.teachers import file_sha256, split_list
@@ -462,10 +462,9 @@ def resolve(args: argparse.Namespace, index: FolderIndex, info: DistInfo, worker
     store = None
     if values["fkd_path"]:
         store = open_store(values["fkd_path"], index, layout=values["fkd_layout"], skip_bad_images=args.skip_bad_images,
-                           interpolation=args.crop_interpolation,
                            request=Request(args.input_size, args.min_scale_crops, args.max_scale_crops, args.fkd_seed,
                                            args.num_classes, args.batch_size, args.epochs, args.mix_type,
-                                           args.soft_label_type, args.num_crops))
+                                           args.soft_label_type, args.num_crops, args.crop_interpolation))
         values.update(from_store(store, args, info))
     else:
         values.update(hard_label_settings(args, len(index.classes)))

@@ -29,6 +29,16 @@ class DistillRun:
     weight: float
 
 
+@dataclass(frozen=True)
+class InitNets:
+    """The networks an init stage runs: the student, the teachers, and the mean and std the
+    student's inputs are normalized with."""
+    student: nn.Module
+    teachers: Ensemble
+    mean: list[float]
+    std: list[float]
+
+
 def _names(text: Optional[str]) -> Optional[list[str]]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
@@ -181,23 +191,22 @@ def init_milestones(method: type[Distiller], epochs: int) -> list[int]:
     return [math.floor(epochs * m / method.init_epochs + 0.5) for m in method.init_milestones]
 
 
-def _init_step(run: DistillRun, student: nn.Module, teachers: Ensemble, batch: dict, info: DistInfo,
-               mean: list[float], std: list[float]) -> tuple[torch.Tensor, Features]:
+def _init_step(run: DistillRun, nets: InitNets, batch: dict, info: DistInfo) -> tuple[torch.Tensor, Features]:
     """The init loss of one batch (this rank's share of the global mean) and the teacher's features."""
     d = run.distiller
     pixels = batch["pixels"].to(info.device, non_blocking=True)  # every view of each image, view-major
-    teachers(pixels, None, None, None)
+    nets.teachers(pixels, None, None, None)
     teacher_features = run.teacher_tap.take().detached()
     student_features = None
     if d.init_trains_student:
-        student(replay.slice_inputs(pixels, None, mean, std, None, None))
+        nets.student(replay.slice_inputs(pixels, None, nets.mean, nets.std, None, None))
         student_features = run.student_tap.take()
     share = len(batch["target"]) * info.world_size / batch["batch_size"]  # this rank's part of the global mean
     return d.init_loss(student_features, teacher_features).float() * share, teacher_features
 
 
-def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: Ensemble, epochs: Iterator,
-               info: DistInfo, mean: list[float], std: list[float], log: Callable[[str], None]) -> list[float]:
+def init_stage(run: DistillRun, cfg: TrainConfig, nets: InitNets, epochs: Iterator, info: DistInfo,
+               log: Callable[[str], None]) -> list[float]:
     """RepDistiller's ``init``: before distilling, train the method's init parts (AB: its
     connectors and the student; FT: its paraphraser; KDSS: the teacher's self-supervision head, on
     the teacher's views) on the method's init loss alone, with SGD at the init learning rate (x0.1
@@ -205,7 +214,7 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
     --distill-init-epochs epochs of the run's crops and flips (no mixing; each rank's batch whole).
     Gradients are averaged over ranks by hand, the student not being under DDP yet. Returns each
     epoch's mean loss."""
-    d = run.distiller
+    d, student = run.distiller, nets.student
     params = [p for part in d.init_parts() for p in part.parameters()]
     if d.init_trains_student:
         params += list(student.parameters())
@@ -223,7 +232,7 @@ def init_stage(run: DistillRun, cfg: TrainConfig, student: nn.Module, teachers: 
             group["lr"] = rate
         total, seen = torch.zeros((), device=info.device), 0
         for batch in batches:
-            loss, teacher_features = _init_step(run, student, teachers, batch, info, mean, std)
+            loss, teacher_features = _init_step(run, nets, batch, info)
             if not capped:
                 lr, capped = _capped_lr(cfg, d, teacher_features, lr, optimizer, info, log), True
                 rate = lr  # the first epoch's

@@ -10,13 +10,12 @@ import torchvision.transforms as T
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from softlabel import replay, streams
-from softlabel.classmap import class_index_of
 from softlabel.data import FolderIndex, IndexedImageFolder
 from softlabel.distill import DISTILLERS
 from softlabel.distill.base import Crop
 from softlabel.distributed import DistInfo
 from softlabel.loader import batch_loader, cache_bytes
-from softlabel.stores import Store
+from softlabel.stores import StepPlan, Store
 from softlabel.stores import batch as batch_store
 from softlabel.streams import Stream
 from softlabel.training.config import TrainConfig, pass_batch
@@ -37,11 +36,7 @@ def store_epochs(cfg: TrainConfig, store: Store, index: FolderIndex, first_epoch
     passes = cfg.passes
     if cfg.per_image:
         steps = [replay.batches_per_epoch(len(index), pass_batch(cfg, crops)[0]) for _, crops in passes]
-        targets = torch.tensor(class_index_of(store.manifest, index.classes))[torch.tensor(index.targets)]
-        options = {"seed": cfg.seed, "images_per_step": cfg.batch_size, "crops_per_epoch": cfg.num_crops,
-                   "targets": targets}
-        if cfg.recipe == "fkd":
-            options["passes"] = passes
+        options = {"plan": StepPlan(cfg.seed, cfg.batch_size, cfg.num_crops, passes if cfg.recipe == "fkd" else None)}
     else:
         steps, options = [store.settings.batches_per_epoch] * len(passes), {}
     jobs = [(p, b) for p in range(first_epoch, len(passes)) for b in range(steps[p])]

@@ -14,12 +14,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from softlabel import evaluation, tracking
-from softlabel.classmap import class_index_of
 from softlabel.data import FolderIndex, IndexedImageFolder, drop_unreadable, scan_image_folder
 from softlabel.distributed import DistInfo, slice_bounds
 from softlabel.errors import UserError
 from softlabel.stores import Store
-from softlabel.stores import topk
 from softlabel.training.config import TrainConfig
 from softlabel.training.metrics import BestAndLast, SplitMetrics
 from softlabel.training.step import Run
@@ -58,7 +56,7 @@ def validation_loader(cfg: TrainConfig, train_index: FolderIndex, store: Optiona
         raise UserError(f"--val-dir {cfg.val_dir}: class folders differ from --train-dir "
                         f"{cfg.train_dir} ({len(val_index.classes)} vs {len(train_index.classes)} classes "
                         f"or other names); accuracy would be meaningless")
-    val_classes = None if store is None else class_index_of(store.manifest, val_index.classes)
+    val_classes = None if store is None else store.class_index(val_index.classes)
     images = IndexedImageFolder(val_index, eval_transform(cfg.input_size, cfg.crop_pct, mean, std), val_classes)
     lo, hi = slice_bounds(len(images), info.rank, info.world_size)  # each rank its contiguous share, no repeats
     return DataLoader(Subset(images, range(lo, hi)) if info.distributed else images,
@@ -72,13 +70,13 @@ def store_notes(cfg: TrainConfig, store: Optional[Store]) -> list[str]:
     a residual fill exact at another temperature than the loss's."""
     if store is None or cfg.per_image:
         return []
-    notes, m = [], store.manifest
+    notes = []
     if store.settings.label_keep < 1.0:
         notes.append(f"the store labels {len(store.jobs(store.settings.epochs))} of "
                      f"{store.settings.epochs * store.settings.batches_per_epoch} steps (--label-keep "
                      f"{store.settings.label_keep:g}); each step replays the kept ones in turn")
-    fill_t = topk.fill_temperature(m)
-    if m.get("topk_fill") and cfg.temperature and abs(cfg.temperature - fill_t) > 1e-9:
+    fill_t = store.fill_temperature()
+    if fill_t is not None and cfg.temperature and abs(cfg.temperature - fill_t) > 1e-9:
         notes.append(f"the store's residual fill keeps the left-out classes' probability exactly at T = {fill_t:g}, "
                      f"not at this run's -T {cfg.temperature:g} (the error: docs/stores.md); for an exact one, "
                      f"relabel or convert with --topk-fill-temperature {cfg.temperature:g}")
