@@ -50,9 +50,10 @@ class RelabelBatches(Dataset):
         rng = replay.batch_rng(a.seed, epoch, batch)
         coords, flips = replay.sample_crops_and_flips(rng, [im.size for im in images], a.scale)
         mix_index, mix_lam, mix_bbox = replay.sample_mix(rng, a.mix_type, len(idx), a.input_size, a.mixup, a.cutmix)
-        return {"epoch": epoch, "batch": batch, "index": torch.from_numpy(idx.astype(np.int64)),
-                "target": self.targets[torch.from_numpy(idx.astype(np.int64))], "coords": coords, "flip": flips, "mix_index": mix_index, "mix_lam": mix_lam,
-                "mix_bbox": mix_bbox, "pixels": replay.render_batch(images, coords, flips, a.input_size)}
+        index = torch.from_numpy(idx.astype(np.int64))
+        return {"epoch": epoch, "batch": batch, "index": index, "target": self.targets[index], "coords": coords,
+                "flip": flips, "mix_index": mix_index, "mix_lam": mix_lam, "mix_bbox": mix_bbox,
+                "pixels": replay.render_batch(images, coords, flips, a.input_size)}
 
 
 def _as_is(item: Any) -> Any:

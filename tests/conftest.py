@@ -58,7 +58,10 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` with its bytes, but args.yaml: the flags of the command that wrote
+    them, paths included, as a manifest's ``args`` (test_relabel checks what it holds)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "args.yaml"}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -50,8 +50,8 @@ def numpy_only(path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_packed_store_is_one_plain_file_per_epoch_read_with_numpy_alone(stores, cutmix_store):
     root = stores["packed"]
-    assert sorted(p.name for p in root.iterdir()) == [".lock", "epoch_0.pack", "epoch_1.pack", "epoch_2.pack",
-                                                     "manifest.json"]
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "args.yaml", "epoch_0.pack", "epoch_1.pack",
+                                                     "epoch_2.pack", "manifest.json"]
     for p in root.iterdir():  # nothing a reader unpickles: no zip (torch.save) and no pickle stream
         assert not p.read_bytes()[:2] in (b"PK", b"\x80\x02", b"\x80\x04"), p
     manifest = store.read_manifest(str(root))

@@ -31,14 +31,14 @@ REPLAY_DIGESTS = {  # the top-k format stores crop boxes in fixed point (packed.
     "topk": "405d6f919c9efcdf9abe197725d968be1e9f10cf15a5430dc36f7f2851776e2d",
 }
 LAYOUT_DIGESTS = {
-    "full": "0788aa1b9193a987a150108957e0a6de3f2d9ac7f31bf34cc2d97cfd2150c8fe",
-    "topk": "ac5e6022a788122859aec2b0f53caef8a96df9c47b0637e6f5b2a7989f67c706",
+    "full": "0c9d46aae527b2ccaa42ebba93a72eb5bead7bde62a70948bb1c876000d9a9f6",
+    "topk": "74767a318cae1c8c6bc3a34ef5bf490b6cd66bafdd3d25970283470bc0ecea74",
 }
 MANIFEST_DIGESTS = {
     "full": "b56fc12b23b83e966d7fb4b38abbfdedd6dac4bf0a80084da81fee88a4b9c937",
     "topk": "0e191f6db0b1a3a016016dda33376411b837666663923c873421dddc1125a7fc",
 }
-PER_IMAGE_DIGEST = "11c619dce02ca907f23e7cb7a891d62631abb1d352897ddbf2c5304b3fdb46d8"
+PER_IMAGE_DIGEST = "bee7d76d756e397a147289ebe58123352bafc7981f7ebe0bb4d6b4e55e472986"
 
 FLAGS = ("--epochs", 2, "-b", 8, "--input-size", 24, "--min-scale-crops", 0.3, "--max-scale-crops", 1.0,
          "--mix-type", "cutmix", "--cutmix", 1.0, "--use-fp16", "--fkd-seed", 42, "--temperature", 1.0, "-j", 0)

@@ -209,6 +209,12 @@ def preflight(cfg: Any, num_classes: int, batches: int) -> list[tuple[int, int]]
     return kept
 
 
+def augment_of(cfg) -> replay.Augment:
+    """How each batch is sampled: the config's seed, batch, crops and mix."""
+    return replay.Augment(cfg.fkd_seed, cfg.batch_size, cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
+                          cfg.mix_type, cfg.mixup, cfg.cutmix)
+
+
 def check_teachers_first(cfg: Any, index: FolderIndex, mine: list[tuple[int, int]], ens: Ensemble,
                          class_index: list[int], info: DistInfo) -> None:
     """--min-teacher-acc on the first crops this rank will label, before the store is created: a
@@ -226,9 +232,8 @@ def check_teachers_first(cfg: Any, index: FolderIndex, mine: list[tuple[int, int
         jobs.append((e, b))
         first += replay.batch_len(len(index), cfg.batch_size, b)
     acc = Accuracy(len(ens.teachers))
-    augment = replay.Augment(cfg.fkd_seed, cfg.batch_size, cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
-                             cfg.mix_type, cfg.mixup, cfg.cutmix)
-    for item in batch_loader(RelabelBatches(index, jobs, augment, class_index), 0, pin_memory=False, background=False):
+    batches = RelabelBatches(index, jobs, augment_of(cfg), class_index)
+    for item in batch_loader(batches, 0, pin_memory=False, background=False):
         pixels = item["pixels"].to(info.device)
         combined, outputs = ens(pixels, replay.partners_of(pixels, item["mix_index"]), item["mix_lam"],
                                 item["mix_bbox"])
@@ -369,9 +374,7 @@ def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Opti
         write_config(cfg.fkd_path, given, NOT_IN_STORE)
     todo = [(e, b) for e, b in mine if not writer.exists(e, b)]
     images_todo = sum(replay.batch_len(len(index), cfg.batch_size, b) for _, b in todo)
-    augment = replay.Augment(cfg.fkd_seed, cfg.batch_size, cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
-                             cfg.mix_type, cfg.mixup, cfg.cutmix)
-    jobs = RelabelBatches(index, todo, augment, class_index, cache_bytes(cfg.cache_images, cfg.workers))
+    jobs = RelabelBatches(index, todo, augment_of(cfg), class_index, cache_bytes(cfg.cache_images, cfg.workers))
     on_gpu = info.device.type == "cuda"
     loader = batch_loader(jobs, cfg.workers, pin_memory=on_gpu, background=on_gpu, yield_cpu=not on_gpu)
     if info.is_main:
