@@ -7,6 +7,7 @@ unpickled is refused, never executed.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -15,11 +16,13 @@ import pickle
 import re
 import tempfile
 import zipfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
 from softlabel.errors import UserError
+
+T = TypeVar("T")
 
 TMP_PREFIX = ".tmp-"
 
@@ -219,13 +222,13 @@ def ensure_dir(path: str, flag: str, inside: Optional[str] = None) -> None:
         raise UserError(f"{flag} {path}: directory is not writable")
 
 
-_locks: list = []  # open lock files, held until the process exits
+_locks: list = []  # open lock files, held until the command that took them returns (or the process exits)
 
 
 def lock_dir(root: str, flag: str, busy: str) -> None:
-    """Take ``root``'s lock for the rest of this process's life, or fail with one line (``busy``
-    says what the other run is doing). The OS drops the lock when the holder dies, even by
-    SIGKILL, so a killed run never blocks its own rerun."""
+    """Take ``root``'s lock until the command taking it returns (``releasing_locks``) or the process
+    ends, or fail with one line (``busy`` says what the other run is doing). The OS drops the lock
+    when the holder dies, even by SIGKILL, so a killed run never blocks its own rerun."""
     import fcntl
     ensure_dir(root, flag)
     f = open(os.path.join(root, ".lock"), "a+")
@@ -235,6 +238,20 @@ def lock_dir(root: str, flag: str, busy: str) -> None:
         f.close()
         raise UserError(f"{flag} {root}: {busy}") from None
     _locks.append(f)
+
+
+def releasing_locks(command: Callable[..., T]) -> Callable[..., T]:
+    """``command`` releasing the folder locks it took when it returns or raises: called again in the
+    same process (as a library), it may write the same folder again."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> T:
+        held = len(_locks)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            while len(_locks) > held:
+                _locks.pop().close()
+    return run
 
 
 def remove_stale_tmp(directory: str) -> None:

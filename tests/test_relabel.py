@@ -116,17 +116,11 @@ def test_relabel_flags_are_resolved_once_into_a_frozen_config():
         assert "freeze(args," in source and "setattr(args" not in source and "args.workers =" not in source
 
 
-def store_files(root) -> dict:
-    """Every file of a store but its args.yaml, with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "args.yaml"}
-
-
 @pytest.mark.parametrize("command", ["relabel", "relabel_fkd"])
-def test_a_stores_args_yaml_reruns_it_without_its_workers(command, demo_data, teacher_ckpt, tmp_path):
+def test_a_stores_args_yaml_reruns_it_without_its_workers(command, demo_data, teacher_ckpt, tmp_path, capsys):
     """Both relabel commands write their flags (less -j, which changes no file) into the store as
     args.yaml; --config of it remakes the same files elsewhere, and into the store itself resumes
-    it with nothing to write."""
+    it with nothing to write (in this process too: a command releases its store's lock on return)."""
     import yaml
 
     from softlabel.cli import parse_with_config
@@ -138,17 +132,20 @@ def test_a_stores_args_yaml_reruns_it_without_its_workers(command, demo_data, te
     argv = (["--data", str(demo_data / "ipc1"), "--epochs", "1", "-b", "10", "--input-size", "16"]
             if command == "relabel" else [str(demo_data / "ipc1"), "--num_crops", "2", "--input_size", "16"])
     argv += ["--teacher-path", str(teacher_ckpt), "--device", "cpu", "-j", "0"]
-    script = "relabel/generate_soft_label.py" if command == "relabel" else "relabel/generate_soft_label_fkd.py"
-    run_script(script, *argv, out, first)  # a store stays locked while its writer lives: each run its process
+
+    def run(*given: str) -> str:
+        module.main(parse_with_config(module.get_args_parser(), list(given)))
+        return capsys.readouterr().out
+    run(*argv, out, str(first))
     written = yaml.safe_load((first / "args.yaml").read_text())
     assert "workers" not in written and written[out.strip("-").replace("-", "_")] == str(first)
-    module.main(parse_with_config(module.get_args_parser(), ["--config", str(first / "args.yaml"), out, str(again)]))
-    made = store_files(first)
+    run("--config", str(first / "args.yaml"), out, str(again))
+    made = tree_bytes(first)
     if command == "relabel":  # its manifest records the run's arguments, the store's path among them
-        assert {k: v for k, v in store_files(again).items() if k != "manifest.json"} == {
+        assert {k: v for k, v in tree_bytes(again).items() if k != "manifest.json"} == {
             k: v for k, v in made.items() if k != "manifest.json"}
     else:
-        assert store_files(again) == made
-    proc = run_script(script, "--config", first / "args.yaml", "-j", 1)
-    assert (" 0 batch files to write" if command == "relabel" else "0 files to write") in proc.stdout
-    assert store_files(first) == made and yaml.safe_load((first / "args.yaml").read_text()) == written
+        assert tree_bytes(again) == made
+    said = run("--config", str(first / "args.yaml"), "-j", "1")
+    assert (" 0 batch files to write" if command == "relabel" else "0 files to write") in said
+    assert tree_bytes(first) == made and yaml.safe_load((first / "args.yaml").read_text()) == written

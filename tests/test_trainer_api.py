@@ -35,7 +35,7 @@ def test_keywords_train_as_the_command_line_and_main_returns_the_results(demo_da
                      "--sgd", "--lr", 0.05, "--weight-decay-norms", "-j", 0, "--no-progress", "--eval-interval", 1,
                      "--output-dir", out)
     from_argv = (out / "args.yaml").read_bytes(), json.loads((out / "results.json").read_text())
-    out.rename(tmp_path / "run_argv")  # the same --output-dir again (this process keeps the first one's lock)
+    out.rename(tmp_path / "run_argv")  # the same --output-dir again: the lock is released as main returns
     results = main(train_args(train_dir=demo_data / "ipc1", val_dir=demo_data / "ipc1", model="mlpnet", epochs=2,
                               batch_size=10, input_size=16, min_scale_crops=0.5, mix_type="None", sgd=True,
                               learning_rate=0.05, weight_decay_norms=True, workers=0, no_progress=True,
@@ -43,3 +43,5 @@ def test_keywords_train_as_the_command_line_and_main_returns_the_results(demo_da
     assert results == json.loads((out / "results.json").read_text())
     assert (out / "args.yaml").read_bytes() == from_argv[0]
     assert (results["top1"], results["train_loss"]) == (from_argv[1]["top1"], from_argv[1]["train_loss"])
+    with pytest.raises(UserError, match="already finished epoch 2"):  # not "another run is training" here
+        main(train_args(config=out / "args.yaml", resume="auto"))

@@ -74,6 +74,7 @@ def disk_mib(root: str) -> float:
                for f in fs if not f.startswith(".")) / 2**20
 
 
+@files.releasing_locks
 def main(args: argparse.Namespace) -> None:
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1, got {args.topk}")

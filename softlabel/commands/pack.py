@@ -42,6 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+@files.releasing_locks
 def main(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")

@@ -340,6 +340,7 @@ def report(cfg, total: Accuracy, todo: list, speed: tracking.Throughput, info: D
               f"{speed.origin.since}{timing}; top-1 on the crops they labelled: {acc}", flush=True)
 
 
+@files.releasing_locks
 def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Optional[tracking.StartUp] = None) -> None:
     """``args``: parsed by the parser of their preset (``parse_command``, ``relabel_args``), which
     ``preset`` or else ``args.preset`` names; ``origin``: where the logged start-up begins (default:

@@ -287,6 +287,11 @@ def generation_workers(requested: Optional[int], on_gpu: bool, spare_cores: bool
     return loader_workers(requested, on_gpu)
 
 
+def rank_images(index: FolderIndex, info: distributed.DistInfo) -> list[int]:
+    """The images this rank labels: every world_size-th, from its rank."""
+    return list(range(info.rank, len(index), info.world_size))
+
+
 @dataclass
 class Work:
     """This rank's part of the store: its writer, the images whose files are not there yet, how many
@@ -301,7 +306,7 @@ def open_store(cfg, info: distributed.DistInfo, index: FolderIndex, teacher: Tea
                class_mapping: str, reference: Optional[tuple[str, dict]]) -> Work:
     manifest = per_image.new_manifest(cfg, LabelledImages.of(index, [teacher], class_index, class_mapping))
     writer = create_store(cfg.save_path, manifest, info, flag="--save_path", index=index)
-    mine = [i for i in range(len(index)) if i % info.world_size == info.rank]
+    mine = rank_images(index, info)
     return Work(writer, [i for i in mine if not writer.exists(i)], len(mine), reference)
 
 
@@ -313,7 +318,7 @@ def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens
     labelled again for the files, where HeldWrites checks them again."""
     if cfg.min_teacher_acc is None:
         return
-    first = [i for i in range(len(index)) if i % info.world_size == info.rank][:-(-PREFLIGHT_CROPS // cfg.num_crops)]
+    first = rank_images(index, info)[:-(-PREFLIGHT_CROPS // cfg.num_crops)]
     jobs = per_image.GenerateImages(index, per_image.chunks_of(first, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
                                     cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
                                     reference)
@@ -384,6 +389,7 @@ def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensem
               f"top-1 on the crops it labelled: {top1}", flush=True)
 
 
+@files.releasing_locks
 def main(args: argparse.Namespace) -> None:
     given = argparse.Namespace(**vars(args))  # the flags as parsed: the store's args.yaml
     note_replaced_flags(args, LABELLING_REPLACED)

@@ -640,6 +640,7 @@ def nested(runs: list[dict[str, Any]], flags: Callable[..., argparse.Namespace],
             raise UserError(f"{flag} {value!r}: {exc}") from None
 
 
+@files.releasing_locks
 def main(args: argparse.Namespace) -> None:
     # Everything a run depends on is checked before --out is touched: a refusal after settings.json
     # is written would make every corrected rerun into the same --out one "of other settings".

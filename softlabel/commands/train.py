@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 from torch.utils.data import DataLoader
 
-from softlabel import distributed, models, tracking, zoo
+from softlabel import distributed, files, models, tracking, zoo
 from softlabel.cli import (add_config_flag, add_mix_type, add_replaced_flags, config_of, flags_from_keywords,
                            note_replaced_flags, parse_with_config)
 from softlabel.data import IndexedImageFolder, drop_unreadable, scan_image_folder, scan_images
@@ -338,6 +338,7 @@ def evaluate_only(args: argparse.Namespace) -> None:
     print(" * Acc@1 {top1:.3f} Acc@5 {top5:.3f}".format(**metrics), flush=True)
 
 
+@files.releasing_locks
 def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) -> dict:
     """Run the trainer on ``args`` (the parsed flags, or train_args()); returns results.json's content
     ({} with -e/--evaluate and on ranks other than the main one). ``origin``: where the logged
