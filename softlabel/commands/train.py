@@ -46,7 +46,7 @@ from softlabel.teachers import SOURCES, load_teacher
 from softlabel.training.checkpoints import BEST_CHECKPOINT, SECRETS
 from softlabel.training.config import TRAIN_CROPS, check_flags, data_folder, init_lr_value, resolve
 from softlabel.training.loop import train
-from softlabel.training.losses import LOSSES, PROBABILITY_LOSSES
+from softlabel.training.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, LOSSES, PROBABILITY_LOSSES, per_loss
 from softlabel.training.report import evaluate
 from softlabel.training.schedules import SCHEDULES
 from softlabel.transforms import eval_transform
@@ -228,14 +228,14 @@ def add_loss_args(p: argparse.ArgumentParser) -> None:
                    help="loss against the teacher's logits (default: kl; with --softlabel_path: soft_ce, as "
                         "FKD's train_FKD.py)")
     g.add_argument("-T", "--temperature", "--temp", dest="temperature", type=float, default=None,
-                   help="distillation temperature (default: 3; wsld: 2; kd: 4; lo_*: 3; with --softlabel_path: 1, as "
-                        "FKD's --temp)")
+                   help=f"distillation temperature (default: 3; {per_loss(DEFAULT_TEMPERATURE)}; with "
+                        f"--softlabel_path: 1, as FKD's --temp)")
     g.add_argument("--ce-weight", type=float, default=None,
                    help="cross-entropy weight of mse_gt / mae_gt (default: 0.1) and of kd (default: 1 - --alpha; "
                         "RepDistiller's -r)")
     g.add_argument("--alpha", type=float, default=None,
-                   help="weight of the soft term: wsld (default: 2.5), kd (default: 0.9, CE gets 1 - alpha), "
-                        "lo_kd / lo_sl / lo_sl_gt (default: 0.1, the label-optimization study's --alpha)")
+                   help=f"weight of the soft term, by --loss-type (default: 1; {per_loss(DEFAULT_ALPHA)}; kd: CE gets "
+                        f"1 - alpha; lo_*: the label-optimization study's --alpha)")
     g.add_argument("--kd-t2", action="store_true", help="kl only: multiply by T^2 (kd, wsld and dist include it)")
     g.add_argument("--keep-topk", type=int, default=None, metavar="K",
                    help=f"keep only each sample's top-K teacher logits (the rest masked to -inf, probability 0) "

@@ -20,6 +20,16 @@ LossFn = Callable[..., torch.Tensor]
 # The label-optimization study's losses (lo_*) take its opts.py defaults: --T 3, --alpha 0.1.
 DEFAULT_TEMPERATURE = {"wsld": 2.0, "kd": 4.0, "lo_kd": 3.0, "lo_sl": 3.0, "lo_sl_gt": 3.0}
 DEFAULT_ALPHA = {"wsld": 2.5, "kd": 0.9, "lo_kd": 0.1, "lo_sl": 0.1, "lo_sl_gt": 0.1}
+
+
+def per_loss(defaults: dict[str, float]) -> str:
+    """A per-loss default table as help words: "wsld: 2; kd: 4; lo_kd, lo_sl: 3"."""
+    by_value: dict[float, list[str]] = {}
+    for loss, value in defaults.items():
+        by_value.setdefault(value, []).append(loss)
+    return "; ".join(f"{', '.join(losses)}: {value:g}" for value, losses in by_value.items())
+
+
 # Losses that compare probabilities, and so accept teacher logits masked to their top-k.
 PROBABILITY_LOSSES = ("kl", "soft_ce", "dist", "wsld", "kd", "lo_kd", "lo_sl", "lo_sl_gt")
 
