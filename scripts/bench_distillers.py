@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import time
 
 from benchlib import (
@@ -37,6 +35,7 @@ from benchlib import (
     run_jobs,
     settle,
     teacher_dir,
+    this_command,
     write_readme,
 )
 
@@ -175,7 +174,7 @@ def main(args: argparse.Namespace) -> None:
                   indent=1)
     print("\n" + table + "\n")
     if args.write_readme:
-        command = ".venv/bin/python scripts/bench_distillers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = this_command()
         write_readme(f"{table}\n\n*`{command.strip()}`*", args.readme, MARK_START, MARK_END)
 
 

@@ -19,13 +19,11 @@ import argparse
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 
 from benchlib import (ROOT, TEACHERS, Job, Schedule, data_root, fmt, front_end, mean_std, read_result, run_jobs,
-                      settle, teacher_dir, teacher_run, write_readme)
+                      settle, teacher_dir, teacher_run, this_command, write_readme)
 
 from softlabel.errors import UserError, run_main
 MARK_START, MARK_END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
@@ -339,7 +337,7 @@ def record_wall_time(args, jobs: list, times: dict, wall: float, table: str, ord
         with open(wall_file, "w") as f:
             json.dump({"wall_s": wall, "jobs": args.jobs, "threads": args.threads, "runs": names}, f)
     if args.write_readme:
-        command = ".venv/bin/python scripts/bench_methods.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = this_command()
         timing = ""
         if os.path.isfile(wall_file):
             with open(wall_file) as f:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 import time
 
-from benchlib import PY, ROOT, Job, fmt, mean_std, read_result, run_jobs, write_readme
+from benchlib import PY, ROOT, Job, fmt, mean_std, read_result, run_jobs, this_command, write_readme
 
 from softlabel.errors import run_main
 
@@ -120,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
     table = markdown(args, cells)
     print(f"\n{table}\n\n({time.time() - start:.0f} s)")
     if args.write_readme:
-        command = ".venv/bin/python scripts/bench_repdistiller.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = this_command()
         write_readme(f"{table}\n\n*`{command.strip()}`*", args.readme, MARK_START, MARK_END)
 
 

@@ -372,6 +372,12 @@ def fmt(values: list[float]) -> str:
     return f"{m:.2f} ± {s:.2f}"
 
 
+def this_command() -> str:
+    """The command line that runs this benchmark as it was run, as the docs cite it."""
+    words = [".venv/bin/python", f"scripts/{os.path.basename(sys.argv[0])}", *sys.argv[1:]]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def write_readme(block: str, readme: str, start: str, end: str) -> bool:
     """Put ``block`` between the ``start`` and ``end`` markers of ``readme``."""
     with open(readme, encoding="utf-8") as f:

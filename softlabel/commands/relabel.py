@@ -341,11 +341,10 @@ def report(cfg, total: Accuracy, todo: list, speed: tracking.Throughput, info: D
 
 
 @files.releasing_locks
-def main(args: argparse.Namespace, preset: Optional[Preset] = None, origin: Optional[tracking.StartUp] = None) -> None:
-    """``args``: parsed by the parser of their preset (``parse_command``, ``relabel_args``), which
-    ``preset`` or else ``args.preset`` names; ``origin``: where the logged start-up begins (default:
-    this call)."""
-    preset = preset or (PRESETS[args.preset] if getattr(args, "preset", None) else None)
+def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) -> None:
+    """``args``: parsed by the parser of the preset ``args.preset`` names (``parse_command``,
+    ``relabel_args``); ``origin``: where the logged start-up begins (default: this call)."""
+    preset = PRESETS[args.preset] if args.preset else None
     speed = tracking.Throughput(origin or tracking.StartUp.of_main())
     given = argparse.Namespace(**vars(args))  # the flags as parsed: the store's args.yaml
     note_replaced_flags(args, LABELLING_REPLACED)
@@ -417,8 +416,8 @@ def cli(preset_name: Optional[str] = None) -> None:
     """The console command (or a preset's script, ``preset_name``): parse sys.argv, run, report a
     user error as one line."""
     def run() -> None:
-        args, preset = parse_command(None, preset_name)
-        main(args, preset, tracking.StartUp.of_process())
+        args, _ = parse_command(None, preset_name)
+        main(args, tracking.StartUp.of_process())
     run_main(run)
 
 

@@ -322,7 +322,7 @@ def check_teacher_first(cfg, info: distributed.DistInfo, index: FolderIndex, ens
     jobs = per_image.GenerateImages(index, per_image.chunks_of(first, cfg.batch_size), cfg.fkd_seed, cfg.num_crops,
                                     cfg.input_size, (cfg.min_scale_crops, cfg.max_scale_crops),
                                     reference)
-    acc, targets = Accuracy(1), torch.tensor(class_index)[torch.tensor(index.targets)]
+    acc, targets = Accuracy(1), classmap.folder_targets(index, class_index)
     for chunk in batch_loader(jobs, 0, pin_memory=False, background=False):
         for n, i in enumerate(chunk["image"].tolist()):
             probs = label_crops(ens, chunk["pixels"][n], cfg.num_seg, cfg.temp)
@@ -367,7 +367,7 @@ def label_images(cfg, info: distributed.DistInfo, index: FolderIndex, ens: Ensem
     started = time.time()
     acc = Accuracy(1)
     held = HeldWrites(writer.write, acc, [teacher], len(index.classes), False, cfg.min_teacher_acc)
-    targets = torch.tensor(class_index)[torch.tensor(index.targets)]
+    targets = classmap.folder_targets(index, class_index)
     bar = tracking.progress(len(todo), "fkd", disable=not info.is_main)
     for chunk in loader:
         for n, i in enumerate(chunk["image"].tolist()):

@@ -33,7 +33,7 @@ from typing import Any, Optional
 from torch.utils.data import DataLoader
 
 from softlabel import distributed, files, models, tracking, zoo
-from softlabel.cli import (add_config_flag, add_mix_type, add_replaced_flags, config_of, flags_from_keywords,
+from softlabel.cli import (add_config_flag, add_mix_type, add_replaced_flags, flags_from_keywords,
                            note_replaced_flags, parse_with_config)
 from softlabel.data import IndexedImageFolder, drop_unreadable, scan_image_folder, scan_images
 from softlabel.distill import DISTILLERS
@@ -43,7 +43,7 @@ from softlabel.models import WEIGHTS_HELP
 from softlabel.precision import AMP_CHOICES
 from softlabel.stores.base import DEFAULT_CROPS_PER_STEP
 from softlabel.teachers import SOURCES, load_teacher
-from softlabel.training.checkpoints import BEST_CHECKPOINT, SECRETS
+from softlabel.training.checkpoints import BEST_CHECKPOINT
 from softlabel.training.config import TRAIN_CROPS, check_flags, data_folder, init_lr_value, resolve
 from softlabel.training.loop import train
 from softlabel.training.losses import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, LOSSES, PROBABILITY_LOSSES, per_loss
@@ -364,7 +364,7 @@ def main(args: argparse.Namespace, origin: Optional[tracking.StartUp] = None) ->
         cfg, store = resolve(args, train_index, info, loader_workers(args.workers, info.device.type == "cuda"))
     distributed.require_same(info, f"{cfg.label_source} {train_index.fingerprint()}".encode(),
                              f"train on other images (--train-dir {cfg.train_dir}) or other labels")
-    results = train(cfg, store, train_index, info, origin, config_of(given, SECRETS))
+    results = train(cfg, store, train_index, info, origin, given)
     distributed.cleanup(info)
     return results
 

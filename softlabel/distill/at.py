@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from softlabel.distill.base import Distiller, Features, pool_to_match
+from softlabel.distill.base import Distiller, Features, summed_over_stages
 
 
 def attention(f: torch.Tensor, p: int = 2) -> torch.Tensor:
@@ -20,8 +20,4 @@ class Attention(Distiller):
     maps = "every"
 
     def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        total = torch.zeros((), device=student.stages[0].device)
-        for fs, ft in zip(student.stages, teacher.stages):
-            fs, ft = pool_to_match(fs, ft)
-            total = total + (attention(fs) - attention(ft)).pow(2).mean()
-        return total
+        return summed_over_stages(student, teacher, lambda fs, ft: (attention(fs) - attention(ft)).pow(2).mean())

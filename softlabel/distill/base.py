@@ -114,3 +114,13 @@ def pool_to_match(fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, tor
     elif hs < ht:
         ft = nn.functional.adaptive_avg_pool2d(ft, (hs, hs))
     return fs, ft
+
+
+def summed_over_stages(student: Features, teacher: Features,
+                       loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The sum over stages of ``loss`` of the student's and the teacher's maps, the larger of the two
+    average-pooled to the smaller's size (``pool_to_match``)."""
+    total = torch.zeros((), device=student.stages[0].device)
+    for fs, ft in zip(student.stages, teacher.stages):
+        total = total + loss(*pool_to_match(fs, ft))
+    return total

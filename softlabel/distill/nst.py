@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from softlabel.distill.base import Distiller, Features, pool_to_match
+from softlabel.distill.base import Distiller, Features, summed_over_stages
 
 
 def channel_maps(f: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,4 @@ class NeuronSelectivity(Distiller):
     maps = "every"
 
     def forward(self, student: Features, teacher: Features, index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        total = torch.zeros((), device=student.stages[0].device)
-        for fs, ft in zip(student.stages, teacher.stages):
-            total = total + mmd(*pool_to_match(fs, ft))
-        return total
+        return summed_over_stages(student, teacher, mmd)

@@ -440,8 +440,6 @@ def crops_for(seed: int, image: int, epoch: int, per_epoch: int, num_crops: int)
     return out
 
 
-
-
 class PerImageSteps(Dataset):
     """One item per (epoch, step) of training: ``images_per_step`` images of the epoch's
     order (from (seed, epoch)), ``per_epoch`` stored crops of each (``crops_for``), image by

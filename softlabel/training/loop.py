@@ -2,6 +2,7 @@
 optimizer), its epochs, its evaluations and checkpoints, and results.json at the end (train())."""
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -13,7 +14,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from softlabel import distributed, files, models, precision, provenance, tracking
-from softlabel.cli import CONFIG_FILE
+from softlabel.cli import write_config
 from softlabel.data import FolderIndex
 from softlabel.distributed import DistInfo, require_same_start
 from softlabel.errors import UserError
@@ -185,16 +186,16 @@ def finish(run: Run, log: Log, n_steps: int, result: dict, labels: str, origin: 
 
 
 def train(cfg: TrainConfig, store: Optional[Store], index: FolderIndex, info: DistInfo, origin: tracking.StartUp,
-          args_yaml: Optional[str] = None) -> dict:
+          given: Optional[argparse.Namespace] = None) -> dict:
     """Train from a resolved config: the student on ``index``'s images with ``store``'s labels (None: hard
-    labels or online distillation), resumed or afresh, into --output-dir; ``args_yaml``: the flags as
+    labels or online distillation), resumed or afresh, into --output-dir; ``given``: the flags as
     parsed, written there as args.yaml once the folder is this run's. Returns results.json's content
     ({} on ranks other than the main one)."""
     run = build_run(cfg, store, index, info)
     first_epoch, resumed = resume(run)
     require_same_start(info, first_epoch, "--output-dir", cfg.output_dir)
-    if info.is_main and args_yaml is not None:
-        files.atomic_write_bytes(os.path.join(cfg.output_dir, CONFIG_FILE), args_yaml.encode())
+    if info.is_main and given is not None:
+        write_config(cfg.output_dir, given, SECRETS)
     if run.distill is not None and cfg.distill_init_epochs and not resumed:
         distill_init(run)
     model = parallel(run)
